@@ -1,0 +1,96 @@
+"""Render a spec's plan into a self-contained python package and write it atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcgen import __version__
+from mcgen.codegen.literals import py_literal
+from mcgen.codegen.templates import environment
+from mcgen.ir.plan import Plan
+from mcgen.spec import Spec, spec_hash
+from mcgen.spec.schema import GATED_AGGREGATIONS
+
+# Rendered in this order; each becomes <name>/<file>.
+PACKAGE_FILES = (
+    "__init__.py",
+    "spec.py",
+    "cache.py",
+    "reference.py",
+    "backend_torch.py",
+    "ops.py",
+    "layer.py",
+    "selftest.py",
+)
+MANIFEST = "manifest.json"
+# What the generated code needs at run time (it never imports mcgen).
+REQUIRES = {"python": ">=3.10", "torch": ">=2.4"}
+
+
+@dataclass(frozen=True)
+class RenderedPackage:
+    name: str
+    files: dict[str, str]  # file name -> text, manifest.json included
+
+    def write(self, out_dir: Path) -> Path:
+        """Write to out_dir/<name>/, replacing what was there only once every file is ready."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / self.name
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.name}-", dir=out_dir))
+        try:
+            for file_name, text in self.files.items():
+                (staging / file_name).write_text(text, encoding="utf-8", newline="\n")
+            if target.exists():
+                backup = Path(tempfile.mkdtemp(prefix=f".{self.name}-old-", dir=out_dir))
+                os.replace(target, backup / self.name)
+                os.replace(staging, target)
+                shutil.rmtree(backup)
+            else:
+                os.replace(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        return target
+
+
+def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
+    """Every file of the package for `spec` (resolved), computing what `plan` says."""
+    digest = spec_hash(spec)
+    gated = spec.aggregation.kind in GATED_AGGREGATIONS
+    context = {
+        "spec": spec,
+        "plan": plan,
+        "spec_hash": digest,
+        "spec_literal": py_literal(spec.model_dump(mode="json")),
+        "mcgen_version": __version__,
+        "command": _safe_command(command),
+        "gated_spec": gated,
+        "spec_uses_u": gated and spec.aggregation.connector == "separate",
+        "backends": ("torch",),
+    }
+    env = environment()
+    files = {
+        name: env.get_template(f"package/{name}.jinja").render(context) for name in PACKAGE_FILES
+    }
+    manifest = {
+        "name": spec.name,
+        "spec_hash": digest,
+        "spec": spec.model_dump(mode="json"),
+        "plan_notes": list(plan.notes),
+        "mcgen_version": __version__,
+        "requires": REQUIRES,
+        "files": {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()},
+    }
+    files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    return RenderedPackage(spec.name, files)
+
+
+def _safe_command(command: str) -> str:
+    # The header is a comment line: keep it one line, whatever path the user typed.
+    return " ".join(command.split()).replace("\\", "/")

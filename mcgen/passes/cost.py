@@ -1,0 +1,211 @@
+"""Cost annotation (docs/method.md section 7): FLOPs, bytes moved, training and decode memory.
+
+Counts are per token and head unless a name says otherwise, averaged over the tokens of a
+sequence of `seq_len`: the number of cached segments a token reads grows along the sequence,
+and the exact mean (not an asymptote) is what makes short-sequence comparisons honest.
+A multiply-add counts as 2 FLOPs. Small terms (softmax exponentials, l2 key norms, the
+decay's scalar multiply, which chunked forms fold into the intra-chunk weights) are left out.
+
+Bytes assume the chunked execution the backends use: each fp32 state (online or cached) is
+loaded once per chunk of `compute.chunk_size` queries, activations are bf16 and touched once.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from mcgen.ir.errors import IRError
+from mcgen.ir.graph import clone
+from mcgen.segments import mean_visible as segments_mean_visible
+from mcgen.segments import segment_ends
+from mcgen.spec.schema import DELTA_RECURRENCES
+
+FP32 = 4
+BF16 = 2
+GATED = ("grm", "soup", "ssc")
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """One line of the spec-vs-attention table; `ratio` is spec / attention."""
+
+    metric: str
+    unit: str  # "FLOP", "B" (bytes) or "" (a count)
+    spec: float
+    attention: float
+
+    @property
+    def ratio(self) -> float | None:
+        return self.spec / self.attention if self.attention else None
+
+
+def visible_per_token(
+    kind: str, length: int | None, boundaries: tuple[int, ...] | None, seq_len: int
+) -> list[int]:
+    """Cached segments token t can read, for t = 0 .. seq_len-1 (those ending at or before t)."""
+    ends = segment_ends(kind, length, boundaries, seq_len)
+    return [bisect_right(ends, t) for t in range(seq_len)]
+
+
+def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph:
+    """Return a copy of `graph` with a `cost` dict on every node and a summary in graph.graph."""
+    if seq_len < 1 or batch < 1:
+        raise ValueError(f"seq_len and batch must be positive, got {seq_len} and {batch}")
+    out = clone(graph)
+    scan = _node(out, "recurrence_scan")
+    kdim, vdim = scan["state_dims"]["K"], scan["state_dims"]["V"]
+    heads = out.nodes["q"]["dims"]["H"] if "q" in out else 1
+    chunk = min(int(scan.get("chunk_size", 64)), seq_len)
+    seg = _node(out, "segmentation")
+    agg_kind = _node(out, "aggregate")["kind"]
+    gate = next((a for _, a in out.nodes(data=True) if a.get("op") == "gate"), None)
+    top_k = gate.get("top_k") if gate is not None and gate.get("kind") == "topk_softmax" else None
+    has_cache = any(op == "segment_cache" for _, op in out.nodes(data="op"))
+
+    seg_args = (seg["kind"], seg.get("length"), seg.get("boundaries"))
+    visible = visible_per_token(*seg_args, seq_len) if has_cache else [0] * seq_len
+    reads = [min(top_k, n) for n in visible] if top_k is not None else visible
+    n_cached = len(segment_ends(*seg_args, seq_len)) if has_cache else 0
+    mean_visible = segments_mean_visible(*seg_args, seq_len) if has_cache else 0.0
+    mean_read = sum(reads) / seq_len
+    # States loaded per chunk of queries: all that any token of the chunk may read.
+    # (ssc: a chunk of c tokens touches at most c * top_k distinct states.)
+    chunk_loads = 0
+    chunk_descriptor_loads = 0
+    for start in range(0, seq_len, chunk):
+        stop = min(start + chunk, seq_len)
+        seen = visible[stop - 1]
+        chunk_descriptor_loads += seen
+        chunk_loads += seen if top_k is None else min(seen, top_k * (stop - start))
+    n_chunks = math.ceil(seq_len / chunk)
+    token_heads = seq_len * heads * batch
+    lanes = heads * batch  # independent (batch, head) sequences
+    kv = kdim * vdim
+
+    for _, attrs in out.nodes(data=True):
+        op = attrs["op"]
+        per_token = 0.0
+        moved = 0.0
+        if op == "input":
+            width = attrs["dims"].get("K", attrs["dims"].get("V", 1))
+            moved = BF16 * width * token_heads
+        elif op == "output":
+            moved = BF16 * vdim * token_heads
+        elif op == "recurrence_scan":
+            # Update v k^T (2KV); the chunked form adds the intra-chunk attention, about
+            # chunk * (K + V) per token; delta rules also form S k before writing (2KV).
+            per_token = 2 * kv + chunk * (kdim + vdim)
+            if attrs["recurrence"] in DELTA_RECURRENCES:
+                per_token += 2 * kv
+            moved = 2 * FP32 * kv * n_chunks * lanes  # load + store the state per chunk
+        elif op == "read" and attrs["source"] == "online":
+            per_token = 2 * kv  # fused with the scan: the state is already loaded
+        elif op == "read":
+            per_token = 2 * kv * mean_read
+            moved = FP32 * kv * chunk_loads * lanes
+        elif op == "segment_cache":
+            moved = FP32 * kv * n_cached * lanes  # one snapshot per complete segment
+        elif op == "descriptor_pool":
+            # A running prefix sum of k; mean also divides by the count.
+            per_token = kdim * (2 if attrs["pool"] == "mean" else 1)
+            moved = FP32 * kdim * n_cached * lanes
+        elif op == "gate":
+            # One logit (2K) per candidate: every visible segment, even for ssc (top-k needs
+            # them all), plus the online memory.
+            per_token = 2 * kdim * (mean_visible + 1)
+            moved = FP32 * kdim * chunk_descriptor_loads * lanes
+        elif op == "aggregate":
+            if attrs["kind"] in GATED:
+                per_token = 2 * vdim * (mean_read + 1)  # weight and add every read
+            elif attrs["kind"] == "residual":
+                per_token = vdim * mean_read  # add the cached reads to the online one
+        attrs["cost"] = {
+            "flops_per_token": per_token,
+            "flops": per_token * token_heads,
+            "bytes": moved,
+        }
+
+    per_head = sum(a["cost"]["flops_per_token"] for _, a in out.nodes(data=True))
+    gated = agg_kind in GATED and has_cache
+    # Decode keeps the online state, every cached state and, for gated aggregations, one
+    # descriptor per cache plus the prefix sum of k for the online descriptor.
+    decode = kv + n_cached * kv + ((n_cached + 1) * kdim if gated else 0)
+    training = n_cached * kv
+    out.graph["cost"] = {
+        "seq_len": seq_len,
+        "batch": batch,
+        "heads": heads,
+        "key_dim": kdim,
+        "value_dim": vdim,
+        "chunk_size": chunk,
+        "cached_segments": n_cached,
+        "mean_visible": mean_visible,
+        "mean_read": mean_read,
+        "flops_per_token_per_head": per_head,
+        "flops_per_token": per_head * heads,
+        "flops": per_head * token_heads,
+        "bytes": sum(a["cost"]["bytes"] for _, a in out.nodes(data=True)),
+        "training_memory_numbers_per_head": training,
+        "training_memory_bytes": FP32 * training * lanes,
+        "decode_state_numbers_per_head": decode,
+        "decode_state_bytes": FP32 * decode * lanes,
+    }
+    return out
+
+
+def attention_cost(
+    heads: int, key_dim: int, value_dim: int, seq_len: int, batch: int = 1
+) -> dict[str, Any]:
+    """Causal softmax attention of the same size, in the keys of the graph's cost summary.
+
+    Token t scores t+1 keys (2K each) and mixes t+1 values (2V each); the mean context over
+    t = 0 .. T-1 is (T+1)/2. Memory is the bf16 key/value cache every read consults: T*(K+V)
+    per head, kept for the backward pass in training and grown token by token in decode.
+    """
+    per_head = 2 * (key_dim + value_dim) * (seq_len + 1) / 2
+    lanes = heads * batch
+    kv_cache = seq_len * (key_dim + value_dim)
+    return {
+        "seq_len": seq_len,
+        "batch": batch,
+        "heads": heads,
+        "key_dim": key_dim,
+        "value_dim": value_dim,
+        "flops_per_token_per_head": per_head,
+        "flops_per_token": per_head * heads,
+        "flops": per_head * seq_len * lanes,
+        "training_memory_numbers_per_head": kv_cache,
+        "training_memory_bytes": BF16 * kv_cache * lanes,
+        "decode_state_numbers_per_head": kv_cache,
+        "decode_state_bytes": BF16 * kv_cache * lanes,
+    }
+
+
+def cost_table(graph: nx.DiGraph) -> list[CostRow]:
+    """Rows comparing an annotated graph with attention of the same heads, dims and length."""
+    cost = graph.graph.get("cost")
+    if cost is None:
+        raise IRError("the graph has no cost summary: run annotate_cost first")
+    attn = attention_cost(
+        cost["heads"], cost["key_dim"], cost["value_dim"], cost["seq_len"], cost["batch"]
+    )
+    rows = [
+        ("FLOPs per token (all heads)", "FLOP", "flops_per_token"),
+        ("FLOPs total", "FLOP", "flops"),
+        ("training memory", "B", "training_memory_bytes"),
+        ("decode state", "B", "decode_state_bytes"),
+        ("decode state per head (numbers)", "", "decode_state_numbers_per_head"),
+    ]
+    return [CostRow(label, unit, float(cost[key]), float(attn[key])) for label, unit, key in rows]
+
+
+def _node(graph: nx.DiGraph, op: str) -> dict[str, Any]:
+    found = [a for _, a in graph.nodes(data=True) if a.get("op") == op]
+    if len(found) != 1:
+        raise IRError(f"cost needs exactly one {op} node, found {len(found)}")
+    return found[0]

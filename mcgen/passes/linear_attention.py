@@ -1,0 +1,41 @@
+"""Canonicalisation: residual + independent + linear is plain causal linear attention.
+
+docs/method.md section 5 lists it as an identity: o_t = sum_{j<=t} (scale q_t . k_j) v_j
+for any segmentation. One running state replaces the cache and every cached read.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from mcgen.ir.graph import CACHE_NODES, clone, note, remove_nodes
+
+
+def linear_attention(graph: nx.DiGraph) -> nx.DiGraph:
+    """Rewrite residual/independent/linear to one unsegmented scan; otherwise copy unchanged."""
+    out = clone(graph)
+    agg, scan, seg = (out.nodes.get(n) for n in ("aggregate", "scan", "segments"))
+    if agg is None or scan is None or seg is None:
+        return out
+    # Decay or delta updates make a segment's state depend on where it started, and with
+    # checkpoint the caches overlap (each holds all earlier tokens): neither sums to one state.
+    if not (
+        agg.get("kind") == "residual"
+        and scan.get("init") == "independent"
+        and scan.get("recurrence") == "linear"
+    ):
+        return out
+    removed = remove_nodes(out, CACHE_NODES)
+    agg["kind"] = "none"
+    scan["init"] = "checkpoint"
+    old = seg.get("kind")
+    seg.update(kind="none", length=None, boundaries=None)
+    note(
+        out,
+        "linear_attention: residual + independent + linear -> plain causal linear attention "
+        f"(segments {old} -> none, init independent -> checkpoint, aggregation -> none; removed "
+        f"{', '.join(removed) or 'nothing'}). Each segment state is sum_j v_j k_j^T over its own "
+        "tokens, so the cached states plus the online state read with the same query add up "
+        "to the one running state over all tokens so far.",
+    )
+    return out

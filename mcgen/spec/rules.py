@@ -1,0 +1,109 @@
+"""Rules between spec fields that a per-field schema cannot express.
+
+Each rule names the field it concerns, so the loader can point at its line.
+`resolve` then fills the defaults that depend on other fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mcgen.spec.schema import (
+    DECAY_RECURRENCES,
+    DELTA_RECURRENCES,
+    GATED_AGGREGATIONS,
+    Spec,
+)
+
+DEFAULT_TOP_K = 4
+DEFAULT_DECAY_NORMALIZER = 16.0
+
+
+@dataclass(frozen=True)
+class RuleViolation:
+    path: tuple[str | int, ...]
+    message: str
+
+
+def check_rules(spec: Spec) -> list[RuleViolation]:
+    out: list[RuleViolation] = []
+    seg = spec.cache.segments
+    given_seg = seg.model_fields_set
+    if seg.kind in ("constant", "logarithmic"):
+        if seg.length is None:
+            out.append(_v("cache.segments", f"segments of kind {seg.kind} need a `length`"))
+        if "boundaries" in given_seg:
+            out.append(_v("cache.segments.boundaries", f"does not apply to kind {seg.kind}"))
+    elif seg.kind == "explicit":
+        if "length" in given_seg:
+            out.append(_v("cache.segments.length", "does not apply to kind explicit"))
+        if seg.boundaries is None or not seg.boundaries:
+            out.append(_v("cache.segments", "explicit segments need a non-empty `boundaries` list"))
+        else:
+            for i in range(1, len(seg.boundaries)):
+                if seg.boundaries[i] <= seg.boundaries[i - 1]:
+                    out.append(
+                        _v(
+                            f"cache.segments.boundaries.{i}",
+                            "boundaries must be strictly increasing, got "
+                            f"{seg.boundaries[i - 1]} then {seg.boundaries[i]}",
+                        )
+                    )
+                    break
+    else:  # none
+        for field in ("length", "boundaries"):
+            if field in given_seg:
+                out.append(_v(f"cache.segments.{field}", "does not apply to kind none"))
+
+    agg = spec.aggregation
+    given_agg = agg.model_fields_set
+    if agg.kind != "ssc" and "top_k" in given_agg:
+        out.append(_v("aggregation.top_k", f"applies to kind ssc only, not {agg.kind}"))
+    if agg.kind not in GATED_AGGREGATIONS:
+        for field in ("connector", "pool", "gate_scale"):
+            if field in given_agg:
+                out.append(
+                    _v(
+                        f"aggregation.{field}",
+                        f"applies to gated aggregations (grm, soup, ssc) only, not {agg.kind}",
+                    )
+                )
+
+    rec = spec.memory.recurrence
+    if rec not in DECAY_RECURRENCES and "decay_normalizer" in spec.layer.model_fields_set:
+        out.append(
+            _v(
+                "layer.decay_normalizer",
+                f"recurrence {rec} has no decay g; this applies to decay and gated_delta only",
+            )
+        )
+
+    chunk = spec.compute.chunk_size
+    if chunk & (chunk - 1):
+        out.append(_v("compute.chunk_size", f"must be a power of two, got {chunk}"))
+    return out
+
+
+def resolve(spec: Spec) -> Spec:
+    """Fill the defaults that depend on other fields; the result is what gets hashed and built."""
+    agg_updates: dict[str, object] = {}
+    if spec.aggregation.kind == "ssc" and spec.aggregation.top_k is None:
+        agg_updates["top_k"] = DEFAULT_TOP_K
+    if spec.aggregation.kind in GATED_AGGREGATIONS and spec.aggregation.gate_scale is None:
+        agg_updates["gate_scale"] = spec.memory.key_dim**-0.5
+    layer_updates: dict[str, object] = {}
+    if spec.layer.key_norm == "auto":
+        layer_updates["key_norm"] = "l2" if spec.memory.recurrence in DELTA_RECURRENCES else "none"
+    if spec.memory.recurrence in DECAY_RECURRENCES and spec.layer.decay_normalizer is None:
+        layer_updates["decay_normalizer"] = DEFAULT_DECAY_NORMALIZER
+    return spec.model_copy(
+        update={
+            "aggregation": spec.aggregation.model_copy(update=agg_updates),
+            "layer": spec.layer.model_copy(update=layer_updates),
+        }
+    )
+
+
+def _v(dotted: str, message: str) -> RuleViolation:
+    path = tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
+    return RuleViolation(path, message)

@@ -1,0 +1,101 @@
+"""The spec schema: field names, types and ranges (the contract of docs/design.md).
+
+Pydantic checks types and ranges strictly (no "4" for 4, no unknown keys).
+Rules that tie one field to another (top_k only with ssc, ...) live in
+`mcgen.spec.rules`, so that every error can point at the field it concerns.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import sys
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Recurrence = Literal["linear", "decay", "delta", "gated_delta"]
+SegmentKind = Literal["constant", "logarithmic", "explicit", "none"]
+Init = Literal["checkpoint", "independent"]
+AggregationKind = Literal["none", "residual", "grm", "soup", "ssc"]
+Connector = Literal["separate", "query"]
+Pool = Literal["mean", "sum"]
+# auto: l2 for the delta rules (their update is stable only for unit keys), none otherwise.
+KeyNorm = Literal["auto", "l2", "none"]
+
+# Recurrences that read a log decay g, and those that read a write strength beta.
+DECAY_RECURRENCES = frozenset({"decay", "gated_delta"})
+DELTA_RECURRENCES = frozenset({"delta", "gated_delta"})
+# Aggregations that compute gate logits (and so need a connector and descriptors).
+GATED_AGGREGATIONS = frozenset({"grm", "soup", "ssc"})
+
+_PACKAGE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+# A generated package must not shadow a module that it, or python, imports.
+_RESERVED_NAMES = frozenset(sys.stdlib_module_names) | {"torch", "triton", "numpy", "mcgen"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Memory(Strict):
+    recurrence: Recurrence
+    heads: Annotated[int, Field(ge=1, le=1024)]
+    key_dim: Annotated[int, Field(ge=1, le=4096)]
+    value_dim: Annotated[int, Field(ge=1, le=4096)]
+
+
+class Segments(Strict):
+    kind: SegmentKind
+    length: Annotated[int, Field(ge=1, le=1 << 24)] | None = None
+    boundaries: list[Annotated[int, Field(ge=1)]] | None = None
+
+
+class Cache(Strict):
+    segments: Segments
+    init: Init = "checkpoint"
+
+
+class Aggregation(Strict):
+    kind: AggregationKind
+    connector: Connector = "separate"
+    pool: Pool = "mean"
+    top_k: Annotated[int, Field(ge=1, le=1 << 20)] | None = None
+    gate_scale: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+
+class Layer(Strict):
+    d_model: Annotated[int, Field(ge=1, le=1 << 16)]
+    key_norm: KeyNorm = "auto"
+    # g = logsigmoid(x W_g) / decay_normalizer: a larger value keeps the decay near 1.
+    decay_normalizer: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+
+class Compute(Strict):
+    # Tokens per chunk of the chunked torch backend (and, later, the Triton kernels).
+    chunk_size: Annotated[int, Field(ge=1, le=4096)] = 64
+
+
+class Spec(Strict):
+    name: str
+    memory: Memory
+    cache: Cache
+    aggregation: Aggregation
+    layer: Layer
+    compute: Compute = Compute()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_package(cls, value: str) -> str:
+        if not _PACKAGE_NAME.fullmatch(value) or keyword.iskeyword(value) or len(value) > 64:
+            raise ValueError(
+                "must be a lowercase python identifier (letters, digits, underscores; at most "
+                "64 characters, not a keyword): it names the generated package, "
+                f"got {value[:64]!r}"
+            )
+        if value in _RESERVED_NAMES or value.startswith("__"):
+            raise ValueError(
+                f"{value!r} would shadow a python module (or be a dunder name): "
+                "it names the generated package; choose another name"
+            )
+        return value
