@@ -56,10 +56,11 @@ def _reported_errors() -> Iterator[None]:
         yield
     except SpecError as exc:
         for problem in exc.problems:
-            err.print(str(problem), markup=False, highlight=False)
+            # One problem per line, never wrapped: editors and scripts parse these.
+            err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except PackageError as exc:
-        err.print(str(exc), markup=False, highlight=False)
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -11,6 +11,7 @@ picks up the segment-end states. No loop runs over tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -42,6 +43,7 @@ class ChunkLayout:
         return runs
 
 
+@lru_cache(maxsize=64)  # training repeats the same lengths: work the layout out once
 def chunk_layout(position: int, seq_len: int, cached: int, chunk_size: int = CHUNK_SIZE) -> ChunkLayout:
     """Chunks of positions [position, position + seq_len); `cached` memories exist before."""
     index, flat, opens, closes, closed_length, visible, seen = [], [], [], [], [], [], []
@@ -62,6 +64,16 @@ def chunk_layout(position: int, seq_len: int, cached: int, chunk_size: int = CHU
     return ChunkLayout(index, flat, opens, closes, closed_length, visible, seen)
 
 
+@lru_cache(maxsize=64)
+def _layout_tensors(position: int, seq_len: int, cached: int, device: torch.device):
+    """(index [NC * C], flat [T], seen [NC, C]) of a call's layout, on the device."""
+    layout = chunk_layout(position, seq_len, cached)
+    index = torch.tensor(layout.index, device=device).view(-1)
+    flat = torch.tensor(layout.flat, device=device)
+    seen = torch.tensor(layout.seen, dtype=torch.float64, device=device)
+    return index, flat, seen
+
+
 def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None):
     """Returns (o [B, T, H, V] in q's dtype, the cache after the last token)."""
     batch, seq_len, heads, key_dim = q.shape
@@ -74,7 +86,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
         return q.new_zeros(batch, 0, heads, value_dim), cache
     layout = chunk_layout(cache.position, seq_len, cache.num_cached)
     num_chunks, chunk = len(layout.index), len(layout.index[0])
-    index = torch.tensor(layout.index, device=q.device).view(-1)  # [NC * C]
+    index, flat, seen = _layout_tensors(cache.position, seq_len, cache.num_cached, q.device)
 
     def chunked(x):  # [B, T, H, ...] -> [B, H, NC, C, ...], zero in padding slots
         padded = torch.cat([x.to(work), x.new_zeros(batch, 1, *x.shape[2:], dtype=work)], dim=1)
@@ -84,8 +96,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
     b_q = chunked(q) * scale  # [B, H, NC, C, K]
     b_k = chunked(k)  # [B, H, NC, C, K]
     b_v = chunked(v)  # [B, H, NC, C, V]
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()  # [C, C]
-    b_attn = (b_q @ b_k.transpose(-1, -2)).masked_fill(~causal, 0)  # [B, H, NC, C, C]
+    b_attn = (b_q @ b_k.transpose(-1, -2)).tril_()  # [B, H, NC, C, C]
     # What each chunk adds to the memory by its end: sum_j exp(G_last - G_j) v_j k_j^T.
     b_written = b_v.transpose(-1, -2) @ b_k
     # b_written: [B, H, NC, V, K]
@@ -123,8 +134,8 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
     # Online logit <u_t, d_on>: d_on sums the segment's keys before the chunk and the
     # chunk's keys up to t (then divided by their count for mean pooling).
     b_logit_online = (b_conn * torch.stack(key_sums_in, dim=2)[..., None, :]).sum(-1)
-    b_logit_online = b_logit_online + ((b_conn @ b_k.transpose(-1, -2)) * causal).sum(-1)
-    b_logit_online = b_logit_online / torch.tensor(layout.seen, dtype=work, device=q.device)
+    b_logit_online = b_logit_online + torch.linalg.vecdot(b_conn, b_k.cumsum(dim=-2))
+    b_logit_online = b_logit_online / seen.to(work)
     b_logit_online = GATE_SCALE * b_logit_online[..., None]  # [B, H, NC, C, 1]
     pieces = []
     for first, last, visible in layout.groups():
@@ -143,7 +154,6 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
         pieces.append(b_out_g)
     b_out = torch.cat(pieces, dim=2)
 
-    flat = torch.tensor(layout.flat, device=q.device)
     out = b_out.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, flat]
     new_cache = MCCache(
         state=memory,
