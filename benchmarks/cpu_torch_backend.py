@@ -82,9 +82,10 @@ def peak_bytes(fn) -> int:
         fn()
     live = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        if event.name == "[memory]":
-            live += event.cpu_memory_usage
-            peak = max(peak, live)
+        # Allocations are charged to the innermost op (self usage); frees outside any op
+        # come as "[memory]" events with a negative size.
+        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, live)
     return peak
 
 

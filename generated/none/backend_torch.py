@@ -64,12 +64,13 @@ def chunk_layout(position: int, seq_len: int, cached: int, chunk_size: int = CHU
 
 @lru_cache(maxsize=64)
 def _layout_tensors(position: int, seq_len: int, cached: int, device: torch.device):
-    """(index [NC * C], flat [T], seen [NC, C]) of a call's layout, on the device."""
+    """(index [NC * C], flat [T], seen [NC, C], visible [NC, 1, 1]) of a call's layout."""
     layout = chunk_layout(position, seq_len, cached)
     index = torch.tensor(layout.index, device=device).view(-1)
     flat = torch.tensor(layout.flat, device=device)
     seen = torch.tensor(layout.seen, dtype=torch.float64, device=device)
-    return index, flat, seen
+    visible = torch.tensor(layout.visible, device=device)[:, None, None]
+    return index, flat, seen, visible
 
 
 def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None):
@@ -84,7 +85,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
         return q.new_zeros(batch, 0, heads, value_dim), cache
     layout = chunk_layout(cache.position, seq_len, cache.num_cached)
     num_chunks, chunk = len(layout.index), len(layout.index[0])
-    index, flat, seen = _layout_tensors(cache.position, seq_len, cache.num_cached, q.device)
+    index, flat, seen, visible_counts = _layout_tensors(cache.position, seq_len, cache.num_cached, q.device)
 
     def chunked(x):  # [B, T, H, ...] -> [B, H, NC, C, ...], zero in padding slots
         padded = torch.cat([x.to(work), x.new_zeros(batch, 1, *x.shape[2:], dtype=work)], dim=1)

@@ -65,12 +65,13 @@ def chunk_layout(position: int, seq_len: int, cached: int, chunk_size: int = CHU
 
 @lru_cache(maxsize=64)
 def _layout_tensors(position: int, seq_len: int, cached: int, device: torch.device):
-    """(index [NC * C], flat [T], seen [NC, C]) of a call's layout, on the device."""
+    """(index [NC * C], flat [T], seen [NC, C], visible [NC, 1, 1]) of a call's layout."""
     layout = chunk_layout(position, seq_len, cached)
     index = torch.tensor(layout.index, device=device).view(-1)
     flat = torch.tensor(layout.flat, device=device)
     seen = torch.tensor(layout.seen, dtype=torch.float64, device=device)
-    return index, flat, seen
+    visible = torch.tensor(layout.visible, device=device)[:, None, None]
+    return index, flat, seen, visible
 
 
 def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None):
@@ -85,7 +86,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
         return q.new_zeros(batch, 0, heads, value_dim), cache
     layout = chunk_layout(cache.position, seq_len, cache.num_cached)
     num_chunks, chunk = len(layout.index), len(layout.index[0])
-    index, flat, seen = _layout_tensors(cache.position, seq_len, cache.num_cached, q.device)
+    index, flat, seen, visible_counts = _layout_tensors(cache.position, seq_len, cache.num_cached, q.device)
 
     def chunked(x):  # [B, T, H, ...] -> [B, H, NC, C, ...], zero in padding slots
         padded = torch.cat([x.to(work), x.new_zeros(batch, 1, *x.shape[2:], dtype=work)], dim=1)
@@ -115,22 +116,20 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
     b_out = b_q @ b_memory_in.transpose(-1, -2)  # [B, H, NC, C, V]
     b_out = b_out + b_attn @ b_v
 
-    # Cached reads r_i = C_i q_t. Chunks that see the same memories form a group, so
-    # each group reads only the memories visible to it: one matmul per group.
+    # Every memory cached so far, by earlier calls and by this one.
     states = torch.cat([cache.states.to(work), *(s[:, :, None] for s in new_states)], dim=2)
     # states: [B, H, N, V, K]
-    pieces = []
-    for first, last, visible in layout.groups():
-        b_out_g = b_out[:, :, first:last]  # [B, H, G, C, V]
-        if visible:
-            b_q_g = b_q[:, :, first:last]
-            b_reads = (
-                b_q_g.flatten(2, 3) @ states[:, :, :visible].flatten(2, 3).transpose(-1, -2)
-            ).unflatten(-1, (visible, value_dim)).unflatten(2, b_q_g.shape[2:4])
-            # b_reads: [B, H, G, C, n, V]
-            b_out_g = b_out_g + b_reads.sum(dim=-2)
-        pieces.append(b_out_g)
-    b_out = torch.cat(pieces, dim=2)
+    # Cached reads r_i = C_i q_t, a group of chunks at a time: chunks that see the same
+    # memories read them in one matmul, and no chunk reads a memory it cannot see.
+    b_q_rows = b_q.flatten(2, 3)  # [B, H, NC * C, K]
+    states_cols = states.flatten(2, 3).transpose(-1, -2)  # [B, H, K, N * V]
+    for first, last, count in layout.groups():
+        if count == 0:
+            continue
+        b_reads = (
+            b_q_rows[:, :, first * chunk : last * chunk] @ states_cols[..., : count * value_dim]
+        ).view(batch, heads, last - first, chunk, count, value_dim)  # [B, H, G, C, n, V]
+        b_out[:, :, first:last] += b_reads.sum(dim=-2)
 
     out = b_out.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, flat]
     new_cache = MCCache(
