@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tbench
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 from mcgen.build import build
@@ -97,7 +99,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64, help="K = V")
     parser.add_argument("--segment", type=int, default=64, help="constant segment length C")
     parser.add_argument("--chunk", type=int, default=64, help="compute.chunk_size")
-    parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds per timing")
+    parser.add_argument("--min-run-time", type=float, default=3.0, help="seconds per case")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--memory-lengths", default="1024,2048,4096,8192")
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/cpu_torch_backend.json")
@@ -123,39 +126,25 @@ def main() -> None:
 
             return run
 
-        rows = [
-            (
-                "reference (fp64, per token)",
-                "fwd",
-                median_ms(lambda: grm.reference(**x), args.min_run_time),
-            ),
-            (
-                "torch backend (fp32)",
-                "fwd",
-                median_ms(lambda: grm.mc_forward(**x), args.min_run_time),
-            ),
-            (
-                "plain chunked linear attention",
-                "fwd",
-                median_ms(lambda: linear.mc_forward(**lin_x), args.min_run_time),
-            ),
-            (
-                "reference (fp64, per token)",
-                "fwd+bwd",
-                median_ms(fwd_bwd(grm.reference, xg), args.min_run_time),
-            ),
-            (
-                "torch backend (fp32)",
-                "fwd+bwd",
-                median_ms(fwd_bwd(grm.mc_forward, xg), args.min_run_time),
-            ),
-            (
-                "plain chunked linear attention",
-                "fwd+bwd",
-                median_ms(fwd_bwd(linear.mc_forward, lin_xg), args.min_run_time),
-            ),
-        ]
-        reference_ms = {mode: ms for name, mode, ms in rows if name.startswith("reference")}
+        cases = {
+            ("reference (fp64, per token)", "fwd"): lambda: grm.reference(**x),
+            ("torch backend (fp32)", "fwd"): lambda: grm.mc_forward(**x),
+            ("plain chunked linear attention", "fwd"): lambda: linear.mc_forward(**lin_x),
+            ("reference (fp64, per token)", "fwd+bwd"): fwd_bwd(grm.reference, xg),
+            ("torch backend (fp32)", "fwd+bwd"): fwd_bwd(grm.mc_forward, xg),
+            ("plain chunked linear attention", "fwd+bwd"): fwd_bwd(linear.mc_forward, lin_xg),
+        }
+        # This machine may be shared: time the cases in interleaved rounds, so a slow
+        # spell hits every case alike, and take speed-ups round by round.
+        rounds: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
+        for _ in track(range(args.rounds), description="timing", console=console):
+            for case, fn in cases.items():
+                rounds[case].append(median_ms(fn, args.min_run_time / args.rounds))
+        rows = []
+        for (name, mode), times in rounds.items():
+            reference = rounds[("reference (fp64, per token)", mode)]
+            speedup = statistics.median(r / t for r, t in zip(reference, times, strict=True))
+            rows.append((name, mode, statistics.median(times), speedup))
         table = Table(
             title=f"GRM, linear memory: B={b} H={h} T={t} K=V={d} "
             f"C={args.segment} chunk={args.chunk} ({machine})"
@@ -164,8 +153,8 @@ def main() -> None:
             table.add_column(
                 column, justify="left" if column in ("implementation", "mode") else "right"
             )
-        for name, mode, ms in rows:
-            table.add_row(name, mode, f"{ms:.2f}", f"{reference_ms[mode] / ms:.1f}x")
+        for name, mode, ms, speedup in rows:
+            table.add_row(name, mode, f"{ms:.2f}", f"{speedup:.1f}x")
         console.print(table)
 
         memory_rows = []
@@ -175,13 +164,14 @@ def main() -> None:
             cached = seq_len // args.segment
             memory_rows.append((seq_len, cached, peak))
         mem_table = Table(title="torch backend forward, peak live tensor memory as T grows")
-        for column in ("T", "N cached", "peak MiB", "bytes / (T*N)", "bytes / T^2"):
+        for column in ("T", "N cached", "peak MiB", "bytes / T", "bytes / (T*N)", "bytes / T^2"):
             mem_table.add_column(column, justify="right")
         for seq_len, cached, peak in memory_rows:
             mem_table.add_row(
                 str(seq_len),
                 str(cached),
                 f"{peak / 2**20:.1f}",
+                f"{peak / seq_len:.0f}",
                 f"{peak / (seq_len * max(cached, 1)):.0f}",
                 f"{peak / seq_len**2:.1f}",
             )
@@ -198,7 +188,10 @@ def main() -> None:
             "segment": args.segment,
             "chunk": args.chunk,
         },
-        "timings_ms": [{"implementation": n, "mode": m, "median_ms": ms} for n, m, ms in rows],
+        "timings_ms": [
+            {"implementation": n, "mode": m, "median_ms": ms, "speedup_vs_reference": x}
+            for n, m, ms, x in rows
+        ],
         "memory": [{"seq_len": s, "cached": c, "peak_bytes": p} for s, c, p in memory_rows],
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
