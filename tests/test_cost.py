@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 from rich.console import Console
+from spec_helpers import SEGMENTS, make_spec
 
 from mcgen.inspect_report import format_quantity, inspect_spec, render_report
 from mcgen.ir.errors import IRError
@@ -13,28 +15,9 @@ from mcgen.ir.graph import lower
 from mcgen.passes.cost import annotate_cost, attention_cost, cost_table, visible_per_token
 from mcgen.passes.pipeline import compile_spec
 from mcgen.segments import mean_visible
-from mcgen.spec import Spec, parse_spec
+from mcgen.spec import Spec
 
-
-def make_spec(
-    *,
-    recurrence: str = "linear",
-    segments: str = "{kind: constant, length: 4}",
-    init: str = "checkpoint",
-    aggregation: str = "{kind: grm}",
-    heads: int = 1,
-    chunk_size: int = 4,
-) -> Spec:
-    return parse_spec(
-        f"""
-name: c
-memory: {{recurrence: {recurrence}, heads: {heads}, key_dim: 8, value_dim: 8}}
-cache: {{segments: {segments}, init: {init}}}
-aggregation: {aggregation}
-layer: {{d_model: 32}}
-compute: {{chunk_size: {chunk_size}}}
-"""
-    )
+cost_spec = partial(make_spec, name="c", segments=SEGMENTS["constant"], heads=1, d_model=32)
 
 
 def costed(spec: Spec, seq_len: int = 16, batch: int = 1):
@@ -61,7 +44,7 @@ def test_visible_counts_logarithmic() -> None:
 
 def test_grm_by_hand() -> None:
     # C=4, T=16, K=V=8, chunk 4: mean visible 1.5, 4 complete segments.
-    graph = costed(make_spec(aggregation="{kind: grm}"))
+    graph = costed(cost_spec(aggregation="grm"))
     kv = 64
     assert flops(graph, "scan") == 2 * kv + 4 * (8 + 8)  # update + intra-chunk = 192
     assert flops(graph, "read_online") == 2 * kv
@@ -82,8 +65,8 @@ def test_grm_by_hand() -> None:
 
 
 def test_totals_scale_with_heads_and_batch() -> None:
-    one = costed(make_spec(heads=1)).graph["cost"]
-    many = costed(make_spec(heads=2), batch=3).graph["cost"]
+    one = costed(cost_spec(heads=1)).graph["cost"]
+    many = costed(cost_spec(heads=2), batch=3).graph["cost"]
     assert many["flops_per_token_per_head"] == one["flops_per_token_per_head"]
     assert many["flops"] == pytest.approx(one["flops"] * 6)
     assert many["decode_state_bytes"] == one["decode_state_bytes"] * 6
@@ -92,7 +75,7 @@ def test_totals_scale_with_heads_and_batch() -> None:
 
 
 def test_bytes_by_hand() -> None:
-    graph = costed(make_spec(aggregation="{kind: grm}"))
+    graph = costed(cost_spec(aggregation="grm"))
     assert graph.nodes["q"]["cost"]["bytes"] == 2 * 8 * 16  # bf16 K per token
     assert graph.nodes["out"]["cost"]["bytes"] == 2 * 8 * 16
     assert graph.nodes["scan"]["cost"]["bytes"] == 2 * 4 * 64 * 4  # load+store per chunk, 4 chunks
@@ -102,29 +85,29 @@ def test_bytes_by_hand() -> None:
 
 
 def test_decode_and_training_without_a_cache() -> None:
-    cost = costed(make_spec(aggregation="{kind: none}")).graph["cost"]
+    cost = costed(cost_spec(aggregation="none")).graph["cost"]
     assert cost["decode_state_numbers_per_head"] == 64
     assert cost["training_memory_bytes"] == 0
-    residual = costed(make_spec(aggregation="{kind: residual}")).graph["cost"]
+    residual = costed(cost_spec(aggregation="residual")).graph["cost"]
     assert residual["decode_state_numbers_per_head"] == 64 + 4 * 64  # no descriptors
 
 
 def test_delta_rules_pay_for_s_k() -> None:
-    linear = costed(make_spec(recurrence="linear"))
-    delta = costed(make_spec(recurrence="delta"))
+    linear = costed(cost_spec(recurrence="linear"))
+    delta = costed(cost_spec(recurrence="delta"))
     assert flops(delta, "scan") - flops(linear, "scan") == 2 * 64
 
 
 def test_ssc_is_cheaper_than_grm_when_top_k_is_below_visible() -> None:
-    grm = costed(make_spec(aggregation="{kind: grm}"))
-    ssc = costed(make_spec(aggregation="{kind: ssc, top_k: 1}"))
+    grm = costed(cost_spec(aggregation="grm"))
+    ssc = costed(cost_spec(aggregation="ssc", aggregation_extra=", top_k: 1"))
     # mean of min(1, visible) over 0,0,0,0,1,1,1,1,2,2,2,2,3,3,3,3 = 12/16
     assert ssc.graph["cost"]["mean_read"] == pytest.approx(0.75)
     assert flops(ssc, "read_cached") == pytest.approx(2 * 64 * 0.75)
     assert flops(ssc, "gate") == flops(grm, "gate")  # top-k still scores every segment
     assert ssc.graph["cost"]["flops"] < grm.graph["cost"]["flops"]
     # A top_k no token exceeds reads what grm reads.
-    wide = costed(make_spec(aggregation="{kind: ssc, top_k: 3}"))
+    wide = costed(cost_spec(aggregation="ssc", aggregation_extra=", top_k: 3"))
     assert wide.graph["cost"]["flops"] == pytest.approx(grm.graph["cost"]["flops"])
 
 
@@ -139,7 +122,7 @@ def test_attention_baseline() -> None:
 
 
 def test_cost_table_compares_with_attention() -> None:
-    graph = costed(make_spec())
+    graph = costed(cost_spec())
     rows = {row.metric: row for row in cost_table(graph)}
     decode = rows["decode state per head (numbers)"]
     assert (decode.spec, decode.attention) == (360, 256)
@@ -147,11 +130,11 @@ def test_cost_table_compares_with_attention() -> None:
     per_token = rows["FLOPs per token (all heads)"]
     assert per_token.spec == pytest.approx(608) and per_token.attention == pytest.approx(272)
     with pytest.raises(IRError, match="annotate_cost"):
-        cost_table(lower(make_spec()))
+        cost_table(lower(cost_spec()))
 
 
 def test_linear_attention_rewrite_is_cheaper() -> None:
-    spec = make_spec(aggregation="{kind: residual}", init="independent")
+    spec = cost_spec(aggregation="residual", init="independent")
     before = costed(spec, seq_len=64).graph["cost"]
     after = compile_spec(spec, seq_len=64).after.graph["cost"]
     assert after["flops"] < before["flops"]
@@ -160,7 +143,7 @@ def test_linear_attention_rewrite_is_cheaper() -> None:
 
 
 def test_inspect_report_json_and_rendering() -> None:
-    spec = make_spec(aggregation="{kind: soup}", chunk_size=64)
+    spec = cost_spec(aggregation="soup", chunk_size=64)
     report = inspect_spec(spec, seq_len=4096)
     data = json.loads(json.dumps(report.to_json()))
     assert data["notes"][0].startswith("soup_to_grm")

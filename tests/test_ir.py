@@ -6,46 +6,21 @@ import itertools
 
 import networkx as nx
 import pytest
+from spec_helpers import SEGMENTS, make_spec
 
 from mcgen.ir.errors import IRError
 from mcgen.ir.graph import lower
 from mcgen.ir.plan import plan_from_ir
 from mcgen.ir.render import dot_quote, to_dot, to_text
 from mcgen.passes.validate import validate_ir
-from mcgen.spec import Spec, parse_spec
+from mcgen.spec import Spec
 
-SEGMENTS = {
-    "constant": "{kind: constant, length: 4}",
-    "logarithmic": "{kind: logarithmic, length: 2}",
-    "explicit": "{kind: explicit, boundaries: [3, 7, 12]}",
-    "none": "{kind: none}",
-}
+# What these tests share; `ir_spec` names each spec after its aggregation (t_grm, t_ssc, ...).
+IR_FIELDS = {"segments": SEGMENTS["constant"], "value_dim": 6, "chunk_size": 16, "d_model": 32}
 
 
-def make_spec(
-    *,
-    recurrence: str = "linear",
-    segments: str = "constant",
-    init: str = "checkpoint",
-    aggregation: str = "grm",
-    extra_aggregation: str = "",
-    key_dim: int = 8,
-    value_dim: int = 6,
-    heads: int = 2,
-    chunk_size: int = 16,
-) -> Spec:
-    return parse_spec(
-        f"""
-name: t_{aggregation}
-memory: {{recurrence: {recurrence}, heads: {heads}, key_dim: {key_dim}, value_dim: {value_dim}}}
-cache:
-  segments: {SEGMENTS[segments]}
-  init: {init}
-aggregation: {{kind: {aggregation}{extra_aggregation}}}
-layer: {{d_model: 32}}
-compute: {{chunk_size: {chunk_size}}}
-"""
-    )
+def ir_spec(*, aggregation: str = "grm", **fields) -> Spec:
+    return make_spec(name=f"t_{aggregation}", aggregation=aggregation, **(IR_FIELDS | fields))
 
 
 BASE = {"q", "k", "v", "segments", "scan", "read_online", "aggregate", "out"}
@@ -64,7 +39,7 @@ GATED = {"u", "pool", "gate"}
     ],
 )
 def test_lowering_has_the_nodes_the_aggregation_needs(aggregation: str, expected: set) -> None:
-    graph = lower(make_spec(aggregation=aggregation))
+    graph = lower(ir_spec(aggregation=aggregation))
     assert set(graph.nodes) == expected
     assert graph.nodes["aggregate"]["kind"] == aggregation  # faithful: soup stays soup
     assert graph.graph["notes"] == []
@@ -73,7 +48,7 @@ def test_lowering_has_the_nodes_the_aggregation_needs(aggregation: str, expected
 
 
 def test_grm_edges_are_the_data_flow() -> None:
-    graph = lower(make_spec(aggregation="grm"))
+    graph = lower(ir_spec(aggregation="grm"))
     edges = {(src, dst, data["arg"]) for src, dst, data in graph.edges(data=True)}
     assert edges == {
         ("k", "scan", "k"),
@@ -102,7 +77,7 @@ def test_grm_edges_are_the_data_flow() -> None:
     [("linear", set()), ("decay", {"g"}), ("delta", {"beta"}), ("gated_delta", {"g", "beta"})],
 )
 def test_recurrence_inputs_feed_the_scan(recurrence: str, extra: set) -> None:
-    graph = lower(make_spec(recurrence=recurrence, aggregation="none"))
+    graph = lower(ir_spec(recurrence=recurrence, aggregation="none"))
     assert set(graph.nodes) == BASE | extra
     scan_inputs = {data["arg"]: src for src, _, data in graph.in_edges("scan", data=True)}
     assert scan_inputs == {"k": "k", "v": "v", "segments": "segments"} | {a: a for a in extra}
@@ -112,7 +87,7 @@ def test_recurrence_inputs_feed_the_scan(recurrence: str, extra: set) -> None:
 
 
 def test_query_connector_has_no_u_and_the_gate_reads_q() -> None:
-    graph = lower(make_spec(aggregation="grm", extra_aggregation=", connector: query"))
+    graph = lower(ir_spec(aggregation="grm", aggregation_extra=", connector: query"))
     assert "u" not in graph
     assert graph.nodes["gate"]["connector"] == "query"
     assert graph.has_edge("q", "gate") and graph.edges["q", "gate"]["arg"] == "u"
@@ -120,7 +95,7 @@ def test_query_connector_has_no_u_and_the_gate_reads_q() -> None:
 
 
 def test_shapes_dims_and_gate_attributes() -> None:
-    graph = lower(make_spec(aggregation="ssc", key_dim=8, value_dim=6, heads=3))
+    graph = lower(ir_spec(aggregation="ssc", key_dim=8, value_dim=6, heads=3))
     q, v, scan = graph.nodes["q"], graph.nodes["v"], graph.nodes["scan"]
     assert (q["op"], q["shape"], q["dims"]) == ("input", "[B,T,H,K]", {"H": 3, "K": 8})
     assert (v["shape"], v["dims"]) == ("[B,T,H,V]", {"H": 3, "V": 6})
@@ -130,19 +105,19 @@ def test_shapes_dims_and_gate_attributes() -> None:
     assert gate["kind"] == "topk_softmax" and gate["top_k"] == 4  # the resolved default
     assert gate["gate_scale"] == pytest.approx(8**-0.5)
     assert graph.nodes["read_cached"]["form"] == "state"
-    grm_gate = lower(make_spec(aggregation="grm")).nodes["gate"]
+    grm_gate = lower(ir_spec(aggregation="grm")).nodes["gate"]
     assert grm_gate["kind"] == "softmax" and grm_gate["top_k"] is None
 
 
 def test_segmentation_attributes() -> None:
-    seg = lower(make_spec(segments="explicit")).nodes["segments"]
+    seg = lower(ir_spec(segments=SEGMENTS["explicit"])).nodes["segments"]
     assert (seg["op"], seg["kind"], seg["boundaries"], seg["length"]) == (
         "segmentation",
         "explicit",
         (3, 7, 12),
         None,
     )
-    assert lower(make_spec(segments="logarithmic")).nodes["segments"]["length"] == 2
+    assert lower(ir_spec(segments=SEGMENTS["logarithmic"])).nodes["segments"]["length"] == 2
 
 
 @pytest.mark.parametrize(
@@ -158,13 +133,15 @@ def test_segmentation_attributes() -> None:
 )
 def test_every_lowering_validates(recurrence: str, aggregation: str, segments: str, init: str):
     graph = lower(
-        make_spec(recurrence=recurrence, aggregation=aggregation, segments=segments, init=init)
+        ir_spec(
+            recurrence=recurrence, aggregation=aggregation, segments=SEGMENTS[segments], init=init
+        )
     )
     validate_ir(graph)
 
 
 def test_text_has_one_line_per_node_in_topological_order() -> None:
-    graph = lower(make_spec(aggregation="grm"))
+    graph = lower(ir_spec(aggregation="grm"))
     lines = to_text(graph).splitlines()
     ids = [line.split(":")[0].strip() for line in lines]
     assert sorted(ids) == sorted(graph.nodes)
@@ -176,7 +153,7 @@ def test_text_has_one_line_per_node_in_topological_order() -> None:
 
 
 def test_dot_is_deterministic_and_complete() -> None:
-    spec = make_spec(aggregation="ssc", recurrence="gated_delta")
+    spec = ir_spec(aggregation="ssc", recurrence="gated_delta")
     dot = to_dot(lower(spec))
     assert dot == to_dot(lower(spec))
     assert dot.startswith('digraph "t_ssc" {') and dot.rstrip().endswith("}")
@@ -189,13 +166,13 @@ def test_dot_is_deterministic_and_complete() -> None:
 
 def test_dot_quote_escapes() -> None:
     assert dot_quote('a"b\\c\nd') == '"a\\"b\\\\c\\nd"'
-    dot = to_dot(lower(make_spec()), name='x"; evil')
+    dot = to_dot(lower(ir_spec()), name='x"; evil')
     assert dot.startswith('digraph "x\\"; evil" {')
 
 
 def test_plan_from_lowered_graph() -> None:
-    spec = make_spec(
-        recurrence="gated_delta", aggregation="ssc", segments="explicit", chunk_size=32
+    spec = ir_spec(
+        recurrence="gated_delta", aggregation="ssc", segments=SEGMENTS["explicit"], chunk_size=32
     )
     plan = plan_from_ir(lower(spec))
     assert (plan.recurrence, plan.aggregation, plan.segments) == ("gated_delta", "ssc", "explicit")
@@ -204,11 +181,11 @@ def test_plan_from_lowered_graph() -> None:
     assert (plan.top_k, plan.pool, plan.connector, plan.chunk_size) == (4, "mean", "separate", 32)
     assert plan.caches
 
-    plain = plan_from_ir(lower(make_spec(aggregation="none", recurrence="decay")))
+    plain = plan_from_ir(lower(ir_spec(aggregation="none", recurrence="decay")))
     assert plain.uses_g and not plain.uses_beta and not plain.uses_u
     assert plain.connector is None and plain.gate_scale is None and not plain.caches
 
 
 def test_plan_refuses_soup() -> None:
     with pytest.raises(IRError, match="soup"):
-        plan_from_ir(lower(make_spec(aggregation="soup")))
+        plan_from_ir(lower(ir_spec(aggregation="soup")))

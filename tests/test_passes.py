@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import networkx as nx
 import pytest
+from spec_helpers import SEGMENTS, make_spec
 
 from mcgen.ir.errors import IRError
 from mcgen.ir.graph import lower
@@ -17,35 +19,17 @@ from mcgen.passes.pipeline import PASSES, compile_spec, run_passes, trace_passes
 from mcgen.passes.soup_to_grm import soup_to_grm
 from mcgen.passes.ssc_to_grm import ssc_to_grm
 from mcgen.passes.validate import validate_ir
-from mcgen.spec import Spec, parse_spec
+from mcgen.spec import Spec
 
-SEGMENTS = {
-    "constant": "{kind: constant, length: 4}",
-    "logarithmic": "{kind: logarithmic, length: 2}",
-    "explicit": "{kind: explicit, boundaries: [3, 7, 12]}",
-    "none": "{kind: none}",
-}
-
-
-def make_spec(
-    *,
-    recurrence: str = "linear",
-    segments: str = "constant",
-    init: str = "checkpoint",
-    aggregation: str = "grm",
-    extra_aggregation: str = "",
-) -> Spec:
-    return parse_spec(
-        f"""
-name: t
-memory: {{recurrence: {recurrence}, heads: 2, key_dim: 8, value_dim: 6}}
-cache:
-  segments: {SEGMENTS[segments]}
-  init: {init}
-aggregation: {{kind: {aggregation}{extra_aggregation}}}
-layer: {{d_model: 32}}
-"""
-    )
+# No `compute` section: the schema's chunk size.
+pass_spec = partial(
+    make_spec,
+    name="t",
+    segments=SEGMENTS["constant"],
+    value_dim=6,
+    chunk_size=None,
+    d_model=32,
+)
 
 
 def snapshot(graph: nx.DiGraph) -> tuple:
@@ -61,7 +45,7 @@ def snapshot(graph: nx.DiGraph) -> tuple:
 
 
 def test_soup_becomes_grm_with_a_note() -> None:
-    before = lower(make_spec(aggregation="soup"))
+    before = lower(pass_spec(aggregation="soup"))
     after = soup_to_grm(before)
     assert after.nodes["aggregate"]["kind"] == "grm"
     assert after.nodes["gate"]["kind"] == "softmax"
@@ -73,13 +57,13 @@ def test_soup_becomes_grm_with_a_note() -> None:
 
 @pytest.mark.parametrize("aggregation", ["none", "residual", "grm", "ssc"])
 def test_soup_to_grm_leaves_other_aggregations(aggregation: str) -> None:
-    before = lower(make_spec(aggregation=aggregation))
+    before = lower(pass_spec(aggregation=aggregation))
     after = soup_to_grm(before)
     assert snapshot(after) == snapshot(before)
 
 
 def test_soup_stays_for_a_deep_memory() -> None:
-    graph = lower(make_spec(aggregation="soup"))
+    graph = lower(pass_spec(aggregation="soup"))
     graph.graph["memory"] = "deep"
     assert soup_to_grm(graph).nodes["aggregate"]["kind"] == "soup"
 
@@ -89,7 +73,7 @@ def test_soup_stays_for_a_deep_memory() -> None:
 
 @pytest.mark.parametrize("segments", ["constant", "logarithmic", "explicit"])
 def test_residual_independent_linear_is_linear_attention(segments: str) -> None:
-    spec = make_spec(aggregation="residual", init="independent", segments=segments)
+    spec = pass_spec(aggregation="residual", init="independent", segments=SEGMENTS[segments])
     after = linear_attention(lower(spec))
     assert set(after.nodes) == {
         "q",
@@ -124,7 +108,7 @@ def test_residual_independent_linear_is_linear_attention(segments: str) -> None:
     ],
 )
 def test_linear_attention_does_not_fire(recurrence: str, init: str, aggregation: str) -> None:
-    before = lower(make_spec(recurrence=recurrence, init=init, aggregation=aggregation))
+    before = lower(pass_spec(recurrence=recurrence, init=init, aggregation=aggregation))
     assert snapshot(linear_attention(before)) == snapshot(before)
 
 
@@ -132,7 +116,7 @@ def test_linear_attention_does_not_fire(recurrence: str, init: str, aggregation:
 
 
 def test_dead_cache_none_checkpoint_drops_the_segmentation() -> None:
-    after = dead_cache(lower(make_spec(aggregation="none", init="checkpoint")))
+    after = dead_cache(lower(pass_spec(aggregation="none", init="checkpoint")))
     assert after.nodes["segments"]["kind"] == "none"
     assert after.nodes["segments"]["length"] is None
     (note,) = after.graph["notes"]
@@ -141,7 +125,7 @@ def test_dead_cache_none_checkpoint_drops_the_segmentation() -> None:
 
 
 def test_dead_cache_none_independent_keeps_the_segmentation() -> None:
-    before = lower(make_spec(aggregation="none", init="independent"))
+    before = lower(pass_spec(aggregation="none", init="independent"))
     after = dead_cache(before)
     assert after.nodes["segments"]["kind"] == "constant"
     assert after.nodes["segments"]["length"] == 4
@@ -154,7 +138,9 @@ def test_dead_cache_none_independent_keeps_the_segmentation() -> None:
 @pytest.mark.parametrize("aggregation", ["residual", "grm", "ssc", "soup"])
 @pytest.mark.parametrize("init", ["checkpoint", "independent"])
 def test_dead_cache_without_segments_removes_the_cache(aggregation: str, init: str) -> None:
-    after = dead_cache(lower(make_spec(aggregation=aggregation, segments="none", init=init)))
+    after = dead_cache(
+        lower(pass_spec(aggregation=aggregation, segments=SEGMENTS["none"], init=init))
+    )
     assert set(after.nodes) == {
         "q",
         "k",
@@ -175,7 +161,7 @@ def test_dead_cache_without_segments_removes_the_cache(aggregation: str, init: s
 
 @pytest.mark.parametrize("aggregation", ["residual", "grm", "ssc"])
 def test_dead_cache_leaves_a_live_cache(aggregation: str) -> None:
-    before = lower(make_spec(aggregation=aggregation))
+    before = lower(pass_spec(aggregation=aggregation))
     assert snapshot(dead_cache(before)) == snapshot(before)
 
 
@@ -183,7 +169,9 @@ def test_dead_cache_leaves_a_live_cache(aggregation: str) -> None:
 
 
 def test_ssc_with_top_k_covering_explicit_boundaries_is_grm() -> None:
-    spec = make_spec(aggregation="ssc", segments="explicit", extra_aggregation=", top_k: 3")
+    spec = pass_spec(
+        aggregation="ssc", segments=SEGMENTS["explicit"], aggregation_extra=", top_k: 3"
+    )
     after = ssc_to_grm(lower(spec))
     assert after.nodes["aggregate"]["kind"] == "grm"
     assert after.nodes["gate"]["kind"] == "softmax" and after.nodes["gate"]["top_k"] is None
@@ -197,7 +185,9 @@ def test_ssc_with_top_k_covering_explicit_boundaries_is_grm() -> None:
     [("explicit", 2), ("constant", 1000), ("logarithmic", 1000)],
 )
 def test_ssc_stays_when_top_k_can_drop_a_segment(segments: str, top_k: int) -> None:
-    spec = make_spec(aggregation="ssc", segments=segments, extra_aggregation=f", top_k: {top_k}")
+    spec = pass_spec(
+        aggregation="ssc", segments=SEGMENTS[segments], aggregation_extra=f", top_k: {top_k}"
+    )
     before = lower(spec)
     assert snapshot(ssc_to_grm(before)) == snapshot(before)
 
@@ -206,34 +196,34 @@ def test_ssc_stays_when_top_k_can_drop_a_segment(segments: str, top_k: int) -> N
 
 
 def test_validate_accepts_a_lowered_graph_and_returns_a_copy() -> None:
-    graph = lower(make_spec(recurrence="gated_delta", aggregation="ssc"))
+    graph = lower(pass_spec(recurrence="gated_delta", aggregation="ssc"))
     checked = validate_ir(graph)
     assert checked is not graph and snapshot(checked) == snapshot(graph)
 
 
 def test_validate_catches_a_missing_g() -> None:
-    graph = lower(make_spec(recurrence="decay", aggregation="grm"))
+    graph = lower(pass_spec(recurrence="decay", aggregation="grm"))
     graph.remove_edge("g", "scan")
     with pytest.raises(IRError, match=r"'scan'.*decay.*lacks required input\(s\): g"):
         validate_ir(graph)
 
 
 def test_validate_catches_a_missing_beta() -> None:
-    graph = lower(make_spec(recurrence="delta", aggregation="none"))
+    graph = lower(pass_spec(recurrence="delta", aggregation="none"))
     graph.remove_node("beta")
     with pytest.raises(IRError, match="beta"):
         validate_ir(graph)
 
 
 def test_validate_catches_a_cycle() -> None:
-    graph = lower(make_spec())
+    graph = lower(pass_spec())
     graph.add_edge("out", "scan", arg="k")
     with pytest.raises(IRError, match="cycle"):
         validate_ir(graph)
 
 
 def test_validate_catches_g_on_a_linear_scan() -> None:
-    graph = lower(make_spec(recurrence="linear"))
+    graph = lower(pass_spec(recurrence="linear"))
     graph.add_node("g", op="input", name="g", shape="[B,T,H]", dims={"H": 2}, dtype="bf16")
     graph.add_edge("g", "scan", arg="g")
     with pytest.raises(IRError, match="does not use: g"):
@@ -241,45 +231,45 @@ def test_validate_catches_g_on_a_linear_scan() -> None:
 
 
 def test_validate_catches_read_cached_without_cache() -> None:
-    graph = lower(make_spec(aggregation="residual"))
+    graph = lower(pass_spec(aggregation="residual"))
     graph.remove_node("cache")
     with pytest.raises(IRError, match="'read_cached'.*lacks.*cache"):
         validate_ir(graph)
 
 
 def test_validate_catches_a_gate_without_pool_or_u() -> None:
-    graph = lower(make_spec(aggregation="grm"))
+    graph = lower(pass_spec(aggregation="grm"))
     graph.remove_node("pool")
     with pytest.raises(IRError, match="'gate'.*descriptors"):
         validate_ir(graph)
-    graph = lower(make_spec(aggregation="grm"))
+    graph = lower(pass_spec(aggregation="grm"))
     graph.remove_node("u")
     with pytest.raises(IRError, match="'gate'.*lacks.*u"):
         validate_ir(graph)
 
 
 def test_validate_catches_inconsistent_attributes() -> None:
-    graph = lower(make_spec(aggregation="grm"))
+    graph = lower(pass_spec(aggregation="grm"))
     graph.nodes["gate"]["top_k"] = 2
     with pytest.raises(IRError, match="top_k=2 given on a softmax gate"):
         validate_ir(graph)
 
-    graph = lower(make_spec(aggregation="ssc"))
+    graph = lower(pass_spec(aggregation="ssc"))
     graph.nodes["gate"].update(kind="softmax", top_k=None)
     with pytest.raises(IRError, match="ssc needs a topk_softmax gate"):
         validate_ir(graph)
 
-    graph = lower(make_spec())
+    graph = lower(pass_spec())
     graph.nodes["q"]["dims"] = {"H": 2, "K": 4}
     with pytest.raises(IRError, match="'q': K=4 does not match the state's K=8"):
         validate_ir(graph)
 
-    graph = lower(make_spec(aggregation="grm", extra_aggregation=", connector: query"))
+    graph = lower(pass_spec(aggregation="grm", aggregation_extra=", connector: query"))
     graph.nodes["gate"]["connector"] = "separate"
     with pytest.raises(IRError, match="connector separate reads input 'u'"):
         validate_ir(graph)
 
-    graph = lower(make_spec())
+    graph = lower(pass_spec())
     graph.nodes["segments"]["length"] = None
     with pytest.raises(IRError, match="positive length"):
         validate_ir(graph)
@@ -288,11 +278,11 @@ def test_validate_catches_inconsistent_attributes() -> None:
 # --- no pass mutates its input ----------------------------------------------------------
 
 SPECS = [
-    make_spec(aggregation="soup"),
-    make_spec(aggregation="residual", init="independent"),
-    make_spec(aggregation="ssc", segments="explicit", extra_aggregation=", top_k: 5"),
-    make_spec(aggregation="grm", segments="none"),
-    make_spec(aggregation="none", recurrence="gated_delta"),
+    pass_spec(aggregation="soup"),
+    pass_spec(aggregation="residual", init="independent"),
+    pass_spec(aggregation="ssc", segments=SEGMENTS["explicit"], aggregation_extra=", top_k: 5"),
+    pass_spec(aggregation="grm", segments=SEGMENTS["none"]),
+    pass_spec(aggregation="none", recurrence="gated_delta"),
 ]
 PASS_FUNCTIONS: list[Callable[[nx.DiGraph], nx.DiGraph]] = [
     validate_ir,
@@ -330,13 +320,13 @@ def test_pipeline_order() -> None:
         "validate",
         "annotate_cost",
     ]
-    steps = trace_passes(lower(make_spec(aggregation="soup")), seq_len=32)
+    steps = trace_passes(lower(pass_spec(aggregation="soup")), seq_len=32)
     assert [name for name, _ in steps] == [p.name for p in PASSES]
     assert steps[1][1].nodes["aggregate"]["kind"] == "grm"
 
 
 def test_run_passes_returns_the_notes() -> None:
-    graph, notes = run_passes(lower(make_spec(aggregation="soup")), seq_len=64)
+    graph, notes = run_passes(lower(pass_spec(aggregation="soup")), seq_len=64)
     assert graph.nodes["aggregate"]["kind"] == "grm"
     assert len(notes) == 1 and notes[0].startswith("soup_to_grm")
     assert graph.graph["cost"]["seq_len"] == 64
@@ -344,26 +334,28 @@ def test_run_passes_returns_the_notes() -> None:
 
 
 def test_canonical_spec_has_no_notes() -> None:
-    _, notes = run_passes(lower(make_spec(aggregation="grm")))
+    _, notes = run_passes(lower(pass_spec(aggregation="grm")))
     assert notes == []
 
 
 def test_compile_spec_plans() -> None:
-    la = compile_spec(make_spec(aggregation="residual", init="independent"), seq_len=64)
+    la = compile_spec(pass_spec(aggregation="residual", init="independent"), seq_len=64)
     assert la.before.nodes["aggregate"]["kind"] == "residual"
     p = la.plan
     assert (p.aggregation, p.segments, p.init, p.caches) == ("none", "none", "checkpoint", False)
     assert p.notes and p.notes[0].startswith("linear_attention")
 
-    soup = compile_spec(make_spec(aggregation="soup"), seq_len=64).plan
+    soup = compile_spec(pass_spec(aggregation="soup"), seq_len=64).plan
     assert soup.aggregation == "grm" and soup.uses_u
 
     ssc = compile_spec(
-        make_spec(aggregation="ssc", segments="explicit", extra_aggregation=", top_k: 3")
+        pass_spec(aggregation="ssc", segments=SEGMENTS["explicit"], aggregation_extra=", top_k: 3")
     ).plan
     assert ssc.aggregation == "grm" and ssc.top_k is None
 
-    dead = compile_spec(make_spec(aggregation="grm", segments="none", init="independent")).plan
+    dead = compile_spec(
+        pass_spec(aggregation="grm", segments=SEGMENTS["none"], init="independent")
+    ).plan
     assert (dead.aggregation, dead.uses_u, dead.connector, dead.init) == (
         "none",
         False,
@@ -371,5 +363,5 @@ def test_compile_spec_plans() -> None:
         "checkpoint",
     )
 
-    kept = compile_spec(make_spec(aggregation="none", init="independent")).plan
+    kept = compile_spec(pass_spec(aggregation="none", init="independent")).plan
     assert (kept.segments, kept.segment_length, kept.init) == ("constant", 4, "independent")

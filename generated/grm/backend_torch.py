@@ -17,6 +17,8 @@ import torch
 
 from .cache import MCCache
 from .spec import CHUNK_SIZE, segment_end, segment_start
+
+
 GATE_SCALE = 0.125
 
 
@@ -98,7 +100,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
     b_k = chunked(k)  # [B, H, NC, C, K]
     b_v = chunked(v)  # [B, H, NC, C, V]
     b_attn = (b_q @ b_k.transpose(-1, -2)).tril_()  # [B, H, NC, C, C]
-    # What each chunk adds to the memory by its end: sum_j exp(G_last - G_j) v_j k_j^T.
+    # What each chunk adds to the memory by its end: sum_j v_j k_j^T.
     b_written = b_v.transpose(-1, -2) @ b_k
     # b_written: [B, H, NC, V, K]
     b_key_total = b_k.sum(dim=-2)  # [B, H, NC, K]
@@ -190,9 +192,8 @@ def step(q_t, k_t, v_t, u_t, g_t, beta_t, *, scale: float, cache: MCCache):
     descriptor = key_sum / (position - start + 1)
     logit_online = GATE_SCALE * (conn * descriptor).sum(-1, keepdim=True)  # [B, H, 1]
     logits = GATE_SCALE * torch.einsum("bhmk,bhk->bhm", descriptors, conn)  # [B, H, N]
-    chosen_states = states
+    reads = torch.einsum("bhmvk,bhk->bhmv", states, q_t)  # [B, H, N, V]
     weights = torch.softmax(torch.cat([logit_online, logits], dim=-1), dim=-1)
-    reads = torch.einsum("bhmvk,bhk->bhmv", chosen_states, q_t)
     out = weights[..., :1] * out + (weights[..., 1:, None] * reads).sum(dim=2)
     if segment_end(position) == position + 1:  # the segment is complete
         states = torch.cat([states, memory[:, :, None]], dim=2)

@@ -96,7 +96,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
     b_k = chunked(k)  # [B, H, NC, C, K]
     b_v = chunked(v)  # [B, H, NC, C, V]
     b_attn = (b_q @ b_k.transpose(-1, -2)).tril_()  # [B, H, NC, C, C]
-    # What each chunk adds to the memory by its end: sum_j exp(G_last - G_j) v_j k_j^T.
+    # What each chunk adds to the memory by its end: sum_j v_j k_j^T.
     b_written = b_v.transpose(-1, -2) @ b_k
     # b_written: [B, H, NC, V, K]
 

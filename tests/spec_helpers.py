@@ -1,0 +1,46 @@
+"""Small YAML specs for the tests: one template, keyword fields for what a test varies."""
+
+from __future__ import annotations
+
+from mcgen.spec import Spec, parse_spec
+
+# Segmentations by name, as raw YAML flow mappings for `spec_text(segments=...)`.
+SEGMENTS = {
+    "constant": "{kind: constant, length: 4}",
+    "logarithmic": "{kind: logarithmic, length: 2}",
+    "explicit": "{kind: explicit, boundaries: [3, 7, 12]}",
+    "none": "{kind: none}",
+}
+
+
+def spec_text(
+    *,
+    name: str = "tiny",
+    recurrence: str = "linear",
+    segments: str = "{kind: constant, length: 8}",
+    init: str = "checkpoint",
+    aggregation: str = "grm",
+    aggregation_extra: str = "",
+    heads: int = 2,
+    key_dim: int = 8,
+    value_dim: int = 8,
+    chunk_size: int | None = 4,
+    d_model: int = 16,
+) -> str:
+    """The YAML of a spec. `aggregation_extra` follows the kind inside the mapping
+    (", top_k: 3"); `chunk_size=None` leaves out `compute`, so the schema default holds."""
+    compute = "" if chunk_size is None else f"compute: {{chunk_size: {chunk_size}}}\n"
+    return (
+        f"name: {name}\n"
+        f"memory: {{recurrence: {recurrence}, heads: {heads}, key_dim: {key_dim}, "
+        f"value_dim: {value_dim}}}\n"
+        f"cache: {{segments: {segments}, init: {init}}}\n"
+        f"aggregation: {{kind: {aggregation}{aggregation_extra}}}\n"
+        f"layer: {{d_model: {d_model}}}\n"
+        f"{compute}"
+    )
+
+
+def make_spec(**fields) -> Spec:
+    """parse_spec(spec_text(**fields))."""
+    return parse_spec(spec_text(**fields))
