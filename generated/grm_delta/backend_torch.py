@@ -22,74 +22,108 @@ from .spec import CHUNK_SIZE, segment_end, segment_start
 GATE_SCALE = 0.125
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: chunk_layout caches each one
 class ChunkLayout:
-    """Where the chunks of one call lie, worked out on the host from positions alone."""
+    """Where the chunks of one call lie, worked out on the host from positions alone.
+
+    A call holds one or more independent pieces (one per packed sequence); chunks
+    never cross a piece or a segment end. Cached memories of all pieces are numbered
+    together: chunk n reads memories visible_lo[n] <= i < visible_hi[n].
+    """
 
     index: list[list[int]]  # [NC][C] token offset of each chunk slot; seq_len marks padding
     flat: list[int]  # [T] slot (chunk * C + offset) of each token
     opens: list[bool]  # [NC] the chunk starts a segment
+    resets: list[bool]  # [NC] the memory starts from zero here
     closes: list[bool]  # [NC] the chunk ends a segment (its end state is cached)
     closed_length: list[int]  # [NC] length of the segment a closing chunk ends
-    visible: list[int]  # [NC] cached memories its tokens read (earlier calls' included)
+    visible_lo: list[int]  # [NC] first cached memory its tokens read
+    visible_hi: list[int]  # [NC] one past the last
     seen: list[list[int]]  # [NC][C] tokens of the current segment up to each slot, inclusive
+    # Per piece: (its last chunk or -1 when empty, first memory, one past its last, end position)
+    pieces: list[tuple[int, int, int, int]]
+    num_memories: int  # memories cached before and during the call, all pieces
 
-    def groups(self) -> list[tuple[int, int, int]]:
-        """(first, last + 1, visible) for runs of chunks that read the same cached memories."""
-        runs: list[tuple[int, int, int]] = []
-        for n, count in enumerate(self.visible):
-            if runs and runs[-1][2] == count:
-                runs[-1] = (runs[-1][0], n + 1, count)
+    def groups(self) -> list[tuple[int, int, int, int]]:
+        """(first, last + 1, lo, hi) for runs of chunks that read the same cached memories."""
+        runs: list[tuple[int, int, int, int]] = []
+        for n, window in enumerate(zip(self.visible_lo, self.visible_hi)):
+            if runs and runs[-1][2:] == window:
+                runs[-1] = (runs[-1][0], n + 1, *window)
             else:
-                runs.append((n, n + 1, count))
+                runs.append((n, n + 1, *window))
         return runs
 
 
 @lru_cache(maxsize=64)  # training repeats the same lengths: work the layout out once
-def chunk_layout(position: int, seq_len: int, cached: int, chunk_size: int = CHUNK_SIZE) -> ChunkLayout:
-    """Chunks of positions [position, position + seq_len); `cached` memories exist before."""
-    index, flat, opens, closes, closed_length, visible, seen = [], [], [], [], [], [], []
-    pos, stop = position, position + seq_len
-    while pos < stop:
-        start, end = segment_start(pos), segment_end(pos)
-        chunk_stop = min(pos + chunk_size, stop, stop if end is None else end)
-        width = chunk_stop - pos
-        index.append([pos - position + j if j < width else seq_len for j in range(chunk_size)])
-        flat.extend(len(opens) * chunk_size + j for j in range(width))
-        opens.append(pos == start)
-        closes.append(end == chunk_stop)
-        closed_length.append(chunk_stop - start)
-        visible.append(cached)
-        seen.append([pos - start + 1 + min(j, width - 1) for j in range(chunk_size)])
-        cached += end == chunk_stop
-        pos = chunk_stop
-    return ChunkLayout(index, flat, opens, closes, closed_length, visible, seen)
+def chunk_layout(
+    pieces: tuple[tuple[int, int, int, int], ...], seq_len: int, chunk_size: int = CHUNK_SIZE
+) -> ChunkLayout:
+    """Chunks for `pieces` of (offset in the call, length, stream position, memories cached)."""
+    index, flat, opens, resets, closes, closed_length = [], [], [], [], [], []
+    visible_lo, visible_hi, seen, piece_ends = [], [], [], []
+    base = 0
+    for offset, length, position, cached in pieces:
+        hi = base + cached
+        pos, stop = position, position + length
+        while pos < stop:
+            start, end = segment_start(pos), segment_end(pos)
+            chunk_stop = min(pos + chunk_size, stop, stop if end is None else end)
+            width = chunk_stop - pos
+            first = offset + pos - position
+            index.append([first + j if j < width else seq_len for j in range(chunk_size)])
+            flat.extend(len(opens) * chunk_size + j for j in range(width))
+            opens.append(pos == start)
+            resets.append(pos == 0)
+            closes.append(end == chunk_stop)
+            closed_length.append(chunk_stop - start)
+            visible_lo.append(base)
+            visible_hi.append(hi)
+            seen.append([pos - start + 1 + min(j, width - 1) for j in range(chunk_size)])
+            hi += end == chunk_stop
+            pos = chunk_stop
+        piece_ends.append((len(opens) - 1 if length else -1, base, hi, stop))
+        base = hi
+    return ChunkLayout(
+        index, flat, opens, resets, closes, closed_length, visible_lo, visible_hi, seen, piece_ends, base
+    )
 
 
 @lru_cache(maxsize=64)
-def _layout_tensors(position: int, seq_len: int, cached: int, device: torch.device):
-    """(index [NC * C], flat [T], seen [NC, C], visible [NC, 1, 1]) of a call's layout."""
-    layout = chunk_layout(position, seq_len, cached)
+def _layout_tensors(layout: ChunkLayout, device: torch.device):
+    """(index [NC * C], flat [T], seen [NC, C], visible [NC, 1, N]) of a layout, on the device."""
     index = torch.tensor(layout.index, device=device).view(-1)
     flat = torch.tensor(layout.flat, device=device)
     seen = torch.tensor(layout.seen, dtype=torch.float64, device=device)
-    visible = torch.tensor(layout.visible, device=device)[:, None, None]
-    return index, flat, seen, visible
+    memory_ids = torch.arange(layout.num_memories, device=device)
+    lo = torch.tensor(layout.visible_lo, device=device)[:, None, None]
+    hi = torch.tensor(layout.visible_hi, device=device)[:, None, None]
+    return index, flat, seen, (memory_ids >= lo) & (memory_ids < hi)
 
 
-def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None):
-    """Returns (o [B, T, H, V] in q's dtype, the cache after the last token)."""
+def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None, cu_seqlens=None):
+    """Returns (o [B, T, H, V] in q's dtype, the cache after the last token).
+
+    With cu_seqlens (B = 1, sequences packed along T) every sequence starts fresh and
+    the second result is a list with each sequence's cache.
+    """
     batch, seq_len, heads, key_dim = q.shape
     value_dim = v.shape[-1]
     work = torch.float64 if q.dtype == torch.float64 else torch.float32  # states stay fp32+
     cache = initial_cache or MCCache.empty(
         batch, heads, key_dim, value_dim, dtype=work, device=q.device
     )
-    if seq_len == 0:
-        return q.new_zeros(batch, 0, heads, value_dim), cache
-    layout = chunk_layout(cache.position, seq_len, cache.num_cached)
+    if cu_seqlens is None:
+        if seq_len == 0:
+            return q.new_zeros(batch, 0, heads, value_dim), cache
+        pieces = ((0, seq_len, cache.position, cache.num_cached),)
+    else:
+        pieces = tuple((a, b - a, 0, 0) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
+    layout = chunk_layout(pieces, seq_len)
+    if not layout.index:  # packed sequences that are all empty
+        return q.new_zeros(batch, 0, heads, value_dim), [cache] * len(pieces)
     num_chunks, chunk = len(layout.index), len(layout.index[0])
-    index, flat, seen, visible_counts = _layout_tensors(cache.position, seq_len, cache.num_cached, q.device)
+    index, flat, seen, visible = _layout_tensors(layout, q.device)
 
     def chunked(x):  # [B, T, H, ...] -> [B, H, NC, C, ...], zero in padding slots
         padded = torch.cat([x.to(work), x.new_zeros(batch, 1, *x.shape[2:], dtype=work)], dim=1)
@@ -114,9 +148,11 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
     key_sums_in, new_descriptors = [], []
 
     memory = cache.state.to(work)  # [B, H, V, K]
-    memories_in, new_states = [], []
+    memories_in, new_states, ends = [], [], []  # ends: the carried values after each chunk
     pseudo_values = []
     for n in range(num_chunks):
+        if layout.resets[n]:
+            memory = torch.zeros_like(memory)
         if layout.opens[n]:
             key_sum = torch.zeros_like(key_sum)
         memories_in.append(memory)
@@ -129,6 +165,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
             new_states.append(memory)
             new_descriptors.append(key_sum / layout.closed_length[n])
             key_sum = torch.zeros_like(key_sum)
+        ends.append((memory, key_sum))
 
     # Online read o_on = S_t q_t: the memory at the chunk start plus the chunk's own writes.
     b_memory_in = torch.stack(memories_in, dim=2)  # [B, H, NC, V, K]
@@ -148,8 +185,8 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
     b_logit_online = b_logit_online + torch.linalg.vecdot(b_conn, b_k.cumsum(dim=-2))
     b_logit_online = b_logit_online / seen.to(work)
     b_logit_online = GATE_SCALE * b_logit_online[..., None]  # [B, H, NC, C, 1]
-    # Gate weights for every chunk at once; memories a chunk cannot see get -inf.
-    visible = torch.arange(states.shape[2], device=q.device) < visible_counts  # [NC, 1, N]
+    # Gate weights for every chunk at once; memories a chunk cannot see (visible:
+    # [NC, 1, N]) get -inf.
     logits = (GATE_SCALE * b_conn @ descriptors[:, :, None].transpose(-1, -2)).masked_fill(
         ~visible, -torch.inf
     )  # [B, H, NC, C, N]
@@ -159,25 +196,34 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None)
     # memories read them in one matmul, and no chunk reads a memory it cannot see.
     b_q_rows = b_q.flatten(2, 3)  # [B, H, NC * C, K]
     states_cols = states.flatten(2, 3).transpose(-1, -2)  # [B, H, K, N * V]
-    for first, last, count in layout.groups():
-        if count == 0:
+    for first, last, lo, hi in layout.groups():
+        if lo == hi:
             continue
         b_reads = (
-            b_q_rows[:, :, first * chunk : last * chunk] @ states_cols[..., : count * value_dim]
-        ).view(batch, heads, last - first, chunk, count, value_dim)  # [B, H, G, C, n, V]
+            b_q_rows[:, :, first * chunk : last * chunk] @ states_cols[..., lo * value_dim : hi * value_dim]
+        ).view(batch, heads, last - first, chunk, hi - lo, value_dim)  # [B, H, G, C, n, V]
         b_out[:, :, first:last] += torch.einsum(
-            "bhgcm,bhgcmv->bhgcv", weights[:, :, first:last, :, 1 : 1 + count], b_reads
+            "bhgcm,bhgcmv->bhgcv", weights[:, :, first:last, :, 1 + lo : 1 + hi], b_reads
         )
 
     out = b_out.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, flat]
-    new_cache = MCCache(
-        state=memory,
-        states=states,
-        descriptors=descriptors,
-        prefix_sum=key_sum,
-        position=cache.position + seq_len,
-    )
-    return out.transpose(1, 2).to(q.dtype), new_cache
+    caches = []
+    for last_chunk, lo, hi, end_position in layout.pieces:
+        if last_chunk < 0:  # an empty packed sequence
+            caches.append(MCCache.empty(batch, heads, key_dim, value_dim, dtype=work, device=q.device))
+            continue
+        memory, key_sum = ends[last_chunk]
+        caches.append(
+            MCCache(
+                state=memory,
+                states=states[:, :, lo:hi],
+                descriptors=descriptors[:, :, lo:hi],
+                prefix_sum=key_sum,
+                position=end_position,
+            )
+        )
+    out = out.transpose(1, 2).to(q.dtype)
+    return (out, caches) if cu_seqlens is not None else (out, caches[0])
 
 
 def step(q_t, k_t, v_t, u_t, g_t, beta_t, *, scale: float, cache: MCCache):

@@ -33,20 +33,30 @@ def mc_forward(
     backend="auto",
     initial_cache=None,
     output_cache=False,
+    cu_seqlens=None,
 ):
     """Memory caching over q, k [B, T, H, K] and v [B, T, H, V]; returns o [B, T, H, V].
 
 u [B, T, H, K] is the gate's connector (required). beta [B, T, H] is the write strength in (0, 1) (required). 
     With `output_cache=True` returns (o, cache); pass that cache as `initial_cache` to
     the next piece of the same stream (or to `mc_step`) to continue it exactly.
+
+    Packed sequences: with `cu_seqlens` (B = 1, sequences concatenated along T, offsets
+    [0, T_1, T_1 + T_2, ..., T] as in flash attention) every sequence starts fresh,
+    segments restart at its start, and `output_cache=True` gives a list of caches, one
+    per sequence.
     """
     _check_sequence_inputs(q, k, v, u, g, beta)
     if initial_cache is not None:
         _check_cache(initial_cache, q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+    if cu_seqlens is not None:
+        cu_seqlens = _check_cu_seqlens(cu_seqlens, q.shape[0], q.shape[1], initial_cache)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     chosen = _pick_backend(backend, q)
     if chosen == "torch":
-        out, cache = backend_torch.forward(q, k, v, u, g, beta, scale=scale, initial_cache=initial_cache)
+        out, cache = backend_torch.forward(
+            q, k, v, u, g, beta, scale=scale, initial_cache=initial_cache, cu_seqlens=cu_seqlens
+        )
     else:  # pragma: no cover - only reachable once kernels for a new backend are generated
         raise AssertionError(chosen)
     return (out, cache) if output_cache else out
@@ -115,6 +125,19 @@ def _check_extras(u, g, beta, lead: tuple[int, ...], key_dim: int, suffix: str) 
 def _expect(name: str, tensor, shape: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
+
+
+def _check_cu_seqlens(cu_seqlens, batch: int, seq_len: int, initial_cache) -> tuple[int, ...]:
+    if batch != 1:
+        raise ValueError(f"packed sequences (cu_seqlens) need B = 1, got B = {batch}")
+    if initial_cache is not None:
+        raise ValueError("cu_seqlens starts every sequence fresh: pass no initial_cache")
+    offsets = tuple(int(x) for x in (cu_seqlens.tolist() if hasattr(cu_seqlens, "tolist") else cu_seqlens))
+    if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != seq_len:
+        raise ValueError(f"cu_seqlens must run from 0 to T = {seq_len}, got {list(offsets)}")
+    if any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
+        raise ValueError(f"cu_seqlens must not decrease, got {list(offsets)}")
+    return offsets
 
 
 def _check_cache(cache: MCCache, batch: int, heads: int, key_dim: int, value_dim: int) -> None:

@@ -52,6 +52,19 @@ class MCCache:
         tensors = (self.state, self.states, self.descriptors, self.prefix_sum)
         return sum(t.numel() for t in tensors)
 
+    def split(self) -> list[MCCache]:
+        """One cache per batch element (sequences that go on with different lengths)."""
+        return [
+            MCCache(
+                state=self.state[b : b + 1],
+                states=self.states[b : b + 1],
+                descriptors=self.descriptors[b : b + 1],
+                prefix_sum=self.prefix_sum[b : b + 1],
+                position=self.position,
+            )
+            for b in range(self.state.shape[0])
+        ]
+
     def detach(self) -> MCCache:
         """Cut the autograd history (truncated backpropagation through time)."""
         return replace(
@@ -61,3 +74,39 @@ class MCCache:
             descriptors=self.descriptors.detach(),
             prefix_sum=self.prefix_sum.detach(),
         )
+
+
+class MCStateCache:
+    """`past_key_values` for a model built from MCLayers (the FLA / Hugging Face convention).
+
+    For each layer_idx it holds that layer's MCCache (online state, cached states and
+    their descriptors), or one MCCache per sequence once a padding mask gave the
+    sequences of a batch different lengths.
+    """
+
+    def __init__(self) -> None:
+        self.layers: dict[int, MCCache | list[MCCache]] = {}
+        self.lengths: dict[int, int] = {}  # tokens each layer has seen, padding included
+
+    def __getitem__(self, layer_idx: int) -> MCCache | list[MCCache]:
+        return self.layers[layer_idx]
+
+    def __contains__(self, layer_idx: int) -> bool:
+        return layer_idx in self.layers
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def update(self, layer_idx: int, cache: MCCache | list[MCCache], new_tokens: int) -> None:
+        self.layers[layer_idx] = cache
+        self.lengths[layer_idx] = self.lengths.get(layer_idx, 0) + new_tokens
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.lengths.get(layer_idx, 0)
+
+    def numel(self) -> int:
+        """Numbers held by every layer: what decoding keeps in memory."""
+        total = 0
+        for cache in self.layers.values():
+            total += sum(c.numel() for c in cache) if isinstance(cache, list) else cache.numel()
+        return total
