@@ -1,4 +1,5 @@
-"""The `mcgen` command line: a thin layer over mcgen.build, .validate and .inspect_report."""
+"""The `mcgen` command line: a thin layer over mcgen.build, .validate, .export and
+.inspect_report."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mcgen import __version__
 from mcgen.build import DEFAULT_OUT, build_command, render_spec
+from mcgen.export import (
+    ExportError,
+    ExportTestFailed,
+    export_drift,
+    export_spec,
+    run_exported_tests,
+)
 from mcgen.inspect_report import inspect_spec, render_report
 from mcgen.packages import PackageError
 from mcgen.passes.pipeline import DEFAULT_SEQ_LEN
@@ -22,7 +31,9 @@ from mcgen.spec import SpecError, load_spec
 from mcgen.validate import DEFAULT_DTYPES, ladder_steps, open_package, validate_package
 
 app = typer.Typer(
-    help="mcgen: build, validate and inspect memory-caching sequence models from YAML specs.",
+    help=(
+        "mcgen: build, validate, inspect and export memory-caching sequence models from YAML specs."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -59,7 +70,7 @@ def _reported_errors() -> Iterator[None]:
             # One problem per line, never wrapped: editors and scripts parse these.
             err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except PackageError as exc:
+    except (PackageError, ExportError) as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -104,10 +115,20 @@ def build(
 
 @app.command()
 def validate(
-    spec_path: SpecArg,
+    spec_path: Annotated[
+        Path | None,
+        typer.Argument(help="A spec file (YAML), e.g. specs/grm.yaml; optional with --exported."),
+    ] = None,
     package_dir: Annotated[
         Path | None,
         typer.Option("--package", help="The generated package (default: generated/<name>)."),
+    ] = None,
+    exported: Annotated[
+        Path | None,
+        typer.Option(
+            "--exported",
+            help="A project written by `mcgen export`: check no file was edited, run its tests.",
+        ),
     ] = None,
     backend: Annotated[
         list[str] | None,
@@ -121,7 +142,16 @@ def validate(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the correctness ladder: outputs and gradients against the fp64 reference, streaming."""
+    """Run the correctness ladder: outputs and gradients against the fp64 reference, streaming.
+
+    With --exported DIR: check an export for edited files, then run its own tests.
+    """
+    if exported is not None:
+        _validate_exported(exported, spec_path, as_json)
+        return
+    if spec_path is None:
+        err.print("give a SPEC to validate its package, or --exported DIR for an export")
+        raise typer.Exit(2)
     dtypes = tuple(dtype or DEFAULT_DTYPES)
     bad = [d for d in dtypes if d not in ("float64", "float32", "bfloat16")]
     if bad:
@@ -163,6 +193,107 @@ def validate(
         out.print(f"{len(report.checks) - failed} passed, {failed} failed")
     if not report.passed:
         raise typer.Exit(1)
+
+
+def _validate_exported(export_dir: Path, spec_path: Path | None, as_json: bool) -> None:
+    """Drift first (exit 2, each edited file named), then the export's tests (exit 1)."""
+    with _reported_errors():
+        spec = load_spec(spec_path).spec if spec_path is not None else None
+        problems = export_drift(export_dir, spec)
+    if problems:
+        for problem in problems:
+            err.print(problem, markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    if not as_json:
+        err.print(
+            f"running the tests of {export_dir}: python -m pytest -q {export_dir / 'tests'}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    tests = run_exported_tests(export_dir)
+    if as_json:
+        document = {"export": str(export_dir), "drift": [], "tests": tests.to_json()}
+        out.print_json(json.dumps(document))
+    else:
+        if not tests.passed:
+            out.print(tests.output.rstrip(), markup=False, highlight=False, soft_wrap=True)
+        verdict = "[green]passed[/]" if tests.passed else "[bold red]FAILED[/]"
+        out.print(
+            f"{escape(str(export_dir))}: no file edited since export; tests {verdict}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        out.print(tests.summary, markup=False, highlight=False)
+    if not tests.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    spec_path: SpecArg,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="The project folder to write (new, empty or a re-export).")
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="The import package's name (default: the spec's name)."),
+    ] = None,
+    no_test: Annotated[
+        bool, typer.Option("--no-test", help="Skip the quick ladder (tested_with: null).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a standalone pip-installable project: the package, pyproject.toml, README, tests."""
+    with _reported_errors():
+        try:
+            with _progress(as_json) as make_task:
+                result = export_spec(
+                    spec_path, out_dir, name=name, test=not no_test, progress=make_task
+                )
+        except ExportTestFailed as exc:
+            err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+            if exc.report is not None:
+                for c in exc.report.checks:
+                    if not c.passed:
+                        err.print(
+                            f"  FAIL {c.backend} {c.dtype} {c.shape} {c.quantity}: "
+                            f"{c.error:.2e} > {c.tolerance:.0e}",
+                            markup=False,
+                            highlight=False,
+                            soft_wrap=True,
+                        )
+            raise typer.Exit(1) from None
+    if as_json:
+        out.print_json(json.dumps({"exported": result.to_json()}))
+        return
+    verb = "re-exported" if result.replaced else "exported"
+    out.print(
+        f"{verb} [bold]{result.spec.name}[/] -> {escape(str(result.path))} (package {result.name})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for note in result.plan.notes:
+        out.print(f"  - {note}", markup=False, highlight=False)
+    tested = result.manifest["export"]["tested_with"]
+    if result.report is None:
+        out.print("  not tested (--no-test)", highlight=False)
+    else:
+        versions = ", ".join(f"{k} {v}" for k, v in tested.items() if v is not None)
+        out.print(
+            f"  quick ladder (float32): {len(result.report.checks)} checks passed with {versions}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    # pip reads a bare word as a distribution's name: give it a path.
+    where = result.path if result.path.is_absolute() else f"./{result.path.as_posix()}"
+    out.print(
+        f"  install: pip install {where}; test: cd {result.path} && python -m pytest",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

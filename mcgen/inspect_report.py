@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import networkx as nx
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -36,12 +37,15 @@ class InspectReport:
     cost_rows: list[CostRow]
     cost_before: dict[str, Any]  # the graph-level cost summary of the IR as lowered
     cost_after: dict[str, Any]  # ... and after the passes
+    # What one memory state is, in words: a V x K matrix, or an MLP and its weights per head.
+    memory: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "seq_len": self.seq_len,
             "batch": self.batch,
+            "memory": self.memory,
             "ir": {
                 "before": {"text": self.text_before, "dot": self.dot_before},
                 "after": {"text": self.text_after, "dot": self.dot_after},
@@ -81,7 +85,33 @@ def inspect_spec(spec: Spec, seq_len: int = DEFAULT_SEQ_LEN, batch: int = 1) -> 
         cost_rows=cost_table(after),
         cost_before=dict(before.graph["cost"]),
         cost_after=dict(after.graph["cost"]),
+        memory=describe_memory(after),
     )
+
+
+def describe_memory(graph: nx.DiGraph) -> str:
+    """One line on the memory a graph keeps per head, and how soup reads it when it stays."""
+    scan = next((a for _, a in graph.nodes(data=True) if a.get("op") == "recurrence_scan"), {})
+    dims, rec = scan.get("state_dims") or {}, scan.get("recurrence")
+    if graph.graph.get("memory") != "deep":
+        return f"matrix ({rec}): one {dims.get('V')} x {dims.get('K')} state per head"
+    rates = ", ".join(
+        f"{name}={scan.get(name)}"
+        for name in ("lr", "momentum", "decay")
+        if scan.get(name) is not None
+    )
+    line = (
+        f"deep ({rec}): {scan.get('state_shape')}, K={dims.get('K')}, "
+        f"Dh={scan.get('hidden')}, {scan.get('activation')}; {scan.get('params')} weights per "
+        f"head; mini-batch {scan.get('minibatch')}; {rates}"
+    )
+    agg = next((a for _, a in graph.nodes(data=True) if a.get("op") == "aggregate"), {})
+    if agg.get("kind") == "soup":
+        line += (
+            "; soup mixes the memories' weights and reads once (an MLP is not linear in its "
+            "weights, so it stays distinct from grm)"
+        )
+    return line
 
 
 def format_quantity(value: float, unit: str) -> str:
@@ -126,6 +156,8 @@ def render_report(
     """Print the report: IR before and after, notes, then the cost table."""
     console = console or Console()
     # Text objects, not markup strings: IR lines contain brackets rich would parse.
+    if report.memory:
+        console.print(Text(f"memory: {report.memory}"))
     console.print(Panel(Text(report.text_before.rstrip()), title="IR as lowered"))
     console.print(Panel(Text(report.text_after.rstrip()), title="IR after passes"))
     if report.notes:

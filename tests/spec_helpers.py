@@ -26,14 +26,17 @@ def spec_text(
     value_dim: int = 8,
     chunk_size: int | None = 4,
     d_model: int = 16,
+    deep: str | None = None,
 ) -> str:
     """The YAML of a spec. `aggregation_extra` follows the kind inside the mapping
-    (", top_k: 3"); `chunk_size=None` leaves out `compute`, so the schema default holds."""
+    (", top_k: 3"); `chunk_size=None` leaves out `compute`, so the schema default holds;
+    `deep`, a YAML flow mapping ("{depth: 1, lr: 0.1}"), becomes `memory.deep`."""
     compute = "" if chunk_size is None else f"compute: {{chunk_size: {chunk_size}}}\n"
+    deep_field = "" if deep is None else f", deep: {deep}"
     return (
         f"name: {name}\n"
         f"memory: {{recurrence: {recurrence}, heads: {heads}, key_dim: {key_dim}, "
-        f"value_dim: {value_dim}}}\n"
+        f"value_dim: {value_dim}{deep_field}}}\n"
         f"cache: {{segments: {segments}, init: {init}}}\n"
         f"aggregation: {{kind: {aggregation}{aggregation_extra}}}\n"
         f"layer: {{d_model: {d_model}}}\n"

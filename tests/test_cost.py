@@ -157,6 +157,130 @@ def test_inspect_report_json_and_rendering() -> None:
     assert "soup_to_grm" in shown and "FLOP" in shown and "softmax attention" in shown
 
 
+# --- deep memories ----------------------------------------------------------------------
+
+# K = V = 4, expansion 2 (Dh = 8), depth 2: P = K*Dh + Dh*V = 32 + 32 = 64 weights per head.
+# With C=4, T=16, chunk 4 as above: mean visible 1.5, 4 complete segments.
+deep_cost_spec = partial(cost_spec, key_dim=4, value_dim=4)
+P = 64
+
+
+def test_deep_grm_by_hand() -> None:
+    graph = costed(deep_cost_spec(recurrence="dla", aggregation="grm"))
+    assert graph.nodes["scan"]["params"] == P
+    # Inner gradient 3 * 2P, then the step W <- W - theta g: 2P.
+    assert flops(graph, "scan") == 6 * P + 2 * P == 512
+    assert flops(graph, "read_online") == 2 * P == 128
+    assert flops(graph, "read_cached") == pytest.approx(2 * P * 1.5) == 192  # one MLP read each
+    assert flops(graph, "pool") == 2 * 4
+    assert flops(graph, "gate") == pytest.approx(2 * 4 * 2.5)  # 20
+    assert flops(graph, "aggregate") == pytest.approx(2 * 4 * 2.5)  # mix the 2.5 outputs: 20
+    cost = graph.graph["cost"]
+    assert (cost["memory"], cost["state_numbers_per_head"]) == ("deep", P)
+    assert cost["flops_per_token_per_head"] == pytest.approx(512 + 128 + 192 + 8 + 20 + 20) == 880
+    # Decode: online weights 64 + 4 cached * 64 + 4 descriptors * 4 + the prefix sum 4.
+    assert cost["decode_state_numbers_per_head"] == 64 + 256 + 16 + 4 == 340
+    assert cost["training_memory_numbers_per_head"] == 4 * P
+    # Bytes: fp32 weights, loaded and stored per chunk (4 chunks), cached 4 times, and the
+    # chunks see 0 + 1 + 2 + 3 = 6 cached memories.
+    assert graph.nodes["scan"]["cost"]["bytes"] == 2 * 4 * P * 4
+    assert graph.nodes["cache"]["cost"]["bytes"] == 4 * P * 4
+    assert graph.nodes["read_cached"]["cost"]["bytes"] == 4 * P * 6
+    assert graph.nodes["weights"]["cost"]["bytes"] == 4 * P  # read once (init checkpoint)
+
+
+def test_deep_soup_mixes_weights_then_reads_once() -> None:
+    grm = costed(deep_cost_spec(recurrence="dla", aggregation="grm"))
+    soup = costed(deep_cost_spec(recurrence="dla", aggregation="soup"))
+    # The reads hand their weights over (no arithmetic); the aggregate mixes the 1.5 visible
+    # memories and the online one (2P each), then reads the mixture once (2P).
+    assert flops(soup, "read_online") == 0 and flops(soup, "read_cached") == 0
+    assert flops(soup, "aggregate") == pytest.approx(2 * P * 2.5 + 2 * P) == 448
+    assert soup.graph["cost"]["flops_per_token_per_head"] == pytest.approx(512 + 8 + 20 + 448)
+    # grm: 2.5 reads (320) and the mix of their outputs (20) = 340; soup: 448. With reads and
+    # mixes both 2P per memory, soup pays one more read and saves mixing outputs:
+    # 2P - 2V(N+1) = 128 - 20 = 108 more FLOPs per token here.
+    read_grm = sum(flops(grm, n) for n in ("read_online", "read_cached", "aggregate"))
+    read_soup = sum(flops(soup, n) for n in ("read_online", "read_cached", "aggregate"))
+    assert (read_grm, read_soup) == (pytest.approx(340), pytest.approx(448))
+    assert soup.graph["cost"]["flops_per_token_per_head"] == pytest.approx(988)
+    assert soup.graph["cost"]["flops_per_token_per_head"] - grm.graph["cost"][
+        "flops_per_token_per_head"
+    ] == pytest.approx(2 * P - 2 * 4 * 2.5)
+    # Both load every visible memory's weights per chunk, and keep the same state.
+    assert soup.nodes["read_cached"]["cost"]["bytes"] == grm.nodes["read_cached"]["cost"]["bytes"]
+    for key in ("bytes", "decode_state_numbers_per_head", "training_memory_numbers_per_head"):
+        assert soup.graph["cost"][key] == grm.graph["cost"][key]
+
+
+def test_deep_residual_and_ssc() -> None:
+    residual = costed(deep_cost_spec(recurrence="dla", aggregation="residual"))
+    assert flops(residual, "read_cached") == pytest.approx(2 * P * 1.5)
+    assert flops(residual, "aggregate") == pytest.approx(4 * 1.5)  # add the cached outputs
+    assert residual.graph["cost"]["decode_state_numbers_per_head"] == 5 * P  # no descriptors
+    ssc = costed(
+        deep_cost_spec(recurrence="dla", aggregation="ssc", aggregation_extra=", top_k: 1")
+    )
+    assert flops(ssc, "read_cached") == pytest.approx(2 * P * 0.75)  # min(1, visible)
+
+
+def test_titans_by_hand() -> None:
+    titans = costed(deep_cost_spec(recurrence="titans", aggregation="grm"))
+    # Inner gradient 6P, momentum S <- eta S - theta g (2P), decayed W <- (1 - alpha) W + S (2P).
+    assert flops(titans, "scan") == 10 * P == 640
+    # The weights and the momentum, loaded and stored per chunk.
+    assert titans.nodes["scan"]["cost"]["bytes"] == 2 * 4 * P * 2 * 4
+    # Decode holds the momentum beside the online weights: 340 + 64.
+    assert titans.graph["cost"]["decode_state_numbers_per_head"] == 340 + P == 404
+    assert titans.graph["cost"]["training_memory_numbers_per_head"] == 4 * P
+    # A constant momentum of 0 leaves nothing to hold.
+    plain = costed(
+        deep_cost_spec(recurrence="titans", aggregation="grm", deep="{momentum: 0.0}")
+    ).graph["cost"]
+    assert plain["decode_state_numbers_per_head"] == 340
+
+
+def test_deep_minibatch_and_independent_segments() -> None:
+    spec = deep_cost_spec(recurrence="titans", aggregation="grm", deep="{minibatch: 2}")
+    cost = costed(spec).graph["cost"]
+    # Decode adds the weights at the mini-batch's start; training its per-token weights.
+    assert cost["decode_state_numbers_per_head"] == 404 + P
+    assert cost["training_memory_numbers_per_head"] == 4 * P + 2 * P
+    assert cost["training_memory_bytes"] == 4 * 6 * P
+    # init independent restarts from the initial weights at each of the 4 segments.
+    independent = costed(deep_cost_spec(recurrence="dla", aggregation="grm", init="independent"))
+    assert independent.nodes["weights"]["cost"]["bytes"] == 4 * P * 4
+
+
+def test_deep_decode_scales_with_heads_and_batch() -> None:
+    one = costed(deep_cost_spec(recurrence="titans", aggregation="soup")).graph["cost"]
+    many = costed(deep_cost_spec(recurrence="titans", aggregation="soup", heads=2), batch=3).graph[
+        "cost"
+    ]
+    assert many["decode_state_bytes"] == one["decode_state_bytes"] * 6
+    assert many["flops"] == pytest.approx(one["flops"] * 6)
+    assert many["bytes"] == pytest.approx(one["bytes"] * 6)
+
+
+def test_inspect_report_for_a_deep_soup() -> None:
+    report = inspect_spec(deep_cost_spec(recurrence="titans", aggregation="soup"), seq_len=64)
+    assert report.notes == []  # soup stays soup for a deep memory
+    assert "kind=soup" in report.text_after and "form=weights" in report.text_after
+    assert "MLP K->Dh->V (depth 2)" in report.text_after
+    assert report.memory.startswith("deep (titans): MLP K->Dh->V (depth 2)")
+    assert "64 weights per head" in report.memory and "soup mixes" in report.memory
+    assert "momentum=data" in report.memory
+    assert report.cost_after["memory"] == "deep"
+    data = json.loads(json.dumps(report.to_json()))
+    assert data["memory"] == report.memory
+    console = Console(record=True, width=200)
+    render_report(report, console)
+    shown = console.export_text()
+    assert "memory: deep (titans)" in shown and "no rewrites" in shown
+    matrix = inspect_spec(cost_spec(aggregation="grm"), seq_len=64)
+    assert matrix.memory == "matrix (linear): one 8 x 8 state per head"
+
+
 def test_format_quantity() -> None:
     assert format_quantity(1.2e9, "FLOP") == "1.2 GFLOP"
     assert format_quantity(3.4 * 2**20, "B") == "3.4 MiB"

@@ -9,8 +9,8 @@ import pytest
 from spec_helpers import SEGMENTS, make_spec
 
 from mcgen.ir.errors import IRError
-from mcgen.ir.graph import lower
-from mcgen.ir.plan import plan_from_ir
+from mcgen.ir.graph import deep_params, deep_state_shape, inputs_of, lower
+from mcgen.ir.plan import DeepPlan, plan_from_ir
 from mcgen.ir.render import dot_quote, to_dot, to_text
 from mcgen.passes.validate import validate_ir
 from mcgen.spec import Spec
@@ -189,3 +189,173 @@ def test_plan_from_lowered_graph() -> None:
 def test_plan_refuses_soup() -> None:
     with pytest.raises(IRError, match="soup"):
         plan_from_ir(lower(ir_spec(aggregation="soup")))
+
+
+# --- deep memories (dla, titans) ---------------------------------------------------------
+
+
+def deep_spec(recurrence: str = "dla", deep: str | None = None, **fields) -> Spec:
+    """A deep memory needs value_dim == key_dim; `deep` is the memory.deep flow mapping."""
+    return ir_spec(recurrence=recurrence, value_dim=8, deep=deep, **fields)
+
+
+@pytest.mark.parametrize(
+    ("recurrence", "deep", "rates"),
+    [
+        ("dla", None, {"beta"}),  # lr defaults to data
+        ("dla", "{lr: 0.1}", set()),
+        ("titans", None, {"beta", "eta", "g"}),  # momentum and decay default to data too
+        ("titans", "{lr: 0.1}", {"eta", "g"}),
+        ("titans", "{momentum: 0.9}", {"beta", "g"}),
+        ("titans", "{decay: 0.01}", {"beta", "eta"}),
+        ("titans", "{lr: 0.1, momentum: 0.9, decay: 0.0}", set()),
+    ],
+)
+def test_deep_lowering_reads_a_rate_input_for_each_data_rate(
+    recurrence: str, deep: str | None, rates: set
+) -> None:
+    graph = lower(deep_spec(recurrence, deep, aggregation="none"))
+    assert graph.graph["memory"] == "deep"
+    assert set(graph.nodes) == BASE | {"weights"} | rates
+    scan_inputs = {data["arg"]: src for src, _, data in graph.in_edges("scan", data=True)}
+    assert scan_inputs == {"k": "k", "v": "v", "weights": "weights", "segments": "segments"} | {
+        r: r for r in rates
+    }
+    for rate in rates:
+        assert graph.nodes[rate]["shape"] == "[B,T,H]" and graph.nodes[rate]["dims"] == {"H": 2}
+    weights = graph.nodes["weights"]
+    assert (weights["op"], weights["shape"], weights["dtype"]) == ("input", "[H,P]", "fp32")
+    # Default MLP: depth 2, expansion 2: K*Dh + Dh*V = 8*16 + 16*8.
+    assert weights["dims"] == {"H": 2, "P": 256}
+    validate_ir(graph)
+
+
+def test_deep_scan_attributes() -> None:
+    spec = deep_spec(
+        "titans",
+        "{depth: 3, expansion: 3, activation: silu, minibatch: 2, lr: 0.5, momentum: 0.9}",
+        aggregation="grm",
+    )
+    graph = lower(spec)
+    scan = graph.nodes["scan"]
+    # K = V = 8, Dh = 24: 8*24 + 24*24 + 24*8.
+    assert scan["params"] == 8 * 24 + 24 * 24 + 24 * 8 == 960
+    assert scan["state_shape"] == "MLP K->Dh->Dh->V (depth 3)"
+    assert scan["state_dims"] == {"V": 8, "K": 8} and scan["state_dtype"] == "fp32"
+    assert (scan["depth"], scan["hidden"], scan["activation"], scan["minibatch"]) == (
+        3,
+        24,
+        "silu",
+        2,
+    )
+    assert (scan["lr"], scan["momentum"], scan["decay"]) == (0.5, 0.9, "data")
+    cache = graph.nodes["cache"]
+    assert (cache["state_shape"], cache["params"]) == (scan["state_shape"], 960)
+    # dla has no momentum or decay: they stay None and are left out of the rendering.
+    dla = lower(deep_spec("dla", "{depth: 1}")).nodes["scan"]
+    assert dla["params"] == 8 * 8 and dla["state_shape"] == "MLP K->V (depth 1)"
+    assert dla["momentum"] is None and dla["decay"] is None
+    assert dla["hidden"] == 16  # the default expansion; unused at depth 1
+
+
+@pytest.mark.parametrize(
+    ("depth", "params"),
+    [(1, 4 * 4), (2, 4 * 8 + 8 * 4), (3, 4 * 8 + 8 * 8 + 8 * 4), (4, 4 * 8 + 2 * 8 * 8 + 8 * 4)],
+)
+def test_deep_params_per_depth(depth: int, params: int) -> None:
+    assert deep_params(depth, 4, 8, 4) == params
+    assert deep_state_shape(depth).count("Dh") == depth - 1
+
+
+def test_deep_soup_reads_the_mixed_weights_once() -> None:
+    graph = lower(deep_spec("dla", aggregation="soup"))
+    assert graph.nodes["aggregate"]["kind"] == "soup"
+    assert graph.nodes["read_online"]["form"] == graph.nodes["read_cached"]["form"] == "weights"
+    # The reads hand their weights over; the aggregate reads the mixture at q.
+    assert inputs_of(graph, "read_online") == {"state": "scan"}
+    assert inputs_of(graph, "read_cached") == {"cache": "cache"}
+    assert inputs_of(graph, "aggregate") == {
+        "online": "read_online",
+        "cached": "read_cached",
+        "weights": "gate",
+        "q": "q",
+    }
+    validate_ir(graph)
+    # grm on a deep memory reads every memory at q, as for a matrix memory.
+    grm = lower(deep_spec("dla", aggregation="grm"))
+    assert grm.nodes["read_cached"]["form"] == "state"
+    assert inputs_of(grm, "read_cached") == {"cache": "cache", "q": "q"}
+    assert "q" not in inputs_of(grm, "aggregate")
+
+
+@pytest.mark.parametrize(
+    ("recurrence", "aggregation", "segments", "init"),
+    list(
+        itertools.product(
+            ["dla", "titans"],
+            ["none", "residual", "grm", "soup", "ssc"],
+            list(SEGMENTS),
+            ["checkpoint", "independent"],
+        )
+    ),
+)
+def test_every_deep_lowering_validates(recurrence: str, aggregation: str, segments: str, init: str):
+    spec = deep_spec(recurrence, aggregation=aggregation, segments=SEGMENTS[segments], init=init)
+    validate_ir(lower(spec))
+
+
+def test_deep_text_and_dot() -> None:
+    spec = deep_spec("titans", "{lr: 0.1}", aggregation="soup")
+    graph = lower(spec)
+    lines = {line.split(":")[0].strip(): line for line in to_text(graph).splitlines()}
+    assert set(lines) == set(graph.nodes)
+    scan = lines["scan"]
+    assert "state_shape=MLP K->Dh->V (depth 2)" in scan and "params=256" in scan
+    assert "lr=0.1" in scan and "momentum=data" in scan and "decay=data" in scan
+    assert "weights=weights" in scan and "eta=eta" in scan
+    assert "form=weights" in lines["read_cached"] and "q=q" in lines["aggregate"]
+    assert "momentum" not in to_text(lower(deep_spec("dla")))  # dla has none
+    dot = to_dot(graph)
+    assert dot == to_dot(lower(spec))
+    assert dot.count(" -> ") == graph.number_of_edges()
+    assert '"weights" -> "scan" [label="weights"];' in dot
+    assert '"q" -> "aggregate" [label="q"];' in dot
+
+
+def test_plan_for_deep_memories() -> None:
+    dla = plan_from_ir(lower(deep_spec("dla", aggregation="soup")))
+    assert (dla.recurrence, dla.aggregation) == ("dla", "soup")  # soup has a plan here
+    assert dla.deep == DeepPlan(
+        depth=2,
+        hidden=16,
+        activation="gelu",
+        minibatch=1,
+        titans=False,
+        lr=None,
+        momentum=0.0,
+        decay=0.0,
+    )
+    assert dla.uses_beta and not dla.uses_g and not dla.uses_eta and dla.uses_u
+
+    titans = plan_from_ir(lower(deep_spec("titans", "{minibatch: 4}", aggregation="grm")))
+    assert titans.deep is not None and titans.deep.titans and titans.deep.minibatch == 4
+    assert (titans.deep.lr, titans.deep.momentum, titans.deep.decay) == (None, None, None)
+    assert titans.uses_beta and titans.uses_eta and titans.uses_g
+
+    fixed = plan_from_ir(
+        lower(deep_spec("titans", "{lr: 0.1, momentum: 0.9, decay: 0.01}", aggregation="none"))
+    )
+    assert fixed.deep is not None
+    assert (fixed.deep.lr, fixed.deep.momentum, fixed.deep.decay) == (0.1, 0.9, 0.01)
+    assert not (fixed.uses_beta or fixed.uses_eta or fixed.uses_g or fixed.uses_u)
+
+    # Matrix memories have no deep plan and no eta.
+    matrix = plan_from_ir(lower(ir_spec(recurrence="gated_delta")))
+    assert matrix.deep is None and not matrix.uses_eta
+
+
+def test_plan_refuses_a_memory_that_does_not_match_the_recurrence() -> None:
+    graph = lower(deep_spec("dla", aggregation="grm"))
+    graph.graph["memory"] = "matrix"
+    with pytest.raises(IRError, match="does not match recurrence 'dla'"):
+        plan_from_ir(graph)

@@ -10,7 +10,8 @@ import pytest
 from spec_helpers import SEGMENTS, make_spec
 
 from mcgen.ir.errors import IRError
-from mcgen.ir.graph import lower
+from mcgen.ir.graph import inputs_of, lower
+from mcgen.ir.plan import plan_from_ir
 from mcgen.ir.render import to_text
 from mcgen.passes.cost import annotate_cost
 from mcgen.passes.dead_cache import dead_cache
@@ -30,6 +31,11 @@ pass_spec = partial(
     chunk_size=None,
     d_model=32,
 )
+
+
+def deep_pass_spec(recurrence: str = "dla", deep: str | None = None, **fields) -> Spec:
+    """A deep memory (value_dim == key_dim); `deep` is the memory.deep flow mapping."""
+    return pass_spec(recurrence=recurrence, value_dim=8, deep=deep, **fields)
 
 
 def snapshot(graph: nx.DiGraph) -> tuple:
@@ -66,6 +72,14 @@ def test_soup_stays_for_a_deep_memory() -> None:
     graph = lower(pass_spec(aggregation="soup"))
     graph.graph["memory"] = "deep"
     assert soup_to_grm(graph).nodes["aggregate"]["kind"] == "soup"
+
+
+@pytest.mark.parametrize("recurrence", ["dla", "titans"])
+def test_soup_to_grm_passes_a_deep_soup_through_without_a_note(recurrence: str) -> None:
+    before = lower(deep_pass_spec(recurrence, aggregation="soup"))
+    after = soup_to_grm(before)
+    assert after is not before and snapshot(after) == snapshot(before)
+    assert after.nodes["aggregate"]["kind"] == "soup" and after.graph["notes"] == []
 
 
 # --- linear_attention -------------------------------------------------------------------
@@ -105,10 +119,15 @@ def test_residual_independent_linear_is_linear_attention(segments: str) -> None:
         ("gated_delta", "independent", "residual"),
         ("linear", "independent", "grm"),  # gated: the weights differ per segment
         ("linear", "independent", "none"),
+        ("dla", "independent", "residual"),  # an MLP's segments do not add up to one MLP
+        ("titans", "independent", "residual"),
     ],
 )
 def test_linear_attention_does_not_fire(recurrence: str, init: str, aggregation: str) -> None:
-    before = lower(pass_spec(recurrence=recurrence, init=init, aggregation=aggregation))
+    value_dim = 8 if recurrence in ("dla", "titans") else 6
+    before = lower(
+        pass_spec(recurrence=recurrence, init=init, aggregation=aggregation, value_dim=value_dim)
+    )
     assert snapshot(linear_attention(before)) == snapshot(before)
 
 
@@ -159,6 +178,32 @@ def test_dead_cache_without_segments_removes_the_cache(aggregation: str, init: s
     validate_ir(after)
 
 
+@pytest.mark.parametrize("aggregation", ["residual", "grm", "ssc", "soup"])
+def test_dead_cache_removes_a_deep_cache_and_reads_online_at_q(aggregation: str) -> None:
+    spec = deep_pass_spec("titans", aggregation=aggregation, segments=SEGMENTS["none"])
+    after = dead_cache(lower(spec))
+    assert set(after.nodes) == {
+        "q",
+        "k",
+        "v",
+        "weights",
+        "beta",
+        "eta",
+        "g",
+        "segments",
+        "scan",
+        "read_online",
+        "aggregate",
+        "out",
+    }
+    assert after.nodes["aggregate"]["kind"] == "none"
+    # soup handed the online weights to the aggregate; now the online read reads at q again.
+    assert after.nodes["read_online"]["form"] == "state"
+    assert inputs_of(after, "read_online") == {"state": "scan", "q": "q"}
+    assert inputs_of(after, "aggregate") == {"online": "read_online"}
+    validate_ir(after)
+
+
 @pytest.mark.parametrize("aggregation", ["residual", "grm", "ssc"])
 def test_dead_cache_leaves_a_live_cache(aggregation: str) -> None:
     before = lower(pass_spec(aggregation=aggregation))
@@ -192,6 +237,16 @@ def test_ssc_stays_when_top_k_can_drop_a_segment(segments: str, top_k: int) -> N
     assert snapshot(ssc_to_grm(before)) == snapshot(before)
 
 
+def test_ssc_to_grm_works_for_a_deep_memory() -> None:
+    spec = deep_pass_spec(
+        "dla", aggregation="ssc", segments=SEGMENTS["explicit"], aggregation_extra=", top_k: 3"
+    )
+    after = ssc_to_grm(lower(spec))
+    assert after.nodes["aggregate"]["kind"] == "grm" and after.graph["memory"] == "deep"
+    assert after.nodes["read_cached"]["form"] == "state"
+    validate_ir(after)
+
+
 # --- validate_ir ------------------------------------------------------------------------
 
 
@@ -212,6 +267,76 @@ def test_validate_catches_a_missing_beta() -> None:
     graph = lower(pass_spec(recurrence="delta", aggregation="none"))
     graph.remove_node("beta")
     with pytest.raises(IRError, match="beta"):
+        validate_ir(graph)
+
+
+def test_validate_catches_a_deep_scan_without_its_weights() -> None:
+    graph = lower(deep_pass_spec("dla", aggregation="grm"))
+    graph.remove_node("weights")
+    with pytest.raises(IRError, match=r"'scan'.*dla.*lacks required input\(s\): weights"):
+        validate_ir(graph)
+
+
+def test_validate_catches_missing_or_extra_deep_rates() -> None:
+    graph = lower(deep_pass_spec("titans", aggregation="none"))
+    graph.remove_node("eta")
+    with pytest.raises(IRError, match=r"titans.*lacks required input\(s\): eta"):
+        validate_ir(graph)
+    # A constant lr: a beta input is one the scan does not use.
+    graph = lower(deep_pass_spec("titans", "{lr: 0.1}", aggregation="none"))
+    graph.add_node("beta", op="input", name="beta", shape="[B,T,H]", dims={"H": 2}, dtype="bf16")
+    graph.add_edge("beta", "scan", arg="beta")
+    with pytest.raises(IRError, match="does not use: beta"):
+        validate_ir(graph)
+
+
+def test_validate_catches_inconsistent_deep_attributes() -> None:
+    graph = lower(deep_pass_spec("dla"))
+    graph.nodes["scan"]["params"] = 100
+    with pytest.raises(IRError, match="has 256 weights per head, not params=100"):
+        validate_ir(graph)
+
+    graph = lower(deep_pass_spec("dla"))
+    graph.nodes["weights"]["dims"] = {"H": 2, "P": 64}
+    with pytest.raises(IRError, match="'weights': P=64"):
+        validate_ir(graph)
+
+    graph = lower(deep_pass_spec("dla"))
+    graph.nodes["scan"]["momentum"] = 0.9
+    with pytest.raises(IRError, match="dla has no momentum"):
+        validate_ir(graph)
+
+    graph = lower(deep_pass_spec("titans"))
+    graph.nodes["scan"]["decay"] = 1.5
+    with pytest.raises(IRError, match=r"decay must be 'data' or a number in \[0, 1\)"):
+        validate_ir(graph)
+
+    graph = lower(deep_pass_spec("titans"))
+    graph.graph["memory"] = "matrix"
+    with pytest.raises(IRError, match="recurrence 'titans', whose memory is deep"):
+        validate_ir(graph)
+
+
+def test_validate_catches_soup_reads_of_the_wrong_form() -> None:
+    # A matrix soup reads each memory at q; handing weights over needs a deep memory.
+    graph = lower(pass_spec(aggregation="soup"))
+    graph.nodes["read_online"]["form"] = "weights"
+    with pytest.raises(IRError, match="'read_online': form weights.*needs a deep memory"):
+        validate_ir(graph)
+    graph = lower(pass_spec(aggregation="soup"))
+    graph.nodes["read_cached"]["form"] = "weights"
+    with pytest.raises(IRError, match="soup needs reads of form state.*'read_cached'"):
+        validate_ir(graph)
+    # A deep soup whose cached read still reads at q (and so returns outputs, not weights).
+    graph = lower(deep_pass_spec("dla", aggregation="soup"))
+    graph.nodes["read_cached"]["form"] = "state"
+    graph.add_edge("q", "read_cached", arg="q")
+    with pytest.raises(IRError, match="needs reads of form weights.*'read_cached'"):
+        validate_ir(graph)
+    # ... and one without the query the mixture is read at.
+    graph = lower(deep_pass_spec("dla", aggregation="soup"))
+    graph.remove_edge("q", "aggregate")
+    with pytest.raises(IRError, match=r"'aggregate'.*lacks required input\(s\): q"):
         validate_ir(graph)
 
 
@@ -283,6 +408,8 @@ SPECS = [
     pass_spec(aggregation="ssc", segments=SEGMENTS["explicit"], aggregation_extra=", top_k: 5"),
     pass_spec(aggregation="grm", segments=SEGMENTS["none"]),
     pass_spec(aggregation="none", recurrence="gated_delta"),
+    deep_pass_spec("titans", aggregation="soup", segments=SEGMENTS["none"]),
+    deep_pass_spec("dla", aggregation="residual", init="independent"),
 ]
 PASS_FUNCTIONS: list[Callable[[nx.DiGraph], nx.DiGraph]] = [
     validate_ir,
@@ -294,7 +421,7 @@ PASS_FUNCTIONS: list[Callable[[nx.DiGraph], nx.DiGraph]] = [
 ]
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.aggregation.kind)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.memory.recurrence}-{s.aggregation.kind}")
 @pytest.mark.parametrize("fn", PASS_FUNCTIONS)
 def test_passes_do_not_mutate_their_input(spec: Spec, fn: Callable) -> None:
     graph = lower(spec)
@@ -365,3 +492,21 @@ def test_compile_spec_plans() -> None:
 
     kept = compile_spec(pass_spec(aggregation="none", init="independent")).plan
     assert (kept.segments, kept.segment_length, kept.init) == ("constant", 4, "independent")
+
+
+@pytest.mark.parametrize("recurrence", ["dla", "titans"])
+def test_compile_keeps_soup_for_a_deep_memory(recurrence: str) -> None:
+    compiled = compile_spec(deep_pass_spec(recurrence, aggregation="soup"), seq_len=64)
+    assert compiled.notes == []
+    plan = compiled.plan
+    assert (plan.recurrence, plan.aggregation, plan.uses_u) == (recurrence, "soup", True)
+    assert plan.deep is not None and plan.deep.titans == (recurrence == "titans")
+    assert plan.uses_eta == (recurrence == "titans")
+    # The matrix soup next to it still becomes grm.
+    assert compile_spec(pass_spec(aggregation="soup"), seq_len=64).plan.aggregation == "grm"
+
+
+def test_plan_refuses_a_matrix_soup_but_not_a_deep_one() -> None:
+    with pytest.raises(IRError, match="soup.*matrix memory"):
+        plan_from_ir(lower(pass_spec(aggregation="soup")))
+    assert plan_from_ir(lower(deep_pass_spec("titans", aggregation="soup"))).aggregation == "soup"

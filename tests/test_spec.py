@@ -130,7 +130,7 @@ BAD = [
     pytest.param(
         edit("  value_dim: 64\n", "  value_dim: 64\n  vdim: 64\n"),
         "s.yaml:7:3: memory.vdim",
-        "unknown field (allowed here: recurrence, heads, key_dim, value_dim)",
+        "unknown field (allowed here: recurrence, heads, key_dim, value_dim, deep)",
         id="unknown-nested",
     ),
     pytest.param(
@@ -180,7 +180,7 @@ BAD = [
     pytest.param(
         edit("recurrence: linear", "recurrence: 1"),
         "s.yaml:3:15: memory.recurrence",
-        "Input should be 'linear', 'decay', 'delta' or 'gated_delta', got 1",
+        "Input should be 'linear', 'decay', 'delta', 'gated_delta', 'dla' or 'titans', got 1",
         id="int-for-string-enum",
     ),
     pytest.param(
@@ -299,7 +299,7 @@ BAD = [
     pytest.param(
         edit("recurrence: linear", "recurrence: lstm"),
         "s.yaml:3:15: memory.recurrence",
-        "Input should be 'linear', 'decay', 'delta' or 'gated_delta', got 'lstm'",
+        "Input should be 'linear', 'decay', 'delta', 'gated_delta', 'dla' or 'titans', got 'lstm'",
         id="enum-recurrence",
     ),
     pytest.param(

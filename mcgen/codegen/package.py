@@ -28,6 +28,8 @@ PACKAGE_FILES = (
     "layer.py",
     "selftest.py",
 )
+# Files a deep memory (dla, titans) renders from templates/package/deep/ instead.
+DEEP_FILES = frozenset({"cache.py", "reference.py", "backend_torch.py", "ops.py", "layer.py"})
 MANIFEST = "manifest.json"
 # What the generated code needs at run time (it never imports mcgen).
 REQUIRES = {"python": ">=3.10", "torch": ">=2.4"}
@@ -76,7 +78,8 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
     }
     env = environment()
     files = {
-        name: env.get_template(f"package/{name}.jinja").render(context) for name in PACKAGE_FILES
+        name: env.get_template(_template_name(name, deep=plan.deep is not None)).render(context)
+        for name in PACKAGE_FILES
     }
     manifest = {
         "name": spec.name,
@@ -89,6 +92,13 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
     }
     files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     return RenderedPackage(spec.name, files)
+
+
+def _template_name(file_name: str, *, deep: bool) -> str:
+    """Deep memories have their own versions of some files (templates/package/deep/)."""
+    if deep and file_name in DEEP_FILES:
+        return f"package/deep/{file_name}.jinja"
+    return f"package/{file_name}.jinja"
 
 
 def _safe_command(command: str) -> str:

@@ -8,6 +8,14 @@ relying on node names.
 
 Lowering is faithful: it writes down what the spec says, `soup` and all. Simplifications
 are the passes' job, and each one says what it rewrote in `graph.graph["notes"]`.
+
+`graph.graph["memory"]` says what a state is: "matrix" (a V x K matrix per head: linear,
+decay, delta, gated_delta) or "deep" (the weights of an MLP per head: dla, titans,
+docs/method.md section 6). A deep scan reads its initial weights as the op input `weights`
+([H,P], P weights per head) and its data-dependent rates as op inputs: `beta` (the inner
+learning rate theta_t), `eta` (titans' momentum) and `g` (titans' decay, log(1 - alpha_t)).
+For `soup` on a deep memory the reads hand their weights to the aggregate (form `weights`),
+which mixes them with the gate weights and reads the mixture once at q.
 """
 
 from __future__ import annotations
@@ -18,15 +26,27 @@ from typing import Any
 
 import networkx as nx
 
-from mcgen.spec.schema import DECAY_RECURRENCES, DELTA_RECURRENCES, GATED_AGGREGATIONS, Spec
+from mcgen.spec.schema import (
+    DECAY_RECURRENCES,
+    DEEP_RECURRENCES,
+    DELTA_RECURRENCES,
+    GATED_AGGREGATIONS,
+    DeepMemory,
+    Spec,
+)
 
 # The node ids lowering uses; passes look nodes up by these ids.
-INPUT_NODES = ("q", "k", "v", "u", "g", "beta")
+INPUT_NODES = ("q", "k", "v", "u", "g", "beta", "eta", "weights")
 CACHE_NODES = ("cache", "pool", "gate", "read_cached")
 
 # Nominal activation dtype: the cost model counts inputs and outputs at this width.
 ACTIVATION_DTYPE = "bf16"
 STATE_DTYPE = "fp32"
+
+# Per-token rate inputs ([B,T,H]) in the order lowering adds them, and which of a deep
+# memory's rates each one carries when that rate is "data".
+RATE_INPUTS = ("g", "beta", "eta")
+DEEP_RATE_INPUT = {"lr": "beta", "momentum": "eta", "decay": "g"}
 
 
 def lower(spec: Spec) -> nx.DiGraph:
@@ -36,12 +56,23 @@ def lower(spec: Spec) -> nx.DiGraph:
     agg = spec.aggregation
     seg = spec.cache.segments
 
+    deep = _deep_attributes(spec)
+    # Rate inputs the scan reads besides k and v: g and beta for the matrix recurrences that
+    # name them; for a deep memory, one per rate that is "data".
+    if deep is None:
+        rates = {"g"} if rec in DECAY_RECURRENCES else set()
+        rates |= {"beta"} if rec in DELTA_RECURRENCES else set()
+    else:
+        rates = {name for rate, name in DEEP_RATE_INPUT.items() if deep[rate] == "data"}
+    # soup on a deep memory mixes weights, not reads: the reads hand the weights over.
+    mixes_weights = deep is not None and agg.kind == "soup"
+
     graph = nx.DiGraph()
     graph.graph["spec"] = spec
     graph.graph["notes"] = []
-    # Every recurrence mcgen lowers today keeps a V x K matrix; deep memories (dla, titans)
-    # will set "deep", and the matrix-only rewrites (soup -> grm) must then stay off.
-    graph.graph["memory"] = "matrix"
+    # A matrix memory keeps a V x K matrix per head; a deep one the weights of an MLP, where
+    # the matrix-only rewrites (soup -> grm) must stay off.
+    graph.graph["memory"] = "matrix" if deep is None else "deep"
 
     _input(graph, "q", "[B,T,H,K]", {"H": heads, "K": kdim})
     _input(graph, "k", "[B,T,H,K]", {"H": heads, "K": kdim})
@@ -49,10 +80,13 @@ def lower(spec: Spec) -> nx.DiGraph:
     gated = agg.kind in GATED_AGGREGATIONS
     if gated and agg.connector == "separate":
         _input(graph, "u", "[B,T,H,K]", {"H": heads, "K": kdim})
-    if rec in DECAY_RECURRENCES:
-        _input(graph, "g", "[B,T,H]", {"H": heads})
-    if rec in DELTA_RECURRENCES:
-        _input(graph, "beta", "[B,T,H]", {"H": heads})
+    if deep is not None:
+        # The initial MLP weights per head (flattened), where every sequence starts (and,
+        # with init independent, every segment).
+        _input(graph, "weights", "[H,P]", {"H": heads, "P": deep["params"]}, dtype=STATE_DTYPE)
+    for name in RATE_INPUTS:
+        if name in rates:
+            _input(graph, name, "[B,T,H]", {"H": heads})
 
     graph.add_node(
         "segments",
@@ -61,45 +95,52 @@ def lower(spec: Spec) -> nx.DiGraph:
         length=seg.length,
         boundaries=tuple(seg.boundaries) if seg.boundaries is not None else None,
     )
+    state = {
+        "state_shape": "[V,K]" if deep is None else deep["state_shape"],
+        "state_dims": {"V": vdim, "K": kdim},
+        "state_dtype": STATE_DTYPE,
+    }
+    if deep is not None:
+        state["params"] = deep["params"]
+    scan_attrs = {k: v for k, v in (deep or {}).items() if k not in state}
     graph.add_node(
         "scan",
         op="recurrence_scan",
         recurrence=rec,
         init=spec.cache.init,
-        state_shape="[V,K]",
-        state_dims={"V": vdim, "K": kdim},
-        state_dtype=STATE_DTYPE,
+        **state,
         chunk_size=spec.compute.chunk_size,
+        **scan_attrs,
     )
     _flow(graph, "k", "scan", "k")
     _flow(graph, "v", "scan", "v")
-    if rec in DECAY_RECURRENCES:
-        _flow(graph, "g", "scan", "g")
-    if rec in DELTA_RECURRENCES:
-        _flow(graph, "beta", "scan", "beta")
+    if deep is not None:
+        _flow(graph, "weights", "scan", "weights")
+    for name in RATE_INPUTS:
+        if name in rates:
+            _flow(graph, name, "scan", name)
     # The scan always sees the segmentation: with `independent` it resets there.
     _flow(graph, "segments", "scan", "segments")
 
-    graph.add_node("read_online", op="read", source="online", form="state")
+    form = "weights" if mixes_weights else "state"
+    graph.add_node("read_online", op="read", source="online", form=form)
     _flow(graph, "scan", "read_online", "state")
-    _flow(graph, "q", "read_online", "q")
+    if not mixes_weights:
+        _flow(graph, "q", "read_online", "q")
 
     graph.add_node("aggregate", op="aggregate", kind=agg.kind)
     _flow(graph, "read_online", "aggregate", "online")
+    if mixes_weights:
+        _flow(graph, "q", "aggregate", "q")  # the one read of the mixed weights
 
     if agg.kind != "none":
-        graph.add_node(
-            "cache",
-            op="segment_cache",
-            state_shape="[V,K]",
-            state_dims={"V": vdim, "K": kdim},
-            state_dtype=STATE_DTYPE,
-        )
+        graph.add_node("cache", op="segment_cache", **copy.deepcopy(state))
         _flow(graph, "scan", "cache", "states")
         _flow(graph, "segments", "cache", "segments")
-        graph.add_node("read_cached", op="read", source="cache", form="state")
+        graph.add_node("read_cached", op="read", source="cache", form=form)
         _flow(graph, "cache", "read_cached", "cache")
-        _flow(graph, "q", "read_cached", "q")
+        if not mixes_weights:
+            _flow(graph, "q", "read_cached", "q")
         _flow(graph, "read_cached", "aggregate", "cached")
 
     if gated:
@@ -124,6 +165,44 @@ def lower(spec: Spec) -> nx.DiGraph:
     )
     _flow(graph, "aggregate", "out", "o")
     return graph
+
+
+def deep_params(depth: int, key_dim: int, hidden: int, value_dim: int) -> int:
+    """Weights per head of the MLP memory: K*V at depth 1, else K*Dh + (depth-2)*Dh*Dh + Dh*V."""
+    if depth < 1:
+        raise ValueError(f"an MLP memory has depth >= 1, got {depth}")
+    if depth == 1:
+        return key_dim * value_dim
+    return key_dim * hidden + (depth - 2) * hidden * hidden + hidden * value_dim
+
+
+def deep_state_shape(depth: int) -> str:
+    """The MLP's layer widths in symbols: `MLP K->Dh->V (depth 2)`."""
+    return "MLP " + "->".join(["K", *["Dh"] * (depth - 1), "V"]) + f" (depth {depth})"
+
+
+def _deep_attributes(spec: Spec) -> dict[str, Any] | None:
+    """The scan attributes of a deep memory (None for a matrix one).
+
+    Rates stay as the spec gives them: a float, "data" (an op input), or None for titans'
+    momentum and decay on dla, which has neither.
+    """
+    mem = spec.memory
+    if mem.recurrence not in DEEP_RECURRENCES:
+        return None
+    deep = mem.deep or DeepMemory()  # a resolved spec always has it
+    hidden = deep.expansion * mem.key_dim
+    return {
+        "state_shape": deep_state_shape(deep.depth),
+        "params": deep_params(deep.depth, mem.key_dim, hidden, mem.value_dim),
+        "depth": deep.depth,
+        "hidden": hidden,
+        "activation": deep.activation,
+        "minibatch": deep.minibatch,
+        "lr": deep.lr,
+        "momentum": deep.momentum,
+        "decay": deep.decay,
+    }
 
 
 def clone(graph: nx.DiGraph) -> nx.DiGraph:
@@ -161,8 +240,10 @@ def spec_of(graph: nx.DiGraph) -> Spec:
     return spec
 
 
-def _input(graph: nx.DiGraph, name: str, shape: str, dims: dict[str, int]) -> None:
-    graph.add_node(name, op="input", name=name, shape=shape, dims=dims, dtype=ACTIVATION_DTYPE)
+def _input(
+    graph: nx.DiGraph, name: str, shape: str, dims: dict[str, int], dtype: str = ACTIVATION_DTYPE
+) -> None:
+    graph.add_node(name, op="input", name=name, shape=shape, dims=dims, dtype=dtype)
 
 
 def _flow(graph: nx.DiGraph, src: str, dst: str, arg: str, **attrs: Any) -> None:

@@ -13,20 +13,35 @@ from typing import Any, Literal
 import networkx as nx
 
 from mcgen.ir.errors import IRError
-from mcgen.spec.schema import DECAY_RECURRENCES, DELTA_RECURRENCES, Spec
+from mcgen.spec.schema import DECAY_RECURRENCES, DEEP_RECURRENCES, DELTA_RECURRENCES, Spec
+
+
+@dataclass(frozen=True)
+class DeepPlan:
+    """The MLP memory of dla / titans (docs/method.md section 6)."""
+
+    depth: int
+    hidden: int  # expansion * key_dim
+    activation: Literal["gelu", "silu", "relu", "tanh"]
+    minibatch: int
+    titans: bool  # squared loss with momentum and decay; dla: linear loss, plain steps
+    lr: float | None  # None: data-dependent (op input beta)
+    momentum: float | None  # titans: None = data (op input eta); dla: 0
+    decay: float | None  # titans: None = data (op input g = log(1 - alpha)); dla: 0
 
 
 @dataclass(frozen=True)
 class Plan:
-    recurrence: Literal["linear", "decay", "delta", "gated_delta"]
+    recurrence: Literal["linear", "decay", "delta", "gated_delta", "dla", "titans"]
     init: Literal["checkpoint", "independent"]
     # Segmentation that the computation needs (after passes; "none" when nothing is cached
     # and nothing is reset).
     segments: Literal["constant", "logarithmic", "explicit", "none"]
     segment_length: int | None  # constant, logarithmic
     boundaries: tuple[int, ...] | None  # explicit
-    # Aggregation after canonicalisation: soup never appears here for a matrix memory.
-    aggregation: Literal["none", "residual", "grm", "ssc"]
+    # Aggregation after canonicalisation: soup appears only for deep memories (for a
+    # matrix memory it is grm).
+    aggregation: Literal["none", "residual", "grm", "soup", "ssc"]
     connector: Literal["separate", "query"] | None  # gated aggregations only
     pool: Literal["mean", "sum"] | None  # gated aggregations only
     top_k: int | None  # ssc only
@@ -36,6 +51,8 @@ class Plan:
     uses_g: bool
     uses_beta: bool
     uses_u: bool
+    uses_eta: bool = False  # titans' data-dependent momentum
+    deep: DeepPlan | None = None  # dla and titans
     # Human-readable notes of what the passes rewrote, in order.
     notes: tuple[str, ...] = field(default=())
 
@@ -49,7 +66,8 @@ def plan_from_ir(graph: nx.DiGraph) -> Plan:
     """Read the plan off a canonical graph (after the passes).
 
     Raises `IRError` for a graph the templates cannot render, such as one that still holds
-    `soup` (run the passes first).
+    `soup` on a matrix memory (run the passes first: there it becomes grm). For a deep memory
+    soup is its own computation and stays.
     """
     spec = graph.graph.get("spec")
     if not isinstance(spec, Spec):
@@ -59,9 +77,17 @@ def plan_from_ir(graph: nx.DiGraph) -> Plan:
     agg = _one(graph, "aggregate")
     gate = _maybe_one(graph, "gate")
     pool = _maybe_one(graph, "descriptor_pool")
-    if agg["kind"] not in ("none", "residual", "grm", "ssc"):
+    rec = scan["recurrence"]
+    deep = _deep_plan(scan) if rec in DEEP_RECURRENCES else None
+    if (deep is not None) != (graph.graph.get("memory") == "deep"):
         raise IRError(
-            f"aggregation {agg['kind']!r} has no plan: run the passes (soup becomes grm) first"
+            f"graph memory {graph.graph.get('memory')!r} does not match recurrence {rec!r}"
+        )
+    kinds = ("none", "residual", "grm", "ssc") + (("soup",) if deep is not None else ())
+    if agg["kind"] not in kinds:
+        raise IRError(
+            f"aggregation {agg['kind']!r} has no plan for a {graph.graph.get('memory')} memory: "
+            "run the passes (soup becomes grm for a matrix memory) first"
         )
     boundaries = seg.get("boundaries")
     return Plan(
@@ -76,11 +102,45 @@ def plan_from_ir(graph: nx.DiGraph) -> Plan:
         top_k=gate.get("top_k") if gate else None,
         gate_scale=gate["gate_scale"] if gate else None,
         chunk_size=spec.compute.chunk_size,
-        uses_g=scan["recurrence"] in DECAY_RECURRENCES,
-        uses_beta=scan["recurrence"] in DELTA_RECURRENCES,
+        # A deep memory reads g, beta and eta for its data-dependent decay, lr and momentum.
+        uses_g=rec in DECAY_RECURRENCES or (deep is not None and scan.get("decay") == "data"),
+        uses_beta=rec in DELTA_RECURRENCES or (deep is not None and scan.get("lr") == "data"),
         # connector `query` reads q for the gate, so no u input is needed.
         uses_u=gate is not None and gate["connector"] == "separate",
+        uses_eta=deep is not None and scan.get("momentum") == "data",
+        deep=deep,
         notes=tuple(graph.graph.get("notes", [])),
+    )
+
+
+def _deep_plan(scan: dict[str, Any]) -> DeepPlan:
+    """The MLP memory of a dla / titans scan; a "data" rate becomes None (an op input)."""
+    try:
+        depth, hidden = int(scan["depth"]), int(scan["hidden"])
+        activation, minibatch = scan["activation"], int(scan["minibatch"])
+    except KeyError as missing:
+        raise IRError(f"a deep scan needs the attribute {missing}") from None
+    titans = scan["recurrence"] == "titans"
+
+    def rate(name: str) -> float | None:
+        value = scan.get(name)
+        if value == "data":
+            return None
+        if value is None:
+            if titans or name == "lr":
+                raise IRError(f"a {scan['recurrence']} scan needs a {name} (a number or 'data')")
+            return 0.0  # dla: no momentum, no decay
+        return float(value)
+
+    return DeepPlan(
+        depth=depth,
+        hidden=hidden,
+        activation=activation,
+        minibatch=minibatch,
+        titans=titans,
+        lr=rate("lr"),
+        momentum=rate("momentum"),
+        decay=rate("decay"),
     )
 
 

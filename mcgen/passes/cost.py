@@ -8,6 +8,20 @@ decay's scalar multiply, which chunked forms fold into the intra-chunk weights) 
 
 Bytes assume the chunked execution the backends use: each fp32 state (online or cached) is
 loaded once per chunk of `compute.chunk_size` queries, activations are bf16 and touched once.
+
+Deep memories (dla, titans; docs/method.md section 6) hold P = `params` MLP weights per head
+in place of a V x K matrix, and a read is a forward pass of the MLP, 2P FLOPs (activations
+and the residual x + ... are small terms, left out). Per token the scan takes the inner
+gradient at k_t (forward, then backward to the weights and to the hidden activations: 3 * 2P)
+and steps: dla W <- W - theta g (2P, theta folded into the multiply-add); titans also keeps
+the momentum S <- eta S - theta g and decays W <- (1 - alpha) W + S (4P in all). Cached reads
+(residual, grm, ssc) read each memory, 2P per read. `soup` instead mixes the weights of the
+visible memories and the online one with the gate weights, 2P per memory, then reads the
+mixture once (2P): its arithmetic is that of grm's reads plus one read, less grm's mixing of
+the outputs, and it loads every visible memory's weights per chunk just as grm does.
+Training memory adds the per-token weights of a mini-batch (minibatch * P, when minibatch > 1);
+decode adds titans' momentum (P, unless the momentum is the constant 0) and the weights at
+the start of the current mini-batch (P, when minibatch > 1).
 """
 
 from __future__ import annotations
@@ -59,6 +73,9 @@ def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph
     out = clone(graph)
     scan = _node(out, "recurrence_scan")
     kdim, vdim = scan["state_dims"]["K"], scan["state_dims"]["V"]
+    deep = out.graph.get("memory") == "deep"
+    if deep and not isinstance(scan.get("params"), int):
+        raise IRError("cost: a deep memory's scan needs `params`, its weights per head")
     heads = out.nodes["q"]["dims"]["H"] if "q" in out else 1
     chunk = min(int(scan.get("chunk_size", 64)), seq_len)
     seg = _node(out, "segmentation")
@@ -86,16 +103,32 @@ def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph
     token_heads = seq_len * heads * batch
     lanes = heads * batch  # independent (batch, head) sequences
     kv = kdim * vdim
+    # Numbers in one memory state: the V x K matrix, or the MLP's weights.
+    state = int(scan["params"]) if deep else kv
+    titans = deep and scan.get("recurrence") == "titans"
+    minibatch = int(scan.get("minibatch") or 1) if deep else 1
+    # titans keeps the momentum S unless it is the constant 0 (then S_t is just the step).
+    momentum_state = titans and scan.get("momentum") != 0
+    # A deep scan starts from the initial weights once, or at every segment with independent.
+    ends = segment_ends(*seg_args, seq_len)
+    starts = 1 + sum(e < seq_len for e in ends) if scan.get("init") == "independent" else 1
 
     for _, attrs in out.nodes(data=True):
         op = attrs["op"]
         per_token = 0.0
         moved = 0.0
-        if op == "input":
+        if op == "input" and "P" in attrs["dims"]:
+            moved = FP32 * attrs["dims"]["P"] * starts * lanes  # a deep memory's initial weights
+        elif op == "input":
             width = attrs["dims"].get("K", attrs["dims"].get("V", 1))
             moved = BF16 * width * token_heads
         elif op == "output":
             moved = BF16 * vdim * token_heads
+        elif op == "recurrence_scan" and deep:
+            # Inner gradient (forward + backward of the MLP at k_t), then the step.
+            per_token = 3 * 2 * state + (4 if titans else 2) * state
+            buffers = 2 if momentum_state else 1  # the weights, and titans' momentum
+            moved = 2 * FP32 * state * buffers * n_chunks * lanes
         elif op == "recurrence_scan":
             # Update v k^T (2KV); the chunked form adds the intra-chunk attention, about
             # chunk * (K + V) per token; delta rules also form S k before writing (2KV).
@@ -104,12 +137,14 @@ def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph
                 per_token += 2 * kv
             moved = 2 * FP32 * kv * n_chunks * lanes  # load + store the state per chunk
         elif op == "read" and attrs["source"] == "online":
-            per_token = 2 * kv  # fused with the scan: the state is already loaded
+            # Fused with the scan: the state is already loaded. Form weights (soup on a deep
+            # memory) hands the weights to the aggregate, which reads once.
+            per_token = 2 * state if attrs.get("form") != "weights" else 0
         elif op == "read":
-            per_token = 2 * kv * mean_read
-            moved = FP32 * kv * chunk_loads * lanes
+            per_token = 2 * state * mean_read if attrs.get("form") != "weights" else 0
+            moved = FP32 * state * chunk_loads * lanes
         elif op == "segment_cache":
-            moved = FP32 * kv * n_cached * lanes  # one snapshot per complete segment
+            moved = FP32 * state * n_cached * lanes  # one snapshot per complete segment
         elif op == "descriptor_pool":
             # A running prefix sum of k; mean also divides by the count.
             per_token = kdim * (2 if attrs["pool"] == "mean" else 1)
@@ -120,7 +155,10 @@ def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph
             per_token = 2 * kdim * (mean_visible + 1)
             moved = FP32 * kdim * chunk_descriptor_loads * lanes
         elif op == "aggregate":
-            if attrs["kind"] in GATED:
+            if attrs["kind"] == "soup" and deep:
+                # Mix the weights of every visible memory and the online one, read once.
+                per_token = 2 * state * (mean_read + 1) + 2 * state
+            elif attrs["kind"] in GATED:
                 per_token = 2 * vdim * (mean_read + 1)  # weight and add every read
             elif attrs["kind"] == "residual":
                 per_token = vdim * mean_read  # add the cached reads to the online one
@@ -134,14 +172,21 @@ def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph
     gated = agg_kind in GATED and has_cache
     # Decode keeps the online state, every cached state and, for gated aggregations, one
     # descriptor per cache plus the prefix sum of k for the online descriptor.
-    decode = kv + n_cached * kv + ((n_cached + 1) * kdim if gated else 0)
-    training = n_cached * kv
+    decode = state + n_cached * state + ((n_cached + 1) * kdim if gated else 0)
+    training = n_cached * state
+    if deep:
+        # titans' momentum; the weights at the current mini-batch's start (its gradients are
+        # taken there), and in training the per-token weights of a mini-batch.
+        decode += state * (int(momentum_state) + int(minibatch > 1))
+        training += minibatch * state if minibatch > 1 else 0
     out.graph["cost"] = {
         "seq_len": seq_len,
         "batch": batch,
         "heads": heads,
         "key_dim": kdim,
         "value_dim": vdim,
+        "memory": "deep" if deep else "matrix",
+        "state_numbers_per_head": state,
         "chunk_size": chunk,
         "cached_segments": n_cached,
         "mean_visible": mean_visible,

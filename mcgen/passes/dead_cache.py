@@ -30,6 +30,14 @@ def dead_cache(graph: nx.DiGraph) -> nx.DiGraph:
     if agg.get("kind") != "none":
         changes.append(f"aggregation {agg['kind']} -> none")
         agg["kind"] = "none"
+    # soup on a deep memory had the aggregate read the mixed weights at q; with nothing left
+    # to mix, the online read reads its memory itself again.
+    online = out.nodes.get("read_online")
+    if online is not None and online.get("form") == "weights":
+        online["form"] = "state"
+        if out.has_edge("q", "aggregate"):
+            out.remove_edge("q", "aggregate")
+        out.add_edge("q", "read_online", arg="q")
     why = "nothing reads the cache (aggregation none)" if unread else "no segment boundary exists"
 
     # With checkpoint the scan runs straight through boundaries, so once nothing is cached

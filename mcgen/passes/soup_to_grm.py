@@ -1,4 +1,9 @@
-"""Canonicalisation: `soup` becomes `grm` for a matrix memory (docs/method.md section 5)."""
+"""Canonicalisation: `soup` becomes `grm` for a matrix memory (docs/method.md section 5).
+
+For a deep memory (dla, titans: graph.graph["memory"] == "deep") the pass is a plain copy
+with no note: an MLP is not linear in its weights, so mixing the weights and reading once
+(soup) differs from reading every memory and mixing the reads (grm), and the IR keeps both.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ def soup_to_grm(graph: nx.DiGraph) -> nx.DiGraph:
     """Rewrite aggregation soup to grm when the memory is a matrix; otherwise copy unchanged."""
     out = clone(graph)
     agg = out.nodes.get("aggregate")
-    # Deep memories (an MLP per head) read non-linearly: there soup and grm really differ.
+    # Only a matrix memory: deep memories (an MLP per head) read non-linearly, and there
+    # soup and grm really differ.
     if agg is None or agg.get("kind") != "soup" or out.graph.get("memory") != "matrix":
         return out
     agg["kind"] = "grm"

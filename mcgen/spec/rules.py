@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 from mcgen.spec.schema import (
     DECAY_RECURRENCES,
+    DEEP_RECURRENCES,
     DELTA_RECURRENCES,
     GATED_AGGREGATIONS,
+    DeepMemory,
     Spec,
 )
 
@@ -78,9 +80,54 @@ def check_rules(spec: Spec) -> list[RuleViolation]:
             )
         )
 
+    out += _deep_rules(spec)
+
     chunk = spec.compute.chunk_size
     if chunk & (chunk - 1):
         out.append(_v("compute.chunk_size", f"must be a power of two, got {chunk}"))
+    return out
+
+
+def _deep_rules(spec: Spec) -> list[RuleViolation]:
+    mem = spec.memory
+    if mem.recurrence not in DEEP_RECURRENCES:
+        if "deep" in mem.model_fields_set:
+            return [
+                _v("memory.deep", f"applies to deep memories (dla, titans), not {mem.recurrence}")
+            ]
+        return []
+    out = []
+    if mem.key_dim != mem.value_dim:
+        out.append(
+            _v(
+                "memory.value_dim",
+                f"a deep memory M(x) = x + MLP(x) maps keys to values: value_dim must equal "
+                f"key_dim ({mem.key_dim}), got {mem.value_dim}",
+            )
+        )
+    deep = mem.deep
+    if deep is None:
+        return out
+    if mem.recurrence == "dla":
+        for field in ("momentum", "decay"):
+            if field in deep.model_fields_set:
+                out.append(_v(f"memory.deep.{field}", "applies to titans only, not dla"))
+    m = deep.minibatch
+    seg = spec.cache.segments
+    lengths = []
+    if seg.kind in ("constant", "logarithmic") and seg.length is not None:
+        lengths = [seg.length]
+    elif seg.kind == "explicit" and seg.boundaries:
+        lengths = list(seg.boundaries)  # every boundary must fall on a mini-batch edge
+    bad = [n for n in lengths if n % m]
+    if bad:
+        out.append(
+            _v(
+                "memory.deep.minibatch",
+                f"must divide the segment length{'s' if len(lengths) > 1 else ''} "
+                f"(a mini-batch never straddles a segment end): {m} does not divide {bad[0]}",
+            )
+        )
     return out
 
 
@@ -91,6 +138,17 @@ def resolve(spec: Spec) -> Spec:
         agg_updates["top_k"] = DEFAULT_TOP_K
     if spec.aggregation.kind in GATED_AGGREGATIONS and spec.aggregation.gate_scale is None:
         agg_updates["gate_scale"] = spec.memory.key_dim**-0.5
+    memory = spec.memory
+    if memory.recurrence in DEEP_RECURRENCES:
+        deep = memory.deep or DeepMemory()
+        if memory.recurrence == "titans":
+            deep = deep.model_copy(
+                update={
+                    "momentum": "data" if deep.momentum is None else deep.momentum,
+                    "decay": "data" if deep.decay is None else deep.decay,
+                }
+            )
+        memory = memory.model_copy(update={"deep": deep})
     layer_updates: dict[str, object] = {}
     if spec.layer.key_norm == "auto":
         layer_updates["key_norm"] = "l2" if spec.memory.recurrence in DELTA_RECURRENCES else "none"
@@ -98,6 +156,7 @@ def resolve(spec: Spec) -> Spec:
         layer_updates["decay_normalizer"] = DEFAULT_DECAY_NORMALIZER
     return spec.model_copy(
         update={
+            "memory": memory,
             "aggregation": spec.aggregation.model_copy(update=agg_updates),
             "layer": spec.layer.model_copy(update=layer_updates),
         }

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Recurrence = Literal["linear", "decay", "delta", "gated_delta"]
+Recurrence = Literal["linear", "decay", "delta", "gated_delta", "dla", "titans"]
 SegmentKind = Literal["constant", "logarithmic", "explicit", "none"]
 Init = Literal["checkpoint", "independent"]
 AggregationKind = Literal["none", "residual", "grm", "soup", "ssc"]
@@ -23,9 +23,13 @@ Pool = Literal["mean", "sum"]
 # auto: l2 for the delta rules (their update is stable only for unit keys), none otherwise.
 KeyNorm = Literal["auto", "l2", "none"]
 
+Activation = Literal["gelu", "silu", "relu", "tanh"]
+
 # Recurrences that read a log decay g, and those that read a write strength beta.
 DECAY_RECURRENCES = frozenset({"decay", "gated_delta"})
 DELTA_RECURRENCES = frozenset({"delta", "gated_delta"})
+# Deep memories: an MLP trained inside the forward pass (docs/method.md section 6).
+DEEP_RECURRENCES = frozenset({"dla", "titans"})
 # Aggregations that compute gate logits (and so need a connector and descriptors).
 GATED_AGGREGATIONS = frozenset({"grm", "soup", "ssc"})
 
@@ -38,11 +42,30 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+# A rate is a constant, or `data`: projected per token by MCLayer (an op input).
+Rate = Annotated[float, Field(ge=0, allow_inf_nan=False)] | Literal["data"]
+Fraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | Literal["data"]
+
+
+class DeepMemory(Strict):
+    """The MLP memory M(x) = x + W_L act(... act(W_1 x)) of dla and titans."""
+
+    depth: Annotated[int, Field(ge=1, le=4)] = 2
+    expansion: Annotated[int, Field(ge=1, le=16)] = 2  # hidden width = expansion * key_dim
+    activation: Activation = "gelu"
+    # Tokens whose inner gradients are taken at the same weights; divides segment lengths.
+    minibatch: Annotated[int, Field(ge=1, le=4096)] = 1
+    lr: Rate = "data"  # theta_t, the inner learning rate
+    momentum: Fraction | None = None  # eta_t, titans only (default data)
+    decay: Fraction | None = None  # alpha_t, titans only (default data): W <- (1 - alpha) W + S
+
+
 class Memory(Strict):
     recurrence: Recurrence
     heads: Annotated[int, Field(ge=1, le=1024)]
     key_dim: Annotated[int, Field(ge=1, le=4096)]
     value_dim: Annotated[int, Field(ge=1, le=4096)]
+    deep: DeepMemory | None = None  # dla and titans only
 
 
 class Segments(Strict):
@@ -87,15 +110,20 @@ class Spec(Strict):
     @field_validator("name")
     @classmethod
     def _name_is_package(cls, value: str) -> str:
-        if not _PACKAGE_NAME.fullmatch(value) or keyword.iskeyword(value) or len(value) > 64:
-            raise ValueError(
-                "must be a lowercase python identifier (letters, digits, underscores; at most "
-                "64 characters, not a keyword): it names the generated package, "
-                f"got {value[:64]!r}"
-            )
-        if value in _RESERVED_NAMES or value.startswith("__"):
-            raise ValueError(
-                f"{value!r} would shadow a python module (or be a dunder name): "
-                "it names the generated package; choose another name"
-            )
-        return value
+        return check_package_name(value)
+
+
+def check_package_name(value: str) -> str:
+    """`value` if it may name a generated package; ValueError saying why not otherwise."""
+    if not _PACKAGE_NAME.fullmatch(value) or keyword.iskeyword(value) or len(value) > 64:
+        raise ValueError(
+            "must be a lowercase python identifier (letters, digits, underscores; at most "
+            "64 characters, not a keyword): it names the generated package, "
+            f"got {value[:64]!r}"
+        )
+    if value in _RESERVED_NAMES or value.startswith("__"):
+        raise ValueError(
+            f"{value!r} would shadow a python module (or be a dunder name): "
+            "it names the generated package; choose another name"
+        )
+    return value
