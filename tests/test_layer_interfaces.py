@@ -7,8 +7,12 @@ import importlib
 
 import pytest
 import torch
+from spec_helpers import spec_text
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from mcgen.export import export_spec
+from mcgen.packages import import_package
 
 SEGMENTS = {
     "constant": "{kind: constant, length: 8}",
@@ -171,13 +175,20 @@ class TinyLM(nn.Module):
 
 @pytest.mark.parametrize("agg", ["grm", "ssc"])
 @pytest.mark.parametrize("recurrence", ["linear", "gated_delta"])
-def test_generation_with_cache_matches_recomputing_the_prefix(build_tiny, recurrence, agg):
-    package = build_tiny(
-        recurrence=recurrence,
-        segments=SEGMENTS["constant"],
-        aggregation=agg,
-        aggregation_extra=", top_k: 1" if agg == "ssc" else "",
+def test_generation_with_cache_matches_recomputing_the_prefix(tmp_path, recurrence, agg):
+    # The layers come from an export: the standalone project a user would install.
+    spec = tmp_path / "lm.yaml"
+    spec.write_text(
+        spec_text(
+            name="lm_mixer",
+            recurrence=recurrence,
+            segments=SEGMENTS["constant"],
+            aggregation=agg,
+            aggregation_extra=", top_k: 1" if agg == "ssc" else "",
+        )
     )
+    exported = export_spec(spec, tmp_path / "project", test=False)
+    package = import_package(tmp_path / "project" / exported.name)
     torch.manual_seed(0)
     model = TinyLM(package).double().eval()
     prompts = [[3, 5, 7, 1, 2, 9, 4], [8, 6, 2, 2, 11, 5, 3, 1, 7, 20, 4, 6], [1]]

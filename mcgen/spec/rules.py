@@ -151,7 +151,8 @@ def resolve(spec: Spec) -> Spec:
         memory = memory.model_copy(update={"deep": deep})
     layer_updates: dict[str, object] = {}
     if spec.layer.key_norm == "auto":
-        layer_updates["key_norm"] = "l2" if spec.memory.recurrence in DELTA_RECURRENCES else "none"
+        unit_keys = DELTA_RECURRENCES | DEEP_RECURRENCES  # updates well scaled for unit keys only
+        layer_updates["key_norm"] = "l2" if spec.memory.recurrence in unit_keys else "none"
     if spec.memory.recurrence in DECAY_RECURRENCES and spec.layer.decay_normalizer is None:
         layer_updates["decay_normalizer"] = DEFAULT_DECAY_NORMALIZER
     return spec.model_copy(
