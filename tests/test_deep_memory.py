@@ -129,7 +129,7 @@ def test_soup_differs_from_grm_for_deep_memories(build_deep, recurrence):
     grm = build_deep(recurrence, aggregation="grm")
     inputs = _selftest(soup).make_inputs(1, 29, 2, 8, 8, dtype=torch.float64, seed=2)
     # Mixing an MLP's weights is not mixing its outputs: the two must differ here ...
-    assert _rel(soup.reference(**inputs), grm.reference(**inputs)) > 1e-3
+    assert _rel(soup.reference(**inputs), grm.reference(**inputs)) > 1e-5  # equal would be ~1e-16
     # ... and the IR keeps soup (for a matrix memory it would have become grm).
     assert (
         compile_spec(

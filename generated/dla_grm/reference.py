@@ -67,7 +67,7 @@ def reference(q, k, v, u=None, g=None, beta=None, *, eta=None, weights, scale=No
     """o for q, k, v [B, T, H, K], u [B, T, H, K], beta = theta [B, T, H];
     weights: the initial MLP weights, one [H, out, in] per layer. Returns fp64 [B, T, H, V]."""
     batch, seq_len, heads, key_dim = q.shape
-    scale = key_dim**-0.5 if scale is None else scale
+    scale = 1.0 if scale is None else scale
     q, k, v = q.double(), k.double(), v.double()
     u = u.double()
     initial = [w.double()[None].expand(batch, -1, -1, -1) for w in weights]

@@ -60,7 +60,7 @@ u [B, T, H, K] is the gate's connector. beta [B, T, H] is the inner learning rat
     _check_extras(u, g, beta, eta, (batch, seq_len, heads), key_dim, "")
     _pick_backend(backend)
     cache = _starting_cache(initial_cache, weights, batch, heads, key_dim, q.dtype)
-    scale = key_dim**-0.5 if scale is None else float(scale)
+    scale = 1.0 if scale is None else float(scale)
     out, cache = backend_torch.forward(q, k, v, u, g, beta, eta, scale=scale, initial_cache=cache)
     out = out.to(q.dtype)
     return (out, cache) if output_cache else out
@@ -79,7 +79,7 @@ def mc_step(q_t, k_t, v_t, u_t=None, g_t=None, beta_t=None, *, eta_t=None, weigh
     def one(x):
         return None if x is None else x[:, None]
 
-    scale = key_dim**-0.5 if scale is None else float(scale)
+    scale = 1.0 if scale is None else float(scale)
     out, cache = backend_torch.forward(
         *map(one, (q_t, k_t, v_t, u_t, g_t, beta_t, eta_t)), scale=scale, initial_cache=cache
     )
