@@ -1,0 +1,228 @@
+"""Train an MQAR model: AdamW, linear warmup then cosine decay, accuracy on the queries
+of every test slice, early stop at the target accuracy, a progress bar.
+
+The model is called as model(input_ids, where) and returns the logits of the positions
+where the bool mask is set (as MQARModel does): only queries are scored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from mcgen.mqar.config import IGNORE_INDEX, TrainConfig
+from mcgen.mqar.data import MQARData
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    step: int
+    loss: float  # mean training loss since the previous evaluation
+    accuracy: float  # over every query of every test slice
+    slices: dict[str, float]  # per test slice, keyed by slice_key(num_pairs, seq_len)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    seconds: float
+    accuracy: float  # at the last evaluation
+    slice_accuracy: dict[str, float]  # at the last evaluation
+    best_accuracy: float
+    best_slice_accuracy: dict[str, float]  # at the evaluation with the best accuracy
+    best_step: int
+    stopped_early: bool  # reached config.early_stop_accuracy
+    diverged: bool  # the training loss went NaN or infinite
+    history: list[Evaluation] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, slices: Sequence[MQARData], batch_size: int
+) -> tuple[float, dict[str, float]]:
+    """(accuracy over all queries, accuracy per slice); the model keeps its mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    per_slice: dict[str, float] = {}
+    all_correct = all_queries = 0
+    for data in slices:
+        correct = queries = 0
+        for start in range(0, len(data), batch_size):
+            inputs = data.inputs[start : start + batch_size].to(device)
+            labels = data.labels[start : start + batch_size].to(device)
+            where = labels != IGNORE_INDEX
+            predicted = model(inputs, where).argmax(-1)
+            correct += int((predicted == labels[where]).sum())
+            queries += int(where.sum())
+        per_slice[data.key] = correct / max(queries, 1)
+        all_correct, all_queries = all_correct + correct, all_queries + queries
+    model.train(was_training)
+    return all_correct / max(all_queries, 1), per_slice
+
+
+def _epoch(data: Sequence[MQARData], batch_size: int, generator: torch.Generator):
+    """One epoch's batches as (slice index, row indices): a batch never mixes slices
+    (their lengths may differ), and the order of all batches is shuffled."""
+    batches = []
+    for index, piece in enumerate(data):
+        rows = torch.randperm(len(piece), generator=generator)
+        batches += [(index, rows[s : s + batch_size]) for s in range(0, len(piece), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """The learning rate of step `step` (0-based) over the peak: linear warmup, cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # No decay on vectors (norm gains, biases): decaying them only pulls scales to zero.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    keep = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+class _Report:
+    """A rich bar on a terminal, one plain line per evaluation elsewhere, or nothing."""
+
+    def __init__(self, progress: Progress | None, console: Console | None, total: int):
+        self.progress, self.console, self.total = progress, console, total
+        self.task = None
+        if progress is not None:
+            self.task = progress.add_task("mqar", total=total, loss="", acc="")
+
+    def step(self) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task)
+
+    def evaluated(self, result: Evaluation) -> None:
+        loss, acc = f"loss {result.loss:.3f}", f"acc {result.accuracy:.3f}"
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, loss=loss, acc=acc)
+        elif self.console is not None:
+            slices = " ".join(f"{k}:{v:.3f}" for k, v in result.slices.items())
+            self.console.print(
+                f"mqar step {result.step}/{self.total} {loss} {acc} [{slices}]",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+@contextmanager
+def _reporter(enabled: bool, total: int) -> Iterator[_Report]:
+    console = Console(stderr=True)
+    if not enabled:
+        yield _Report(None, None, total)
+        return
+    if not console.is_terminal:
+        yield _Report(None, console, total)
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TextColumn("{task.fields[acc]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        yield _Report(progress, console, total)
+
+
+def train(
+    model: nn.Module,
+    train_data: MQARData | Sequence[MQARData],
+    test_slices: MQARData | Sequence[MQARData],
+    config: TrainConfig,
+    progress: bool = True,
+) -> TrainResult:
+    """Train in place and report test accuracy on query positions.
+
+    Seeds torch with config.seed and shuffles with a generator seeded from it, so the
+    same model initialisation (seed before building it) and data give the same run.
+    """
+    train_data = [train_data] if isinstance(train_data, MQARData) else list(train_data)
+    test_slices = [test_slices] if isinstance(test_slices, MQARData) else list(test_slices)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    device = next(model.parameters()).device
+
+    per_epoch = sum(math.ceil(len(d) / config.batch_size) for d in train_data)
+    total = config.max_steps if config.max_steps is not None else config.epochs * per_epoch
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, min(config.warmup, total), total)
+    )
+
+    history: list[Evaluation] = []
+    best: Evaluation | None = None
+    step, stopped_early, diverged = 0, False, False
+    loss_sum, loss_count = torch.zeros((), device=device), 0
+    started = time.perf_counter()
+    model.train()
+    with _reporter(progress, total) as report:
+        while step < total and not (stopped_early or diverged):
+            batches = _epoch(train_data, config.batch_size, generator)
+            for position, (index, rows) in enumerate(batches):
+                inputs = train_data[index].inputs[rows].to(device)
+                labels = train_data[index].labels[rows].to(device)
+                where = labels != IGNORE_INDEX
+                loss = F.cross_entropy(model(inputs, where), labels[where])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                schedule.step()
+                step += 1
+                # Summed on the device: no host sync per step.
+                loss_sum, loss_count = loss_sum + loss.detach(), loss_count + 1
+                report.step()
+
+                epoch_end = position == len(batches) - 1
+                due = (
+                    epoch_end if config.eval_every is None else step % config.eval_every == 0
+                ) or step == total
+                if due:
+                    mean_loss = float(loss_sum) / loss_count
+                    loss_sum, loss_count = torch.zeros((), device=device), 0
+                    accuracy, slices = evaluate(model, test_slices, config.batch_size)
+                    result = Evaluation(step, mean_loss, accuracy, slices)
+                    history.append(result)
+                    report.evaluated(result)
+                    if best is None or accuracy > best.accuracy:
+                        best = result
+                    diverged = not math.isfinite(mean_loss)
+                    stopped_early = accuracy >= config.early_stop_accuracy
+                if step >= total or stopped_early or diverged:
+                    break
+
+    assert best is not None  # the last step always evaluates
+    last = history[-1]
+    return TrainResult(
+        steps=step,
+        seconds=time.perf_counter() - started,
+        accuracy=last.accuracy,
+        slice_accuracy=last.slices,
+        best_accuracy=best.accuracy,
+        best_slice_accuracy=best.slices,
+        best_step=best.step,
+        stopped_early=stopped_early,
+        diverged=diverged,
+        history=history,
+    )
