@@ -30,7 +30,7 @@ def activation_grad(z):
 
 
 def read(weights, x):
-    """M_W(x) for per-token weights [..., out, in] per layer and x [..., K] -> [..., V]."""
+    """M_W(x) for weights [..., out, in] per layer and x [..., K]; returns [..., V]."""
     hidden = x
     for layer, w in enumerate(weights):
         z = (w @ hidden[..., None])[..., 0]

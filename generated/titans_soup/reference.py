@@ -34,7 +34,7 @@ def activation_grad(z):
 
 
 def read(weights, x):
-    """M_W(x) for weights [B, H, out, in] per layer and x [B, H, K]; returns [B, H, V]."""
+    """M_W(x) for weights [..., out, in] per layer and x [..., K]; returns [..., V]."""
     hidden = x
     for layer, w in enumerate(weights):
         z = (w @ hidden[..., None])[..., 0]
