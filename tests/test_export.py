@@ -535,3 +535,35 @@ def test_the_wheel_installs_and_passes_its_tests_without_mcgen(
     tests = venv_run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=run_dir)
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert re.search(r"\b\d+ passed\b", tests.stdout), tests.stdout
+
+
+DEEP = """\
+name: tiny_titans
+memory: {recurrence: titans, heads: 2, key_dim: 8, value_dim: 8, deep: {minibatch: 4}}
+cache:
+  segments: {kind: constant, length: 8}
+aggregation: {kind: soup}
+layer: {d_model: 16}
+"""
+
+
+def test_a_deep_memory_exports_with_working_tests_and_readme(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny_titans.yaml"
+    spec.write_text(DEEP)
+    export_dir = tmp_path / "export"
+    export_spec(spec, export_dir)
+    tests = run_exported_pytest(export_dir)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    readme = (export_dir / "README.md").read_text()
+    assert "weights" in readme and "MCStateCache" not in readme  # no HF cache for deep yet
+    [example] = re.findall(r"```python\n(.*?)```", readme, re.S)
+    done = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=export_dir,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

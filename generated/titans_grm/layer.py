@@ -9,6 +9,8 @@ The memory's initial weights are parameters of the layer, one [H, out, in] per M
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,10 +36,12 @@ class MCLayer(nn.Module):
         self.k_proj = nn.Linear(d_model, heads * key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, heads * key_dim, bias=False)
         self.u_proj = nn.Linear(d_model, heads * key_dim, bias=False)  # the gate's connector
-        self.lr_proj = nn.Linear(d_model, heads)  # theta = sigmoid(.), starts near 0.05
-        nn.init.constant_(self.lr_proj.bias, -3.0)
-        self.momentum_proj = nn.Linear(d_model, heads)  # eta = sigmoid(.), starts near 0.9
-        nn.init.constant_(self.momentum_proj.bias, 2.0)
+        # theta = sigmoid(.), starting near 0.05 / minibatch: a mini-batch sums that many
+        # gradients taken at the same weights, so its first steps stay the same size.
+        self.lr_proj = nn.Linear(d_model, heads)
+        nn.init.constant_(self.lr_proj.bias, -3.0 - math.log(16))
+        self.momentum_proj = nn.Linear(d_model, heads)  # eta = sigmoid(.), starts near 0.5
+        nn.init.constant_(self.momentum_proj.bias, 0.0)
         self.decay_proj = nn.Linear(d_model, heads)  # alpha = sigmoid(.), starts near 0.02
         nn.init.constant_(self.decay_proj.bias, -4.0)
         self.o_proj = nn.Linear(heads * key_dim, d_model, bias=False)
