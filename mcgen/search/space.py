@@ -1,0 +1,375 @@
+"""A search-space file: the fixed part of a spec, the fields to vary, the objectives,
+the MQAR data and the training budget (pydantic, strict).
+
+`load_space` reads one with positions in its errors, as the spec loader does, and
+`suggest_spec` turns an optuna trial into a full spec mapping that `parse_spec` accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from mcgen.mqar.config import MQARDataConfig, Seed
+from mcgen.spec import SpecError, SpecProblem, parse_spec
+from mcgen.spec.loader import _compose, _construct, _in_order, _problem_at_path
+from mcgen.spec.schema import (
+    DECAY_RECURRENCES,
+    DEEP_RECURRENCES,
+    GATED_AGGREGATIONS,
+    Spec,
+    check_package_name,
+)
+
+CostKey = Literal["decode_state_bytes", "train_flops_per_token"]
+Choice = Union[str, int, float, bool]  # noqa: UP007 (a runtime union for pydantic)
+
+# Fields set first when a trial builds a spec: whether the others apply depends on them.
+_DECIDING = ("aggregation.kind", "cache.segments.kind", "memory.recurrence")
+# Spec fields a search may not set: the search names its candidates itself.
+_NOT_SEARCHED = frozenset({"name"})
+# Room left in a package name after the space's name: "_" and 10 hex digits.
+_MAX_SPACE_NAME = 64 - 11
+
+
+class SearchSpaceError(SpecError):
+    """Problems in a search-space file, each `file:line:col: dotted.path: message`."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class IntRange(_Strict):
+    """An integer field drawn from [low, high], every `step`, or log-uniformly."""
+
+    low: int
+    high: int
+    log: bool = False
+    step: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and (self.step != 1 or self.low < 1):
+            raise ValueError("a log range needs low >= 1 and step 1")
+        if (self.high - self.low) % self.step:
+            raise ValueError(f"step {self.step} does not divide high - low")
+        return self
+
+
+def _range_or_choices(value: Any) -> str:
+    return "range" if isinstance(value, (dict, IntRange)) else "choices"
+
+
+Choices = Annotated[list[Choice], Field(min_length=1)]
+Domain = Annotated[
+    Union[Annotated[Choices, Tag("choices")], Annotated[IntRange, Tag("range")]],  # noqa: UP007
+    Discriminator(_range_or_choices),
+]
+
+
+class Objectives(_Strict):
+    """Accuracy is always maximised; `cost` is minimised."""
+
+    cost: CostKey = "decode_state_bytes"
+
+
+class SearchTrain(_Strict):
+    """How each candidate is trained: once per learning rate, the best one scores."""
+
+    learning_rates: Annotated[
+        list[Annotated[float, Field(gt=0, allow_inf_nan=False)]], Field(min_length=1)
+    ]
+    steps: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    layers: Annotated[int, Field(ge=1)] = 2
+    warmup: Annotated[int, Field(ge=0)] = 0
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.1
+    eval_every: Annotated[int, Field(ge=1)] | None = None
+    seed: Seed = 0
+
+
+class SearchSpace(_Strict):
+    name: str
+    base: dict[str, Any]
+    vary: Annotated[dict[str, Domain], Field(min_length=1)]
+    objectives: Objectives = Objectives()
+    mqar: MQARDataConfig
+    train: SearchTrain
+
+    @model_validator(mode="after")
+    def _rules(self, info: ValidationInfo) -> SearchSpace:
+        if info.context and info.context.get("defer_rules"):
+            return self  # the loader reports each problem at its own line
+        problems = space_problems(self)
+        if problems:
+            raise ValueError("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
+        return self
+
+
+# --- the spec's fields ----------------------------------------------------------------
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (`Deep | None` -> Deep), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            model = _model_of(arg)
+            if model is not None:
+                return model
+    return None
+
+
+def _field(path: tuple[str, ...]) -> tuple[bool, type[BaseModel] | None]:
+    """(whether `path` names a spec field, the model it holds if it is a section)."""
+    model: type[BaseModel] | None = Spec
+    for part in path:
+        if model is None or part not in model.model_fields:
+            return False, None
+        model = _model_of(model.model_fields[part].annotation)
+    return True, model
+
+
+def spec_leaf_paths() -> list[str]:
+    """Every dotted spec field a search may vary (`aggregation.top_k`, ...)."""
+
+    def walk(model: type[BaseModel], prefix: tuple[str, ...]) -> list[str]:
+        out = []
+        for name, info in model.model_fields.items():
+            inner = _model_of(info.annotation)
+            here = (*prefix, name)
+            out += walk(inner, here) if inner is not None else [".".join(here)]
+        return out
+
+    return [p for p in walk(Spec, ()) if p not in _NOT_SEARCHED]
+
+
+def _base_problems(value: Any, path: tuple[str, ...]) -> list[tuple[tuple, str]]:
+    out: list[tuple[tuple, str]] = []
+    for key, item in value.items():
+        here = (*path, key)
+        known, model = _field(here)
+        if not known or here[0] in _NOT_SEARCHED:
+            allowed = [k for k in (_field(path)[1] or Spec).model_fields if (*path, k) != ("name",)]
+            out.append(
+                (("base", *here), f"unknown spec field (allowed here: {', '.join(allowed)})")
+            )
+        elif model is not None:
+            if isinstance(item, dict):
+                out += _base_problems(item, here)
+            else:
+                out.append((("base", *here), "is a section of the spec: give a mapping"))
+    return out
+
+
+def space_problems(space: SearchSpace) -> list[tuple[tuple, str]]:
+    """Rules across fields: (path in the file, message), in file order."""
+    out: list[tuple[tuple, str]] = []
+    try:
+        check_package_name(space.name)
+    except ValueError as exc:
+        out.append((("name",), str(exc)))
+    if len(space.name) > _MAX_SPACE_NAME:
+        out.append((("name",), f"at most {_MAX_SPACE_NAME} characters (candidates add a hash)"))
+    out += _base_problems(space.base, ())
+    leaves = set(spec_leaf_paths())
+    for dotted in space.vary:
+        if dotted not in leaves:
+            near = sorted(p for p in leaves if p.rsplit(".", 1)[-1] == dotted.rsplit(".", 1)[-1])
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            out.append((("vary", dotted), f"not a spec field{hint}"))
+        elif _get(space.base, dotted) is not _MISSING:
+            out.append((("vary", dotted), "is also fixed in base: give it in one place"))
+    return out
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SearchSpaceError([SpecProblem(str(path), 1, 1, "", f"cannot read: {exc}")]) from None
+    return parse_space(text, str(path))
+
+
+def parse_space(text: str, file: str = "<space>") -> SearchSpace:
+    try:
+        root = _compose(text, file)
+    except SpecError as exc:
+        raise SearchSpaceError(exc.problems) from None
+    if not isinstance(root, yaml.MappingNode):
+        raise SearchSpaceError([SpecProblem(file, 1, 1, "", "a search space is a mapping")])
+    problems: list[SpecProblem] = []
+    data = _construct(root, (), file, problems, set())
+    if problems:
+        raise SearchSpaceError(_in_order(problems))
+    try:
+        space = SearchSpace.model_validate(data, context={"defer_rules": True})
+    except ValidationError as exc:
+        raise SearchSpaceError(
+            _in_order([_pydantic_problem(root, file, err) for err in exc.errors()])
+        ) from None
+    rules = space_problems(space)
+    if rules:
+        raise SearchSpaceError(
+            _in_order([_problem_at_path(root, file, p, m, point_at_key=True) for p, m in rules])
+        )
+    return space
+
+
+def _pydantic_problem(root: yaml.Node, file: str, err: Any) -> SpecProblem:
+    # Drop the discriminator's tags ("choices", "range"): they are not keys of the file.
+    loc = list(err["loc"])
+    if len(loc) >= 3 and loc[0] == "vary" and loc[2] in ("choices", "range"):
+        del loc[2]
+    message = err["msg"]
+    if err["type"] == "missing":
+        message = "required field is missing"
+    elif err["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif err["type"] == "too_short" and loc and loc[0] == "vary":
+        message = "give at least one choice" if len(loc) > 1 else "vary at least one field"
+    elif err["type"] == "value_error" and "ctx" in err:
+        message = str(err["ctx"]["error"])
+    return _problem_at_path(
+        root, file, tuple(loc), message, point_at_key=err["type"] == "extra_forbidden"
+    )
+
+
+# --- candidates -----------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _get(mapping: dict, dotted: str) -> Any:
+    node: Any = mapping
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _set(mapping: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = mapping
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def _drop(mapping: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node: Any = mapping
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+def applies(mapping: dict, dotted: str) -> bool:
+    """Whether a spec field means anything given the deciding fields already in `mapping`
+    (top_k only with ssc, a segment length only for constant or logarithmic segments...)."""
+    agg = _get(mapping, "aggregation.kind")
+    seg = _get(mapping, "cache.segments.kind")
+    rec = _get(mapping, "memory.recurrence")
+    if dotted == "aggregation.top_k":
+        return agg in (_MISSING, "ssc")
+    if dotted in ("aggregation.connector", "aggregation.pool", "aggregation.gate_scale"):
+        return agg is _MISSING or agg in GATED_AGGREGATIONS
+    if dotted == "cache.segments.length":
+        return seg in (_MISSING, "constant", "logarithmic")
+    if dotted == "cache.segments.boundaries":
+        return seg in (_MISSING, "explicit")
+    if dotted == "layer.decay_normalizer":
+        return rec is _MISSING or rec in DECAY_RECURRENCES
+    if dotted.startswith("memory.deep"):
+        if dotted.endswith((".momentum", ".decay")):
+            return rec in (_MISSING, "titans")
+        return rec is _MISSING or rec in DEEP_RECURRENCES
+    return True
+
+
+def _order(paths: typing.Iterable[str]) -> list[str]:
+    paths = list(paths)
+    return [p for p in _DECIDING if p in paths] + [p for p in paths if p not in _DECIDING]
+
+
+def _leaves(mapping: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in mapping.items():
+        here = f"{prefix}{key}"
+        out += _leaves(value, here + ".") if isinstance(value, dict) else [here]
+    return out
+
+
+def finish_spec(mapping: dict, space: SearchSpace, *, name: str | None = None) -> dict:
+    """Leave out fields that do not apply, name the spec and check it is a real one.
+
+    The name is the space's name and a hash of the rest, so one candidate is one package.
+    Raises SpecError if the result is not a valid spec."""
+    out = json.loads(json.dumps(mapping))  # a deep copy of plain data
+    out.pop("name", None)
+    for dotted in _leaves(out):
+        if not applies(out, dotted):
+            _drop(out, dotted)
+    for section in [k for k, v in out.items() if v == {}]:
+        del out[section]
+    if name is None:
+        digest = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()
+        name = f"{space.name}_{digest[:10]}"
+    out = {"name": name, **out}
+    parse_spec(yaml.safe_dump(out, sort_keys=False), f"<{name}>")
+    return out
+
+
+def suggest_spec(trial: Any, space: SearchSpace) -> dict:
+    """The spec a trial draws: base plus one value per applicable `vary` field.
+
+    Deciding fields (aggregation.kind, ...) are drawn first; a field that does not apply
+    to them (top_k without ssc) is not drawn at all, so the sampler sees it as absent."""
+    mapping = json.loads(json.dumps(space.base))
+    for dotted in _order(space.vary):
+        if not applies(mapping, dotted):
+            continue
+        domain = space.vary[dotted]
+        if isinstance(domain, IntRange):
+            value = trial.suggest_int(
+                dotted, domain.low, domain.high, step=domain.step, log=domain.log
+            )
+        else:
+            value = trial.suggest_categorical(dotted, list(domain))
+        _set(mapping, dotted, value)
+    return finish_spec(mapping, space)
+
+
+def first_choice(space: SearchSpace) -> dict:
+    """base plus the first choice (or the low end) of every varied field."""
+    mapping = json.loads(json.dumps(space.base))
+    for dotted in _order(space.vary):
+        domain = space.vary[dotted]
+        _set(mapping, dotted, domain.low if isinstance(domain, IntRange) else domain[0])
+    return mapping
