@@ -30,7 +30,7 @@ from mcgen import __version__
 from mcgen.codegen.package import MANIFEST, REQUIRES, render_package
 from mcgen.codegen.templates import environment
 from mcgen.ir.plan import Plan
-from mcgen.packages import PackageError, drift, import_package, read_manifest
+from mcgen.packages import PackageError, changed_files, drift, import_package, read_manifest
 from mcgen.passes.pipeline import compile_spec
 from mcgen.spec import Spec, load_spec, spec_hash
 from mcgen.spec.schema import GATED_AGGREGATIONS, check_package_name
@@ -384,12 +384,9 @@ def export_drift(export_dir: Path, spec: Spec | None = None) -> list[str]:
             f"(manifest {manifest['spec_hash'][:12]}, spec {spec_hash(spec)[:12]}): export it again"
         )
     problems += drift(package_dir)
-    for relative, digest in sorted(manifest[EXPORT_SECTION]["files"].items()):
-        path = export_dir / relative
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-        elif _sha256(path.read_bytes()) != digest:
-            problems.append(f"{path}: edited since it was exported")
+    problems += changed_files(
+        export_dir, manifest[EXPORT_SECTION]["files"], since="it was exported"
+    )
     return problems
 
 

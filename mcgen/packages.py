@@ -35,12 +35,18 @@ def drift(package_dir: Path, spec: Spec | None = None) -> list[str]:
             f"{package_dir}: built from another version of spec `{spec.name}` "
             f"(manifest {manifest['spec_hash'][:12]}, spec {spec_hash(spec)[:12]}): rebuild it"
         )
-    for name, digest in sorted(manifest["files"].items()):
-        path = package_dir / name
+    return problems + changed_files(package_dir, manifest["files"], since="it was generated")
+
+
+def changed_files(root: Path, hashes: dict[str, str], *, since: str) -> list[str]:
+    """Each file under root (relative path -> sha256) that is missing or no longer matches."""
+    problems = []
+    for relative, digest in sorted(hashes.items()):
+        path = root / relative
         if not path.is_file():
             problems.append(f"{path}: missing")
         elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            problems.append(f"{path}: edited since it was generated")
+            problems.append(f"{path}: edited since {since}")
     return problems
 
 
