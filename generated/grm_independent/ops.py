@@ -76,18 +76,6 @@ def mc_step(q_t, k_t, v_t, u_t=None, g_t=None, beta_t=None, *, cache=None, scale
     return backend_torch.step(q_t, k_t, v_t, u_t, g_t, beta_t, scale=scale, cache=cache)
 
 
-def _pick_backend(backend: str, q: torch.Tensor) -> str:
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    if backend == "auto":
-        return "triton" if q.is_cuda and "triton" in BACKENDS else "torch"
-    if backend not in BACKENDS:
-        raise NotImplementedError(
-            f"no {backend} kernels were generated for this spec; generated backends: {BACKENDS}"
-        )
-    return backend
-
-
 def _check_sequence_inputs(q, k, v, u, g, beta) -> None:
     if q.dim() != 4:
         raise ValueError(f"q must be [B, T, H, K], got shape {tuple(q.shape)}")
@@ -122,11 +110,6 @@ def _check_extras(u, g, beta, lead: tuple[int, ...], key_dim: int, suffix: str) 
             _expect(name + suffix, value, shape)
 
 
-def _expect(name: str, tensor, shape: tuple[int, ...]) -> None:
-    if tuple(tensor.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
-
-
 def _check_cu_seqlens(cu_seqlens, batch: int, seq_len: int, initial_cache) -> tuple[int, ...]:
     if batch != 1:
         raise ValueError(f"packed sequences (cu_seqlens) need B = 1, got B = {batch}")
@@ -145,3 +128,20 @@ def _check_cache(cache: MCCache, batch: int, heads: int, key_dim: int, value_dim
         raise ValueError(
             f"cache state is {list(cache.state.shape)}, these inputs need {[batch, heads, value_dim, key_dim]}"
         )
+
+
+def _pick_backend(backend: str, q: torch.Tensor) -> str:
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "auto":
+        return "triton" if q.is_cuda and "triton" in BACKENDS else "torch"
+    if backend not in BACKENDS:
+        raise NotImplementedError(
+            f"no {backend} kernels were generated for this spec; generated backends: {BACKENDS}"
+        )
+    return backend
+
+
+def _expect(name: str, tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")

@@ -58,7 +58,7 @@ u [B, T, H, K] is the gate's connector. beta [B, T, H] is the inner learning rat
     for name, x in (("k", k), ("v", v)):
         _expect(name, x, (batch, seq_len, heads, key_dim))
     _check_extras(u, g, beta, eta, (batch, seq_len, heads), key_dim, "")
-    _pick_backend(backend)
+    _pick_backend(backend, q)
     cache = _starting_cache(initial_cache, weights, batch, heads, key_dim, q.dtype)
     scale = 1.0 if scale is None else float(scale)
     out, cache = backend_torch.forward(q, k, v, u, g, beta, eta, scale=scale, initial_cache=cache)
@@ -103,14 +103,6 @@ def _starting_cache(cache, weights, batch, heads, key_dim, dtype) -> MCCache:
     return MCCache.start(weights, batch, dtype=work)
 
 
-def _pick_backend(backend: str) -> str:
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    if backend == "triton":
-        raise NotImplementedError(f"no triton kernels were generated for this spec; generated backends: {BACKENDS}")
-    return "torch"
-
-
 def _check_extras(u, g, beta, eta, lead, key_dim, suffix) -> None:
     for name, value, used, shape in (
         ("u", u, USES_U, (*lead, key_dim)),
@@ -126,6 +118,18 @@ def _check_extras(u, g, beta, eta, lead, key_dim, suffix) -> None:
             _expect(name + suffix, value, shape)
 
 
-def _expect(name, tensor, shape) -> None:
+def _pick_backend(backend: str, q: torch.Tensor) -> str:
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "auto":
+        return "triton" if q.is_cuda and "triton" in BACKENDS else "torch"
+    if backend not in BACKENDS:
+        raise NotImplementedError(
+            f"no {backend} kernels were generated for this spec; generated backends: {BACKENDS}"
+        )
+    return backend
+
+
+def _expect(name: str, tensor, shape: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
