@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcgen import __version__
-from mcgen.codegen.package import MANIFEST, REQUIRES, render_package
+from mcgen.codegen.package import MANIFEST, REQUIRES, has_triton, render_package
 from mcgen.codegen.templates import environment
 from mcgen.ir.plan import Plan
 from mcgen.packages import PackageError, changed_files, drift, import_package, read_manifest
@@ -139,6 +139,7 @@ def render_export(spec: Spec, plan: Plan, *, name: str, command: str) -> dict[st
         "uses_g": plan.uses_g,
         "uses_beta": plan.uses_beta,
         "extras": [input_name for input_name, used in read.items() if used],
+        "has_triton": has_triton(plan),
     }
     env = environment()
     project = {

@@ -39,6 +39,8 @@ class InspectReport:
     cost_after: dict[str, Any]  # ... and after the passes
     # What one memory state is, in words: a V x K matrix, or an MLP and its weights per head.
     memory: str = ""
+    # How the Triton backend reads cached memories, and why ("" when nothing is cached).
+    read_form: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class InspectReport:
             "seq_len": self.seq_len,
             "batch": self.batch,
             "memory": self.memory,
+            "read_form": self.read_form,
             "ir": {
                 "before": {"text": self.text_before, "dot": self.dot_before},
                 "after": {"text": self.text_after, "dot": self.dot_after},
@@ -86,7 +89,16 @@ def inspect_spec(spec: Spec, seq_len: int = DEFAULT_SEQ_LEN, batch: int = 1) -> 
         cost_before=dict(before.graph["cost"]),
         cost_after=dict(after.graph["cost"]),
         memory=describe_memory(after),
+        read_form=describe_read_form(after),
     )
+
+
+def describe_read_form(graph: nx.DiGraph) -> str:
+    """The algorithm chosen for the cached reads and why (passes/read_form.py)."""
+    read = graph.nodes.get("read_cached")
+    if read is None or "form_reason" not in read:
+        return ""
+    return f"{read['form']} form: {read['form_reason']}"
 
 
 def describe_memory(graph: nx.DiGraph) -> str:
@@ -158,6 +170,8 @@ def render_report(
     # Text objects, not markup strings: IR lines contain brackets rich would parse.
     if report.memory:
         console.print(Text(f"memory: {report.memory}"))
+    if report.read_form:
+        console.print(Text(f"cached reads: {report.read_form}"))
     console.print(Panel(Text(report.text_before.rstrip()), title="IR as lowered"))
     console.print(Panel(Text(report.text_after.rstrip()), title="IR after passes"))
     if report.notes:

@@ -8,6 +8,7 @@ runs the ladder for the backends asked for.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,12 +64,63 @@ def _selftest(package: ModuleType) -> ModuleType:
     return importlib.import_module(f"{package.__name__}.selftest")
 
 
+def default_device() -> str:
+    """Where the ladder runs: the GPU when there is one (the Triton kernels compile there)."""
+    import torch  # here, not at the top: `mcgen build` and `inspect` never need it
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def plan_backends(
+    package: ModuleType,
+    backends: Sequence[str] | None,
+    dtypes: Sequence[str],
+    device: str,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """((backend, dtype) pairs to run, what is skipped and why).
+
+    Without `backends`, every generated backend that runs here: triton needs CUDA (on a
+    CPU it is skipped, with a note). Asked for by name on a CPU, triton runs in Triton's
+    interpreter: TRITON_INTERPRET=1 is set here, before its kernels are first imported.
+    """
+    available = tuple(package.BACKENDS)
+    if backends:
+        wanted = list(dict.fromkeys(backends))
+        skipped = [f"{b}: not generated for this spec" for b in wanted if b not in available]
+        wanted = [b for b in wanted if b in available]
+        if "triton" in wanted and not device.startswith("cuda"):
+            os.environ["TRITON_INTERPRET"] = "1"
+    else:
+        runnable = _selftest(package).default_backends(device)
+        wanted = [b for b in available if b in runnable]
+        skipped = [
+            f"{b}: no CUDA device here (--backend {b} runs it in Triton's interpreter, slowly)"
+            for b in available
+            if b not in runnable
+        ]
+    pairs = []
+    for backend in wanted:
+        for dtype in dtypes:
+            if backend == "triton" and dtype == "float64":
+                skipped.append("triton float64: the kernels compute in float32")
+            else:
+                pairs.append((backend, dtype))
+    return pairs, skipped
+
+
 def ladder_steps(
-    package: ModuleType, *, backends: Sequence[str] | None, dtypes: Sequence[str], quick: bool
+    package: ModuleType,
+    *,
+    backends: Sequence[str] | None,
+    dtypes: Sequence[str],
+    quick: bool,
+    device: str | None = None,
 ) -> int:
     """How many progress steps `validate_package` will report (for a progress bar)."""
-    wanted = [b for b in (backends or package.BACKENDS) if b in package.BACKENDS]
-    return len(wanted) * len(dtypes) * len(_selftest(package).ladder_shapes(quick))
+    device = device or default_device()
+    pairs, _ = plan_backends(package, backends, dtypes, device)
+    shapes = _selftest(package).ladder_shapes
+    return sum(len(shapes(quick, backend, device)) for backend, _ in pairs)
 
 
 def validate_package(
@@ -78,13 +130,14 @@ def validate_package(
     dtypes: Sequence[str] = DEFAULT_DTYPES,
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
+    device: str | None = None,
 ) -> ValidationReport:
-    available = tuple(package.BACKENDS)
-    wanted = tuple(backends) if backends else available
-    skipped = [f"{b}: not generated for this spec" for b in wanted if b not in available]
-    checks = _selftest(package).run_ladder(
-        [b for b in wanted if b in available], tuple(dtypes), quick=quick, progress=progress
-    )
+    device = device or default_device()
+    pairs, skipped = plan_backends(package, backends, dtypes, device)
+    ladder = _selftest(package).run_ladder
+    checks = []
+    for backend, dtype in pairs:
+        checks += ladder([backend], (dtype,), quick=quick, device=device, progress=progress)
     results = [
         CheckResult(c.backend, c.dtype, c.shape, c.quantity, c.error, c.tolerance, c.passed)
         for c in checks

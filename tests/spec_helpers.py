@@ -27,11 +27,16 @@ def spec_text(
     chunk_size: int | None = 4,
     d_model: int = 16,
     deep: str | None = None,
+    read_form: str | None = None,
 ) -> str:
     """The YAML of a spec. `aggregation_extra` follows the kind inside the mapping
     (", top_k: 3"); `chunk_size=None` leaves out `compute`, so the schema default holds;
-    `deep`, a YAML flow mapping ("{depth: 1, lr: 0.1}"), becomes `memory.deep`."""
-    compute = "" if chunk_size is None else f"compute: {{chunk_size: {chunk_size}}}\n"
+    `deep`, a YAML flow mapping ("{depth: 1, lr: 0.1}"), becomes `memory.deep`;
+    `read_form` ("state" or "attention") becomes `compute.read_form`."""
+    compute_fields = [] if chunk_size is None else [f"chunk_size: {chunk_size}"]
+    if read_form is not None:
+        compute_fields.append(f"read_form: {read_form}")
+    compute = f"compute: {{{', '.join(compute_fields)}}}\n" if compute_fields else ""
     deep_field = "" if deep is None else f", deep: {deep}"
     return (
         f"name: {name}\n"

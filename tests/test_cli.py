@@ -13,10 +13,11 @@ from typer.testing import CliRunner, Result
 
 from mcgen import __version__
 from mcgen.cli import app
-from mcgen.codegen.package import MANIFEST, PACKAGE_FILES
+from mcgen.codegen.package import MANIFEST, package_files
+from mcgen.passes.pipeline import compile_spec
+from mcgen.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTRACT_FILES = {*PACKAGE_FILES, MANIFEST}
 # `file:line:col: dotted.path: message`, one problem per line.
 PROBLEM = re.compile(r"^(?P<file>\S+):(?P<line>\d+):(?P<col>\d+): (?P<path>[\w.]+): (?P<msg>.+)$")
 
@@ -58,6 +59,12 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
 
 
+def contract_files(spec_path: str) -> set[str]:
+    """The files a build of the spec writes: the package's for its plan (Triton kernels for
+    linear and decay memories), and the manifest."""
+    return {*package_files(compile_spec(load_spec(spec_path).spec).plan), MANIFEST}
+
+
 def tree(path: Path) -> dict[str, bytes]:
     """Every file under `path`, relative name -> bytes (empty when path does not exist)."""
     if not path.exists():
@@ -94,7 +101,8 @@ def test_build_writes_the_contract_files(workdir: Path) -> None:
     result = run("build", "specs/grm.yaml")
     assert result.exit_code == 0, result.output
     package = workdir / "generated" / "grm"
-    assert {p.name for p in package.iterdir()} == CONTRACT_FILES
+    assert {p.name for p in package.iterdir()} == contract_files("specs/grm.yaml")
+    assert "backend_triton.py" in contract_files("specs/grm.yaml")
     assert "built grm" in result.stdout
     # Built from the same spec as the committed package (byte identity: test_codegen).
     manifest = json.loads((package / MANIFEST).read_text())
@@ -124,7 +132,9 @@ def test_build_several_specs_at_once(workdir: Path) -> None:
     generated = workdir / "generated"
     assert sorted(p.name for p in generated.iterdir()) == ["grm", "tiny_grm", "tiny_ssc"]
     for name in ("grm", "tiny_grm", "tiny_ssc"):
-        assert {p.name for p in (generated / name).iterdir()} == CONTRACT_FILES
+        assert {p.name for p in (generated / name).iterdir()} == contract_files(
+            f"specs/{name}.yaml"
+        )
         assert f"built {name}" in result.stdout
 
 
@@ -132,7 +142,7 @@ def test_build_out_dir(workdir: Path) -> None:
     result = run("build", "specs/tiny_grm.yaml", "--out", "elsewhere/pkgs")
     assert result.exit_code == 0, result.output
     package = workdir / "elsewhere" / "pkgs" / "tiny_grm"
-    assert {p.name for p in package.iterdir()} == CONTRACT_FILES
+    assert {p.name for p in package.iterdir()} == contract_files("specs/tiny_grm.yaml")
     assert not (workdir / "generated").exists()
     # The header's command regenerates this very package, --out included.
     header = (package / "ops.py").read_text().splitlines()[1]
@@ -222,14 +232,40 @@ def test_validate_json(workdir: Path) -> None:
     assert report["passed"] is True
     assert Path(report["package"]).name == "tiny_ssc"
     assert report["checks"]
-    quantities = set()
+    quantities = {"torch": set(), "triton": set()}
     for check in report["checks"]:
         assert check["passed"] is True
         assert check["dtype"] == "float32"
-        assert check["backend"] == "torch"
         assert 0 <= check["error"] <= check["tolerance"] <= 1e-4
-        quantities.add(check["quantity"])
-    assert {"output", "grad q", "grad k", "grad v", "grad u"} <= quantities
+        quantities[check["backend"]].add(check["quantity"])
+    # Every generated backend that runs here: triton too, in the interpreter (conftest.py).
+    for backend in ("torch", "triton"):
+        assert {"output", "grad q", "grad k", "grad v", "grad u"} <= quantities[backend]
+    assert report["skipped"] == []
+
+
+def test_validate_triton_by_name_and_what_it_skips(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("build", "specs/tiny_grm.yaml").exit_code == 0
+    args = ("validate", "specs/tiny_grm.yaml", "--quick", "--dtype", "float32", "--json")
+    # Without CUDA and without the interpreter, the default leaves triton out, and says so.
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {c["backend"] for c in report["checks"]} == {"torch"}
+    [skipped] = report["skipped"]
+    assert skipped.startswith("triton: no CUDA device here")
+    # Asked for by name, it runs in Triton's interpreter (set before its kernels load);
+    # float64 is skipped: the kernels compute in float32.
+    result = run(*args, "--backend", "triton", "--dtype", "float64")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {c["backend"] for c in report["checks"]} == {"triton"}
+    assert {c["dtype"] for c in report["checks"]} == {"float32"}
+    assert report["skipped"] == ["triton float64: the kernels compute in float32"]
+    assert all(c["passed"] for c in report["checks"])
 
 
 def test_validate_refuses_a_package_never_built(workdir: Path) -> None:

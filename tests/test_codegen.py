@@ -21,7 +21,14 @@ import pytest
 from mcgen import __version__
 from mcgen.build import build, render_spec
 from mcgen.codegen.literals import UnsafeLiteral, py_literal
-from mcgen.codegen.package import MANIFEST, PACKAGE_FILES, RenderedPackage, render_package
+from mcgen.codegen.package import (
+    MANIFEST,
+    PACKAGE_FILES,
+    RenderedPackage,
+    has_triton,
+    package_files,
+    render_package,
+)
 from mcgen.codegen.templates import environment
 from mcgen.passes.pipeline import compile_spec
 from mcgen.spec import load_spec, spec_hash
@@ -44,6 +51,11 @@ def at_root(monkeypatch: pytest.MonkeyPatch) -> Path:
     """Spec paths are relative to the repository root, as in the committed headers."""
     monkeypatch.chdir(ROOT)
     return ROOT
+
+
+def files_of(name: str) -> tuple[str, ...]:
+    """The python files of the package of specs/<name>.yaml, as its plan asks for them."""
+    return package_files(compile_spec(load_spec(f"specs/{name}.yaml").spec).plan)
 
 
 def rendered(name: str) -> dict[str, str]:
@@ -85,7 +97,7 @@ def test_building_twice_writes_identical_bytes(at_root: Path, tmp_path: Path, na
     second = {p.name: p.read_bytes() for p in second_result.path.iterdir()}
     assert first_result.path == second_result.path == out / name
     assert first == second
-    assert set(first) == {*PACKAGE_FILES, MANIFEST}
+    assert set(first) == {*files_of(name), MANIFEST}
     # And in memory, rendering is a pure function of the spec file and the command.
     assert rendered(name) == rendered(name)
 
@@ -95,7 +107,7 @@ def test_every_python_file_starts_with_the_header(at_root: Path, name: str) -> N
     files = rendered(name)
     digest = json.loads(files[MANIFEST])["spec_hash"]
     py_files = [f for f in files if f.endswith(".py")]
-    assert sorted(py_files) == sorted(PACKAGE_FILES)
+    assert sorted(py_files) == sorted(files_of(name))
     for file_name in py_files:
         match = HEADER.match(files[file_name])
         assert match, (
@@ -244,7 +256,8 @@ def test_a_multiline_command_stays_inside_the_header_comment(at_root: Path) -> N
     plan = compile_spec(spec).plan
     plain = render_package(spec, plan, command="mcgen build specs/grm.yaml")
     odd = render_package(spec, plan, command="mcgen build\nimport os\r\nspecs\\grm.yaml")
-    for file_name in PACKAGE_FILES:
+    assert set(plain.files) == set(odd.files) == {*package_files(plan), MANIFEST}
+    for file_name in package_files(plan):
         match = HEADER.match(odd.files[file_name])
         assert match, odd.files[file_name][:300]
         assert match["command"] == "mcgen build import os specs/grm.yaml"
@@ -340,3 +353,22 @@ def test_generated_package_runs_its_selftest_without_mcgen() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed" in result.stdout
     assert re.search(r"\b0 failed\b", result.stdout), result.stdout
+
+
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_triton_files_are_generated_for_linear_and_decay_memories(at_root: Path, name: str) -> None:
+    plan = compile_spec(load_spec(f"specs/{name}.yaml").spec).plan
+    files = rendered(name)
+    triton_files = {f for f in files if f.startswith("triton_") or f == "backend_triton.py"}
+    assert set(PACKAGE_FILES) <= set(files)
+    backends = "('torch', 'triton')" if has_triton(plan) else "('torch',)"
+    assert f"BACKENDS = {backends}\n" in files["ops.py"]
+    if plan.recurrence not in ("linear", "decay"):
+        assert not has_triton(plan) and not triton_files
+        return
+    expected = {"triton_recurrence.py", "backend_triton.py"}
+    if plan.caches:  # state form always: it reads memories cached by an earlier call
+        expected.add("triton_read_state.py")
+    if plan.read_form == "attention":
+        expected.add("triton_read_attention.py")
+    assert triton_files == expected

@@ -26,8 +26,9 @@ from typer.testing import CliRunner, Result
 import mcgen.export
 from mcgen import __version__
 from mcgen.cli import app
-from mcgen.codegen.package import MANIFEST, PACKAGE_FILES
+from mcgen.codegen.package import MANIFEST, package_files
 from mcgen.export import ExportResult, export_spec
+from mcgen.passes.pipeline import compile_spec
 from mcgen.spec import parse_spec, spec_hash
 from mcgen.validate import CheckResult, ValidationReport
 
@@ -44,6 +45,10 @@ compute: {{chunk_size: 4}}
 
 def tiny(d_model: int = 16) -> str:
     return TINY.format(d_model=d_model)
+
+
+# The package's files: a linear memory's include the Triton kernels and their glue.
+PACKAGE_FILES = package_files(compile_spec(parse_spec(tiny())).plan)
 
 
 def expected_files(name: str) -> set[str]:
@@ -253,7 +258,10 @@ def test_export_spec_is_a_plain_function(tmp_path: Path, spec_file: Path) -> Non
     assert isinstance(result, ExportResult)
     assert result.package_dir == tmp_path / "out" / "tiny_grm"
     assert result.report is not None and result.report.passed
-    assert steps[0] == ("testing tiny_grm", 1)
+    # One quick step per backend that runs here: torch, and triton in Triton's interpreter
+    # (conftest.py sets TRITON_INTERPRET=1; without it or CUDA, triton is skipped).
+    assert steps[0] == ("testing tiny_grm", 2)
+    assert {c.backend for c in result.report.checks} == {"torch", "triton"}
     assert {k: v.encode() for k, v in result.files.items()} == tree(tmp_path / "out")
 
 

@@ -17,6 +17,7 @@ from mcgen.passes.cost import annotate_cost
 from mcgen.passes.dead_cache import dead_cache
 from mcgen.passes.linear_attention import linear_attention
 from mcgen.passes.pipeline import PASSES, compile_spec, run_passes, trace_passes
+from mcgen.passes.read_form import read_form
 from mcgen.passes.soup_to_grm import soup_to_grm
 from mcgen.passes.ssc_to_grm import ssc_to_grm
 from mcgen.passes.validate import validate_ir
@@ -417,6 +418,7 @@ PASS_FUNCTIONS: list[Callable[[nx.DiGraph], nx.DiGraph]] = [
     linear_attention,
     ssc_to_grm,
     dead_cache,
+    lambda graph: read_form(graph, 64),
     lambda graph: annotate_cost(graph, 64),
 ]
 
@@ -434,6 +436,63 @@ def test_passes_do_not_mutate_their_input(spec: Spec, fn: Callable) -> None:
     assert graph.graph["notes"] == before[2]
 
 
+# --- read_form: state or attention form for the cached reads --------------------------
+
+
+def read_choice(**fields) -> dict:
+    """The cached read node after every pass, for a spec of `pass_spec` with `fields`."""
+    return compile_spec(pass_spec(**fields), seq_len=256).after.nodes["read_cached"]
+
+
+def test_read_form_prefers_the_state_form_for_long_segments() -> None:
+    # K = V = 8: attention form costs about 4K per visible key, state form 2KV per state.
+    node = read_choice(segments="{kind: constant, length: 32}", value_dim=8)
+    assert node["form"] == "state"
+    assert "state form" in node["form_reason"] and "cheaper" in node["form_reason"]
+
+
+def test_read_form_prefers_the_attention_form_for_short_segments() -> None:
+    node = read_choice(segments="{kind: constant, length: 2}", value_dim=8, key_dim=64)
+    assert node["form"] == "attention"
+    assert "shorter" in node["form_reason"]
+
+
+@pytest.mark.parametrize("forced", ["state", "attention"])
+def test_read_form_can_be_forced(forced: str) -> None:
+    length = 2 if forced == "state" else 32  # what auto would not choose
+    node = read_choice(segments=f"{{kind: constant, length: {length}}}", read_form=forced)
+    assert node["form"] == forced and "forced by compute.read_form" in node["form_reason"]
+    assert (
+        compile_spec(
+            pass_spec(segments=f"{{kind: constant, length: {length}}}", read_form=forced)
+        ).plan.read_form
+        == forced
+    )
+
+
+def test_read_form_is_state_for_delta_rules_and_absent_without_cache() -> None:
+    assert (
+        read_choice(recurrence="delta", segments="{kind: constant, length: 2}")["form"] == "state"
+    )
+    assert compile_spec(pass_spec(aggregation="none")).plan.read_form is None
+    assert compile_spec(deep_pass_spec("titans", aggregation="grm")).plan.read_form is None
+
+
+def test_read_form_costs_the_chosen_algorithm() -> None:
+    def read_flops(form: str) -> float:
+        graph = compile_spec(pass_spec(read_form=form), seq_len=256).after
+        return graph.nodes["read_cached"]["cost"]["flops_per_token"]
+
+    state, attention = read_flops("state"), read_flops("attention")
+    # Segments of 4 tokens, K = 8, V = 6: 2*K*V = 96 per state, (2K + 2V) * 4 = 112 per segment.
+    assert state > 0 and attention > 0
+    assert attention / state == pytest.approx(112 / 96, rel=0.05)
+
+
+def test_read_form_is_a_choice_not_a_rewrite() -> None:
+    assert compile_spec(pass_spec(read_form="attention")).notes == []
+
+
 # --- the pipeline -----------------------------------------------------------------------
 
 
@@ -445,6 +504,7 @@ def test_pipeline_order() -> None:
         "ssc_to_grm",
         "dead_cache",
         "validate",
+        "read_form",
         "annotate_cost",
     ]
     steps = trace_passes(lower(pass_spec(aggregation="soup")), seq_len=32)

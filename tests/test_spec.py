@@ -419,6 +419,19 @@ BAD = [
         id="decay-normalizer-on-linear",
     ),
     pytest.param(
+        edit("recurrence: linear", "recurrence: gated_delta")
+        + "compute:\n  read_form: attention\n",
+        "s.yaml:17:14: compute.read_form",
+        "attention form needs a memory that is a decayed sum of v k^T (linear or decay)",
+        id="attention-form-on-gated-delta",
+    ),
+    pytest.param(
+        BASE + "compute:\n  read_form: keys\n",
+        "s.yaml:17:14: compute.read_form",
+        "Input should be 'auto', 'state' or 'attention'",
+        id="unknown-read-form",
+    ),
+    pytest.param(
         edit("recurrence: linear", "recurrence: delta") + "  decay_normalizer: 8\n",
         "s.yaml:16:21: layer.decay_normalizer",
         "recurrence delta has no decay g",

@@ -28,6 +28,8 @@ PACKAGE_FILES = (
     "layer.py",
     "selftest.py",
 )
+# Triton kernels and their glue, for the recurrences that have them (linear, decay).
+TRITON_RECURRENCES = ("linear", "decay")
 # Files a deep memory (dla, titans) renders from templates/package/deep/ instead.
 DEEP_FILES = frozenset({"cache.py", "reference.py", "backend_torch.py", "ops.py", "layer.py"})
 MANIFEST = "manifest.json"
@@ -74,12 +76,12 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
         "command": _safe_command(command),
         "gated_spec": gated,
         "spec_uses_u": gated and spec.aggregation.connector == "separate",
-        "backends": ("torch",),
+        "backends": ("torch", "triton") if has_triton(plan) else ("torch",),
     }
     env = environment()
     files = {
         name: env.get_template(_template_name(name, deep=plan.deep is not None)).render(context)
-        for name in PACKAGE_FILES
+        for name in package_files(plan)
     }
     manifest = {
         "name": spec.name,
@@ -92,6 +94,24 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
     }
     files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     return RenderedPackage(spec.name, files)
+
+
+def has_triton(plan: Plan) -> bool:
+    return plan.deep is None and plan.recurrence in TRITON_RECURRENCES
+
+
+def package_files(plan: Plan) -> tuple[str, ...]:
+    """The files of a package, in render order: the Triton ones only where kernels exist."""
+    if not has_triton(plan):
+        return PACKAGE_FILES
+    kernels = ["triton_recurrence.py"]
+    if plan.caches:
+        # State form always: it also reads memories cached by earlier calls, which the
+        # attention form cannot (their keys are gone).
+        kernels.append("triton_read_state.py")
+        if plan.read_form == "attention":
+            kernels.append("triton_read_attention.py")
+    return (*PACKAGE_FILES, *kernels, "backend_triton.py")
 
 
 def _template_name(file_name: str, *, deep: bool) -> str:

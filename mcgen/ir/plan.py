@@ -53,6 +53,9 @@ class Plan:
     uses_u: bool
     uses_eta: bool = False  # titans' data-dependent momentum
     deep: DeepPlan | None = None  # dla and titans
+    # How the Triton backend reads cached memories (passes/read_form.py); None: no cached reads
+    # or a deep memory.
+    read_form: Literal["state", "attention"] | None = None
     # Human-readable notes of what the passes rewrote, in order.
     notes: tuple[str, ...] = field(default=())
 
@@ -109,8 +112,16 @@ def plan_from_ir(graph: nx.DiGraph) -> Plan:
         uses_u=gate is not None and gate["connector"] == "separate",
         uses_eta=deep is not None and scan.get("momentum") == "data",
         deep=deep,
+        read_form=_read_form(graph),
         notes=tuple(graph.graph.get("notes", [])),
     )
+
+
+def _read_form(graph: nx.DiGraph) -> Literal["state", "attention"] | None:
+    read = graph.nodes.get("read_cached")
+    if read is None or read.get("form") not in ("state", "attention") or "form_reason" not in read:
+        return None
+    return read["form"]
 
 
 def _deep_plan(scan: dict[str, Any]) -> DeepPlan:

@@ -11,7 +11,8 @@ from typing import Any
 import networkx as nx
 
 # Attributes that are shown elsewhere on the line, or too bulky for it.
-_HIDDEN = frozenset({"op", "cost", "name"})
+# form_reason is prose: `mcgen inspect` prints it on its own line ("cached reads: ...").
+_HIDDEN = frozenset({"op", "cost", "name", "form_reason"})
 
 
 def ordered_nodes(graph: nx.DiGraph) -> list[str]:

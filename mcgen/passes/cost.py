@@ -66,6 +66,26 @@ def visible_per_token(
     return [bisect_right(ends, t) for t in range(seq_len)]
 
 
+def cached_read_flops(graph: nx.DiGraph, seq_len: int) -> tuple[float, float]:
+    """(state form, attention form) FLOPs per token and head of the cached reads."""
+    scan = graph.nodes["scan"]
+    seg = graph.nodes["segments"]
+    gate = graph.nodes.get("gate") or {}
+    top_k = gate.get("top_k")
+    kdim, vdim = scan["state_dims"]["K"], scan["state_dims"]["V"]
+    ends = segment_ends(seg["kind"], seg.get("length"), seg.get("boundaries"), seq_len)
+    states_read = tokens_read = 0
+    for t in range(seq_len):
+        visible = bisect_right(ends, t)
+        if visible:
+            states_read += visible if top_k is None else min(top_k, visible)
+            # Every key up to the last cached segment end: with checkpoint the caches hold
+            # all earlier keys, with independent the visible segments tile that prefix.
+            tokens_read += ends[visible - 1]
+    # Attention form: a score (2K) and a weighted value (2V) per visible key.
+    return 2 * kdim * vdim * states_read / seq_len, (2 * kdim + 2 * vdim) * tokens_read / seq_len
+
+
 def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph:
     """Return a copy of `graph` with a `cost` dict on every node and a summary in graph.graph."""
     if seq_len < 1 or batch < 1:
@@ -140,6 +160,9 @@ def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph
             # Fused with the scan: the state is already loaded. Form weights (soup on a deep
             # memory) hands the weights to the aggregate, which reads once.
             per_token = 2 * state if attrs.get("form") != "weights" else 0
+        elif op == "read" and attrs.get("form") == "attention":
+            per_token = cached_read_flops(out, seq_len)[1]  # against the cached keys
+            moved = BF16 * (kdim + vdim) * seq_len * n_chunks * lanes  # keys reloaded per chunk
         elif op == "read":
             per_token = 2 * state * mean_read if attrs.get("form") != "weights" else 0
             moved = FP32 * state * chunk_loads * lanes

@@ -18,6 +18,7 @@ from mcgen.ir.plan import Plan, plan_from_ir
 from mcgen.passes.cost import annotate_cost
 from mcgen.passes.dead_cache import dead_cache
 from mcgen.passes.linear_attention import linear_attention
+from mcgen.passes.read_form import read_form
 from mcgen.passes.soup_to_grm import soup_to_grm
 from mcgen.passes.ssc_to_grm import ssc_to_grm
 from mcgen.passes.validate import validate_ir
@@ -52,6 +53,7 @@ PASSES: list[Pass] = [
     Pass("ssc_to_grm", _structural(ssc_to_grm)),
     Pass("dead_cache", _structural(dead_cache)),
     Pass("validate", _structural(validate_ir)),
+    Pass("read_form", read_form),
     Pass("annotate_cost", _cost),
 ]
 

@@ -18,6 +18,9 @@ from mcgen.spec.schema import (
 )
 
 DEFAULT_TOP_K = 4
+# Recurrences whose cached memories are decayed sums of v_j k_j^T, so that reading them
+# can also be done against the keys (attention form, docs/method.md section 7).
+ATTENTION_FORM_RECURRENCES = ("linear", "decay")
 DEFAULT_DECAY_NORMALIZER = 16.0
 
 
@@ -85,6 +88,14 @@ def check_rules(spec: Spec) -> list[RuleViolation]:
     chunk = spec.compute.chunk_size
     if chunk & (chunk - 1):
         out.append(_v("compute.chunk_size", f"must be a power of two, got {chunk}"))
+    if spec.compute.read_form == "attention" and rec not in ATTENTION_FORM_RECURRENCES:
+        out.append(
+            _v(
+                "compute.read_form",
+                f"attention form needs a memory that is a decayed sum of v k^T "
+                f"(linear or decay), not {rec}",
+            )
+        )
     return out
 
 

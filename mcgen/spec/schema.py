@@ -97,6 +97,10 @@ class Layer(Strict):
 class Compute(Strict):
     # Tokens per chunk of the chunked torch backend (and, later, the Triton kernels).
     chunk_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    # How the Triton backend reads cached memories: q against each cached state (state),
+    # or q against the cached segments' keys weighted by the gates (attention); auto lets
+    # the cost model choose (docs/method.md section 7).
+    read_form: Literal["auto", "state", "attention"] = "auto"
 
 
 class Spec(Strict):

@@ -1,0 +1,414 @@
+"""Triton kernels of the cached reads in attention form (templates/package/triton_read_attention).
+
+Checked against an fp64 torch reference of the same contract that builds every cached state
+C_i explicitly from k, v, g (the recurrence of docs/method.md section 3) and reads it in
+state form, forward and gradients of every input, under Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+KEY_DIM, VALUE_DIM = 6, 10  # K != V, neither a power of two
+HEADS_BATCH = 2
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Chunks of C slots, as the glue lays them out; valid[n][s] is False in padding slots."""
+
+    valid: list[list[bool]]
+    visible_lo: list[int]
+    visible_hi: list[int]
+    mem_first: list[int]
+    mem_last: list[int]
+
+
+def make_layout(pieces, chunk: int, init: str) -> Layout:
+    """pieces: per packed sequence, (segment lengths, whether its last segment is closed)."""
+    valid, lo, hi, mem_first, mem_last = [], [], [], [], []
+    for lengths, closes_last in pieces:
+        base, piece_start = len(mem_first), len(valid)
+        for s, length in enumerate(lengths):
+            segment_start = len(valid)
+            for offset in range(0, length, chunk):
+                width = min(chunk, length - offset)
+                valid.append([j < width for j in range(chunk)])
+                lo.append(base)
+                hi.append(len(mem_first))
+            if s < len(lengths) - 1 or closes_last:
+                mem_first.append(piece_start if init == "checkpoint" else segment_start)
+                mem_last.append(len(valid) - 1)
+    return Layout(valid, lo, hi, mem_first, mem_last)
+
+
+# Segments of 1 and 2 chunks (C = 4), some with padding slots, the last one still open.
+MIXED = [([4, 8, 3, 6, 4, 5], False)]
+
+
+def make_inputs(layout: Layout, *, decay: bool, gated: bool, dtype, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    num_chunks, chunk = len(layout.valid), len(layout.valid[0])
+    num_memories = len(layout.mem_first)
+    valid = torch.tensor(layout.valid, dtype=torch.float64)  # [NC, C]
+
+    def rand(*shape, pad=True):
+        x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        return x * valid.view(num_chunks, chunk, *[1] * (len(shape) - 3)) if pad else x
+
+    shape = (HEADS_BATCH, num_chunks, chunk)
+    inputs = {
+        "q": (rand(*shape, KEY_DIM) * KEY_DIM**-0.5).to(dtype),
+        "k": rand(*shape, KEY_DIM).to(dtype),
+        "v": rand(*shape, VALUE_DIM).to(dtype),
+        # log decays of about -0.3 a slot: strong enough that every slot's decay matters
+        "g": -F.softplus(rand(*shape) - 1.0).float() * valid.float() if decay else None,
+        "o_on": rand(*shape, VALUE_DIM).float(),
+        "logit_on": rand(*shape).float() if gated else None,
+        "conn": rand(*shape, KEY_DIM).to(dtype) if gated else None,
+        "descriptors": rand(HEADS_BATCH, num_memories, KEY_DIM, pad=False).float()
+        if gated
+        else None,
+        "visible_lo": torch.tensor(layout.visible_lo, dtype=torch.int32),
+        "visible_hi": torch.tensor(layout.visible_hi, dtype=torch.int32),
+        "mem_first": torch.tensor(layout.mem_first, dtype=torch.int32),
+        "mem_last": torch.tensor(layout.mem_last, dtype=torch.int32),
+    }
+    do = rand(*shape, VALUE_DIM).float()
+    return inputs, do
+
+
+# read_attention_fwd's arguments, in order.
+ARGS = (
+    "q",
+    "k",
+    "v",
+    "g",
+    "o_on",
+    "logit_on",
+    "conn",
+    "descriptors",
+    "visible_lo",
+    "visible_hi",
+    "mem_first",
+    "mem_last",
+)
+# Inputs with a gradient, in the order read_attention_bwd returns them.
+DIFFERENTIABLE = ("q", "k", "v", "g", "o_on", "logit_on", "conn", "descriptors")
+
+
+def reference(inputs, *, aggregation: str, gate_scale: float | None, top_k: int | None):
+    """(o, lse) in fp64 from states C_i built token by token (S <- exp(g) S + v k^T)."""
+    q, k, v, g = inputs["q"], inputs["k"], inputs["v"], inputs["g"]
+    heads_batch, num_chunks, chunk, key_dim = q.shape
+    value_dim = v.shape[-1]
+    # Snapshot S after the last slot of chunk mem_last[i], S starting from zero at the start of
+    # chunk mem_first[i]: one pass per distinct start.
+    ranges = list(zip(inputs["mem_first"].tolist(), inputs["mem_last"].tolist(), strict=True))
+    snapshots = {}
+    for first in sorted({first for first, _ in ranges}):
+        ends = {last for start, last in ranges if start == first}
+        state = q.new_zeros(heads_batch, value_dim, key_dim)
+        for n in range(first, max(ends) + 1):
+            for s in range(chunk):
+                if g is not None:
+                    state = g[:, n, s, None, None].exp() * state
+                state = state + v[:, n, s, :, None] * k[:, n, s, None, :]
+            if n in ends:
+                snapshots[first, n] = state
+    states = [snapshots[r] for r in ranges]
+    num_memories = len(states)
+    memory_ids = torch.arange(num_memories)
+    visible = (memory_ids >= inputs["visible_lo"][:, None].long()) & (
+        memory_ids < inputs["visible_hi"][:, None].long()
+    )  # [NC, N]
+    if num_memories:
+        reads = torch.einsum("bnck,bivk->bnciv", q, torch.stack(states, dim=1))  # [BH,NC,C,N,V]
+    else:
+        reads = q.new_zeros(heads_batch, num_chunks, chunk, 0, value_dim)
+    if aggregation == "residual":
+        return inputs["o_on"] + (reads * visible[None, :, None, :, None]).sum(-2), None
+    logits = gate_scale * torch.einsum("bnck,bik->bnci", inputs["conn"], inputs["descriptors"])
+    logits = logits.masked_fill(~visible[None, :, None, :], -torch.inf)
+    if aggregation == "ssc" and num_memories > top_k:
+        chosen = logits.topk(top_k, dim=-1).indices
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, chosen, True)
+        logits = logits.masked_fill(~keep, -torch.inf)
+    all_logits = torch.cat([inputs["logit_on"][..., None], logits], dim=-1)
+    weights = torch.softmax(all_logits, dim=-1)
+    o = weights[..., :1] * inputs["o_on"] + torch.einsum(
+        "bnci,bnciv->bncv", weights[..., 1:], reads
+    )
+    return o, torch.logsumexp(all_logits, dim=-1)
+
+
+def rel_err(out, ref) -> float:
+    ref = ref.detach().double()
+    scale = ref.norm()
+    diff = (out.double() - ref).norm()
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def check_case(
+    pkg,
+    layout: Layout,
+    *,
+    aggregation: str,
+    decay: bool,
+    dtype=torch.float32,
+    top_k: int | None = None,
+    monkeypatch,
+):
+    """Run fwd + bwd of the kernels and compare o, lse and every gradient with the reference."""
+    mod = importlib.import_module(pkg.__name__ + ".triton_read_attention")
+    monkeypatch.setattr(mod, "POISON_OUTPUTS", True)
+    gated = aggregation != "residual"
+    gate_scale = getattr(mod, "GATE_SCALE", None)
+    assert getattr(mod, "TOP_K", None) == top_k
+    inputs, do = make_inputs(layout, decay=decay, gated=gated, dtype=dtype)
+    args = [inputs[name] for name in ARGS]
+
+    o, lse = mod.read_attention_fwd(*args)
+    grads = mod.read_attention_bwd(*args, o, lse, do)
+
+    ref_inputs = {
+        name: (x.double().requires_grad_() if name in DIFFERENTIABLE else x)
+        for name, x in inputs.items()
+        if x is not None
+    }
+    ref_inputs.update({name: None for name, x in inputs.items() if x is None})
+    ref_o, ref_lse = reference(
+        ref_inputs, aggregation=aggregation, gate_scale=gate_scale, top_k=top_k
+    )
+    leaves = [name for name in DIFFERENTIABLE if ref_inputs[name] is not None]
+    ref_grads = torch.autograd.grad(
+        ref_o, [ref_inputs[n] for n in leaves], do.double(), materialize_grads=True
+    )
+    ref_grads = dict(zip(leaves, ref_grads, strict=True))
+
+    tol, grad_tol = (1e-5, 2e-5) if dtype == torch.float32 else (2e-2, 4e-2)
+    assert o.dtype == torch.float32 and torch.isfinite(o).all()
+    assert rel_err(o, ref_o) <= tol
+    if gated:
+        assert torch.isfinite(lse).all() and rel_err(lse, ref_lse) <= tol
+    else:
+        assert lse is None
+    for name, grad in zip(DIFFERENTIABLE, grads, strict=True):
+        if ref_inputs[name] is None:
+            assert grad is None, name
+            continue
+        assert grad.shape == inputs[name].shape, name
+        assert torch.isfinite(grad).all(), name
+        err = rel_err(grad, ref_grads[name])
+        assert err <= grad_tol, f"d{name}: relative error {err:.3g}"
+    return o, grads
+
+
+AGGREGATIONS = {
+    "residual": ("residual", "", None),
+    "grm": ("grm", "", None),
+    "ssc1": ("ssc", ", top_k: 1", 1),
+    "ssc2": ("ssc", ", top_k: 2", 2),
+}
+
+
+def package(build_tiny, name: str, recurrence: str, chunk_size: int = 4):
+    aggregation, extra, _ = AGGREGATIONS[name]
+    return build_tiny(
+        read_form="attention",
+        aggregation=aggregation,
+        aggregation_extra=extra,
+        recurrence=recurrence,
+        key_dim=KEY_DIM,
+        value_dim=VALUE_DIM,
+        chunk_size=chunk_size,
+    )
+
+
+@pytest.mark.parametrize("init", ["checkpoint", "independent"])
+@pytest.mark.parametrize("recurrence", ["linear", "decay"])
+@pytest.mark.parametrize("name", list(AGGREGATIONS))
+def test_matches_reference(build_tiny, monkeypatch, name, recurrence, init):
+    """Segments of 1 and 2 chunks, padding slots, rows seeing 0 to 5 memories (fewer and
+    more than top_k), memory ranges shared (checkpoint) or disjoint (independent)."""
+    aggregation, _, top_k = AGGREGATIONS[name]
+    pkg = package(build_tiny, name, recurrence)
+    layout = make_layout(MIXED, 4, init)
+    check_case(
+        pkg,
+        layout,
+        aggregation=aggregation,
+        decay=recurrence == "decay",
+        top_k=top_k,
+        monkeypatch=monkeypatch,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "recurrence", "init"),
+    [
+        ("grm", "decay", "checkpoint"),
+        ("ssc2", "linear", "independent"),
+        ("residual", "decay", "independent"),
+    ],
+)
+def test_bf16_inputs(build_tiny, monkeypatch, name, recurrence, init):
+    """q, k, v and conn in bf16: loaded, computed in fp32, fp32 outputs."""
+    aggregation, _, top_k = AGGREGATIONS[name]
+    check_case(
+        package(build_tiny, name, recurrence),
+        make_layout(MIXED, 4, init),
+        aggregation=aggregation,
+        decay=recurrence == "decay",
+        dtype=torch.bfloat16,
+        top_k=top_k,
+        monkeypatch=monkeypatch,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "recurrence", "init"),
+    [
+        ("grm", "decay", "checkpoint"),
+        ("ssc2", "decay", "independent"),
+        ("residual", "linear", "checkpoint"),
+    ],
+)
+def test_packed_sequences(build_tiny, monkeypatch, name, recurrence, init):
+    """Two packed sequences: the second reads memories lo > 0 whose ranges start after chunk 0;
+    the first ends on a segment end, so its last memory is cached but read by no chunk."""
+    aggregation, _, top_k = AGGREGATIONS[name]
+    layout = make_layout([([4, 8, 3], True), ([6, 4, 5], False)], 4, init)
+    assert any(hi > lo > 0 for lo, hi in zip(layout.visible_lo, layout.visible_hi, strict=True))
+    _, grads = check_case(
+        package(build_tiny, name, recurrence),
+        layout,
+        aggregation=aggregation,
+        decay=recurrence == "decay",
+        top_k=top_k,
+        monkeypatch=monkeypatch,
+    )
+    unread = layout.mem_last[2]  # memory 2 closes the first sequence: its keys get no gradient
+    assert grads[1][:, unread].abs().max() == 0 and grads[2][:, unread].abs().max() == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "recurrence"), [("residual", "decay"), ("grm", "linear"), ("ssc1", "decay")]
+)
+def test_no_memories(build_tiny, monkeypatch, name, recurrence):
+    """N = 0 (one open segment): o is the online read, and no gradient reaches q, k, v."""
+    aggregation, _, top_k = AGGREGATIONS[name]
+    layout = make_layout([([10], False)], 4, "checkpoint")
+    assert not layout.mem_first
+    o, grads = check_case(
+        package(build_tiny, name, recurrence),
+        layout,
+        aggregation=aggregation,
+        decay=recurrence == "decay",
+        top_k=top_k,
+        monkeypatch=monkeypatch,
+    )
+    inputs, _ = make_inputs(
+        layout, decay=recurrence == "decay", gated=aggregation != "residual", dtype=torch.float32
+    )
+    torch.testing.assert_close(o, inputs["o_on"], rtol=1e-6, atol=1e-6)
+    for grad in grads[:3]:
+        assert grad.abs().max() == 0
+
+
+@pytest.mark.parametrize(("name", "init"), [("ssc2", "checkpoint"), ("grm", "independent")])
+def test_chunk_of_16(build_tiny, monkeypatch, name, init):
+    """C = 16 fills the row block (no padded rows); segments of 1 and 2 chunks, a short one."""
+    aggregation, _, top_k = AGGREGATIONS[name]
+    check_case(
+        package(build_tiny, name, "decay", chunk_size=16),
+        make_layout([([16, 32, 20, 8], False)], 16, init),
+        aggregation=aggregation,
+        decay=True,
+        top_k=top_k,
+        monkeypatch=monkeypatch,
+    )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {
+            "aggregation": "grm",
+            "recurrence": "decay",
+            "init": "checkpoint",
+            "segments": "{kind: explicit, boundaries: [3, 7, 12]}",
+        },
+        {
+            "aggregation": "ssc",
+            "aggregation_extra": ", top_k: 1",
+            "init": "independent",
+            "segments": "{kind: logarithmic, length: 2}",
+        },
+    ],
+)
+def test_forward_matches_package_reference(build_tiny, fields):
+    """The contract on the package's own chunk layout: memory i spans chunks from the last
+    reset up to its closing chunk; o gathered back to tokens equals `reference` (the spec)."""
+    pkg = build_tiny(read_form="attention", key_dim=KEY_DIM, value_dim=VALUE_DIM, **fields)
+    mod = importlib.import_module(pkg.__name__ + ".triton_read_attention")
+    segments = importlib.import_module(pkg.__name__ + ".spec")
+    layout = importlib.import_module(pkg.__name__ + ".backend_torch").chunk_layout(
+        ((0, 21, 0, 0),), 21
+    )
+    decay = fields.get("recurrence") == "decay"
+    gen = torch.Generator().manual_seed(1)
+    batch, seq_len, heads = 1, 21, 2
+    q, k, u = torch.randn(3, batch, seq_len, heads, KEY_DIM, generator=gen, dtype=torch.float64)
+    v = torch.randn(batch, seq_len, heads, VALUE_DIM, generator=gen, dtype=torch.float64)
+    g = -F.softplus(torch.randn(batch, seq_len, heads, generator=gen, dtype=torch.float64) - 1)
+    scale = KEY_DIM**-0.5
+
+    # Per token in fp64: the online read S_t (scale q_t), the online logit, the descriptors.
+    state = q.new_zeros(batch, heads, VALUE_DIM, KEY_DIM)
+    o_on, logit_on, descriptors = torch.zeros_like(v), torch.zeros_like(g), []
+    for t in range(seq_len):
+        if t == segments.segment_start(t):
+            key_sum, seen = q.new_zeros(batch, heads, KEY_DIM), 0
+            if fields["init"] == "independent":
+                state = torch.zeros_like(state)
+        fade = g[:, t, :, None, None].exp() if decay else 1.0
+        state = fade * state + v[:, t, :, :, None] * k[:, t, :, None, :]
+        o_on[:, t] = (state @ (scale * q[:, t, :, :, None]))[..., 0]
+        key_sum, seen = key_sum + k[:, t], seen + 1
+        logit_on[:, t] = mod.GATE_SCALE * (u[:, t] * key_sum / seen).sum(-1)
+        if segments.segment_end(t) == t + 1:
+            descriptors.append(key_sum / seen)
+
+    num_chunks, chunk = len(layout.index), len(layout.index[0])
+    index = torch.tensor(layout.index).view(-1)
+
+    def chunked(x):  # [B, T, H, ...] -> [B*H, NC, C, ...] in fp32, zero in padding slots
+        padded = torch.cat([x, x.new_zeros(batch, 1, *x.shape[2:])], dim=1)
+        out = padded.index_select(1, index).unflatten(1, (num_chunks, chunk)).movedim(3, 1)
+        return out.flatten(0, 1).float()
+
+    mem_last = [n for n, closes in enumerate(layout.closes) if closes][: layout.num_memories]
+    mem_first = [max(j for j in range(last + 1) if layout.resets[j]) for last in mem_last]
+    o, _ = mod.read_attention_fwd(
+        chunked(q * scale),
+        chunked(k),
+        chunked(v),
+        chunked(g) if decay else None,
+        chunked(o_on),
+        chunked(logit_on),
+        chunked(u),
+        torch.stack(descriptors[: len(mem_last)], dim=2).flatten(0, 1).float(),
+        torch.tensor(layout.visible_lo, dtype=torch.int32),
+        torch.tensor(layout.visible_hi, dtype=torch.int32),
+        torch.tensor(mem_first, dtype=torch.int32),
+        torch.tensor(mem_last, dtype=torch.int32),
+    )
+    o = o.view(batch, heads, -1, VALUE_DIM)[:, :, layout.flat].transpose(1, 2)
+    assert len(mem_last) >= 3
+    assert rel_err(o, pkg.reference(q, k, v, u, g if decay else None)) <= 1e-5

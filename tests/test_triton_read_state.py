@@ -1,0 +1,264 @@
+"""Triton kernels of the cached reads in state form (templates/package/triton_read_state.py.jinja).
+
+Each aggregation's template is rendered through a real spec (`build_tiny`) and run under the
+Triton interpreter; outputs and every gradient are compared with an fp64 torch transcription
+of the kernels' contract on the same chunked inputs (dense masks, autograd).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+# kind -> (spec fields of build_tiny). gate_scale differs from the default K^-1/2, so the test
+# sees that the value baked into the kernels is the spec's.
+SPECS = {
+    "residual": {"aggregation": "residual"},
+    "grm": {"aggregation": "grm", "aggregation_extra": ", gate_scale: 0.75"},
+    "soup": {"aggregation": "soup", "aggregation_extra": ", gate_scale: 0.75"},
+    "ssc1": {"aggregation": "ssc", "aggregation_extra": ", top_k: 1, gate_scale: 0.75"},
+    "ssc2": {"aggregation": "ssc", "aggregation_extra": ", top_k: 2, gate_scale: 0.75"},
+    "ssc3": {"aggregation": "ssc", "aggregation_extra": ", top_k: 3, gate_scale: 0.75"},
+}
+
+# Windows of 6 chunks over 8 memories, like two packed sequences: chunk 0 sees nothing
+# (lo == hi == 0), chunks 1-2 see 1 and 3 of the first sequence's memories 0..2, chunk 3 starts
+# the second sequence (lo == hi == 3), chunks 4-5 see 1 and 5 of its memories 3..7 (lo > 0):
+# fewer, as many and more visible memories than top_k = 1, 2, 3.
+WINDOWS = ([0, 0, 0, 3, 3, 3], [0, 1, 3, 3, 4, 8])
+
+
+@pytest.fixture(scope="module")
+def kernels(build_tiny):
+    """kind -> the rendered triton_read_state module of that spec."""
+    cache: dict[str, object] = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            pkg = build_tiny(**SPECS[kind])
+            cache[kind] = importlib.import_module(pkg.__name__ + ".triton_read_state")
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch, kernels):
+    """Every output and scratch buffer starts as NaN (ints as a huge index) before launch."""
+
+    def poisoned(shape, device, dtype=torch.float32):
+        fill = math.nan if dtype.is_floating_point else 2**30
+        return torch.full(shape, fill, dtype=dtype, device=device)
+
+    for kind in ("residual", "grm", "ssc1", "ssc2", "ssc3", "soup"):
+        monkeypatch.setattr(kernels(kind), "_alloc", poisoned)
+
+
+def aggregation_of(module) -> str:
+    if not hasattr(module, "GATE_SCALE"):
+        return "residual"
+    return "ssc" if hasattr(module, "TOP_K") else "grm"
+
+
+def reference(module, q, o_on, logit_on, conn, descriptors, states, lo, hi):
+    """The contract in fp64: (o, lse) with dense visibility masks."""
+    kind = aggregation_of(module)
+    num_memories = states.shape[1]
+    ids = torch.arange(num_memories)
+    visible = (ids >= lo[:, None]) & (ids < hi[:, None])  # [NC, N]
+    reads = torch.einsum("bnck,bivk->bnciv", q, states)  # [BH, NC, C, N, V]
+    if kind == "residual":
+        return o_on + torch.einsum("ni,bnciv->bncv", visible.to(q.dtype), reads), None
+    logits = module.GATE_SCALE * torch.einsum("bnck,bik->bnci", conn, descriptors)
+    logits = logits.masked_fill(~visible[None, :, None, :], -torch.inf)  # [BH, NC, C, N]
+    if kind == "ssc" and num_memories > module.TOP_K:
+        # the TOP_K largest, ties to the older memory (what the kernels do); no gradient
+        order = torch.sort(logits.detach(), dim=-1, descending=True, stable=True).indices
+        keep = torch.zeros_like(logits, dtype=torch.bool)
+        keep.scatter_(-1, order[..., : module.TOP_K], True)
+        logits = logits.masked_fill(~keep, -torch.inf)
+    every = torch.cat([logit_on[..., None], logits], dim=-1)
+    weights = torch.softmax(every, dim=-1)
+    o = weights[..., :1] * o_on + torch.einsum("bnci,bnciv->bncv", weights[..., 1:], reads)
+    return o, torch.logsumexp(every, dim=-1)
+
+
+def rel_err(out, ref) -> float:
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all(), "NaN/Inf (an element the kernel never wrote?)"
+    ref = ref.double()
+    scale = ref.norm().item()
+    err = (out.double() - ref).norm().item()
+    return err / scale if scale > 0 else err
+
+
+def make_inputs(
+    *,
+    bh=2,
+    chunk=4,
+    key_dim=6,
+    value_dim=10,
+    windows=WINDOWS,
+    num_memories=None,
+    dtype=torch.float32,
+    seed=0,
+):
+    lo, hi = (torch.tensor(w, dtype=torch.int32) for w in windows)
+    nc = len(lo)
+    n = int(hi.max()) if num_memories is None else num_memories
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, std=1.0):
+        return torch.randn(*shape, generator=gen) * std
+
+    return {
+        "q": rand(bh, nc, chunk, key_dim, std=0.5).to(dtype),
+        "o_on": rand(bh, nc, chunk, value_dim),
+        "logit_on": rand(bh, nc, chunk),
+        "conn": rand(bh, nc, chunk, key_dim).to(dtype),
+        "descriptors": rand(bh, n, key_dim),
+        "states": rand(bh, n, value_dim, key_dim),
+        "visible_lo": lo,
+        "visible_hi": hi,
+    }
+
+
+NAMES = ("q", "o_on", "logit_on", "conn", "descriptors", "states")
+
+
+def check(module, inputs, *, tol=1e-5, grad_tol=2e-5, block_v=None, seed=1):
+    """Run fwd + bwd of `module` on `inputs`, compare o, lse and every gradient with fp64."""
+    kind = aggregation_of(module)
+    args = dict(inputs)
+    if kind == "residual":
+        args.update(logit_on=None, conn=None, descriptors=None)
+    o, lse = module.read_state_fwd(*args.values(), block_v=block_v)
+    leaves = {
+        name: (None if args[name] is None else args[name].double().requires_grad_())
+        for name in NAMES
+    }
+    lo, hi = inputs["visible_lo"].long(), inputs["visible_hi"].long()
+    ref_o, ref_lse = reference(module, *leaves.values(), lo, hi)
+    errors = {"o": rel_err(o, ref_o)}
+    if kind == "residual":
+        assert lse is None
+    else:
+        errors["lse"] = rel_err(lse, ref_lse)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed))
+    grads = module.read_state_bwd(*args.values(), o, lse, do, block_v=block_v)
+    (ref_o * do.double()).sum().backward()
+    for name, grad in zip(NAMES, grads, strict=True):
+        if args[name] is None:
+            assert grad is None, name
+            continue
+        ref = leaves[name].grad
+        if ref is None:  # no path from the input to o (e.g. no memory is visible)
+            ref = torch.zeros_like(leaves[name])
+        errors["d" + name] = rel_err(grad, ref)
+    worst = {k: v for k, v in errors.items() if v > (tol if k in ("o", "lse") else grad_tol)}
+    assert not worst, f"{kind}: {errors}"
+    return errors
+
+
+@pytest.mark.parametrize("kind", ["residual", "grm", "ssc1", "ssc2", "ssc3"])
+def test_fp32_packed_windows(kernels, kind):
+    """K=6 != V=10 (non-powers of two), chunks that see nothing, lo > 0, fewer and more visible
+    memories than top_k."""
+    check(kernels(kind), make_inputs())
+
+
+@pytest.mark.parametrize("kind", ["residual", "grm", "ssc2"])
+def test_bf16_inputs(kernels, kind):
+    check(kernels(kind), make_inputs(dtype=torch.bfloat16), tol=2e-2, grad_tol=4e-2)
+
+
+@pytest.mark.parametrize("kind", ["residual", "grm", "ssc2"])
+def test_no_memories(kernels, kind):
+    """N = 0: o = o_on (and lse = the online logit); dstates / ddescriptors are empty."""
+    module = kernels(kind)
+    inputs = make_inputs(windows=([0, 0, 0], [0, 0, 0]))
+    assert inputs["states"].shape[1] == 0
+    check(module, inputs)
+    o, lse = module.read_state_fwd(*inputs.values())
+    assert torch.equal(o, inputs["o_on"])
+    assert lse is None if kind == "residual" else torch.equal(lse, inputs["logit_on"])
+
+
+@pytest.mark.parametrize("kind", ["residual", "ssc2"])
+def test_no_chunks(kernels, kind):
+    """NC = 0 with memories (e.g. a call that only carries a cache): empty outputs, zero
+    gradients for the memories."""
+    inputs = make_inputs(windows=([], []), num_memories=2)
+    check(kernels(kind), inputs)
+
+
+@pytest.mark.parametrize("kind", ["residual", "grm", "ssc3"])
+def test_split_value_blocks(kernels, kind):
+    """V = 10 in blocks of 4: the forward splits V over programs, the backward loops over
+    blocks and sums the descriptor shares of each block."""
+    check(kernels(kind), make_inputs(), block_v=4)
+
+
+@pytest.mark.parametrize("kind", ["residual", "grm", "ssc2"])
+def test_tensor_core_path(kernels, kind):
+    """C, K and V blocks >= 16 take tl.dot (the path a GPU runs); V = 20 in blocks of 16."""
+    inputs = make_inputs(bh=1, chunk=16, key_dim=16, value_dim=20, windows=([0, 0, 1], [0, 2, 4]))
+    check(kernels(kind), inputs, block_v=16)
+
+
+@pytest.mark.parametrize("kind", ["ssc1", "ssc2"])
+def test_ssc_ties_choose_exactly_top_k(kernels, kind):
+    """Rows whose logits all tie (connector 0) still mix exactly TOP_K memories: the older
+    ones."""
+    module = kernels(kind)
+    inputs = make_inputs()
+    inputs["conn"][:, :, 1:3] = 0.0
+    check(module, inputs)
+    o, lse = module.read_state_fwd(*inputs.values())
+    visible = (inputs["visible_hi"] - inputs["visible_lo"]).clamp(max=module.TOP_K)
+    expected = torch.logaddexp(
+        inputs["logit_on"][:, :, 1:3], torch.log(visible.double())[None, :, None]
+    )
+    assert torch.allclose(lse[:, :, 1:3].double(), expected, atol=1e-6)
+
+
+def test_ssc_with_enough_memories_is_grm(kernels):
+    """TOP_K >= visible memories everywhere: ssc equals grm (same gate scale)."""
+    inputs = make_inputs(windows=([0, 0, 1], [0, 2, 3]))
+    grm, ssc = kernels("grm"), kernels("ssc3")
+    o_grm, lse_grm = grm.read_state_fwd(*inputs.values())
+    o_ssc, lse_ssc = ssc.read_state_fwd(*inputs.values())
+    assert torch.allclose(o_grm, o_ssc, atol=1e-6) and torch.allclose(lse_grm, lse_ssc, atol=1e-6)
+
+
+def test_ssc_skips_states_no_row_chose(kernels):
+    """A memory no row of a chunk chose is never read, forward or backward: NaN in its state
+    changes nothing (its gradients stay 0)."""
+    module = kernels("ssc1")
+    inputs = make_inputs(windows=([0], [4]), bh=1, seed=3)
+    logits = torch.einsum("bnck,bik->bnci", inputs["conn"], inputs["descriptors"])
+    unchosen = sorted(set(range(4)) - set(logits.argmax(-1).flatten().tolist()))
+    assert unchosen, "pick a seed where some memory is chosen by no row"
+    do = torch.randn(inputs["o_on"].shape, generator=torch.Generator().manual_seed(1))
+
+    def run():
+        o, lse = module.read_state_fwd(*inputs.values())
+        return (o, lse, *module.read_state_bwd(*inputs.values(), o, lse, do))
+
+    clean = run()
+    inputs["states"][:, unchosen] = math.nan
+    for a, b in zip(clean, run(), strict=True):
+        assert torch.equal(a, b)
+    assert not clean[-1][:, unchosen].any() and not clean[-2][:, unchosen].any()
+
+
+def test_templates_bake_the_plan(kernels):
+    """Constants come from the plan: the spec's gate scale and top_k; soup renders as grm."""
+    assert not hasattr(kernels("residual"), "GATE_SCALE")
+    assert kernels("grm").GATE_SCALE == 0.75 and not hasattr(kernels("grm"), "TOP_K")
+    assert kernels("soup").GATE_SCALE == 0.75 and not hasattr(kernels("soup"), "TOP_K")
+    assert [kernels(f"ssc{k}").TOP_K for k in (1, 2, 3)] == [1, 2, 3]
