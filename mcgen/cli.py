@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mcgen import __version__
+from mcgen.bench.cli import bench as bench_command
 from mcgen.build import DEFAULT_OUT, build_command, render_spec
 from mcgen.export import (
     ExportError,
@@ -27,6 +28,7 @@ from mcgen.export import (
 from mcgen.inspect_report import inspect_spec, render_report
 from mcgen.packages import PackageError
 from mcgen.passes.pipeline import DEFAULT_SEQ_LEN
+from mcgen.search.cli import search_app
 from mcgen.spec import SpecError, load_spec
 from mcgen.validate import DEFAULT_DTYPES, ladder_steps, open_package, validate_package
 
@@ -40,6 +42,7 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+app.add_typer(search_app, name="search")
 
 SpecArg = Annotated[Path, typer.Argument(help="A spec file (YAML), e.g. specs/grm.yaml.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for machines.")]
@@ -132,13 +135,17 @@ def validate(
     ] = None,
     backend: Annotated[
         list[str] | None,
-        typer.Option("--backend", help="Backend to check (repeat); default: all generated."),
+        typer.Option(
+            "--backend",
+            help="Backend to check (repeat); default: every generated one that runs here "
+            "(triton needs CUDA; asked for on a CPU, it runs in Triton's interpreter).",
+        ),
     ] = None,
     dtype: Annotated[
         list[str] | None, typer.Option("--dtype", help="float64, float32 or bfloat16 (repeat).")
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="One shape at the spec's dimensions.")
+        bool, typer.Option("--quick", help="One shape (the spec's dimensions on CUDA or torch).")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -320,6 +327,9 @@ def inspect(
         typer.echo(report.dot_before.rstrip() + "\n" + report.dot_after.rstrip())
     else:
         render_report(report, out)
+
+
+app.command(name="bench")(bench_command)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ def problems_of(mapping: dict) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize("name", ["tiny", "mqar_small"])
+@pytest.mark.parametrize("name", ["tiny", "ci", "mqar_small", "mqar_cpu"])
 def test_example_spaces_load(name):
     space = parse_space((REPO / "search" / f"{name}.yaml").read_text(), f"{name}.yaml")
     assert space.name == name and space.objectives.cost == "decode_state_bytes"
@@ -142,3 +142,67 @@ def test_evaluate_a_tiny_candidate(tmp_path):
     assert evaluate(base_rnn_spec(space), space, tmp_path).cost < result.cost
     attention = attention_baseline(space, tmp_path)
     assert 0.0 <= attention.accuracy <= 1.0 and attention.cost > 0
+
+
+# --- deep memories and other choices that interact ------------------------------------
+
+
+def deep_mapping(**deep) -> dict:
+    mapping = tiny_mapping()
+    mapping["base"]["memory"] = {"heads": 2, "key_dim": 8, "value_dim": 8}
+    if deep:
+        mapping["base"]["memory"]["deep"] = deep
+    mapping["vary"]["memory.recurrence"] = ["linear", "dla", "titans"]
+    return mapping
+
+
+def test_deep_recurrences_draw_valid_specs():
+    space = parse_space(yaml.safe_dump(deep_mapping(minibatch=4, depth=1)), "deep.yaml")
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=3)
+    )
+    seen = set()
+    for _ in range(40):
+        mapping = suggest_spec(study.ask(), space)
+        spec = parse_spec(yaml.safe_dump(mapping))
+        recurrence = spec.memory.recurrence
+        seen.add(recurrence)
+        if recurrence == "linear":
+            assert "deep" not in mapping["memory"]  # dropped: applies to dla, titans only
+        else:
+            assert mapping["memory"]["deep"] == {"minibatch": 4, "depth": 1}
+            assert spec.memory.deep.minibatch == 4
+    assert seen == {"linear", "dla", "titans"}
+
+
+def test_a_deep_choice_that_cannot_be_built_is_a_positioned_error():
+    # value_dim != key_dim: a deep memory maps keys to values of the same size.
+    mapping = deep_mapping()
+    mapping["base"]["memory"]["value_dim"] = 16
+    message = problems_of(mapping)
+    assert "vary.memory.recurrence.1: 'dla' gives an invalid spec: memory.value_dim:" in message
+    assert "vary.memory.recurrence.2: 'titans' gives an invalid spec" in message
+    assert message.splitlines()[0].startswith("space.yaml:")
+    # A mini-batch of 8 does not divide the segment length 4 (one of the choices).
+    message = problems_of(deep_mapping(minibatch=8))
+    assert (
+        "vary.cache.segments.length.0: 4 with memory.recurrence 'dla' gives an invalid spec: "
+        "memory.deep.minibatch: must divide the segment length" in message
+    )
+    assert "length.1" not in message  # 8 is fine
+    # Three fields at once: only dla, with mini-batch 8, and segments of 4 fail.
+    mapping = deep_mapping()
+    mapping["vary"]["cache.segments.length"] = [8, 4]
+    mapping["vary"]["memory.deep.minibatch"] = [1, 8]
+    message = problems_of(mapping)
+    assert "vary.memory.deep.minibatch.1: 8 with aggregation.kind 'none', " in message
+    assert "cache.segments.length 4" in message and "memory.recurrence 'dla'" in message
+
+
+def test_a_budget_and_the_gpu_latency_cost_are_part_of_the_schema():
+    mapping = tiny_mapping()
+    mapping["objectives"] = {"cost": "gpu_latency_ms", "max_decode_state_bytes": 4096}
+    space = parse_space(yaml.safe_dump(mapping))
+    assert space.objectives.max_decode_state_bytes == 4096
+    mapping["objectives"] = {"cost": "latency"}
+    assert "objectives.cost: Input should be" in problems_of(mapping)

@@ -8,7 +8,9 @@ the MQAR data and the training budget (pydantic, strict).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -37,7 +39,9 @@ from mcgen.spec.schema import (
     check_package_name,
 )
 
-CostKey = Literal["decode_state_bytes", "train_flops_per_token"]
+# decode_state_bytes and train_flops_per_token come from the cost model; gpu_latency_ms is
+# the generated layer's measured forward time on a CUDA GPU.
+CostKey = Literal["decode_state_bytes", "train_flops_per_token", "gpu_latency_ms"]
 Choice = Union[str, int, float, bool]  # noqa: UP007 (a runtime union for pydantic)
 
 # Fields set first when a trial builds a spec: whether the others apply depends on them.
@@ -87,9 +91,12 @@ Domain = Annotated[
 
 
 class Objectives(_Strict):
-    """Accuracy is always maximised; `cost` is minimised."""
+    """Accuracy is always maximised; `cost` is minimised. `max_decode_state_bytes` is a
+    budget: candidates whose decode state (whole model, test length) is larger are
+    infeasible (an Optuna constraint), and are not trained."""
 
     cost: CostKey = "decode_state_bytes"
+    max_decode_state_bytes: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
 
 class SearchTrain(_Strict):
@@ -200,6 +207,117 @@ def space_problems(space: SearchSpace) -> list[tuple[tuple, str]]:
             out.append((("vary", dotted), f"not a spec field{hint}"))
         elif _get(space.base, dotted) is not _MISSING:
             out.append((("vary", dotted), "is also fixed in base: give it in one place"))
+    if not out:
+        out += _candidate_problems(space)
+    return out
+
+
+# At most this many specs are checked when a space is loaded (pairs of choices).
+_MAX_CHECKS = 600
+
+
+def _values(domain: Any) -> list[tuple[int | None, Any]]:
+    """(index in the file or None, value) of the choices a check tries for one field."""
+    if isinstance(domain, IntRange):
+        values = list(range(domain.low, domain.high + 1, domain.step))
+        if len(values) > 8:
+            values = sorted({values[0], values[len(values) // 2], values[-1]})
+        return [(None, v) for v in values]
+    return list(enumerate(domain))
+
+
+def _spec_problem(mapping: dict, space: SearchSpace) -> str | None:
+    """None if `mapping` (unfinished) makes a valid spec, else why not (one line)."""
+    try:
+        finish_spec(mapping, space, name=f"{space.name}_check")
+    except SpecError as exc:
+        return "; ".join(f"{p.path}: {p.message}" if p.path else p.message for p in exc.problems)
+    return None
+
+
+def _with(mapping: dict, values: dict[str, Any]) -> dict:
+    out = json.loads(json.dumps(mapping))
+    for dotted, value in values.items():
+        _set(out, dotted, value)
+    return out
+
+
+def _candidate_problems(space: SearchSpace) -> list[tuple[tuple, str]]:
+    """Whether the specs a trial can draw are valid: every choice of every field with
+    the others at their first choice, then every pair of choices of two fields (while
+    that stays under _MAX_CHECKS specs). A choice that gives an invalid spec is an error
+    at that choice, with the spec's own message (value_dim != key_dim for dla); a pair
+    of choices that do (dla, and a segment length its mini-batch does not divide), at
+    the later field's choice, naming the other; then, if there are at most _MAX_CHECKS
+    combinations, every one of them, so that suggest_spec can only draw valid specs."""
+    first = first_choice(space)
+    why = _spec_problem(first, space)
+    if why is not None:
+        return [(("base",), f"with the first choice of every varied field, not a spec: {why}")]
+
+    def where(dotted: str, index: int | None) -> tuple:
+        return ("vary", dotted) if index is None else ("vary", dotted, index)
+
+    options = {dotted: _values(domain) for dotted, domain in space.vary.items()}
+    out: list[tuple[tuple, str]] = []
+    bad: set[tuple[str, int | None, Any]] = set()
+
+    def report(dotted: str, index: int | None, value: Any, message: str) -> None:
+        if (dotted, index, value) not in bad:
+            out.append((where(dotted, index), message))
+            bad.add((dotted, index, value))
+
+    for dotted, values in options.items():
+        for index, value in values:
+            why = _spec_problem(_with(first, {dotted: value}), space)
+            if why is None:
+                continue
+            # Blame the pair if another field's other choice makes it valid (dla with a
+            # segment length its mini-batch does not divide), else the choice alone.
+            fix = next(
+                (
+                    other
+                    for other, choices in options.items()
+                    if other != dotted
+                    for _, alternative in choices[1:]
+                    if _spec_problem(_with(first, {dotted: value, other: alternative}), space)
+                    is None
+                ),
+                None,
+            )
+            if fix is None:
+                report(dotted, index, value, f"{value!r} gives an invalid spec: {why}")
+            else:
+                index0, value0 = options[fix][0]
+                report(
+                    fix,
+                    index0,
+                    value0,
+                    f"{value0!r} with {dotted} {value!r} gives an invalid spec: {why}",
+                )
+    pairs = list(itertools.combinations(options, 2))
+    if sum(len(options[a]) * len(options[b]) for a, b in pairs) > _MAX_CHECKS:
+        return out
+    for a, b in pairs:
+        for (ia, va), (ib, vb) in itertools.product(options[a], options[b]):
+            if (a, ia, va) in bad or (b, ib, vb) in bad:
+                continue
+            why = _spec_problem(_with(first, {a: va, b: vb}), space)
+            if why is not None:
+                report(b, ib, vb, f"{vb!r} with {a} {va!r} gives an invalid spec: {why}")
+    if out or math.prod(len(v) for v in options.values()) > _MAX_CHECKS:
+        return out
+    # Small enough to try every combination (three fields can interact: a varied
+    # recurrence, mini-batch and segment length).
+    names = list(options)
+    for combination in itertools.product(*options.values()):
+        values = {name: value for name, (_, value) in zip(names, combination, strict=True)}
+        why = _spec_problem(_with(first, values), space)
+        if why is not None:
+            index, value = combination[-1]
+            others = ", ".join(f"{n} {v!r}" for n, v in list(values.items())[:-1])
+            report(names[-1], index, value, f"{value!r} with {others} gives an invalid spec: {why}")
+            break
     return out
 
 
@@ -326,6 +444,15 @@ def _leaves(mapping: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _drop_empty(mapping: dict) -> None:
+    """Remove sections left empty (memory.deep once its fields were dropped), inner first."""
+    for key in list(mapping):
+        if isinstance(mapping[key], dict):
+            _drop_empty(mapping[key])
+            if not mapping[key]:
+                del mapping[key]
+
+
 def finish_spec(mapping: dict, space: SearchSpace, *, name: str | None = None) -> dict:
     """Leave out fields that do not apply, name the spec and check it is a real one.
 
@@ -336,8 +463,7 @@ def finish_spec(mapping: dict, space: SearchSpace, *, name: str | None = None) -
     for dotted in _leaves(out):
         if not applies(out, dotted):
             _drop(out, dotted)
-    for section in [k for k, v in out.items() if v == {}]:
-        del out[section]
+    _drop_empty(out)
     if name is None:
         digest = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()
         name = f"{space.name}_{digest[:10]}"

@@ -1,0 +1,298 @@
+"""`mcgen search`: a thin command layer over mcgen.search.study and .report.
+
+    mcgen search SPACE.yaml [--study NAME] [--trials N] [--workers N] [--storage URL]
+                            [--timeout S] [--json]       (same as `mcgen search run ...`)
+    mcgen search report STUDY [--storage URL] [--out DIR] [--json]
+
+Heavy modules (optuna, torch) are imported inside the commands, so that registering
+this sub-app keeps every other mcgen command quick to start.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
+
+out = Console()
+err = Console(stderr=True)
+
+
+class _SearchGroup(TyperGroup):
+    """`mcgen search SPACE.yaml ...` runs a search: an argument that names no
+    subcommand (a space file, or an option) is read as `run`'s."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+search_app = typer.Typer(
+    cls=_SearchGroup,
+    help=(
+        "Multi-objective search over memory-caching specs, scored on MQAR recall: "
+        "`mcgen search SPACE.yaml` runs (or continues) a study, "
+        "`mcgen search report STUDY` writes its Pareto front."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for machines.")]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="A database URL (postgresql://user@host:port/db) shared by many machines; "
+        "default: the journal file runs/<study>/journal.log.",
+    ),
+]
+RunsOpt = Annotated[Path, typer.Option("--runs", help="The folder of studies (runs/<study>/).")]
+
+
+@contextmanager
+def _reported_errors() -> Iterator[None]:
+    """Bad input ends the command with its message and exit code 2, never a traceback."""
+    from mcgen.search.objective import CostUnavailable
+    from mcgen.search.study import SearchError
+    from mcgen.spec import SpecError
+
+    try:
+        yield
+    except SpecError as exc:
+        for problem in exc.problems:
+            err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (SearchError, CostUnavailable) as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@contextmanager
+def _progress_display(quiet: bool) -> Iterator[Any]:
+    """A callback for run_study's snapshots: a rich bar (trials done / total, best
+    accuracy) on a terminal, one plain line per finished trial elsewhere, nothing
+    with --json."""
+    if quiet:
+        yield None
+        return
+
+    def lines(snapshot: Any) -> Iterator[str]:
+        finished = snapshot.finished
+        done = snapshot.counts.done - sum(t.state in ("COMPLETE", "PRUNED") for t in finished)
+        for trial in snapshot.finished:
+            where = f" (worker {trial.worker})" if trial.worker is not None else ""
+            if trial.accuracy is not None:
+                what = f"accuracy {trial.accuracy:.4f}, cost {trial.cost:.4g}"
+            else:
+                what = trial.state.lower()
+            if trial.state in ("COMPLETE", "PRUNED"):
+                done += 1
+            yield (
+                f"[{done}/{snapshot.target}] trial {trial.number} [{trial.label}]: {what}{where}"
+            )
+
+    if not err.is_terminal:
+
+        def plain(snapshot: Any) -> None:
+            for text in lines(snapshot):
+                err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+        yield plain
+        return
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"),
+        TextColumn("attention {task.fields[attention]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+        task = None
+
+        def bar(snapshot: Any) -> None:
+            nonlocal task
+            best, attention = _fmt(snapshot.best_accuracy), _fmt(snapshot.attention_accuracy)
+            if task is None:
+                task = progress.add_task(
+                    "search", total=snapshot.target, best=best, attention=attention
+                )
+            for text in lines(snapshot):
+                progress.console.print(text, markup=False, highlight=False)
+            progress.update(
+                task,
+                completed=min(snapshot.counts.done, snapshot.target),
+                best=best,
+                attention=attention,
+            )
+
+        yield bar
+
+
+@search_app.command("run")
+def run(
+    space: Annotated[Path, typer.Argument(help="A search-space file, e.g. search/tiny.yaml.")],
+    study: Annotated[
+        str | None, typer.Option("--study", help="The study's name (default: the space's).")
+    ] = None,
+    trials: Annotated[
+        int,
+        typer.Option(
+            "--trials", min=1, help="Trials the study should have done, reference points included."
+        ),
+    ] = 20,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Local worker processes (one thread each).")
+    ] = 1,
+    storage: StorageOpt = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0, help="Start no trial after this many seconds."),
+    ] = None,
+    runs: RunsOpt = Path("runs"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a study (or continue it: the same command resumes) until it has --trials done."""
+    _quiet_optuna()
+    from mcgen.search.study import run_study
+
+    with _reported_errors():
+        try:
+            with _progress_display(as_json) as on_update:
+                summary = run_study(
+                    space,
+                    study=study,
+                    trials=trials,
+                    workers=workers,
+                    storage=storage,
+                    timeout=timeout,
+                    runs_dir=runs,
+                    on_update=on_update,
+                )
+        except KeyboardInterrupt:
+            err.print("interrupted: rerun the same command to continue the study")
+            raise typer.Exit(130) from None
+    failing = [w for w in summary.workers if w.returncode != 0]
+    if as_json:
+        out.print_json(json.dumps(summary.to_json()))
+    else:
+        c = summary.counts
+        minutes = summary.seconds / 60
+        out.print(
+            f"study {escape(summary.study)}: {c.done}/{summary.target} trials done "
+            f"({c.pruned} pruned over budget, {c.failed} failed) in {minutes:.1f} min; "
+            f"best accuracy {_fmt(summary.best_accuracy)} "
+            f"(attention {_fmt(summary.attention_accuracy)})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if summary.recovered:
+            out.print(
+                f"  trials {', '.join(map(str, summary.recovered))} were left running by a "
+                "worker that ended: failed and enqueued again",
+                highlight=False,
+            )
+        for worker in failing:
+            err.print(
+                f"worker {worker.index} exited with {worker.returncode}; its log: {worker.log}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            tail = worker.log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+            err.print("\n".join(tail), markup=False, highlight=False, soft_wrap=True)
+        if not summary.finished and summary.timed_out:
+            out.print("  stopped by --timeout: rerun the same command to continue")
+        where = f" --storage {summary.storage}" if storage else ""
+        if runs != Path("runs"):
+            where += f" --runs {runs}"
+        out.print(
+            f"  report: mcgen search report {summary.study}{where}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not summary.finished and not summary.timed_out:
+        raise typer.Exit(1)
+
+
+@search_app.command("report")
+def report(
+    study: Annotated[str, typer.Argument(help="The study's name (runs/<study>/journal.log).")],
+    storage: StorageOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where to write it (default: runs/<study>/).")
+    ] = None,
+    runs: RunsOpt = Path("runs"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the Pareto front: table, plot (PNG; HTML with plotly), report.md, report.json
+    and one spec file per Pareto candidate (specs/<name>.yaml, for `mcgen build`)."""
+    _quiet_optuna()
+    from mcgen.search.report import report_study, table_rows
+
+    with _reported_errors():
+        result = report_study(study, storage=storage, runs_dir=runs, out=out_dir)
+    if as_json:
+        out.print_json(json.dumps(json.loads(Path(result.files["json"]).read_text())))
+        return
+    header, rows = table_rows(result)
+    table = Table(
+        title=f"{escape(result.study)}: Pareto front (accuracy up, {result.cost} down) "
+        f"and reference points"
+    )
+    for name in header:
+        justify = (
+            "right"
+            if name not in ("role", "aggregation", "segments", "init", "recurrence")
+            else "left"
+        )
+        table.add_column(escape(name), justify=justify)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    # Wide enough not to wrap in a log or a pipe; a terminal keeps its own width.
+    (out if out.is_terminal else Console(width=240)).print(table)
+    c = result.counts
+    out.print(
+        f"{c.done} trials done ({c.complete} complete, {c.pruned} pruned), {c.failed} failed; "
+        f"cost: {result.cost_label} at T = {result.test_length}",
+        highlight=False,
+    )
+    for key in ("md", "json", "png", "html"):
+        if key in result.files:
+            out.print(f"  {key}: {result.files[key]}", markup=False, highlight=False)
+    for spec in result.files.get("specs", []):
+        out.print(f"  spec: {spec}", markup=False, highlight=False)
+    for note in result.notes:
+        out.print(f"  {note}", markup=False, highlight=False)

@@ -1,0 +1,313 @@
+"""One search worker: claim trials of a study and score them until the study has its
+trials (or a deadline passes). `mcgen search` starts N of these as processes:
+
+    python -m mcgen.search.worker STUDY --trials N [--index I] [--runs DIR]
+        [--storage URL] [--deadline UNIX_TIME]
+
+Each trial: a reference point (base RNN or attention, as enqueued) or a spec drawn by
+suggest_spec; infeasible under the space's state budget -> pruned before training; the
+same spec as a finished trial -> that trial's result, not trained again; otherwise built
+and trained at each learning rate of the space (objective.evaluate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from mcgen.mqar.data import default_cache_dir
+from mcgen.search import study as studies
+from mcgen.search.objective import (
+    Evaluation,
+    attention_baseline,
+    attention_model_cost,
+    base_rnn_spec,
+    evaluate,
+    model_cost,
+)
+from mcgen.search.space import SearchSpace, suggest_spec
+
+# A worker whose trials fail this many times in a row stops (exit code 1).
+MAX_FAILURES_IN_A_ROW = 3
+
+# Trial user attributes written by score_trial.
+RESULT_ATTRS = (
+    "accuracy",
+    "cost",
+    "best_lr",
+    "per_slice",
+    "by_lr",
+    "decode_state_bytes",
+)
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    index: int
+    ran: int  # trials this worker finished (complete or pruned)
+    failed: int  # trials this worker failed
+    reason: str  # "done" | "deadline" | "failing"
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.reason == "failing" else 0
+
+
+def _say(message: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} {message}", flush=True)
+
+
+def _constrain(trial: optuna.Trial, space: SearchSpace, state_bytes: float) -> bool:
+    """Record the state budget as an Optuna constraint (feasible when <= 0); whether
+    the trial is feasible."""
+    budget = space.objectives.max_decode_state_bytes
+    trial.set_user_attr("decode_state_bytes", state_bytes)
+    if budget is None:
+        return True
+    trial.set_constraint("decode_state_bytes", state_bytes - budget)
+    return state_bytes <= budget
+
+
+def _same_spec(study: optuna.Study, name: str) -> optuna.trial.FrozenTrial | None:
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.user_attrs.get("spec_name") == name and "accuracy" in other.user_attrs:
+            return other
+    return None
+
+
+def _record(trial: optuna.Trial, result: Evaluation, seconds: float) -> list[float]:
+    trial.set_user_attr("accuracy", result.accuracy)
+    trial.set_user_attr("cost", result.cost)
+    trial.set_user_attr("best_lr", result.best_lr)
+    trial.set_user_attr("per_slice", dict(result.per_slice))
+    trial.set_user_attr("by_lr", {repr(lr): acc for lr, acc in result.by_lr.items()})
+    trial.set_user_attr("seconds", round(seconds, 2))
+    return [result.accuracy, result.cost]
+
+
+def score_trial(
+    trial: optuna.Trial,
+    study: optuna.Study,
+    space: SearchSpace,
+    workdir: Path,
+    data_cache: Path | None,
+) -> list[float]:
+    """[accuracy, cost] of one trial; raises optuna.TrialPruned for an infeasible one."""
+    started = time.perf_counter()
+    reference = trial.user_attrs.get(studies.REFERENCE)
+    width = trial.user_attrs.get(studies.WIDTH)
+    if reference == "attention":
+        _constrain(trial, space, attention_model_cost(space, "decode_state_bytes", width))
+        result = attention_baseline(space, workdir, data_cache=data_cache, d_model=width)
+        return _record(trial, result, time.perf_counter() - started)
+
+    if reference == "base_rnn":
+        mapping = base_rnn_spec(space, d_model=width)
+    else:
+        mapping = suggest_spec(trial, space)
+    text = yaml.safe_dump(mapping, sort_keys=False)
+    trial.set_user_attr("spec_name", mapping["name"])
+    trial.set_user_attr("spec", text)
+    feasible = _constrain(trial, space, model_cost(text, space, "decode_state_bytes"))
+    if not feasible and reference is None:
+        raise optuna.TrialPruned("over the decode state budget: not trained")
+    previous = _same_spec(study, mapping["name"])
+    if previous is not None:
+        for key in (*RESULT_ATTRS, "seconds"):
+            if key in previous.user_attrs:
+                trial.set_user_attr(key, previous.user_attrs[key])
+        trial.set_user_attr("reused_from", previous.number)
+        return list(previous.values)
+    result = evaluate(mapping, space, workdir, data_cache=data_cache)
+    return _record(trial, result, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _heartbeat(
+    storage: optuna.storages.BaseStorage, study: optuna.Study, number: int
+) -> Iterator[None]:
+    """On an RDB storage, record this trial's heartbeat while it runs."""
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        yield
+        return
+    trial_id = studies._trial_id(storage, study, number)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(studies.HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a missed beat is not fatal
+                storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _seed(name: str, index: int, pid: int) -> int:
+    digest = hashlib.sha256(f"{name}:{index}:{pid}:{time.time()}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _describe(trial: optuna.trial.FrozenTrial) -> str:
+    label = studies.trial_label(trial)
+    if trial.state == TrialState.COMPLETE:
+        accuracy, cost = trial.values
+        reused = trial.user_attrs.get("reused_from")
+        note = f" (same spec as trial {reused})" if reused is not None else ""
+        return f"trial {trial.number} [{label}]: accuracy {accuracy:.4f}, cost {cost:.4g}{note}"
+    why = trial.user_attrs.get(studies.FAILURE, "")
+    return f"trial {trial.number} [{label}]: {trial.state.name.lower()} {why}".rstrip()
+
+
+def _finished(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def run_worker(
+    location: studies.StudyLocation,
+    *,
+    target: int,
+    index: int = 0,
+    deadline: float | None = None,
+    workdir: Path | None = None,
+    data_cache: Path | None = None,
+    poll_s: float = 1.0,
+) -> WorkerResult:
+    """Claim and score trials until the study has `target` done trials, the deadline
+    (a time.time()) passes, or MAX_FAILURES_IN_A_ROW trials in a row fail.
+
+    Torch runs on one thread here. An interrupt (Ctrl-C, SIGTERM) fails the running
+    trial, enqueues it again and re-raises."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_worker(
+            location,
+            target=target,
+            index=index,
+            deadline=deadline,
+            workdir=workdir,
+            data_cache=data_cache,
+            poll_s=poll_s,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_worker(
+    location: studies.StudyLocation,
+    *,
+    target: int,
+    index: int = 0,
+    deadline: float | None = None,
+    workdir: Path | None = None,
+    data_cache: Path | None = None,
+    poll_s: float = 1.0,
+) -> WorkerResult:
+    """run_worker, without the thread setting."""
+    # Seeded per process: parallel workers must not draw the same startup points.
+    seed = _seed(location.name, index, os.getpid())
+    study, storage, space = studies.load_study(location, sampler=studies.make_sampler(seed))
+    workdir = workdir or location.run_dir / "work" / f"w{index}"
+    data_cache = data_cache or default_cache_dir()
+    token = studies.worker_token(index)
+    ran = failed = in_a_row = 0
+    waiting_said = False
+    while True:
+        if deadline is not None and time.time() >= deadline:
+            _say(f"worker {index}: deadline reached, {ran} trials run")
+            return WorkerResult(index, ran, failed, "deadline")
+        claimed = studies.claim_trial(study, storage, location, target=target, token=token)
+        if claimed == studies.STOP:
+            _say(f"worker {index}: the study has {target} trials; {ran} run here")
+            return WorkerResult(index, ran, failed, "done")
+        if claimed == studies.WAIT:
+            if not waiting_said:
+                _say(f"worker {index}: the last trials run elsewhere; waiting")
+                waiting_said = True
+            time.sleep(poll_s)
+            continue
+        waiting_said = False
+        assert isinstance(claimed, optuna.Trial)
+        trial = claimed
+        try:
+            with _heartbeat(storage, study, trial.number):
+                values = score_trial(trial, study, space, workdir, data_cache)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            ran, in_a_row = ran + 1, 0
+        except (KeyboardInterrupt, SystemExit):
+            frozen = _finished(study, trial.number)
+            studies.fail_and_requeue(study, storage, frozen, "interrupted; enqueued again")
+            _say(f"worker {index}: interrupted during trial {trial.number}; enqueued again")
+            raise
+        except Exception as exc:  # a candidate that breaks fails alone
+            trial.set_user_attr(studies.FAILURE, f"{type(exc).__name__}: {exc}"[:2000])
+            traceback.print_exc()
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                study.tell(trial, state=TrialState.FAIL)  # unless failed already as stale
+            failed, in_a_row = failed + 1, in_a_row + 1
+            _say(_describe(_finished(study, trial.number)))
+            if in_a_row >= MAX_FAILURES_IN_A_ROW:
+                _say(f"worker {index}: {in_a_row} trials in a row failed; stopping")
+                return WorkerResult(index, ran, failed, "failing")
+            continue
+        else:
+            try:
+                study.tell(trial, values=values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                _say(f"trial {trial.number} was failed as stale meanwhile; its retry counts")
+                continue
+            ran, in_a_row = ran + 1, 0
+        _say(_describe(_finished(study, trial.number)))
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mcgen.search.worker", description=__doc__)
+    parser.add_argument("study")
+    parser.add_argument("--trials", type=int, required=True, help="done trials to reach")
+    parser.add_argument("--index", type=int, default=0, help="this worker's number")
+    parser.add_argument("--runs", type=Path, default=studies.DEFAULT_RUNS)
+    parser.add_argument("--storage", default=None, help="a database URL (default: journal)")
+    parser.add_argument("--deadline", type=float, default=None, help="stop claiming after")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    location = studies.locate(args.study, storage=args.storage, runs_dir=args.runs)
+    try:
+        result = run_worker(location, target=args.trials, index=args.index, deadline=args.deadline)
+    except KeyboardInterrupt:
+        return 130
+    except studies.SearchError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
