@@ -30,7 +30,13 @@ from mcgen.packages import PackageError
 from mcgen.passes.pipeline import DEFAULT_SEQ_LEN
 from mcgen.search.cli import search_app
 from mcgen.spec import SpecError, load_spec
-from mcgen.validate import DEFAULT_DTYPES, ladder_steps, open_package, validate_package
+from mcgen.validate import (
+    DEFAULT_DTYPES,
+    ladder_steps,
+    open_package,
+    parse_shapes,
+    validate_package,
+)
 
 app = typer.Typer(
     help=(
@@ -147,6 +153,13 @@ def validate(
     quick: Annotated[
         bool, typer.Option("--quick", help="One shape (the spec's dimensions on CUDA or torch).")
     ] = False,
+    shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shape",
+            help="BxTxHxKxV, e.g. 2x4096x4x64x64, instead of the ladder's shapes (repeat).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the correctness ladder: outputs and gradients against the fp64 reference, streaming.
@@ -167,11 +180,21 @@ def validate(
     with _reported_errors():
         spec = load_spec(spec_path).spec
         package = open_package(package_dir or DEFAULT_OUT / spec.name, spec)
-        steps = ladder_steps(package, backends=backend, dtypes=dtypes, quick=quick)
+        try:
+            shapes = parse_shapes(package, shape or [])
+        except ValueError as exc:
+            err.print(f"--shape: {exc}", markup=False)
+            raise typer.Exit(2) from None
+        steps = ladder_steps(package, backends=backend, dtypes=dtypes, quick=quick, shapes=shapes)
         with _progress(as_json) as make_task:
             advance = make_task(f"validating {spec.name}", steps)
             report = validate_package(
-                package, backends=backend, dtypes=dtypes, quick=quick, progress=advance
+                package,
+                backends=backend,
+                dtypes=dtypes,
+                quick=quick,
+                progress=advance,
+                shapes=shapes,
             )
     if as_json:
         out.print_json(json.dumps(report.to_json()))

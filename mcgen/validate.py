@@ -115,12 +115,20 @@ def ladder_steps(
     dtypes: Sequence[str],
     quick: bool,
     device: str | None = None,
+    shapes: Sequence[tuple[int, int, int, int, int]] | None = None,
 ) -> int:
     """How many progress steps `validate_package` will report (for a progress bar)."""
     device = device or default_device()
     pairs, _ = plan_backends(package, backends, dtypes, device)
-    shapes = _selftest(package).ladder_shapes
-    return sum(len(shapes(quick, backend, device)) for backend, _ in pairs)
+    if shapes:
+        return len(pairs) * len(shapes)
+    ladder_shapes = _selftest(package).ladder_shapes
+    return sum(len(ladder_shapes(quick, backend, device)) for backend, _ in pairs)
+
+
+def parse_shapes(package: ModuleType, texts: Sequence[str]) -> list[tuple[int, int, int, int, int]]:
+    """'BxTxHxKxV' strings -> shapes, parsed by the package's own selftest (ValueError if bad)."""
+    return [_selftest(package).parse_shape(text) for text in texts]
 
 
 def validate_package(
@@ -131,13 +139,17 @@ def validate_package(
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
     device: str | None = None,
+    shapes: Sequence[tuple[int, int, int, int, int]] | None = None,
 ) -> ValidationReport:
+    """Run the ladder; `shapes` ((B, T, H, K, V) each) replaces its own shapes."""
     device = device or default_device()
     pairs, skipped = plan_backends(package, backends, dtypes, device)
     ladder = _selftest(package).run_ladder
     checks = []
     for backend, dtype in pairs:
-        checks += ladder([backend], (dtype,), quick=quick, device=device, progress=progress)
+        checks += ladder(
+            [backend], (dtype,), quick=quick, device=device, progress=progress, shapes=shapes
+        )
     results = [
         CheckResult(c.backend, c.dtype, c.shape, c.quantity, c.error, c.tolerance, c.passed)
         for c in checks

@@ -268,6 +268,30 @@ def test_validate_triton_by_name_and_what_it_skips(
     assert all(c["passed"] for c in report["checks"])
 
 
+def test_validate_at_shapes_given_on_the_command_line(workdir: Path) -> None:
+    assert run("build", "specs/tiny_grm.yaml").exit_code == 0
+    args = ("validate", "specs/tiny_grm.yaml", "--backend", "torch", "--dtype", "float32")
+    shapes = ("1x19x2x8x12", "2X7x1x4x4")  # K != V, a single head, an upper-case X
+    result = run(*args, "--shape", shapes[0], "--shape", shapes[1], "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    # Only the shapes asked for, each with its reference and streaming checks.
+    assert {c["shape"] for c in report["checks"]} == {"1 x 19 x 2 x 8 x 12", "2 x 7 x 1 x 4 x 4"}
+    for shape in ("1 x 19 x 2 x 8 x 12", "2 x 7 x 1 x 4 x 4"):
+        quantities = {c["quantity"] for c in report["checks"] if c["shape"] == shape}
+        assert {"output", "grad q", "grad v", "pieces", "decode"} <= quantities
+    assert all(c["passed"] for c in report["checks"])
+
+
+@pytest.mark.parametrize("shape", ["2x64x4x16", "2x64x4x16x0", "2x64x4xKx16"])
+def test_validate_refuses_a_bad_shape(workdir: Path, shape: str) -> None:
+    assert run("build", "specs/tiny_grm.yaml").exit_code == 0
+    result = run("validate", "specs/tiny_grm.yaml", "--shape", shape)
+    assert result.exit_code == 2
+    assert "--shape" in result.stderr and "BxTxHxKxV" in result.stderr
+    assert repr(shape) in result.stderr.replace("\n", "")
+
+
 def test_validate_refuses_a_package_never_built(workdir: Path) -> None:
     result = run("validate", "specs/tiny_grm.yaml", "--quick", "--dtype", "float32")
     assert result.exit_code == 2

@@ -149,22 +149,25 @@ def check_against_reference(backend, dtype, shape, *, seed=0, device="cpu") -> l
     tol_out, tol_grad = TOLERANCES[dtype_name]
     inputs = make_inputs(*shape, dtype=dtype, seed=seed, device=device)
     leaves = {n: _map(lambda x: x.detach().clone().requires_grad_(True), x) for n, x in inputs.items()}
+    # The fp64 reference runs on the same device: token by token, a GPU takes seconds
+    # where a CPU takes minutes at the lengths worth checking there (T = 4096).
     ref_leaves = {
-        n: _map(lambda x: x.detach().double().cpu().requires_grad_(True), x) for n, x in inputs.items()
+        n: _map(lambda x: x.detach().double().requires_grad_(True), x) for n, x in inputs.items()
     }
 
     out = mc_forward(**leaves, backend=backend)
     ref = reference(**ref_leaves)
     upstream = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    (out.double() * upstream.to(out.device)).sum().backward()
+    upstream = upstream.to(ref.device)
+    (out.double() * upstream).sum().backward()
     (ref * upstream).sum().backward()
 
-    checks = [Check(backend, dtype_name, label, "output", relative_error(out.cpu(), ref), tol_out)]
+    checks = [Check(backend, dtype_name, label, "output", relative_error(out.cpu(), ref.cpu()), tol_out)]
     for name in INPUT_NAMES:
         for (label_in, leaf), (_, ref_leaf) in zip(_flat(name, leaves[name]), _flat(name, ref_leaves[name])):
             # No gradient at all means zero (e.g. a gate that never sees a cached segment).
             grad = torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
-            error = relative_error(grad.cpu(), ref_leaf.grad)
+            error = relative_error(grad.cpu(), ref_leaf.grad.cpu())
             checks.append(Check(backend, dtype_name, label, f"grad {label_in}", error, tol_grad))
     return checks
 
@@ -215,9 +218,12 @@ def triton_runs(device="cpu") -> bool:
     return True
 
 
-def run_ladder(backends=None, dtypes=("float32", "bfloat16"), *, quick=False, device="cpu", progress=None):
+def run_ladder(
+    backends=None, dtypes=("float32", "bfloat16"), *, quick=False, device="cpu", progress=None, shapes=None
+):
     """Every check for the given backends (default: those that run here) and dtypes;
-    `progress(description)` is called per step."""
+    `progress(description)` is called per step. `shapes` ((B, T, H, K, V) each) replaces
+    the ladder's own shapes."""
     backends = default_backends(device) if backends is None else tuple(backends)
     checks: list[Check] = []
     for backend in backends:
@@ -225,12 +231,20 @@ def run_ladder(backends=None, dtypes=("float32", "bfloat16"), *, quick=False, de
             if backend == "triton" and dtype_name == "float64":
                 continue  # the kernels compute in float32
             dtype = getattr(torch, dtype_name)
-            for shape in ladder_shapes(quick, backend, device):
+            for shape in shapes or ladder_shapes(quick, backend, device):
                 if progress is not None:
                     progress(f"{backend} {dtype_name} {' x '.join(map(str, shape))}")
                 checks += check_against_reference(backend, dtype, shape, device=device)
                 checks += check_streaming(backend, dtype, shape, device=device)
     return checks
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int, int]:
+    """'2x4096x4x64x64' -> (B, T, H, K, V)."""
+    parts = text.lower().split("x")
+    if len(parts) != 5 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"a shape is BxTxHxKxV with five positive integers, e.g. 2x4096x4x64x64; got {text!r}")
+    return tuple(int(p) for p in parts)
 
 
 def format_table(checks: list[Check]) -> str:
@@ -249,12 +263,15 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", action="append", choices=BACKENDS)
     parser.add_argument("--dtype", action="append", choices=sorted(TOLERANCES))
     parser.add_argument("--quick", action="store_true", help="one shape, spec dimensions only")
+    parser.add_argument(
+        "--shape", action="append", type=parse_shape, help="BxTxHxKxV instead of the ladder's shapes (repeat)"
+    )
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.backend and "triton" in args.backend and device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported (on first use)
     dtypes = tuple(args.dtype or ("float32", "bfloat16"))
-    checks = run_ladder(args.backend, dtypes, quick=args.quick, device=device)
+    checks = run_ladder(args.backend, dtypes, quick=args.quick, device=device, shapes=args.shape)
     print(format_table(checks))
     failed = [c for c in checks if not c.passed]
     print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
