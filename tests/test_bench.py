@@ -97,6 +97,22 @@ def test_naive_is_skipped_for_recurrences_it_does_not_write(build_tiny):
 # --- the harness -------------------------------------------------------------------------
 
 
+def test_harness_checkpoints_every_row_so_a_stopped_sweep_keeps_them(tmp_path):
+    spec = write_spec(tmp_path)
+    config = fast_config(spec, providers=("generated-torch",))
+    seen: list[int] = []
+
+    def checkpoint(partial):
+        seen.append(len(partial.rows))
+        partial.write(tmp_path / "out", "partial", plot=False)
+        on_disk = (tmp_path / "out" / "partial.csv").read_text().strip().splitlines()
+        assert len(on_disk) == 1 + len(partial.rows)  # header + every row so far
+
+    result = run_bench(config, checkpoint=checkpoint)
+    assert seen == list(range(1, len(result.rows) + 1))
+    assert len(result.rows) == 4  # 2 T x 2 modes
+
+
 def test_harness_writes_csv_json_and_png(tmp_path):
     spec = write_spec(tmp_path)
     config = fast_config(

@@ -108,7 +108,12 @@ def bench(
         try:
             config = config.resolved()
             with cli._progress(as_json) as make_task:
-                result = run_bench(config, progress=make_task)
+                # Rows are written as they come (no plot): a stopped sweep keeps them.
+                result = run_bench(
+                    config,
+                    progress=make_task,
+                    checkpoint=lambda partial: partial.write(out_dir, name, plot=False),
+                )
         except BenchError as exc:
             cli.err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

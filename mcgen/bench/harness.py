@@ -232,8 +232,16 @@ class Verdict:
         }
 
 
-def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchResult:
-    """Build every target, validate every provider, time what passed; the rows, in order."""
+def run_bench(
+    config: BenchConfig,
+    progress: Progress | None = None,
+    checkpoint: Callable[[BenchResult], None] | None = None,
+) -> BenchResult:
+    """Build every target, validate every provider, time what passed; the rows, in order.
+
+    `checkpoint(result)` is called after every row, so that a long sweep that is stopped
+    (a time limit, a crash) keeps the rows it finished.
+    """
     cfg = config.resolved()
     device = torch.device(cfg.device)
     threads = torch.get_num_threads()
@@ -245,8 +253,14 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
             targets = build_targets(cfg, Path(tmp))
             plan = _plan(cfg, targets)
             advance = progress("benchmarking", plan.steps) if progress else (lambda step: None)
+
+            def emit(row: dict[str, Any]) -> None:
+                result.rows.append(row)
+                if checkpoint is not None:
+                    checkpoint(result)
+
             for target in targets:
-                result.rows += _bench_target(target, plan.baselines_of[id(target)], cfg, advance)
+                _bench_target(target, plan.baselines_of[id(target)], cfg, advance, emit)
     finally:
         torch.set_num_threads(threads)
     return result
@@ -315,8 +329,12 @@ def check_len(target: Target, cap: int) -> int:
 
 
 def _bench_target(
-    target: Target, baselines: list[str], cfg: BenchConfig, advance: Callable[[str], None]
-) -> list[dict[str, Any]]:
+    target: Target,
+    baselines: list[str],
+    cfg: BenchConfig,
+    advance: Callable[[str], None],
+    emit: Callable[[dict[str, Any]], None],
+) -> None:
     assert cfg.providers is not None and cfg.seq_lens is not None and cfg.tokens is not None
     device = torch.device(cfg.device)
     dtype = DTYPES[cfg.dtype or "fp32"]
@@ -350,7 +368,6 @@ def _bench_target(
         for mode in MODES
     }
 
-    rows: list[dict[str, Any]] = []
     for seq_len in cfg.seq_lens:
         batch = cfg.tokens // seq_len
         inputs = target.selftest.make_inputs(
@@ -435,10 +452,9 @@ def _bench_target(
                 if state == "ok":
                     assert isinstance(provider, Provider)
                     row |= _time(provider, inputs, mode, cfg, device, batch, seq_len)
-                rows.append(row)
+                emit(row)
         del inputs, anchor_eval
         _release(device)
-    return rows
 
 
 def _small_check(
