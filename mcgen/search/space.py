@@ -30,7 +30,7 @@ from pydantic import (
 
 from mcgen.mqar.config import MQARDataConfig, Seed
 from mcgen.spec import SpecError, SpecProblem, parse_spec
-from mcgen.spec.loader import _compose, _construct, _in_order, _problem_at_path
+from mcgen.spec.positioned_yaml import compose, construct, in_order, problem_at_path
 from mcgen.spec.schema import (
     DECAY_RECURRENCES,
     DEEP_RECURRENCES,
@@ -335,25 +335,25 @@ def load_space(path: str | Path) -> SearchSpace:
 
 def parse_space(text: str, file: str = "<space>") -> SearchSpace:
     try:
-        root = _compose(text, file)
+        root = compose(text, file)
     except SpecError as exc:
         raise SearchSpaceError(exc.problems) from None
     if not isinstance(root, yaml.MappingNode):
         raise SearchSpaceError([SpecProblem(file, 1, 1, "", "a search space is a mapping")])
     problems: list[SpecProblem] = []
-    data = _construct(root, (), file, problems, set())
+    data = construct(root, (), file, problems, set())
     if problems:
-        raise SearchSpaceError(_in_order(problems))
+        raise SearchSpaceError(in_order(problems))
     try:
         space = SearchSpace.model_validate(data, context={"defer_rules": True})
     except ValidationError as exc:
         raise SearchSpaceError(
-            _in_order([_pydantic_problem(root, file, err) for err in exc.errors()])
+            in_order([_pydantic_problem(root, file, err) for err in exc.errors()])
         ) from None
     rules = space_problems(space)
     if rules:
         raise SearchSpaceError(
-            _in_order([_problem_at_path(root, file, p, m, point_at_key=True) for p, m in rules])
+            in_order([problem_at_path(root, file, p, m, point_at_key=True) for p, m in rules])
         )
     return space
 
@@ -372,7 +372,7 @@ def _pydantic_problem(root: yaml.Node, file: str, err: Any) -> SpecProblem:
         message = "give at least one choice" if len(loc) > 1 else "vary at least one field"
     elif err["type"] == "value_error" and "ctx" in err:
         message = str(err["ctx"]["error"])
-    return _problem_at_path(
+    return problem_at_path(
         root, file, tuple(loc), message, point_at_key=err["type"] == "extra_forbidden"
     )
 
