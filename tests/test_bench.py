@@ -154,7 +154,15 @@ def test_harness_writes_csv_json_and_png(tmp_path):
 
     paths = result.write(tmp_path / "out", "cpu_bench")
     names = {p.name for p in paths.values()}
-    assert names == {"cpu_bench.csv", "cpu_bench.json", "cpu_bench.png", "cpu_bench_segments.png"}
+    assert names == {
+        "cpu_bench.csv",
+        "cpu_bench.json",
+        "cpu_bench.png",
+        "cpu_bench_segments.png",
+        "cpu_bench_speedups.md",  # SDPA ran: the speedups over it, over T and over C
+    }
+    speedups = (tmp_path / "out" / "cpu_bench_speedups.md").read_text()
+    assert "## Over T" in speedups and "## Over segment length" in speedups
     with paths["csv"].open() as handle:
         table = list(csv.DictReader(handle))
     assert tuple(table[0]) == results.FIELDS
@@ -316,11 +324,15 @@ def test_cli_runs_end_to_end(tmp_path, monkeypatch):
     write_spec(tmp_path)
     args = ["bench", "tiny_grm.yaml", "--provider", "generated-torch", "--provider", "naive"]
     args += ["--seq-len", "16", "--tokens", "32", "--mode", "fwd", "--out", "res", "--threads", "1"]
-    done = CliRunner().invoke(app, [*args, "--name", "b"])
+    done = CliRunner().invoke(app, [*args, "--provider", "sdpa", "--name", "b"])
     assert done.exit_code == 0, done.output
     assert "generated-torch" in done.output and "naive" in done.output
     assert results.cpu_name() in done.output
     assert all((tmp_path / "res" / f"b.{ext}").is_file() for ext in ("csv", "json", "png"))
+    # With SDPA timed: the speedups over it, one line per spec provider and mode.
+    speedups = (tmp_path / "res" / "b_speedups.md").read_text()
+    assert "| tiny_grm | C=8 | generated-torch | fwd | " in speedups
+    assert "| tiny_grm | C=8 | naive | fwd | " in speedups
 
     done = CliRunner().invoke(app, [*args, "--name", "j", "--json", "--no-plot"])
     assert done.exit_code == 0, done.output

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from mcgen.bench import check, providers, results
+from mcgen.bench import analysis, check, providers, results
 from mcgen.bench.providers import ANCHOR, BASELINES, Provider, Unavailable
 from mcgen.bench.timing import peak_memory, time_call
 from mcgen.bench.variants import LENGTH_KINDS, Target, VariantError, build_target
@@ -175,14 +175,20 @@ class BenchResult:
         }
 
     def write(self, out_dir: Path, name: str = "bench", plot: bool = True) -> dict[str, Path]:
-        """Write OUT/NAME.csv, OUT/NAME.json and, with plot, OUT/NAME.png (time against T)
-        and, when several segment lengths ran, OUT/NAME_segments.png; returns the paths."""
+        """Write OUT/NAME.csv, OUT/NAME.json, OUT/NAME_speedups.md when SDPA was timed (the
+        speedups over it and the crossovers, mcgen.bench.analysis) and, with plot,
+        OUT/NAME.png (time against T) and, when several segment lengths ran,
+        OUT/NAME_segments.png; returns the paths."""
         paths = {
             "csv": results.write_csv(out_dir / f"{name}.csv", self.environment, self.rows),
             "json": results.write_json(
                 out_dir / f"{name}.json", self.environment, self.rows, self.config
             ),
         }
+        speedups = analysis.markdown(self.to_json()["rows"])
+        if speedups is not None:
+            paths["speedups"] = out_dir / f"{name}_speedups.md"
+            paths["speedups"].write_text(speedups, encoding="utf-8")
         if plot:
             from mcgen.bench.plot import plot_segments, plot_times
 
