@@ -54,37 +54,26 @@ class Sweep:
         return f"faster from {variable} ~ {value:.0f}"
 
 
-def _timed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r["status"] == "ok" and r.get("time_ms")]
-
-
 def speedups_over_t(rows: list[dict[str, Any]], baseline: str = BASELINE) -> list[Sweep]:
     """One sweep over T per (spec, segment length, provider, mode), against the baseline
     timed at the same (T, mode, dtype)."""
-    timed = _timed(rows)
-    base = {
-        (r["seq_len"], r["mode"], r["dtype"]): r["time_ms"]
-        for r in timed
-        if r["provider"] == baseline
-    }
-    groups: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
-    for r in timed:
-        key = (r["seq_len"], r["mode"], r["dtype"])
-        if r["provider"] == baseline or not r["spec"] or key not in base:
-            continue
-        group = (r["spec"], r["segment_length"], r["provider"], r["mode"])
-        groups[group].append((r["seq_len"], base[key] / r["time_ms"]))
-    return [
-        Sweep(spec, provider, mode, f"C={c}" if c else "", tuple(sorted(points)))
-        for (spec, c, provider, mode), points in sorted(groups.items(), key=_group_order)
-    ]
+    return _sweeps(rows, baseline, swept="seq_len", held="segment_length", label="C")
 
 
 def speedups_over_segment_length(
     rows: list[dict[str, Any]], baseline: str = BASELINE
 ) -> list[Sweep]:
     """One sweep over C per (spec, T, provider, mode) where two or more C ran."""
-    timed = _timed(rows)
+    sweeps = _sweeps(rows, baseline, swept="segment_length", held="seq_len", label="T")
+    return [s for s in sweeps if len(s.points) > 1]
+
+
+def _sweeps(
+    rows: list[dict[str, Any]], baseline: str, *, swept: str, held: str, label: str
+) -> list[Sweep]:
+    """Group the spec providers' timed rows by (spec, `held`, provider, mode); each point
+    is (`swept`, the baseline's time at that row's (T, mode, dtype) over the row's)."""
+    timed = [r for r in rows if r["status"] == "ok" and r.get("time_ms")]
     base = {
         (r["seq_len"], r["mode"], r["dtype"]): r["time_ms"]
         for r in timed
@@ -93,20 +82,15 @@ def speedups_over_segment_length(
     groups: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
     for r in timed:
         key = (r["seq_len"], r["mode"], r["dtype"])
-        if r["provider"] == baseline or not r["segment_length"] or key not in base:
+        if r["provider"] == baseline or not r["spec"] or not r[swept] or key not in base:
             continue
-        group = (r["spec"], r["seq_len"], r["provider"], r["mode"])
-        groups[group].append((r["segment_length"], base[key] / r["time_ms"]))
+        groups[(r["spec"], r[held] or 0, r["provider"], r["mode"])].append(
+            (r[swept], base[key] / r["time_ms"])
+        )
     return [
-        Sweep(spec, provider, mode, f"T={t}", tuple(sorted(points)))
-        for (spec, t, provider, mode), points in sorted(groups.items(), key=_group_order)
-        if len(points) > 1
+        Sweep(spec, provider, mode, f"{label}={value}" if value else "", tuple(sorted(points)))
+        for (spec, value, provider, mode), points in sorted(groups.items())
     ]
-
-
-def _group_order(item: tuple[tuple, Any]) -> tuple:
-    spec, fixed, provider, mode = item[0]
-    return (spec, fixed or 0, provider, mode)
 
 
 def markdown(rows: list[dict[str, Any]], baseline: str = BASELINE) -> str | None:
