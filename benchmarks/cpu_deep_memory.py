@@ -16,11 +16,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from cpu_torch_backend import cpu_name, median_ms, peak_bytes
+from cpu_torch_backend import median_ms
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from mcgen.bench.results import cpu_name
+from mcgen.bench.timing import cpu_peak_bytes as peak_bytes
 from mcgen.build import build
 from mcgen.packages import import_package
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 from pathlib import Path
@@ -25,6 +24,8 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from mcgen.bench.results import cpu_name
+from mcgen.bench.timing import cpu_peak_bytes as peak_bytes
 from mcgen.build import build
 from mcgen.packages import import_package
 
@@ -35,16 +36,6 @@ aggregation: {{kind: {aggregation}}}
 layer: {{d_model: 256}}
 compute: {{chunk_size: {chunk}}}
 """
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_package(workdir: Path, name: str, aggregation: str, args) -> object:
@@ -74,21 +65,6 @@ def make_inputs(batch, seq_len, heads, dim, *, grad=False):
 def median_ms(fn, min_run_time: float) -> float:
     timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-
-
-def peak_bytes(fn) -> int:
-    """Peak of live CPU tensor bytes while fn runs, from the profiler's allocation events."""
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
-        fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        # Allocations are charged to the innermost op (self usage); frees outside any op
-        # come as "[memory]" events with a negative size.
-        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
 
 
 def main() -> None:
