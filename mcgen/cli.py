@@ -70,8 +70,10 @@ def main(
 
 
 @contextmanager
-def _reported_errors() -> Iterator[None]:
-    """Bad input ends the command with its message and exit code 2, never a traceback."""
+def _reported_errors(*also: type[Exception]) -> Iterator[None]:
+    """Bad input ends the command with its message and exit code 2, never a traceback.
+
+    `also`: a subcommand's own errors of bad input, reported the same way."""
     try:
         yield
     except SpecError as exc:
@@ -79,7 +81,7 @@ def _reported_errors() -> Iterator[None]:
             # One problem per line, never wrapped: editors and scripts parse these.
             err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except (PackageError, ExportError) as exc:
+    except (PackageError, ExportError, *also) as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -60,22 +60,14 @@ StorageOpt = Annotated[
 RunsOpt = Annotated[Path, typer.Option("--runs", help="The folder of studies (runs/<study>/).")]
 
 
-@contextmanager
-def _reported_errors() -> Iterator[None]:
-    """Bad input ends the command with its message and exit code 2, never a traceback."""
+def _reported_errors() -> AbstractContextManager[None]:
+    """mcgen.cli's: spec problems and the search's own errors of bad input, exit code 2."""
+    # mcgen.cli imports this module: take its helper when a command runs.
+    from mcgen import cli
     from mcgen.search.objective import CostUnavailable
     from mcgen.search.study import SearchError
-    from mcgen.spec import SpecError
 
-    try:
-        yield
-    except SpecError as exc:
-        for problem in exc.problems:
-            err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except (SearchError, CostUnavailable) as exc:
-        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    return cli._reported_errors(SearchError, CostUnavailable)
 
 
 def _quiet_optuna() -> None:
