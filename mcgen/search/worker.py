@@ -203,85 +203,63 @@ def run_worker(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run_worker(
-            location,
-            target=target,
-            index=index,
-            deadline=deadline,
-            workdir=workdir,
-            data_cache=data_cache,
-            poll_s=poll_s,
-        )
+        # Seeded per process: parallel workers must not draw the same startup points.
+        seed = _seed(location.name, index, os.getpid())
+        study, storage, space = studies.load_study(location, sampler=studies.make_sampler(seed))
+        workdir = workdir or location.run_dir / "work" / f"w{index}"
+        data_cache = data_cache or default_cache_dir()
+        token = studies.worker_token(index)
+        ran = failed = in_a_row = 0
+        waiting_said = False
+        while True:
+            if deadline is not None and time.time() >= deadline:
+                _say(f"worker {index}: deadline reached, {ran} trials run")
+                return WorkerResult(index, ran, failed, "deadline")
+            claimed = studies.claim_trial(study, storage, location, target=target, token=token)
+            if claimed == studies.STOP:
+                _say(f"worker {index}: the study has {target} trials; {ran} run here")
+                return WorkerResult(index, ran, failed, "done")
+            if claimed == studies.WAIT:
+                if not waiting_said:
+                    _say(f"worker {index}: the last trials run elsewhere; waiting")
+                    waiting_said = True
+                time.sleep(poll_s)
+                continue
+            waiting_said = False
+            assert isinstance(claimed, optuna.Trial)
+            trial = claimed
+            try:
+                with _heartbeat(storage, study, trial.number):
+                    values = score_trial(trial, study, space, workdir, data_cache)
+            except optuna.TrialPruned:
+                study.tell(trial, state=TrialState.PRUNED)
+                ran, in_a_row = ran + 1, 0
+            except (KeyboardInterrupt, SystemExit):
+                frozen = _finished(study, trial.number)
+                studies.fail_and_requeue(study, storage, frozen, "interrupted; enqueued again")
+                _say(f"worker {index}: interrupted during trial {trial.number}; enqueued again")
+                raise
+            except Exception as exc:  # a candidate that breaks fails alone
+                trial.set_user_attr(studies.FAILURE, f"{type(exc).__name__}: {exc}"[:2000])
+                traceback.print_exc()
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    study.tell(trial, state=TrialState.FAIL)  # unless failed already as stale
+                failed, in_a_row = failed + 1, in_a_row + 1
+                _say(_describe(_finished(study, trial.number)))
+                if in_a_row >= MAX_FAILURES_IN_A_ROW:
+                    _say(f"worker {index}: {in_a_row} trials in a row failed; stopping")
+                    return WorkerResult(index, ran, failed, "failing")
+                continue
+            else:
+                try:
+                    study.tell(trial, values=values)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    _say(f"trial {trial.number} was failed as stale meanwhile; its retry counts")
+                    continue
+                ran, in_a_row = ran + 1, 0
+            _say(_describe(_finished(study, trial.number)))
     finally:
         torch.set_num_threads(threads)
-
-
-def _run_worker(
-    location: studies.StudyLocation,
-    *,
-    target: int,
-    index: int = 0,
-    deadline: float | None = None,
-    workdir: Path | None = None,
-    data_cache: Path | None = None,
-    poll_s: float = 1.0,
-) -> WorkerResult:
-    """run_worker, without the thread setting."""
-    # Seeded per process: parallel workers must not draw the same startup points.
-    seed = _seed(location.name, index, os.getpid())
-    study, storage, space = studies.load_study(location, sampler=studies.make_sampler(seed))
-    workdir = workdir or location.run_dir / "work" / f"w{index}"
-    data_cache = data_cache or default_cache_dir()
-    token = studies.worker_token(index)
-    ran = failed = in_a_row = 0
-    waiting_said = False
-    while True:
-        if deadline is not None and time.time() >= deadline:
-            _say(f"worker {index}: deadline reached, {ran} trials run")
-            return WorkerResult(index, ran, failed, "deadline")
-        claimed = studies.claim_trial(study, storage, location, target=target, token=token)
-        if claimed == studies.STOP:
-            _say(f"worker {index}: the study has {target} trials; {ran} run here")
-            return WorkerResult(index, ran, failed, "done")
-        if claimed == studies.WAIT:
-            if not waiting_said:
-                _say(f"worker {index}: the last trials run elsewhere; waiting")
-                waiting_said = True
-            time.sleep(poll_s)
-            continue
-        waiting_said = False
-        assert isinstance(claimed, optuna.Trial)
-        trial = claimed
-        try:
-            with _heartbeat(storage, study, trial.number):
-                values = score_trial(trial, study, space, workdir, data_cache)
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            ran, in_a_row = ran + 1, 0
-        except (KeyboardInterrupt, SystemExit):
-            frozen = _finished(study, trial.number)
-            studies.fail_and_requeue(study, storage, frozen, "interrupted; enqueued again")
-            _say(f"worker {index}: interrupted during trial {trial.number}; enqueued again")
-            raise
-        except Exception as exc:  # a candidate that breaks fails alone
-            trial.set_user_attr(studies.FAILURE, f"{type(exc).__name__}: {exc}"[:2000])
-            traceback.print_exc()
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                study.tell(trial, state=TrialState.FAIL)  # unless failed already as stale
-            failed, in_a_row = failed + 1, in_a_row + 1
-            _say(_describe(_finished(study, trial.number)))
-            if in_a_row >= MAX_FAILURES_IN_A_ROW:
-                _say(f"worker {index}: {in_a_row} trials in a row failed; stopping")
-                return WorkerResult(index, ran, failed, "failing")
-            continue
-        else:
-            try:
-                study.tell(trial, values=values)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                _say(f"trial {trial.number} was failed as stale meanwhile; its retry counts")
-                continue
-            ran, in_a_row = ran + 1, 0
-        _say(_describe(_finished(study, trial.number)))
 
 
 def _interrupt(signum: int, frame: Any) -> None:
