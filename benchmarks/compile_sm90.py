@@ -89,17 +89,17 @@ POINTER_TYPES = {
 
 def compile_launches(package_dir: Path, launches: list[dict]) -> list[dict]:
     """Compile every recorded launch for sm_90 (in this process: no interpreter here)."""
-    import importlib.util
+    import importlib
 
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     sys.path.insert(0, str(package_dir.parent))
+    package = importlib.import_module(package_dir.name)
     results = []
     for launch in launches:
         module_name = launch["module"].split(".")[-1]
-        package = importlib.import_module(package_dir.name)
         module = importlib.import_module(f"{package.__name__}.{module_name}")
         fn = getattr(module, launch["kernel"])
         kwargs = dict(launch["kwargs"])

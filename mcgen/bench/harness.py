@@ -185,7 +185,7 @@ class BenchResult:
                 out_dir / f"{name}.json", self.environment, self.rows, self.config
             ),
         }
-        speedups = analysis.markdown(self.to_json()["rows"])
+        speedups = analysis.markdown(self.rows)  # row fields only: no environment needed
         if speedups is not None:
             paths["speedups"] = out_dir / f"{name}_speedups.md"
             paths["speedups"].write_text(speedups, encoding="utf-8")
