@@ -286,4 +286,4 @@ def report(
     for spec in result.files.get("specs", []):
         out.print(f"  spec: {spec}", markup=False, highlight=False)
     for note in result.notes:
-        out.print(f"  {note}", markup=False, highlight=False)
+        out.print(f"  {note}", markup=False, highlight=False, soft_wrap=True)

@@ -20,6 +20,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from mcgen.search import study as studies
+from mcgen.search.journal import torn_bytes
 from mcgen.search.objective import eval_length
 from mcgen.search.space import SearchSpace
 from mcgen.spec import parse_spec
@@ -209,6 +210,12 @@ def load_report(
         rows=rows,
         slices=slices,
     )
+    if location.url is None and (torn := torn_bytes(location.journal)):
+        report.notes.append(
+            f"{location.journal}: its last record was cut short ({torn} bytes without an end "
+            "of line): read up to it; the next `mcgen search` of this study cuts it and keeps "
+            "a copy."
+        )
     return report, study_obj
 
 

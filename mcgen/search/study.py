@@ -37,6 +37,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mcgen import __version__
+from mcgen.search.errors import SearchError
+from mcgen.search.journal import SafeJournalBackend, check_journal, repair_torn_tail
 from mcgen.search.objective import require_cost
 from mcgen.search.space import SearchSpace, first_choice, load_space, parse_space
 
@@ -68,10 +70,6 @@ GRACE_S = 120
 _UNOWNED_GRACE_S = 120
 
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
-
-
-class SearchError(Exception):
-    """A problem with the request (bad study name, missing study, another space...)."""
 
 
 # --- where a study lives ---------------------------------------------------------------
@@ -111,11 +109,12 @@ class StudyLocation:
         """The Optuna storage. create=False never creates tables (parallel creation
         races on an empty database): workers open a storage the coordinator made."""
         if self.url is None:
-            if not create and not self.journal.is_file():
+            if self.journal.is_file():
+                check_journal(self.journal)  # an empty or damaged one is not a new study
+            elif not create:
                 raise SearchError(f"no study {self.name!r}: {self.journal} does not exist")
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(str(self.journal))
-            return optuna.storages.JournalStorage(backend)
+            return optuna.storages.JournalStorage(SafeJournalBackend(self.journal))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
@@ -407,6 +406,8 @@ def open_study(
     stale trials it failed and enqueued again."""
     with study_lock(location):
         storage = location.open(create=True)
+        if location.url is None:
+            repair_torn_tail(location.journal)  # a resume after a crash mid-write
         study = optuna.create_study(
             storage=storage,
             study_name=location.name,
