@@ -190,7 +190,7 @@ BAD = [
         id="int-for-name",
     ),
     pytest.param(
-        edit("  pool: mean\n", "  pool: mean\n  gate_scale: yes\n"),
+        edit("  pool: mean\n", "  pool: mean\n  gate_scale: true\n"),
         "s.yaml:14:15: aggregation.gate_scale",
         "Input should be a valid number, got True",
         id="bool-for-float",
@@ -768,3 +768,162 @@ def test_hash_is_stable_under_explicit_defaults():
 )
 def test_hash_changes_with_any_value(old: str, new: str):
     assert base_hash(edit(old, new)) != base_hash()
+
+
+# --------------------------------------------------------------------------- hostile text
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x0b", "\x7f", "\x9b", "\x07"])
+def test_a_control_character_is_a_positioned_problem(char: str):
+    found = only_problem(edit("kind: grm", f"kind: g{char}rm"))
+    assert found.startswith("s.yaml:11:10: invalid YAML: control character"), found
+    assert f"U+{ord(char):04X}" in found
+    assert found.isprintable(), found
+
+
+def test_a_control_character_on_the_first_line_is_found_there():
+    found = only_problem(f"na{chr(0)}me: grm\n")
+    assert found.startswith("s.yaml:1:3: invalid YAML: control character U+0000"), found
+
+
+def test_terminal_escapes_in_a_key_are_shown_escaped():
+    found = only_problem(BASE + '"\\e[31mred\\e[0m": 1\n')
+    assert found.isprintable(), found
+    assert found.startswith("s.yaml:16:1: \\x1b[31mred\\x1b[0m: unknown field"), found
+
+
+def test_problems_escape_whatever_they_quote():
+    problem = SpecProblem("a\x1bb.yaml", 1, 1, "x.\u202e", "bad\x07")
+    assert str(problem) == "a\\x1bb.yaml:1:1: x.\\u202e: bad\\x07"
+
+
+@pytest.mark.parametrize(
+    ("written", "fragment"),
+    [
+        ("017", "`017` is an octal number in YAML 1.1 (read as 15)"),
+        ("-07", "`-07` is an octal number in YAML 1.1 (read as -7)"),
+        ("1:30", "`1:30` is a base-60 number in YAML 1.1 (read as 90)"),
+    ],
+)
+def test_yaml_1_1_numbers_are_refused(written: str, fragment: str):
+    check(edit("length: 256", f"length: {written}"), "s.yaml:8:38: cache.segments.length", fragment)
+
+
+def test_a_yaml_1_1_base_60_float_is_refused():
+    text = edit("  pool: mean\n", "  pool: mean\n  gate_scale: 1:30.5\n")
+    check(text, "s.yaml:14:15: aggregation.gate_scale", "base-60 number in YAML 1.1")
+
+
+@pytest.mark.parametrize("written", ["on", "Off", "yes", "NO"])
+def test_yaml_1_1_booleans_are_refused(written: str):
+    check(
+        edit("pool: mean", f"pool: {written}"),
+        "s.yaml:13:9: aggregation.pool",
+        f"`{written}` is a boolean in YAML 1.1",
+    )
+
+
+@pytest.mark.parametrize(("written", "length"), [("0x1F", 31), ("8", 8), ("1_024", 1024)])
+def test_unambiguous_numbers_are_read(written: str, length: int):
+    assert parse_spec(edit("length: 256", f"length: {written}"), FILE).cache.segments.length == (
+        length
+    )
+
+
+@pytest.mark.parametrize("written", ['"017"', "'1:30'"])
+def test_quoted_numbers_are_text(written: str):
+    check(
+        edit("length: 256", f"length: {written}"),
+        "s.yaml:8:38: cache.segments.length",
+        "Input should be a valid integer",
+    )
+
+
+def profiled_events(work) -> int:
+    """Python and C calls made while running work(): a count, not a time."""
+    import sys
+
+    count = [0]
+
+    def tally(frame, event, arg):
+        count[0] += 1
+
+    sys.setprofile(tally)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+    return count[0]
+
+
+def test_reporting_many_unknown_keys_takes_linear_work():
+    def report(n: int):
+        text = BASE + "".join(f"k{i}: 1\n" for i in range(n))
+        return lambda: problems(text)
+
+    small, large = profiled_events(report(500)), profiled_events(report(1000))
+    assert large < 2.5 * small, (small, large)
+
+
+# --------------------------------------------------------------------------- names of modules
+
+
+@pytest.mark.parametrize("name", ["typing_extensions", "sympy", "yaml", "pydantic", "pytest"])
+def test_a_name_that_shadows_an_installed_module_is_refused(name: str):
+    found = only_problem(edit("name: grm", f"name: {name}"))
+    assert found.startswith("s.yaml:1:7: name: "), found
+    assert "would shadow the installed module" in found
+
+
+def test_an_installed_package_that_mcgen_generated_may_be_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    (tmp_path / "my_layer").mkdir()
+    (tmp_path / "my_layer" / "__init__.py").write_text("")
+    (tmp_path / "my_layer" / "manifest.json").write_text("{}")
+    (tmp_path / "other_module.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert parse_spec(edit("name: grm", "name: my_layer"), FILE).name == "my_layer"
+    assert "would shadow" in only_problem(edit("name: grm", "name: other_module"))
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def test_a_memory_too_large_to_run_is_refused_with_its_size():
+    text = edit("heads: 4", "heads: 1024", "key_dim: 64", "key_dim: 4096")
+    text = edit("value_dim: 64", "value_dim: 4096", text=text)
+    found = problems(text)
+    memory = [p for p in found if p.startswith("s.yaml:2:1: memory: ")]
+    assert memory, found
+    assert "17,179,869,184 numbers" in memory[0], memory
+    assert "at most 268,435,456" in memory[0], memory
+
+
+def test_a_layer_with_too_many_parameters_is_refused_with_its_count():
+    text = edit(
+        "heads: 4", "heads: 64", "key_dim: 64", "key_dim: 1024", "d_model: 256", "d_model: 65536"
+    )
+    text = edit("value_dim: 64", "value_dim: 1024", text=text)
+    found = only_problem(text)
+    assert found.startswith("s.yaml:14:1: layer: "), found
+    assert "21,474,836,480 weights" in found, found
+    assert "at most 2,147,483,648" in found, found
+
+
+@pytest.mark.parametrize(
+    "boundary", ["1000000000000000000", "1" + "0" * 4000], ids=["1e18", "1e4000"]
+)
+def test_explicit_boundaries_are_bounded(boundary: str):
+    text = edit("{kind: constant, length: 256}", f"{{kind: explicit, boundaries: [8, {boundary}]}}")
+    found = only_problem(text)
+    assert found.startswith("s.yaml:8:46: cache.segments.boundaries.1: "), found
+    assert "less than or equal to 16777216" in found
+
+
+def test_a_gate_scale_that_overflows_is_refused():
+    check(
+        edit("  pool: mean\n", "  pool: mean\n  gate_scale: 1e308\n"),
+        "s.yaml:14:15: aggregation.gate_scale",
+        "less than or equal to 1000",
+    )

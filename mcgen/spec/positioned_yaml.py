@@ -7,6 +7,7 @@ Specs and search spaces share it, so both report problems as `file:line:col: pat
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Any
 
 import yaml
@@ -17,6 +18,10 @@ Path_ = tuple[str | int, ...]
 
 MAP_TAG = "tag:yaml.org,2002:map"
 SEQ_TAG = "tag:yaml.org,2002:seq"
+INT_TAG = "tag:yaml.org,2002:int"
+FLOAT_TAG = "tag:yaml.org,2002:float"
+BOOL_TAG = "tag:yaml.org,2002:bool"
+_OCTAL = re.compile(r"[-+]?0[0-7_]+")
 
 
 class _Unsupported(yaml.MarkedYAMLError):
@@ -50,7 +55,11 @@ _SafeNodeLoader.add_implicit_resolver(
 
 
 def compose(text: str, file: str) -> yaml.Node:
-    loader = _SafeNodeLoader(text)
+    try:
+        # Built inside the try: the reader refuses control characters as it is made.
+        loader = _SafeNodeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise SpecError([_unreadable_character(text, file, exc)]) from None
     try:
         node = loader.get_single_node()
     except _Unsupported as exc:
@@ -73,6 +82,21 @@ def compose(text: str, file: str) -> yaml.Node:
     if node is None:
         raise SpecError([SpecProblem(file, 1, 1, "", "the file is empty")])
     return node
+
+
+def _unreadable_character(text: str, file: str, exc: yaml.reader.ReaderError) -> SpecProblem:
+    """Where the character YAML refuses (NUL, ESC, DEL, ...) is, as line and column."""
+    position = exc.position
+    line = text.count("\n", 0, position) + 1
+    col = position - (text.rfind("\n", 0, position) + 1) + 1
+    code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    return SpecProblem(
+        file,
+        line,
+        col,
+        "",
+        f"invalid YAML: control character U+{code:04X} is not allowed in a spec; remove it",
+    )
 
 
 def construct(
@@ -119,17 +143,49 @@ def construct(
         ]
     if isinstance(node, yaml.ScalarNode):
         try:
-            return yaml.constructor.SafeConstructor().construct_object(node)
+            value = yaml.constructor.SafeConstructor().construct_object(node)
         except Exception as exc:  # untrusted input: any failure to build a value is a problem
             if node.tag.startswith("tag:yaml.org,2002:python/") or node.tag.startswith("!"):
                 message = f"unsupported YAML tag {_short_tag(node.tag)}"
             else:
                 reason = getattr(exc, "problem", None) or str(exc)
                 message = f"cannot read this value as {_short_tag(node.tag)} ({reason})"
+        else:
+            ambiguity = yaml_1_1_only(node, value)
+            if ambiguity is None:
+                return value
+            message = ambiguity
     else:
         message = f"unsupported YAML tag {_short_tag(node.tag)}"
     problems.append(at(node, file, dotted(path), message))
     unreadable.add(path)
+    return None
+
+
+def yaml_1_1_only(node: yaml.ScalarNode, value: Any) -> str | None:
+    """Why a plain scalar must not be read as PyYAML (YAML 1.1) reads it, or None.
+
+    YAML 1.1 reads `017` as octal 15, `1:30` as base 60 (90) and `on`/`no` as booleans,
+    where YAML 1.2 and most readers see 17, text and text: refuse the forms that differ.
+    """
+    if node.style is not None:  # quoted or block: text, as written
+        return None
+    written = node.value
+    if node.tag == INT_TAG and _OCTAL.fullmatch(written):
+        return (
+            f"`{written}` is an octal number in YAML 1.1 (read as {value}): write it without "
+            "the leading zero, or quote it for text"
+        )
+    if node.tag in (INT_TAG, FLOAT_TAG) and ":" in written:
+        return (
+            f"`{written}` is a base-60 number in YAML 1.1 (read as {value}): write a decimal "
+            "number, or quote it for text"
+        )
+    if node.tag == BOOL_TAG and written.lower() not in ("true", "false"):
+        return (
+            f"`{written}` is a boolean in YAML 1.1 (read as {str(value).lower()}): write true "
+            "or false, or quote it for text"
+        )
     return None
 
 
@@ -167,13 +223,28 @@ def problem_at_path(
 
 def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node | None, yaml.Node] | None:
     if isinstance(node, yaml.MappingNode):
-        # The last of duplicated keys is the one whose value was used.
-        for key_node, value_node in reversed(node.value):
-            if isinstance(key_node, yaml.ScalarNode) and str(key_node.value) == str(part):
-                return key_node, value_node
+        return _keys(node).get(str(part))
     elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
         return None, node.value[part]
     return None
+
+
+# Each mapping's keys, indexed once: a file with many problems is reported in linear time.
+_KEY_INDEX: weakref.WeakKeyDictionary[yaml.MappingNode, dict[str, tuple[yaml.Node, yaml.Node]]]
+_KEY_INDEX = weakref.WeakKeyDictionary()
+
+
+def _keys(node: yaml.MappingNode) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    """key -> (key node, value node); of duplicated keys the last, whose value was used."""
+    index = _KEY_INDEX.get(node)
+    if index is None:
+        index = {
+            str(key_node.value): (key_node, value_node)
+            for key_node, value_node in node.value
+            if isinstance(key_node, yaml.ScalarNode)
+        }
+        _KEY_INDEX[node] = index
+    return index
 
 
 def at(node: yaml.Node, file: str, path: str, message: str) -> SpecProblem:

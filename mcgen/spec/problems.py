@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def printable(text: str) -> str:
+    """text with every non-printable character (control codes, terminal escapes, bidi
+    overrides) written as its python escape, so a message cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 @dataclass(frozen=True)
 class SpecProblem:
     file: str
@@ -14,8 +22,9 @@ class SpecProblem:
     message: str
 
     def __str__(self) -> str:
+        # Paths and messages quote the spec's own text (keys, values): escape it.
         where = f"{self.path}: " if self.path else ""
-        return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
+        return printable(f"{self.file}:{self.line}:{self.col}: {where}{self.message}")
 
 
 class SpecError(Exception):

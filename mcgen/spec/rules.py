@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mcgen.ir.graph import deep_params
 from mcgen.spec.schema import (
     DECAY_RECURRENCES,
     DEEP_RECURRENCES,
@@ -22,6 +23,11 @@ DEFAULT_TOP_K = 4
 # can also be done against the keys (attention form, docs/method.md section 7).
 ATTENTION_FORM_RECURRENCES = ("linear", "decay")
 DEFAULT_DECAY_NORMALIZER = 16.0
+# What a layer may hold and still run: one memory state of all heads (a decoder keeps one
+# per cached segment beside it) at most 1 GiB in float32, and its weights at most 8 GiB.
+MAX_STATE_NUMBERS = 1 << 28
+MAX_LAYER_WEIGHTS = 1 << 31
+FLOAT32_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ def check_rules(spec: Spec) -> list[RuleViolation]:
         )
 
     out += _deep_rules(spec)
+    out += _size_rules(spec)
 
     chunk = spec.compute.chunk_size
     if chunk & (chunk - 1):
@@ -140,6 +147,70 @@ def _deep_rules(spec: Spec) -> list[RuleViolation]:
             )
         )
     return out
+
+
+def _size_rules(spec: Spec) -> list[RuleViolation]:
+    """Refuse, with the size they would need, layers too large to hold in memory."""
+    mem = spec.memory
+    out = []
+    state, state_sizes = state_numbers(spec)
+    if state > MAX_STATE_NUMBERS:
+        out.append(
+            _v(
+                "memory",
+                f"one memory state of these sizes holds {state:,} numbers ({state_sizes}; "
+                f"{_gib(state)} in float32) per sequence; at most {MAX_STATE_NUMBERS:,} "
+                f"({_gib(MAX_STATE_NUMBERS)}) can run: use fewer heads or smaller dimensions",
+            )
+        )
+    weights = layer_weights(spec)
+    if weights > MAX_LAYER_WEIGHTS:
+        out.append(
+            _v(
+                "layer",
+                f"a layer of these sizes holds {weights:,} weights (d_model {spec.layer.d_model} "
+                f"x heads {mem.heads} x its projections; {_gib(weights)} in float32); at most "
+                f"{MAX_LAYER_WEIGHTS:,} ({_gib(MAX_LAYER_WEIGHTS)}) can run: make d_model, "
+                "heads or the dimensions smaller",
+            )
+        )
+    return out
+
+
+def state_numbers(spec: Spec) -> tuple[int, str]:
+    """Numbers in one memory state of all heads, and the sizes that make it, in words."""
+    mem = spec.memory
+    if mem.recurrence not in DEEP_RECURRENCES:
+        sizes = f"heads {mem.heads} x key_dim {mem.key_dim} x value_dim {mem.value_dim}"
+        return mem.heads * mem.key_dim * mem.value_dim, sizes
+    per_head = _deep_weights_per_head(spec)
+    return mem.heads * per_head, f"heads {mem.heads} x {per_head:,} MLP weights"
+
+
+def layer_weights(spec: Spec) -> int:
+    """The weights of MCLayer's projections (q, k, v, u where used, out) and, for a deep
+    memory, its initial MLP; the per-head scalar projections are left out (small)."""
+    mem = spec.memory
+    deep = mem.recurrence in DEEP_RECURRENCES
+    value_dim = mem.key_dim if deep else mem.value_dim
+    widths = 2 * mem.key_dim + 2 * value_dim  # q, k; v, out
+    agg = spec.aggregation
+    if agg.kind in GATED_AGGREGATIONS and agg.connector == "separate":
+        widths += mem.key_dim  # u
+    weights = spec.layer.d_model * mem.heads * widths
+    if deep:
+        weights += mem.heads * _deep_weights_per_head(spec)
+    return weights
+
+
+def _deep_weights_per_head(spec: Spec) -> int:
+    mem = spec.memory
+    deep = mem.deep or DeepMemory()
+    return deep_params(deep.depth, mem.key_dim, deep.expansion * mem.key_dim, mem.key_dim)
+
+
+def _gib(numbers: int) -> str:
+    return f"{numbers * FLOAT32_BYTES / (1 << 30):,.3g} GiB"
 
 
 def resolve(spec: Spec) -> Spec:

@@ -7,9 +7,11 @@ Rules that tie one field to another (top_k only with ssc, ...) live in
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
 import re
 import sys
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -36,6 +38,14 @@ GATED_AGGREGATIONS = frozenset({"grm", "soup", "ssc"})
 _PACKAGE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 # A generated package must not shadow a module that it, or python, imports.
 _RESERVED_NAMES = frozenset(sys.stdlib_module_names) | {"torch", "triton", "numpy", "mcgen"}
+# What marks a package that mcgen wrote (build or export): rebuilding one is no shadowing.
+_MANIFEST = "manifest.json"
+
+# Token positions (segment lengths, boundaries): 2^24 tokens, far past any sequence run.
+MAX_POSITION = 1 << 24
+MAX_BOUNDARIES = 1 << 16
+# Logit and rate factors: larger ones overflow float32 activations to inf at once.
+MAX_FACTOR = 1e3
 
 
 class Strict(BaseModel):
@@ -43,7 +53,7 @@ class Strict(BaseModel):
 
 
 # A rate is a constant, or `data`: projected per token by MCLayer (an op input).
-Rate = Annotated[float, Field(ge=0, allow_inf_nan=False)] | Literal["data"]
+Rate = Annotated[float, Field(ge=0, le=MAX_FACTOR, allow_inf_nan=False)] | Literal["data"]
 Fraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | Literal["data"]
 
 
@@ -70,8 +80,13 @@ class Memory(Strict):
 
 class Segments(Strict):
     kind: SegmentKind
-    length: Annotated[int, Field(ge=1, le=1 << 24)] | None = None
-    boundaries: list[Annotated[int, Field(ge=1)]] | None = None
+    length: Annotated[int, Field(ge=1, le=MAX_POSITION)] | None = None
+    boundaries: (
+        Annotated[
+            list[Annotated[int, Field(ge=1, le=MAX_POSITION)]], Field(max_length=MAX_BOUNDARIES)
+        ]
+        | None
+    ) = None
 
 
 class Cache(Strict):
@@ -84,7 +99,7 @@ class Aggregation(Strict):
     connector: Connector = "separate"
     pool: Pool = "mean"
     top_k: Annotated[int, Field(ge=1, le=1 << 20)] | None = None
-    gate_scale: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    gate_scale: Annotated[float, Field(gt=0, le=MAX_FACTOR, allow_inf_nan=False)] | None = None
 
 
 class Layer(Strict):
@@ -130,4 +145,25 @@ def check_package_name(value: str) -> str:
             f"{value!r} would shadow a python module (or be a dunder name): "
             "it names the generated package; choose another name"
         )
+    installed = installed_module(value)
+    if installed is not None:
+        raise ValueError(
+            f"{value!r} would shadow the installed module {value} ({installed}): "
+            "it names the generated package; choose another name"
+        )
     return value
+
+
+def installed_module(name: str) -> str | None:
+    """Where the importable top-level module `name` lives; None when there is none, or it is
+    a namespace package (folders only), or a package that mcgen wrote (it has a manifest)."""
+    try:
+        found = importlib.util.find_spec(name)  # finds, never runs, a top-level module
+    except (ImportError, ValueError):
+        return None
+    if found is None or found.origin is None:
+        return None
+    origin = Path(found.origin)
+    if origin.name == "__init__.py" and (origin.parent / _MANIFEST).is_file():
+        return None
+    return found.origin
