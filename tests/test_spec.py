@@ -927,3 +927,14 @@ def test_a_gate_scale_that_overflows_is_refused():
         "s.yaml:14:15: aggregation.gate_scale",
         "less than or equal to 1000",
     )
+
+
+def test_the_ir_can_be_imported_before_the_spec_package():
+    # mcgen.ir.graph imports the spec package, whose size rules use the IR's deep_params.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import mcgen.ir.graph"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr

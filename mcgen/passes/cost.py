@@ -6,6 +6,9 @@ and the exact mean (not an asymptote) is what makes short-sequence comparisons h
 A multiply-add counts as 2 FLOPs. Small terms (softmax exponentials, l2 key norms, the
 decay's scalar multiply, which chunked forms fold into the intra-chunk weights) are left out.
 
+Every count over the tokens or chunks of the sequence is a closed form over the segment ends
+(`SegmentSums`), so the cost of any `seq_len` takes the same little time and memory.
+
 Bytes assume the chunked execution the backends use: each fp32 state (online or cached) is
 loaded once per chunk of `compute.chunk_size` queries, activations are bf16 and touched once.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +39,6 @@ import networkx as nx
 
 from mcgen.ir.errors import IRError
 from mcgen.ir.graph import clone
-from mcgen.segments import mean_visible as segments_mean_visible
 from mcgen.segments import segment_ends
 from mcgen.spec.schema import DELTA_RECURRENCES
 
@@ -61,9 +64,121 @@ class CostRow:
 def visible_per_token(
     kind: str, length: int | None, boundaries: tuple[int, ...] | None, seq_len: int
 ) -> list[int]:
-    """Cached segments token t can read, for t = 0 .. seq_len-1 (those ending at or before t)."""
+    """Cached segments token t can read, for t = 0 .. seq_len-1 (those ending at or before t).
+
+    One number per token: for looking at short sequences; the cost pass uses SegmentSums.
+    """
     ends = segment_ends(kind, length, boundaries, seq_len)
     return [bisect_right(ends, t) for t in range(seq_len)]
+
+
+def floor_sum(n: int, m: int, a: int, b: int) -> int:
+    """sum of floor((a * i + b) / m) for i = 0 .. n-1 (a, b >= 0, m >= 1), in O(log) steps."""
+    total = 0
+    while True:
+        if a >= m:
+            total += n * (n - 1) // 2 * (a // m)
+            a %= m
+        if b >= m:
+            total += n * (b // m)
+            b %= m
+        largest = a * n + b
+        if largest < m:
+            return total
+        n, b = divmod(largest, m)
+        m, a = a, m
+
+
+@dataclass(frozen=True)
+class SegmentEnds:
+    """The end positions of segments, in order: every `step` tokens (constant segments),
+    or `listed` (logarithmic and explicit ones: a few dozen at most)."""
+
+    step: int | None = None
+    listed: tuple[int, ...] = ()
+
+    @classmethod
+    def of(
+        cls, kind: str, length: int | None, boundaries: Sequence[int] | None, seq_len: int
+    ) -> SegmentEnds:
+        if kind == "constant":
+            assert length is not None and length > 0
+            return cls(step=length)
+        return cls(listed=tuple(segment_ends(kind, length, boundaries, seq_len)))
+
+    def count(self, limit: int) -> int:
+        """How many ends are <= limit."""
+        if self.step is not None:
+            return max(limit, 0) // self.step
+        return bisect_right(self.listed, limit)
+
+    def total(self, n: int) -> int:
+        """The sum of the first n ends."""
+        if self.step is not None:
+            return self.step * n * (n + 1) // 2
+        return sum(self.listed[:n])
+
+    def total_quotient(self, n: int, divisor: int) -> int:
+        """The sum of end // divisor over the first n ends."""
+        if self.step is not None:
+            return floor_sum(n, divisor, self.step, self.step)
+        return sum(e // divisor for e in self.listed[:n])
+
+    def keys_before(self, seq_len: int) -> int:
+        """Over the tokens t < seq_len, the sum of the last end <= t (0 before the first)."""
+        n = self.count(seq_len - 1)
+        if self.step is not None:
+            c = self.step
+            return c * c * n * (n - 1) // 2 + n * c * (seq_len - n * c)
+        ends = self.listed[:n]
+        if not ends:
+            return 0
+        following = (*ends[1:], seq_len)
+        return sum(e * (after - e) for e, after in zip(ends, following, strict=True))
+
+
+@dataclass(frozen=True)
+class SegmentSums:
+    """What the cost model counts over the tokens and chunks of one sequence.
+
+    v(t) = cached segments token t can read (ends <= t); chunk c's loads are v at its last
+    token (all that any of its tokens may read), capped for top-k at top_k per token.
+    """
+
+    cached: int  # segments complete within seq_len
+    interior_ends: int  # ends before seq_len: each starts a new segment
+    visible: int  # sum over t of v(t)
+    read: int  # sum over t of min(v(t), top_k)
+    keys_read: int  # sum over t of the last end <= t: keys the attention form reads
+    chunk_visible: int  # sum over chunks of v(last token)
+    chunk_read: int  # sum over chunks of min(v(last token), top_k * chunk tokens)
+
+    @classmethod
+    def of(cls, ends: SegmentEnds, seq_len: int, chunk: int, top_k: int | None) -> SegmentSums:
+        cached, interior = ends.count(seq_len), ends.count(seq_len - 1)
+        visible = cached * seq_len - ends.total(cached)  # end e is read by seq_len - e tokens
+        # min(v(t), k) counts only the first k ends.
+        first = cached if top_k is None else min(top_k, cached)
+        read = first * seq_len - ends.total(first)
+        # Chunk c (tokens < its stop) loads end e < seq_len iff its stop > e: every chunk
+        # from e // chunk on.
+        chunks = math.ceil(seq_len / chunk)
+        chunk_visible = interior * chunks - ends.total_quotient(interior, chunk)
+        chunk_read = chunk_visible
+        if top_k is not None:
+            full, rest = divmod(seq_len, chunk)
+            first = min(interior, top_k * chunk)
+            chunk_read = first * full - ends.total_quotient(first, chunk)
+            chunk_read += min(interior, top_k * rest) if rest else 0
+        return cls(
+            cached=cached,
+            interior_ends=interior,
+            visible=visible,
+            read=read,
+            keys_read=ends.keys_before(seq_len),
+            chunk_visible=chunk_visible,
+            chunk_read=chunk_read,
+        )
 
 
 def cached_read_flops(graph: nx.DiGraph, seq_len: int) -> tuple[float, float]:
@@ -71,19 +186,16 @@ def cached_read_flops(graph: nx.DiGraph, seq_len: int) -> tuple[float, float]:
     scan = graph.nodes["scan"]
     seg = graph.nodes["segments"]
     gate = graph.nodes.get("gate") or {}
-    top_k = gate.get("top_k")
     kdim, vdim = scan["state_dims"]["K"], scan["state_dims"]["V"]
-    ends = segment_ends(seg["kind"], seg.get("length"), seg.get("boundaries"), seq_len)
-    states_read = tokens_read = 0
-    for t in range(seq_len):
-        visible = bisect_right(ends, t)
-        if visible:
-            states_read += visible if top_k is None else min(top_k, visible)
-            # Every key up to the last cached segment end: with checkpoint the caches hold
-            # all earlier keys, with independent the visible segments tile that prefix.
-            tokens_read += ends[visible - 1]
-    # Attention form: a score (2K) and a weighted value (2V) per visible key.
-    return 2 * kdim * vdim * states_read / seq_len, (2 * kdim + 2 * vdim) * tokens_read / seq_len
+    ends = SegmentEnds.of(seg["kind"], seg.get("length"), seg.get("boundaries"), seq_len)
+    sums = SegmentSums.of(ends, seq_len, seq_len, gate.get("top_k"))
+    # Attention form: every key up to the last cached segment end (with checkpoint the
+    # caches hold all earlier keys, with independent the visible segments tile that
+    # prefix), a score (2K) and a weighted value (2V) each.
+    return (
+        2 * kdim * vdim * sums.read / seq_len,
+        (2 * kdim + 2 * vdim) * sums.keys_read / seq_len,
+    )
 
 
 def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph:
@@ -104,21 +216,15 @@ def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph
     top_k = gate.get("top_k") if gate is not None and gate.get("kind") == "topk_softmax" else None
     has_cache = any(op == "segment_cache" for _, op in out.nodes(data="op"))
 
-    seg_args = (seg["kind"], seg.get("length"), seg.get("boundaries"))
-    visible = visible_per_token(*seg_args, seq_len) if has_cache else [0] * seq_len
-    reads = [min(top_k, n) for n in visible] if top_k is not None else visible
-    n_cached = len(segment_ends(*seg_args, seq_len)) if has_cache else 0
-    mean_visible = segments_mean_visible(*seg_args, seq_len) if has_cache else 0.0
-    mean_read = sum(reads) / seq_len
+    ends = SegmentEnds.of(seg["kind"], seg.get("length"), seg.get("boundaries"), seq_len)
+    sums = SegmentSums.of(ends, seq_len, chunk, top_k)
+    n_cached = sums.cached if has_cache else 0
+    mean_visible = sums.visible / seq_len if has_cache else 0.0
+    mean_read = sums.read / seq_len if has_cache else 0.0
     # States loaded per chunk of queries: all that any token of the chunk may read.
     # (ssc: a chunk of c tokens touches at most c * top_k distinct states.)
-    chunk_loads = 0
-    chunk_descriptor_loads = 0
-    for start in range(0, seq_len, chunk):
-        stop = min(start + chunk, seq_len)
-        seen = visible[stop - 1]
-        chunk_descriptor_loads += seen
-        chunk_loads += seen if top_k is None else min(seen, top_k * (stop - start))
+    chunk_loads = sums.chunk_read if has_cache else 0
+    chunk_descriptor_loads = sums.chunk_visible if has_cache else 0
     n_chunks = math.ceil(seq_len / chunk)
     token_heads = seq_len * heads * batch
     lanes = heads * batch  # independent (batch, head) sequences
@@ -130,8 +236,7 @@ def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph
     # titans keeps the momentum S unless it is the constant 0 (then S_t is just the step).
     momentum_state = titans and scan.get("momentum") != 0
     # A deep scan starts from the initial weights once, or at every segment with independent.
-    ends = segment_ends(*seg_args, seq_len)
-    starts = 1 + sum(e < seq_len for e in ends) if scan.get("init") == "independent" else 1
+    starts = 1 + sums.interior_ends if scan.get("init") == "independent" else 1
 
     for _, attrs in out.nodes(data=True):
         op = attrs["op"]

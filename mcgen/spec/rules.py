@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mcgen.ir.graph import deep_params
 from mcgen.spec.schema import (
     DECAY_RECURRENCES,
     DEEP_RECURRENCES,
@@ -204,6 +203,9 @@ def layer_weights(spec: Spec) -> int:
 
 
 def _deep_weights_per_head(spec: Spec) -> int:
+    # Imported here: mcgen.ir.graph imports the spec package, which imports this module.
+    from mcgen.ir.graph import deep_params
+
     mem = spec.memory
     deep = mem.deep or DeepMemory()
     return deep_params(deep.depth, mem.key_dim, deep.expansion * mem.key_dim, mem.key_dim)
