@@ -210,6 +210,7 @@ def test_build_of_a_missing_file_is_a_located_error(workdir: Path) -> None:
 # --- validate ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny_grm", "tiny_ssc"])
 def test_validate_prints_a_table_and_passes(workdir: Path, name: str) -> None:
     assert run("build", f"specs/{name}.yaml").exit_code == 0
@@ -224,6 +225,7 @@ def test_validate_prints_a_table_and_passes(workdir: Path, name: str) -> None:
     assert "FAIL" not in result.stdout
 
 
+@pytest.mark.slow
 def test_validate_json(workdir: Path) -> None:
     assert run("build", "specs/tiny_ssc.yaml").exit_code == 0
     result = run("validate", "specs/tiny_ssc.yaml", "--quick", "--dtype", "float32", "--json")
@@ -244,6 +246,7 @@ def test_validate_json(workdir: Path) -> None:
     assert report["skipped"] == []
 
 
+@pytest.mark.slow
 def test_validate_triton_by_name_and_what_it_skips(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

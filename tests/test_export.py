@@ -265,6 +265,7 @@ def test_export_spec_is_a_plain_function(tmp_path: Path, spec_file: Path) -> Non
     assert {k: v.encode() for k, v in result.files.items()} == tree(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_name_renames_the_import_package(tmp_path: Path, spec_file: Path) -> None:
     out = tmp_path / "renamed"
     result = run("export", spec_file, "--out", out, "--name", "my_layer", "--no-test")
@@ -397,6 +398,7 @@ def test_a_bad_spec_is_refused_with_nothing_written(tmp_path: Path) -> None:
 # --- validate --exported ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_validate_exported_passes_on_a_fresh_export(export_copy: Path) -> None:
     before = tree(export_copy)
     result = run("validate", "--exported", export_copy)
@@ -406,6 +408,7 @@ def test_validate_exported_passes_on_a_fresh_export(export_copy: Path) -> None:
     assert tree(export_copy) == before  # no caches or bytecode left behind
 
 
+@pytest.mark.slow
 def test_validate_exported_with_its_spec_as_json(export_copy: Path, spec_file: Path) -> None:
     result = run("validate", spec_file, "--exported", export_copy, "--json")
     assert result.exit_code == 0, result.output
@@ -454,6 +457,7 @@ def test_validate_exported_against_another_version_of_the_spec(
     assert "another version of spec `tiny_grm`" in result.stderr
 
 
+@pytest.mark.slow
 def test_validate_exported_fails_when_the_exported_tests_fail(export_copy: Path) -> None:
     # A consistent export (hashes updated) whose tests fail: exit 1 with pytest's summary.
     test_path = export_copy / "tests" / "test_tiny_grm.py"
@@ -555,6 +559,7 @@ layer: {d_model: 16}
 """
 
 
+@pytest.mark.slow
 def test_a_deep_memory_exports_with_working_tests_and_readme(tmp_path: Path) -> None:
     spec = tmp_path / "tiny_titans.yaml"
     spec.write_text(DEEP)

@@ -216,6 +216,7 @@ def test_extra_shapes(build_tiny, fields: dict, shape: tuple) -> None:
     _assert_within(_against_reference(package, shape))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top_k", [2, 8], ids=["more-segments-than-top-k", "fewer"])
 def test_ssc_with_more_and_fewer_segments_than_top_k(build_tiny, top_k: int) -> None:
     package = build_tiny(aggregation="ssc", aggregation_extra=f", top_k: {top_k}")

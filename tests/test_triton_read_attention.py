@@ -230,6 +230,7 @@ def package(build_tiny, name: str, recurrence: str, chunk_size: int = 4):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init", ["checkpoint", "independent"])
 @pytest.mark.parametrize("recurrence", ["linear", "decay"])
 @pytest.mark.parametrize("name", list(AGGREGATIONS))
@@ -249,6 +250,7 @@ def test_matches_reference(build_tiny, monkeypatch, name, recurrence, init):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "recurrence", "init"),
     [
@@ -271,6 +273,7 @@ def test_bf16_inputs(build_tiny, monkeypatch, name, recurrence, init):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "recurrence", "init"),
     [
@@ -321,6 +324,7 @@ def test_no_memories(build_tiny, monkeypatch, name, recurrence):
         assert grad.abs().max() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "init"), [("ssc2", "checkpoint"), ("grm", "independent")])
 def test_chunk_of_16(build_tiny, monkeypatch, name, init):
     """C = 16 fills the row block (no padded rows); segments of 1 and 2 chunks, a short one."""
@@ -335,6 +339,7 @@ def test_chunk_of_16(build_tiny, monkeypatch, name, init):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fields",
     [

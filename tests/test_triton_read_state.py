@@ -166,6 +166,7 @@ def check(module, inputs, *, tol=1e-5, grad_tol=2e-5, seed=1):
     return errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["residual", "grm", "ssc1", "ssc2", "ssc3"])
 def test_fp32_packed_windows(kernels, kind):
     """K=6 != V=10 (non-powers of two), chunks that see nothing, lo > 0, fewer and more visible
@@ -173,6 +174,7 @@ def test_fp32_packed_windows(kernels, kind):
     check(kernels(kind), make_inputs())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["residual", "grm", "ssc2"])
 def test_bf16_inputs(kernels, kind):
     check(kernels(kind), make_inputs(dtype=torch.bfloat16), tol=2e-2, grad_tol=4e-2)
@@ -227,6 +229,7 @@ def test_tensor_core_path(kernels, kind):
     check(kernels(kind), inputs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ssc1", "ssc2"])
 def test_ssc_ties_choose_exactly_top_k(kernels, kind):
     """Rows whose logits all tie (connector 0) still mix exactly TOP_K memories: the older
