@@ -17,12 +17,15 @@ import optuna
 import pytest
 import torch
 import yaml
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
+from search_hooks import Hub
 from typer.testing import CliRunner
 
 import mcgen.search.worker as worker_module
 from mcgen.cli import app
 from mcgen.search import study as studies
+from mcgen.search.database import PatientStorage
 from mcgen.search.objective import CostUnavailable
 from mcgen.search.space import load_space
 from mcgen.search.study import SearchError, locate, open_study, run_study
@@ -306,9 +309,8 @@ def test_two_worker_processes_share_a_postgres_study(tmp_path):
         slow_space(tmp_path), study=study, trials=6, workers=2, storage=POSTGRES, runs_dir=runs
     )
     assert summary.finished and [w.returncode for w in summary.workers] == [0, 0]
-    assert isinstance(
-        locate(study, storage=POSTGRES).open(create=False), optuna.storages.RDBStorage
-    )
+    storage = locate(study, storage=POSTGRES).open(create=False)
+    assert isinstance(storage, PatientStorage) and isinstance(storage.rdb, RDBStorage)
     check_parallel_run(runs, study, 6, 2, storage=POSTGRES)
     # The report reads the study from the database too.
     from mcgen.search.report import report_study
@@ -321,28 +323,19 @@ def test_two_worker_processes_share_a_postgres_study(tmp_path):
 def test_a_killed_run_resumes_to_the_requested_count(tmp_path):
     """Kill a worker in the middle of a trial: the run ends short; the same command
     again fails the orphaned trial, runs it again and reaches the count."""
-    path, runs = slow_space(tmp_path, "killed"), tmp_path / "runs"
-    command = [sys.executable, "-c", "from mcgen.cli import app; app()"]
-    command += ["search", str(path), "--trials", "4", "--runs", str(runs)]
-    coordinator = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    victim = None
-    deadline = time.time() + 120
-    while victim is None and time.time() < deadline and coordinator.poll() is None:
-        time.sleep(0.5)
-        if not (runs / "killed" / "journal.log").is_file():
-            continue
-        running = [t for t in trials_of(runs, "killed") if t.state == TrialState.RUNNING]
-        if running and studies.WORKER in running[0].user_attrs:
-            victim = running[0]
-    assert victim is not None, "no trial started"
-    os.kill(victim.user_attrs[studies.WORKER]["pid"], signal.SIGKILL)
-    output, _ = coordinator.communicate(timeout=120)
-    assert coordinator.returncode == 1, output  # the run ended short of its trials
+    path, runs = write_space(tmp_path, "killed"), tmp_path / "runs"
+    hub = Hub()
+    try:
+        hub.start(["search", str(path), "--trials", "4", "--runs", str(runs)])
+        held = hub.until(lambda message: message.kind == "training")[-1]
+        # The worker is held before training its first trial: that trial is running.
+        (victim,) = [t for t in trials_of(runs, "killed") if t.state == TrialState.RUNNING]
+        assert victim.user_attrs[studies.WORKER]["pid"] == held.pid
+        os.kill(held.pid, signal.SIGKILL)
+        output = hub.let_run()
+    finally:
+        hub.close()
+    assert hub.process is not None and hub.process.returncode == 1, output  # ended short
     assert "exited with -9" in output
     left = next(t for t in trials_of(runs, "killed") if t.number == victim.number)
     assert left.state == TrialState.RUNNING  # nobody was left to notice

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -60,14 +60,22 @@ StorageOpt = Annotated[
 RunsOpt = Annotated[Path, typer.Option("--runs", help="The folder of studies (runs/<study>/).")]
 
 
-def _reported_errors() -> AbstractContextManager[None]:
-    """mcgen.cli's: spec problems and the search's own errors of bad input, exit code 2."""
+@contextmanager
+def _reported_errors() -> Iterator[None]:
+    """mcgen.cli's: spec problems and the search's own errors of bad input, exit code 2;
+    a database that stayed out past the retries, its one line and exit code 1."""
     # mcgen.cli imports this module: take its helper when a command runs.
     from mcgen import cli
+    from mcgen.search.database import DatabaseUnavailable
     from mcgen.search.objective import CostUnavailable
     from mcgen.search.study import SearchError
 
-    return cli._reported_errors(SearchError, CostUnavailable)
+    with cli._reported_errors(SearchError, CostUnavailable):
+        try:
+            yield
+        except DatabaseUnavailable as exc:
+            err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
 
 def _quiet_optuna() -> None:

@@ -37,6 +37,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mcgen import __version__
+from mcgen.search.database import PatientStorage, is_outage, patiently
 from mcgen.search.errors import SearchError
 from mcgen.search.journal import SafeJournalBackend, check_journal, repair_torn_tail
 from mcgen.search.objective import require_cost
@@ -117,9 +118,10 @@ class StudyLocation:
             return optuna.storages.JournalStorage(SafeJournalBackend(self.journal))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            return PatientStorage(
                 self.url,
-                engine_kwargs={"pool_pre_ping": True},
+                self.describe(),
+                engine_kwargs={"pool_pre_ping": True},  # replace connections the server dropped
                 skip_table_creation=not create,
                 heartbeat_interval=HEARTBEAT_S,
                 grace_period=GRACE_S,
@@ -201,13 +203,38 @@ def study_lock(location: StudyLocation) -> Iterator[None]:
         _engines[location.url] = engine
     digest = hashlib.sha256(f"mcgen.search:{location.name}".encode()).digest()
     key = int.from_bytes(digest[:8], "big", signed=True)
-    with engine.connect() as connection:
+    connection = patiently(lambda: _advisory_lock(engine, key), location.describe())
+    try:
+        yield
+    finally:
+        _advisory_unlock(connection, key)
+
+
+def _advisory_lock(engine: Any, key: int) -> Any:
+    """A connection holding PostgreSQL's advisory lock `key` (waiting for it)."""
+    import sqlalchemy
+
+    connection = engine.connect()
+    try:
         connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        try:
-            yield
-        finally:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            connection.commit()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _advisory_unlock(connection: Any, key: int) -> None:
+    import sqlalchemy
+
+    try:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        connection.commit()
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # The server dropped the session, and the lock with it: nothing left to release.
+    finally:
+        connection.close()
 
 
 # --- workers, alive or not ---------------------------------------------------------------
@@ -346,7 +373,7 @@ def recover_stale(study: optuna.Study, storage: optuna.storages.BaseStorage) -> 
             study, storage, trial, "its worker process ended before finishing it"
         ):
             failed.append(trial.number)
-    if isinstance(storage, optuna.storages.RDBStorage):
+    if isinstance(storage, PatientStorage):  # a database: heartbeats
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
@@ -485,7 +512,7 @@ def claim_trial(
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             trial = study.ask()
         trial.set_user_attr(WORKER, token)
-        if isinstance(storage, optuna.storages.RDBStorage):
+        if isinstance(storage, PatientStorage):
             storage.record_heartbeat(_trial_id(storage, study, trial.number))
     return WAIT if surplus(study, trial, target=target) else trial
 

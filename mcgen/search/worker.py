@@ -143,8 +143,8 @@ def score_trial(
 def _heartbeat(
     storage: optuna.storages.BaseStorage, study: optuna.Study, number: int
 ) -> Iterator[None]:
-    """On an RDB storage, record this trial's heartbeat while it runs."""
-    if not isinstance(storage, optuna.storages.RDBStorage):
+    """On a database storage, record this trial's heartbeat while it runs."""
+    if not isinstance(storage, studies.PatientStorage):
         yield
         return
     trial_id = studies._trial_id(storage, study, number)
@@ -234,6 +234,8 @@ def run_worker(
             except optuna.TrialPruned:
                 study.tell(trial, state=TrialState.PRUNED)
                 ran, in_a_row = ran + 1, 0
+            except studies.SearchError:
+                raise  # the study's storage failed, not the candidate: stop (rerun recovers)
             except (KeyboardInterrupt, SystemExit):
                 frozen = _finished(study, trial.number)
                 studies.fail_and_requeue(study, storage, frozen, "interrupted; enqueued again")
