@@ -13,8 +13,16 @@ from typer.testing import CliRunner
 
 from mcgen.build import build
 from mcgen.cli import app
-from mcgen.search.report import Row, pareto_numbers, report_study
-from mcgen.search.study import run_study
+from mcgen.search.report import (
+    COST_LABELS,
+    Row,
+    StudyReport,
+    front_notes,
+    pareto_numbers,
+    report_study,
+    table_rows,
+)
+from mcgen.search.study import Counts, run_study
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "search" / "tiny.yaml"
@@ -60,6 +68,58 @@ def test_pareto_front_rules():
     assert pareto_numbers(rows) == {0, 1, 3}
 
 
+def report_of(rows: list[Row], cost: str = "decode_state_bytes", budget=None) -> StudyReport:
+    """A report over these rows, the front marked as load_report marks it."""
+    front = pareto_numbers(rows)
+    marked = [Row(**{**r.to_json(), "pareto": r.number in front}) for r in rows]
+    return StudyReport(
+        study="s",
+        storage="runs/s/journal.log",
+        space_name="s",
+        cost=cost,
+        cost_label=COST_LABELS[cost],
+        test_length=256,
+        budget=budget,
+        target=None,
+        counts=Counts(complete=len(rows)),
+        rows=marked,
+        slices=[],
+    )
+
+
+ATTENTION = dict(role="attention", spec_name=None, spec=None, aggregation="softmax attention")
+
+
+def test_the_report_says_attention_is_left_out_of_the_front_and_whom_it_beats():
+    # As in docs/search/mqar_cpu.md: attention (0.965 at 131 kB) beats GRM (0.539 at 148 kB).
+    rows = [
+        row(0, 0.03, 8192, role="base RNN"),
+        row(5, 0.43, 78340),
+        row(10, 0.54, 148000),
+        row(1, 0.965, 131100, **ATTENTION),
+    ]
+    report = report_of(rows)
+    assert {r.number for r in report.pareto} == {0, 5, 10}
+    notes = " ".join(front_notes(report))
+    assert "softmax attention is a reference point, left out of the front" in notes
+    assert "attention (trial 1) is better on both accuracy and cost than Pareto trial 10" in notes
+    _, table = table_rows(report)
+    roles = {cells[0]: cells[1] for cells in table}
+    assert roles["10"] == "pareto (attention beats it)"
+    assert roles["5"] == "pareto" and roles["0"] == "pareto, base RNN"
+
+
+def test_the_report_says_how_it_counts_bytes():
+    rows = [row(0, 0.03, 8192, role="base RNN"), row(1, 0.965, 131100, **ATTENTION)]
+    notes = " ".join(front_notes(report_of(rows)))
+    assert "4 bytes a number" in notes and "2 bytes a number" in notes
+    assert "attention (trial 1) would hold 262200 bytes" in notes  # counted as states are
+    flops = " ".join(front_notes(report_of(rows, cost="train_flops_per_token")))
+    assert "bytes a number" not in flops  # no bytes anywhere
+    budgeted = " ".join(front_notes(report_of(rows, cost="train_flops_per_token", budget=600)))
+    assert "4 bytes a number" in budgeted  # the state budget counts bytes
+
+
 def test_report_of_a_tiny_study_writes_table_plot_and_buildable_specs(tmp_path):
     runs = tmp_path / "runs"
     run_study(TINY, trials=5, runs_dir=runs, in_process=True)
@@ -84,6 +144,8 @@ def test_report_of_a_tiny_study_writes_table_plot_and_buildable_specs(tmp_path):
     markdown = Path(report.files["md"]).read_text()
     assert "![Pareto front](pareto.png)" in markdown and "| trial | role |" in markdown
     assert "attention (d_model 16)" in markdown
+    for note in front_notes(report):
+        assert note in markdown and note in document["notes"]
     # Another folder with --out; the study is only read.
     other = report_study("tiny", runs_dir=runs, out=tmp_path / "elsewhere")
     assert Path(other.files["png"]).parent == tmp_path / "elsewhere"

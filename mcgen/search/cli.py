@@ -287,6 +287,7 @@ def report(
         f"{c.done} trials done ({c.complete} complete, {c.pruned} pruned), {c.failed} failed; "
         f"cost: {result.cost_label} at T = {result.test_length}",
         highlight=False,
+        soft_wrap=True,
     )
     for key in ("md", "json", "png", "html"):
         if key in result.files:

@@ -4,7 +4,9 @@ candidate written as a spec file that `mcgen build` accepts.
 
 The front is taken over the memory-caching candidates that meet the space's budget
 (the base RNN is one of them); softmax attention is a reference point on the plot and
-in the table, never on the front (it is not a spec).
+in the table, never on the front (it is not a spec). The report says so, names the
+front's trials attention beats on both objectives, and says how bytes are counted
+(states at 4 bytes a number, attention's key/value cache at 2).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from mcgen.passes.cost import BF16, FP32
 from mcgen.search import study as studies
 from mcgen.search.journal import torn_bytes
 from mcgen.search.objective import eval_length
@@ -160,6 +163,15 @@ def _row(trial: FrozenTrial, space: SearchSpace) -> Row:
     )
 
 
+def _beats(row: Row, other: Row) -> bool:
+    """Whether row is at least as good as other on both objectives, better on one."""
+    return (
+        row.accuracy >= other.accuracy
+        and row.cost <= other.cost
+        and (row.accuracy > other.accuracy or row.cost < other.cost)
+    )
+
+
 def pareto_numbers(rows: list[Row]) -> set[int]:
     """The trials on the front: feasible spec-bearing rows (one per spec: the first)
     that no other beats on both accuracy (higher) and cost (lower)."""
@@ -167,16 +179,11 @@ def pareto_numbers(rows: list[Row]) -> set[int]:
     for row in rows:
         if row.spec_name is not None and row.feasible and row.spec_name not in pool:
             pool[row.spec_name] = row
-    out = set()
-    for row in pool.values():
-        dominated = any(
-            other.accuracy >= row.accuracy
-            and other.cost <= row.cost
-            and (other.accuracy > row.accuracy or other.cost < row.cost)
-            for other in pool.values()
-        )
-        if not dominated:
-            out.add(row.number)
+    out = {
+        row.number
+        for row in pool.values()
+        if not any(_beats(other, row) for other in pool.values())
+    }
     # Of rows tied on both objectives, keep the first.
     seen: set[tuple[float, float]] = set()
     for row in sorted(pool.values(), key=lambda r: r.number):
@@ -210,6 +217,7 @@ def load_report(
         rows=rows,
         slices=slices,
     )
+    report.notes += front_notes(report)
     if location.url is None and (torn := torn_bytes(location.journal)):
         report.notes.append(
             f"{location.journal}: its last record was cut short ({torn} bytes without an end "
@@ -217,6 +225,51 @@ def load_report(
             "a copy."
         )
     return report, study_obj
+
+
+def beaten_by_attention(report: StudyReport, row: Row) -> bool:
+    return any(_beats(attention, row) for attention in report.reference("attention"))
+
+
+def _numbers(rows: list[Row]) -> str:
+    numbers = [str(r.number) for r in rows]
+    if len(numbers) == 1:
+        return f"trial {numbers[0]}"
+    return f"trials {', '.join(numbers[:-1])} and {numbers[-1]}"
+
+
+def front_notes(report: StudyReport) -> list[str]:
+    """What a reader must know to read the front: attention is left out of it (and
+    which of its trials attention beats), and how bytes are counted."""
+    notes = []
+    attention = report.reference("attention")
+    if attention:
+        text = (
+            "The front is taken over the memory-caching specs: softmax attention is a "
+            "reference point, left out of the front (it is not a spec)."
+        )
+        for row in attention:
+            beaten = [r for r in report.pareto if _beats(row, r)]
+            if beaten:
+                text += (
+                    f" At d_model {row.width}, attention (trial {row.number}) is better on both "
+                    f"accuracy and cost than Pareto {_numbers(beaten)}."
+                )
+        notes.append(text)
+    if report.cost == "decode_state_bytes" or report.budget is not None:
+        text = (
+            f"Bytes are counted as the cost model counts them: {FP32} bytes a number for the "
+            f"memory-caching states (fp32, as the generated kernels keep them) and {BF16} bytes "
+            "a number for attention's key/value cache (bf16)."
+        )
+        if report.cost == "decode_state_bytes":
+            for row in attention:
+                text += (
+                    f" Counted at {FP32} bytes a number, attention (trial {row.number}) would "
+                    f"hold {row.cost * FP32 / BF16:.0f} bytes."
+                )
+        notes.append(text)
+    return notes
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -248,6 +301,8 @@ def table_rows(report: StudyReport) -> tuple[list[str], list[list[str]]]:
         role = row.role if row.role != "candidate" else "pareto"
         if row.pareto and row.role != "candidate":
             role = f"pareto, {row.role}"
+        if row.pareto and beaten_by_attention(report, row):
+            role += " (attention beats it)"
         if not row.feasible:
             role += " (over budget)"
         cells = [str(row.number), role, f"{row.accuracy:.4f}", _fmt_cost(row.cost)]
