@@ -25,9 +25,9 @@ def kernels(build_tiny):
     return get
 
 
-def reference(q, k, v, g, h0, resets):
+def reference(q, k, v, g, h0, resets, scale):
     """o [BH, NC, C, V] and h_out [BH, NC, V, K] of S_t = exp(g_t) S_{t-1} + v_t k_t^T
-    (no exp(g_t) when g is None), o_t = S_t q_t, walked token by token."""
+    (no exp(g_t) when g is None), o_t = scale S_t q_t, walked token by token."""
     bh, nc, c, _ = q.shape
     memory = h0
     outs, ends = [], []
@@ -38,7 +38,7 @@ def reference(q, k, v, g, h0, resets):
             if g is not None:
                 memory = g[:, n, t, None, None].exp() * memory
             memory = memory + v[:, n, t, :, None] * k[:, n, t, None, :]
-            outs.append(memory @ q[:, n, t, :, None])
+            outs.append(scale * (memory @ q[:, n, t, :, None]))
         ends.append(memory)
     o = torch.cat(outs, dim=-1).transpose(-1, -2).unflatten(1, (nc, c))
     return o, torch.stack(ends, dim=1)
@@ -52,10 +52,11 @@ def rel(out, ref) -> float:
 def make_inputs(
     recurrence, *, bh=2, nc=4, c=4, key_dim=6, value_dim=10, pad=(), seed=0, g_shift=2.0
 ):
-    """Chunked inputs in fp64; `pad` lists (chunk, first padding slot): zeros from there on;
-    g = logsigmoid(x + g_shift), x standard normal (a very negative g_shift: strong decay)."""
+    """Chunked inputs in fp64 (q unscaled: the kernels take scale = key_dim**-0.5); `pad`
+    lists (chunk, first padding slot): zeros from there on; g = logsigmoid(x + g_shift), x
+    standard normal (a very negative g_shift: strong decay)."""
     gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(bh, nc, c, key_dim, generator=gen, dtype=torch.float64) * key_dim**-0.5
+    q = torch.randn(bh, nc, c, key_dim, generator=gen, dtype=torch.float64)
     k = torch.randn(bh, nc, c, key_dim, generator=gen, dtype=torch.float64)
     v = torch.randn(bh, nc, c, value_dim, generator=gen, dtype=torch.float64)
     g = None
@@ -110,7 +111,8 @@ def check(
     h0 = h0.float().double().requires_grad_()
     if g is not None:
         g = g.float().double().requires_grad_()
-    o_ref, h_ref = reference(q, k, v, g, h0, resets)
+    scale = shape.get("key_dim", 6) ** -0.5
+    o_ref, h_ref = reference(q, k, v, g, h0, resets, scale)
     loss = (o_ref * do).sum() + ((h_ref * dh_out).sum() if use_dh_out else 0)
     names = ["q", "k", "v", "h0"] + (["g"] if g is not None else [])
     leaves = [q, k, v, h0] + ([g] if g is not None else [])
@@ -120,14 +122,21 @@ def check(
     args = (q.detach().to(dtype), k.detach().to(dtype), v.detach().to(dtype))
     g32 = g.detach().float() if g is not None else None
     h0_32 = h0.detach().float()
-    o, h_out = poisoned(module, "recurrence_fwd")(*args, g32, h0_32, resets_t)
+    o, h_out = poisoned(module, "recurrence_fwd")(*args, g32, h0_32, resets_t, scale)
     assert o.dtype == h_out.dtype == torch.float32
     assert not o.isnan().any() and not h_out.isnan().any()
     assert rel(o, o_ref) <= tol, rel(o, o_ref)
     assert rel(h_out, h_ref) <= tol, rel(h_out, h_ref)
 
     dq, dk, dv, dg, dh0 = poisoned(module, "recurrence_bwd")(
-        *args, g32, h0_32, resets_t, h_out, do.float(), dh_out.float() if use_dh_out else None
+        *args,
+        g32,
+        h0_32,
+        resets_t,
+        h_out,
+        do.float(),
+        dh_out.float() if use_dh_out else None,
+        scale,
     )
     got = {"q": dq, "k": dk, "v": dv, "h0": dh0, "g": dg}
     if g is None:
@@ -194,11 +203,11 @@ def test_without_h0_the_memory_starts_from_zero(kernels):
     )
     resets = torch.zeros(2, dtype=torch.int32)
     zero = torch.zeros_like(h0)
-    o, h_out = module.recurrence_fwd(q, k, v, g, None, resets)
-    o_zero, h_zero = module.recurrence_fwd(q, k, v, g, zero, resets)
+    o, h_out = module.recurrence_fwd(q, k, v, g, None, resets, 0.5)
+    o_zero, h_zero = module.recurrence_fwd(q, k, v, g, zero, resets, 0.5)
     assert torch.equal(o, o_zero) and torch.equal(h_out, h_zero)
-    grads = module.recurrence_bwd(q, k, v, g, None, resets, h_out, do, dh_out)
-    grads_zero = module.recurrence_bwd(q, k, v, g, zero, resets, h_out, do, dh_out)
+    grads = module.recurrence_bwd(q, k, v, g, None, resets, h_out, do, dh_out, 0.5)
+    grads_zero = module.recurrence_bwd(q, k, v, g, zero, resets, h_out, do, dh_out, 0.5)
     assert grads[3] is not None
     for a, b in zip(grads, grads_zero, strict=True):
         assert torch.equal(a, b)
@@ -207,5 +216,32 @@ def test_without_h0_the_memory_starts_from_zero(kernels):
 def test_empty_call_launches_nothing(kernels):
     module = kernels("linear")
     q = torch.zeros(2, 0, 4, 6)
-    o, h_out = module.recurrence_fwd(q, q, torch.zeros(2, 0, 4, 10), None, None, torch.zeros(0))
+    empty = torch.zeros(0, dtype=torch.int32)
+    o, h_out = module.recurrence_fwd(q, q, torch.zeros(2, 0, 4, 10), None, None, empty, 1.0)
     assert o.shape == (2, 0, 4, 10) and h_out.shape == (2, 0, 10, 6)
+
+
+@pytest.mark.parametrize("recurrence", ["linear", "decay"])
+def test_fp16_inputs(kernels, recurrence):
+    check(kernels, recurrence, [0, 0, 1], dtype=torch.float16, tol=5e-3, grad_tol=1e-2)
+
+
+def test_dots_take_the_inputs_dtype_but_fp32_under_the_interpreter(kernels, monkeypatch):
+    import triton.language as tl
+
+    module = kernels("decay")
+    assert module.INTERPRETED  # conftest sets TRITON_INTERPRET
+    assert module._dot_dtype(torch.bfloat16) == tl.float32
+    monkeypatch.setattr(module, "INTERPRETED", False)
+    assert module._dot_dtype(torch.bfloat16) == tl.bfloat16
+    assert module._dot_dtype(torch.float16) == tl.float16
+    assert module._dot_dtype(torch.float32) == tl.float32
+
+
+def test_other_input_dtypes_are_refused(kernels):
+    module = kernels("linear")
+    q = torch.zeros(1, 1, 4, 6, dtype=torch.float64)
+    v = torch.zeros(1, 1, 4, 5, dtype=torch.float64)
+    resets = torch.zeros(1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16, got torch.float64"):
+        module.recurrence_fwd(q, q, v, None, None, resets, 1.0)
