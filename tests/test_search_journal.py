@@ -5,6 +5,7 @@ start or a raw JSONDecodeError."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import optuna
@@ -14,6 +15,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from mcgen.cli import app
+from mcgen.search import journal as journals
 from mcgen.search import study as studies
 from mcgen.search.report import report_study
 from mcgen.search.space import load_space
@@ -172,3 +174,16 @@ def test_an_unreadable_journal_is_a_clear_error(space_file, tmp_path):
     journal.write_bytes(yaml.safe_dump({"not": "a journal"}).encode() * 3)
     with pytest.raises(SearchError, match=f"{journal}: line 1 is not a whole record"):
         opened(space_file, runs)
+
+
+def test_a_write_that_fails_is_a_clear_error(space_file, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    opened(space_file, runs)
+    study, _, _ = studies.load_study(locate("tiny", runs_dir=runs))
+
+    def full(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journals.os, "fsync", full)
+    with pytest.raises(SearchError, match="could not be written .No space left on device."):
+        study.set_user_attr("note", "lost")

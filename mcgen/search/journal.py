@@ -183,9 +183,17 @@ class SafeJournalBackend(JournalFileBackend):
         text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
         with writers_lock(self.journal):
             torn = cut_torn_tail(self.journal)
-            with open(self.journal, "ab") as handle:
-                handle.write(text.encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
+            try:
+                with open(self.journal, "ab") as handle:
+                    handle.write(text.encode("utf-8"))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as exc:  # a full disk: what was written is kept, a torn
+                # record is cut at the next write
+                raise JournalError(
+                    f"{self.journal}: a record could not be written ({exc.strerror or exc}); "
+                    "the study keeps what was written before: make room, then rerun the "
+                    "same command"
+                ) from None
         if torn is not None:
             say(torn)

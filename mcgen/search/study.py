@@ -3,7 +3,9 @@ its reference points, claiming trials so that the total is exact, stale trials, 
 local run (N worker processes, progress).
 
 Storage: a journal file runs/<study>/journal.log by default (one machine, several
-processes), or an RDB URL (postgresql://... for many machines sharing one study).
+processes; a record cut short by a crash is cut back at the next write: .journal), or an
+RDB URL (postgresql://... for many machines sharing one study; every call rides out a
+short outage of the server: .database).
 Trials: accuracy is maximised, the space's cost minimised. The reference points (base
 RNN and softmax attention of the same width) are enqueued when the study is opened.
 
