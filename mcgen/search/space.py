@@ -31,6 +31,7 @@ from pydantic import (
 from mcgen.mqar.config import MQARDataConfig, Seed
 from mcgen.spec import SpecError, SpecProblem, parse_spec
 from mcgen.spec.positioned_yaml import compose, construct, in_order, problem_at_path
+from mcgen.spec.problems import unreadable_file
 from mcgen.spec.schema import (
     DECAY_RECURRENCES,
     DEEP_RECURRENCES,
@@ -329,7 +330,7 @@ def load_space(path: str | Path) -> SearchSpace:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SearchSpaceError([SpecProblem(str(path), 1, 1, "", f"cannot read: {exc}")]) from None
+        raise SearchSpaceError([unreadable_file(str(path), exc)]) from None
     return parse_space(text, str(path))
 
 

@@ -24,7 +24,7 @@ from mcgen.spec.positioned_yaml import (
     in_order,
     problem_at_path,
 )
-from mcgen.spec.problems import SpecError, SpecProblem
+from mcgen.spec.problems import SpecError, SpecProblem, unreadable_file
 from mcgen.spec.rules import check_rules, resolve
 from mcgen.spec.schema import Spec
 
@@ -53,10 +53,8 @@ def load_spec(path: str | Path) -> LoadedSpec:
     name = str(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([SpecProblem(name, 1, 1, "", "no such file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([SpecProblem(name, 1, 1, "", f"cannot read: {exc}")]) from None
+        raise SpecError([unreadable_file(name, exc)]) from None
     return LoadedSpec(parse_spec(text, name), name)
 
 

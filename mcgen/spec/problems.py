@@ -16,15 +16,26 @@ def printable(text: str) -> str:
 @dataclass(frozen=True)
 class SpecProblem:
     file: str
-    line: int  # 1-based
-    col: int  # 1-based
+    line: int | None  # 1-based; None for a file that could not be read (no position)
+    col: int | None  # 1-based
     path: str  # dotted, "" for the document itself
     message: str
 
     def __str__(self) -> str:
         # Paths and messages quote the spec's own text (keys, values): escape it.
+        if self.line is None:
+            return printable(f"{self.message}: {self.file}")
         where = f"{self.path}: " if self.path else ""
         return printable(f"{self.file}:{self.line}:{self.col}: {where}{self.message}")
+
+
+def unreadable_file(file: str, exc: OSError | UnicodeDecodeError) -> SpecProblem:
+    """A file that could not be read: "file not found: PATH", with no made-up position."""
+    if isinstance(exc, FileNotFoundError):
+        return SpecProblem(file, None, None, "", "file not found")
+    if isinstance(exc, UnicodeDecodeError):
+        return SpecProblem(file, None, None, "", f"not UTF-8 text ({exc.reason})")
+    return SpecProblem(file, None, None, "", f"cannot read ({exc.strerror or exc})")
 
 
 class SpecError(Exception):
