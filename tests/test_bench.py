@@ -345,7 +345,7 @@ def test_cli_runs_end_to_end(tmp_path, monkeypatch):
     done = CliRunner().invoke(app, ["bench", "tiny_grm.yaml", "--provider", "nope"])
     assert done.exit_code == 2 and "unknown provider nope" in done.output
     done = CliRunner().invoke(app, ["bench", "missing.yaml", "--device", "cpu"])
-    assert done.exit_code == 2 and "no such file" in done.output
+    assert done.exit_code == 2 and "file not found: missing.yaml" in done.output
 
 
 def test_cli_exits_1_when_a_provider_is_refused(tmp_path, monkeypatch):
