@@ -27,10 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcgen import __version__
-from mcgen.codegen.package import MANIFEST, REQUIRES, has_triton, render_package
+from mcgen.codegen.package import MANIFEST, REQUIRES, has_triton, header_command, render_package
 from mcgen.codegen.templates import environment
 from mcgen.ir.plan import Plan
-from mcgen.packages import PackageError, changed_files, drift, import_package, read_manifest
+from mcgen.packages import (
+    CACHE_FOLDERS,
+    PackageError,
+    changed_files,
+    current_umask,
+    import_package,
+    put_in_place,
+    read_manifest,
+    unknown_files,
+)
 from mcgen.passes.pipeline import compile_spec
 from mcgen.spec import Spec, load_spec, spec_hash
 from mcgen.spec.schema import GATED_AGGREGATIONS, check_package_name
@@ -41,6 +50,8 @@ EXPORT_DTYPES = ("float32",)
 # Distributions whose versions the manifest records as "tested_with".
 TESTED_WITH = ("torch", "triton", "numpy")
 EXPORT_SECTION = "export"
+# Never read by `validate --exported`: bytecode is compiled afresh, pytest's cache is off.
+EXPORT_CACHES = CACHE_FOLDERS | {".pytest_cache"}
 
 # progress(description, total) -> advance(step), called once per ladder step.
 Progress = Callable[[str, int], Callable[[str], None]]
@@ -162,9 +173,9 @@ def render_export(spec: Spec, plan: Plan, *, name: str, command: str) -> dict[st
 
 
 def one_line(command: str) -> str:
-    """The command as the files' headers state it: one line, forward slashes (as
-    render_package writes it into the package's headers)."""
-    return " ".join(command.split()).replace("\\", "/")
+    """The command as the files' headers state it (as render_package writes it into the
+    package's headers): one line, and nothing that changes how a file is read."""
+    return header_command(command)
 
 
 def tested_environment() -> dict[str, str | None]:
@@ -183,11 +194,10 @@ def tested_environment() -> dict[str, str | None]:
 def run_quick_ladder(package_dir: Path, progress: Progress | None = None) -> ValidationReport:
     """The package's quick float32 ladder, run on the package as it lies in package_dir.
 
-    No bytecode is written beside it, and its modules leave sys.modules afterwards.
+    No bytecode is written beside it (import_package compiles sources only), and its
+    modules leave sys.modules afterwards.
     """
     before = set(sys.modules)
-    write_bytecode = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
     try:
         package = import_package(package_dir)
         advance = None
@@ -196,7 +206,6 @@ def run_quick_ladder(package_dir: Path, progress: Progress | None = None) -> Val
             advance = progress(f"testing {package_dir.name}", steps)
         return validate_package(package, dtypes=EXPORT_DTYPES, quick=True, progress=advance)
     finally:
-        sys.dont_write_bytecode = write_bytecode
         prefix = f"_mcgen_{package_dir.name}_"
         for module in set(sys.modules) - before:
             if module.startswith(prefix):
@@ -224,10 +233,15 @@ def export_spec(
     files = render_export(spec, plan, name=name, command=export_command(spec_path, out_dir, name))
 
     target = Path(os.path.abspath(out_dir))
-    created = _make_parents(target.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-export-", dir=target.parent))
     try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would become DIR's mode
+        created = _make_parents(target.parent)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-export-", dir=target.parent))
+    except OSError as exc:
+        raise ExportError(
+            f"{out_dir}: cannot be written ({exc.strerror or exc}); choose another --out"
+        ) from None
+    try:
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would become DIR's mode
         _write_tree(staging, files)
         report = None
         if test:
@@ -236,12 +250,13 @@ def export_spec(
             manifest[EXPORT_SECTION]["tested_with"] = tested_environment()
             files[f"{name}/{MANIFEST}"] = _dump(manifest)
             _write_tree(staging, {f"{name}/{MANIFEST}": files[f"{name}/{MANIFEST}"]})
-        _move_into_place(staging, target)
+        put_in_place(staging, target)  # DIR holds the old export or the new one, whole
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
+    shutil.rmtree(staging, ignore_errors=True)  # the previous export, where it was swapped out
     manifest = json.loads(files[f"{name}/{MANIFEST}"])
     return ExportResult(spec, plan, name, out_dir, files, manifest, report, replaced)
 
@@ -324,28 +339,6 @@ def _write_tree(root: Path, files: dict[str, str]) -> None:
         path.write_text(text, encoding="utf-8", newline="\n")
 
 
-def _move_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
-    try:
-        os.replace(target, backup / target.name)
-        try:
-            os.replace(staging, target)
-        except BaseException:
-            os.replace(backup / target.name, target)
-            raise
-    finally:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -363,6 +356,8 @@ def find_export(export_dir: Path) -> str:
         raise PackageError(f"{export_dir}: no such folder")
     names = find_exports(export_dir)
     if not names:
+        for manifest in sorted(export_dir.glob(f"*/{MANIFEST}")):
+            read_manifest(manifest.parent, advice="export it again")  # says what is wrong
         raise PackageError(
             f"{export_dir}: not a project written by `mcgen export` "
             f"(no <name>/{MANIFEST} with an export section)"
@@ -373,8 +368,8 @@ def find_export(export_dir: Path) -> str:
 
 
 def export_drift(export_dir: Path, spec: Spec | None = None) -> list[str]:
-    """Each file of the export edited or missing since it was exported (package and project),
-    and, given a spec, whether the export was made from another version of it."""
+    """Each file of the export edited, missing or unknown since it was exported (package and
+    project), and, given a spec, whether the export was made from another version of it."""
     name = find_export(export_dir)
     package_dir = export_dir / name
     manifest = read_manifest(package_dir)
@@ -384,11 +379,12 @@ def export_drift(export_dir: Path, spec: Spec | None = None) -> list[str]:
             f"{export_dir}: exported from another version of spec `{spec.name}` "
             f"(manifest {manifest['spec_hash'][:12]}, spec {spec_hash(spec)[:12]}): export it again"
         )
-    problems += drift(package_dir)
-    problems += changed_files(
-        export_dir, manifest[EXPORT_SECTION]["files"], since="it was exported"
-    )
-    return problems
+    package_files = manifest["files"]
+    project_files = manifest[EXPORT_SECTION]["files"]
+    problems += changed_files(package_dir, package_files, since="it was generated")
+    problems += changed_files(export_dir, project_files, since="it was exported")
+    expected = [f"{name}/{file_name}" for file_name in (*package_files, MANIFEST)]
+    return problems + unknown_files(export_dir, [*expected, *project_files], EXPORT_CACHES)
 
 
 @dataclass(frozen=True)
@@ -412,10 +408,12 @@ class ExportedTests:
 
 
 def run_exported_tests(export_dir: Path, timeout: float | None = 1800) -> ExportedTests:
-    """`python -m pytest -q tests` in a subprocess run from DIR (its pyproject.toml puts
-    DIR on the path): DIR/tests. No cache or bytecode is left in DIR."""
+    """`python -B -m pytest -q tests` in a subprocess run from DIR (its pyproject.toml puts
+    DIR on the path): DIR/tests. Bytecode is neither read nor written (-B, and an empty
+    bytecode folder of its own in place of every __pycache__), and no cache is left in DIR."""
     command = [
         sys.executable,
+        "-B",
         "-m",
         "pytest",
         "-q",
@@ -429,15 +427,17 @@ def run_exported_tests(export_dir: Path, timeout: float | None = 1800) -> Export
         if not key.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))
     }
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    proc = subprocess.run(
-        command,
-        cwd=export_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="mcgen-bytecode-") as bytecode:
+        env["PYTHONPYCACHEPREFIX"] = bytecode  # imports look for bytecode there only
+        proc = subprocess.run(
+            command,
+            cwd=export_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     output = proc.stdout + proc.stderr
     lines = [line.strip().strip("=").strip() for line in proc.stdout.splitlines() if line.strip()]
     summary = lines[-1] if lines else f"pytest exited with code {proc.returncode}"

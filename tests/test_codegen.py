@@ -30,6 +30,7 @@ from mcgen.codegen.package import (
     render_package,
 )
 from mcgen.codegen.templates import environment
+from mcgen.packages import PackageError
 from mcgen.passes.pipeline import compile_spec
 from mcgen.spec import load_spec, spec_hash
 
@@ -290,16 +291,21 @@ def test_the_template_environment_is_strict() -> None:
 # --- writing --------------------------------------------------------------------------
 
 
+def written(name: str, files: dict[str, str]) -> RenderedPackage:
+    """A package with the manifest that marks it as mcgen's (hashes are not checked here)."""
+    manifest = {"name": name, "spec_hash": "", "files": dict.fromkeys(files, "")}
+    return RenderedPackage(name, {**files, MANIFEST: json.dumps(manifest)})
+
+
 def test_write_replaces_the_package_directory_whole(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    old = RenderedPackage("pkg", {"__init__.py": "A = 1\n", "stale.py": "B = 2\n"})
+    old = written("pkg", {"__init__.py": "A = 1\n", "stale.py": "B = 2\n"})
     target = old.write(out)
     assert target == out / "pkg"
-    (target / "extra.txt").write_text("left by hand")
     (target / "__pycache__").mkdir()
     (target / "__pycache__" / "stale.cpython.pyc").write_bytes(b"\0")
 
-    new = RenderedPackage("pkg", {"__init__.py": "A = 3\r\n", MANIFEST: "{}\n"})
+    new = written("pkg", {"__init__.py": "A = 3\r\n"})
     assert new.write(out) == target
     assert sorted(p.name for p in target.iterdir()) == ["__init__.py", MANIFEST]
     # Written as given, byte for byte (no newline translation).
@@ -310,23 +316,23 @@ def test_write_replaces_the_package_directory_whole(tmp_path: Path) -> None:
 
 def test_write_leaves_other_packages_alone(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    RenderedPackage("one", {"a.py": "x = 1\n"}).write(out)
-    RenderedPackage("two", {"b.py": "y = 2\n"}).write(out)
-    RenderedPackage("one", {"c.py": "z = 3\n"}).write(out)
+    written("one", {"a.py": "x = 1\n"}).write(out)
+    written("two", {"b.py": "y = 2\n"}).write(out)
+    written("one", {"c.py": "z = 3\n"}).write(out)
     assert sorted(p.name for p in out.iterdir()) == ["one", "two"]
-    assert [p.name for p in (out / "one").iterdir()] == ["c.py"]
+    assert sorted(p.name for p in (out / "one").iterdir()) == ["c.py", MANIFEST]
     assert (out / "two" / "b.py").read_text() == "y = 2\n"
 
 
 def test_a_failed_write_keeps_the_old_package_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    RenderedPackage("pkg", {"a.py": "x = 1\n"}).write(out)
+    written("pkg", {"a.py": "x = 1\n"}).write(out)
     # A file name the file system refuses (a directory that does not exist) fails mid-write.
-    broken = RenderedPackage("pkg", {"b.py": "y = 2\n", "missing/c.py": "z = 3\n"})
-    with pytest.raises(OSError):
+    broken = written("pkg", {"b.py": "y = 2\n", "missing/c.py": "z = 3\n"})
+    with pytest.raises(PackageError, match="could not write the package"):
         broken.write(out)
     assert sorted(p.name for p in out.iterdir()) == ["pkg"]
-    assert [p.name for p in (out / "pkg").iterdir()] == ["a.py"]
+    assert sorted(p.name for p in (out / "pkg").iterdir()) == ["a.py", MANIFEST]
 
 
 # --- the package on its own -----------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -469,6 +470,74 @@ def test_validate_exported_fails_when_the_exported_tests_fail(export_copy: Path)
     assert result.exit_code == 1
     assert re.search(r"\b1 failed\b", result.stdout), result.stdout
     assert "test_broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "planted",
+    ["tests/conftest.py", "numpy.py", "tiny_grm/evil.pyc", "conftest.py", "tiny_grm/torch.py"],
+)
+def test_validate_exported_names_an_unknown_file_and_runs_nothing(
+    export_copy: Path, planted: str
+) -> None:
+    marker = export_copy.parent / "planted_code_ran"
+    path = export_copy / planted
+    path.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    result = run("validate", "--exported", export_copy)
+    assert result.exit_code == 2, result.output
+    assert f"{path}: unknown file, not written by mcgen" in result.stderr
+    assert "passed" not in result.stdout  # the tests did not run
+    assert not marker.exists()
+
+
+def test_validate_exported_names_an_unknown_folder(export_copy: Path) -> None:
+    (export_copy / "sympy").mkdir()
+    result = run("validate", "--exported", export_copy)
+    assert result.exit_code == 2, result.output
+    assert f"{export_copy / 'sympy'}/: unknown folder" in result.stderr
+
+
+def test_validate_exported_never_runs_bytecode_beside_the_export(export_copy: Path) -> None:
+    marker = export_copy.parent / "planted_bytecode_ran"
+    source = export_copy / "tiny_grm" / "__init__.py"
+    planted = compile(
+        f"open({str(marker)!r}, 'w').close()\n" + source.read_text(), str(source), "exec"
+    )
+    stat = source.stat()
+    data = importlib._bootstrap_external._code_to_timestamp_pyc(  # type: ignore[attr-defined]
+        planted, int(stat.st_mtime), stat.st_size
+    )
+    cached = Path(importlib.util.cache_from_source(str(source)))
+    cached.parent.mkdir(exist_ok=True)
+    cached.write_bytes(data)
+    result = run("validate", "--exported", export_copy)
+    assert result.exit_code == 0, result.output
+    assert not marker.exists()
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # nothing written
+
+
+def test_validate_exported_reports_a_corrupt_manifest(export_copy: Path) -> None:
+    (export_copy / "tiny_grm" / MANIFEST).write_text('{"name": ')
+    result = run("validate", "--exported", export_copy)
+    assert result.exit_code == 2, result.output
+    assert f"{export_copy / 'tiny_grm' / MANIFEST}: not valid JSON" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("where", ["a_file", "a_file/below"])
+def test_export_to_a_bad_out_is_a_clear_error(tmp_path: Path, spec_file: Path, where: str) -> None:
+    (tmp_path / "a_file").write_text("x")
+    result = run("export", spec_file, "--out", tmp_path / where, "--no-test")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert f"{tmp_path / where}: " in result.stderr
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_a_re_export_leaves_nothing_beside_the_folder(export_copy: Path, spec_file: Path) -> None:
+    beside = sorted(p.name for p in export_copy.parent.iterdir())
+    result = run("export", spec_file, "--out", export_copy, "--no-test")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in export_copy.parent.iterdir()) == beside
 
 
 def test_validate_needs_a_spec_or_an_export() -> None:

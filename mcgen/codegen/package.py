@@ -1,19 +1,18 @@
-"""Render a spec's plan into a self-contained python package and write it atomically."""
+"""Render a spec's plan into a self-contained python package (written by mcgen.packages)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from mcgen import __version__
 from mcgen.codegen.literals import py_literal
 from mcgen.codegen.templates import environment
 from mcgen.ir.plan import Plan
+from mcgen.packages import MANIFEST, write_package
 from mcgen.spec import Spec, spec_hash
 from mcgen.spec.schema import GATED_AGGREGATIONS
 
@@ -32,7 +31,6 @@ PACKAGE_FILES = (
 TRITON_RECURRENCES = ("linear", "decay")
 # Files a deep memory (dla, titans) renders from templates/package/deep/ instead.
 DEEP_FILES = frozenset({"cache.py", "reference.py", "backend_torch.py", "ops.py", "layer.py"})
-MANIFEST = "manifest.json"
 # What the generated code needs at run time (it never imports mcgen).
 REQUIRES = {"python": ">=3.10", "torch": ">=2.4"}
 
@@ -43,24 +41,9 @@ class RenderedPackage:
     files: dict[str, str]  # file name -> text, manifest.json included
 
     def write(self, out_dir: Path) -> Path:
-        """Write to out_dir/<name>/, replacing what was there only once every file is ready."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / self.name
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.name}-", dir=out_dir))
-        try:
-            for file_name, text in self.files.items():
-                (staging / file_name).write_text(text, encoding="utf-8", newline="\n")
-            if target.exists():
-                backup = Path(tempfile.mkdtemp(prefix=f".{self.name}-old-", dir=out_dir))
-                os.replace(target, backup / self.name)
-                os.replace(staging, target)
-                shutil.rmtree(backup)
-            else:
-                os.replace(staging, target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
-        return target
+        """Write to out_dir/<name>/, replacing only a package mcgen built, and only once
+        every file is ready (mcgen.packages.write_package)."""
+        return write_package(Path(out_dir), self.name, self.files)
 
 
 def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
@@ -73,7 +56,7 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
         "spec_hash": digest,
         "spec_literal": py_literal(spec.model_dump(mode="json")),
         "mcgen_version": __version__,
-        "command": _safe_command(command),
+        "command": header_command(command),
         "gated_spec": gated,
         "spec_uses_u": gated and spec.aggregation.connector == "separate",
         "backends": ("torch", "triton") if has_triton(plan) else ("torch",),
@@ -121,6 +104,14 @@ def _template_name(file_name: str, *, deep: bool) -> str:
     return f"package/{file_name}.jinja"
 
 
-def _safe_command(command: str) -> str:
-    # The header is a comment line: keep it one line, whatever path the user typed.
-    return " ".join(command.split()).replace("\\", "/")
+def header_command(command: str) -> str:
+    """The command as the files' header comments state it: one line, forward slashes, and
+    only characters that cannot change how python reads the file. A path may hold anything:
+    other characters are written %XX-escaped (URL style), which also breaks a PEP 263
+    `coding=...` declaration (python reads one on the header's first two lines)."""
+    one_line = " ".join(command.split()).replace("\\", "/")
+    return quote(one_line, safe=_HEADER_SAFE)
+
+
+# Letters, digits and these stay as they are in a header command (no ':' or '=': PEP 263).
+_HEADER_SAFE = " /._-+,@~"
