@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU lease in one call: the environment, `mcgen validate --backend triton` for every
-# linear and decay spec at the shapes of issue 3 (both read forms), then the benchmark
-# sweeps of issue 4. Everything lands in $OUT/results.tgz (the device tool brings back at
+# linear and decay spec at B = 2, T = 4096, H = 4, K = V = 64 and 128 (both read forms),
+# then the benchmark sweeps of docs/benchmarks/README.md. Everything lands in
+# $OUT/results.tgz (the device tool brings back at
 # most 8 files) and a summary is printed last.
 #
 #   bash benchmarks/gpu_session.sh                  # on a CUDA machine, from the repo root
