@@ -153,9 +153,15 @@ def test_rebuild_replaces_the_package(workdir: Path) -> None:
     assert run("build", "specs/tiny_grm.yaml").exit_code == 0
     package = workdir / "generated" / "tiny_grm"
     first = tree(package)
-    (package / "stale.py").write_text("left over\n")
+    (package / "ops.py").write_text("edited\n")
     assert run("build", "specs/tiny_grm.yaml").exit_code == 0
     assert tree(package) == first
+    # A file mcgen did not write would be lost with the package: the rebuild is refused.
+    (package / "notes.py").write_text("mine\n")
+    result = run("build", "specs/tiny_grm.yaml")
+    assert result.exit_code == 2
+    assert "notes.py" in result.stderr
+    assert (package / "notes.py").read_text() == "mine\n"
 
 
 @pytest.mark.parametrize(
