@@ -42,6 +42,7 @@ from mcgen.packages import (
 )
 from mcgen.passes.pipeline import compile_spec
 from mcgen.spec import Spec, load_spec, spec_hash
+from mcgen.spec.problems import printable_lines
 from mcgen.spec.schema import GATED_AGGREGATIONS, check_package_name
 from mcgen.validate import ValidationReport, ladder_steps, validate_package
 
@@ -59,6 +60,9 @@ Progress = Callable[[str, int], Callable[[str], None]]
 
 class ExportError(Exception):
     """An export refused before anything was written (a bad name, a folder that is not ours)."""
+
+    def __str__(self) -> str:
+        return printable_lines(super().__str__())  # paths can hold terminal escapes
 
 
 class ExportTestFailed(Exception):

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from types import CodeType, ModuleType
 
 from mcgen.spec import Spec, spec_hash
+from mcgen.spec.problems import printable_lines
 
 try:
     import fcntl
@@ -40,7 +41,11 @@ BACKUP_PREFIX = ".mcgen-old-"
 
 
 class PackageError(Exception):
-    pass
+    """A package or export that cannot be used or written; the message names the path."""
+
+    def __str__(self) -> str:
+        # Paths can hold anything, terminal escapes included: show them escaped.
+        return printable_lines(super().__str__())
 
 
 # --- the manifest ----------------------------------------------------------------------------

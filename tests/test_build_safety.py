@@ -326,3 +326,12 @@ def test_script_of_this_file_is_consistent() -> None:
     # The scripts above run in subprocesses; they must at least compile.
     for script in (KILLED_BUILD, CONCURRENT_BUILDS):
         compile(textwrap.dedent(script), "<script>", "exec")
+
+
+def test_terminal_escapes_in_a_path_are_shown_escaped(tmp_path: Path, spec_file: Path) -> None:
+    out = tmp_path / "out\x1b[2J"
+    (out / "tiny").mkdir(parents=True)
+    result = run("build", spec_file, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert "\x1b" not in result.stderr
+    assert "out\\x1b[2J" in result.stderr

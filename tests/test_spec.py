@@ -939,3 +939,12 @@ def test_the_ir_can_be_imported_before_the_spec_package():
         [sys.executable, "-c", "import mcgen.ir.graph"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("field", ["lr", "momentum", "decay"])
+def test_deep_rates_are_bounded(field: str):
+    text = edit("recurrence: linear", "recurrence: titans")
+    text = edit("  value_dim: 64\n", f"  value_dim: 64\n  deep: {{{field}: 1e308}}\n", text=text)
+    found = problems(text)  # the float's bound, and that it is not `data`
+    assert found[0].startswith(f"s.yaml:7:10: memory.deep.{field}"), found
+    assert "Input should be less than" in found[0], found

@@ -13,6 +13,11 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
+def printable_lines(text: str) -> str:
+    """printable() line by line: a message of several lines keeps them."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 @dataclass(frozen=True)
 class SpecProblem:
     file: str
