@@ -898,7 +898,7 @@ def test_a_memory_too_large_to_run_is_refused_with_its_size():
     memory = [p for p in found if p.startswith("s.yaml:2:1: memory: ")]
     assert memory, found
     assert "17,179,869,184 numbers" in memory[0], memory
-    assert "at most 268,435,456" in memory[0], memory
+    assert "at most 67,108,864" in memory[0], memory
 
 
 def test_a_layer_with_too_many_parameters_is_refused_with_its_count():

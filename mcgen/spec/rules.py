@@ -22,9 +22,10 @@ DEFAULT_TOP_K = 4
 # can also be done against the keys (attention form, docs/method.md section 7).
 ATTENTION_FORM_RECURRENCES = ("linear", "decay")
 DEFAULT_DECAY_NORMALIZER = 16.0
-# What a layer may hold and still run: one memory state of all heads (a decoder keeps one
-# per cached segment beside it) at most 1 GiB in float32, and its weights at most 8 GiB.
-MAX_STATE_NUMBERS = 1 << 28
+# What a layer may hold and still run: one memory state of all heads at most 256 MiB in
+# float32 (a sequence keeps one per cached segment, and training one per chunk: this is
+# what bounds them all), and its weights at most 8 GiB.
+MAX_STATE_NUMBERS = 1 << 26
 MAX_LAYER_WEIGHTS = 1 << 31
 FLOAT32_BYTES = 4
 
