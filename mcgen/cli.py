@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from mcgen import __version__
 from mcgen.bench.cli import bench as bench_command
@@ -26,19 +29,62 @@ from mcgen.export import (
     run_exported_tests,
 )
 from mcgen.inspect_report import inspect_spec, render_report
+from mcgen.kernels.report import render_kernel_report
+from mcgen.kernels.run import KernelReportError, report_from_options
 from mcgen.packages import PackageError
 from mcgen.passes.pipeline import DEFAULT_SEQ_LEN
 from mcgen.search.cli import search_app
-from mcgen.spec import SpecError, load_spec
+from mcgen.spec import SpecError, SpecProblem, load_spec
+from mcgen.tables import print_table
 from mcgen.validate import (
     DEFAULT_DTYPES,
+    find_package,
     ladder_steps,
     open_package,
     parse_shapes,
+    shape_warnings,
     validate_package,
 )
 
+# Whether the command running prints JSON (--json among its arguments): its errors too.
+_json_output: ContextVar[bool] = ContextVar("mcgen_json_output", default=False)
+
+
+class CommandError(Exception):
+    """Input a command refuses: its message (one line or more) and exit code, reported by
+    _reported_errors as plain text on stderr, or with --json as a JSON object on stdout."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Commands(TyperGroup):
+    """mcgen's commands. With --json, every error is one JSON object on stdout, usage
+    errors (an unknown option, a value out of range) included."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        # ctx.args: the arguments after the command's name, before click consumes them.
+        token = _json_output.set("--json" in ctx.args)
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if not (_json_output.get() and _is_usage_error(exc)):
+                raise
+            _report(exc.format_message(), exc.exit_code)  # type: ignore[attr-defined]
+            raise typer.Exit(exc.exit_code) from None  # type: ignore[attr-defined]
+        finally:
+            _json_output.reset(token)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """click's usage errors, seen by what they carry: typer >= 0.29 vendors click (it
+    cannot be imported), older versions use click's own."""
+    return isinstance(getattr(exc, "exit_code", None), int) and hasattr(exc, "format_message")
+
+
 app = typer.Typer(
+    cls=_Commands,
     help=(
         "mcgen: build, validate, inspect and export memory-caching sequence models from YAML specs."
     ),
@@ -51,7 +97,14 @@ err = Console(stderr=True)
 app.add_typer(search_app, name="search")
 
 SpecArg = Annotated[Path, typer.Argument(help="A spec file (YAML), e.g. specs/grm.yaml.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for machines.")]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help='Print one JSON document on stdout for machines; an error is {"error": {...}} '
+        "there, with the same exit code.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -71,19 +124,33 @@ def main(
 
 @contextmanager
 def _reported_errors(*also: type[Exception]) -> Iterator[None]:
-    """Bad input ends the command with its message and exit code 2, never a traceback.
+    """Bad input ends the command with its message and exit code 2 (a CommandError's own
+    code), never a traceback; with --json, as a JSON object on stdout.
 
     `also`: a subcommand's own errors of bad input, reported the same way."""
     try:
         yield
     except SpecError as exc:
-        for problem in exc.problems:
-            # One problem per line, never wrapped: editors and scripts parse these.
-            err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
+        _report(str(exc), 2, exc.problems)
         raise typer.Exit(2) from None
+    except CommandError as exc:
+        _report(str(exc), exc.exit_code)
+        raise typer.Exit(exc.exit_code) from None
     except (PackageError, ExportError, *also) as exc:
-        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        _report(str(exc), 2)
         raise typer.Exit(2) from None
+
+
+def _report(message: str, exit_code: int, problems: Sequence[SpecProblem] = ()) -> None:
+    """An error: {"error": {message, exit_code[, problems]}} on stdout with --json, else its
+    lines on stderr, never wrapped (editors and scripts parse `file:line:col:` lines)."""
+    if not _json_output.get():
+        err.print(message, markup=False, highlight=False, soft_wrap=True)
+        return
+    error: dict[str, Any] = {"message": message, "exit_code": exit_code}
+    if problems:
+        error["problems"] = [asdict(problem) for problem in problems]
+    out.print_json(json.dumps({"error": error}))
 
 
 @app.command()
@@ -108,8 +175,9 @@ def build(
         names = [spec.name for spec, _, _ in rendered]
         clashes = sorted({n for n in names if names.count(n) > 1})
         if clashes:
-            err.print(f"two specs share the name {', '.join(clashes)}: each names one package")
-            raise typer.Exit(2)
+            raise CommandError(
+                f"two specs share the name {', '.join(clashes)}: each names one package"
+            )
         results = []
         for (spec, plan, package), spec_path in zip(rendered, specs, strict=True):
             path = package.write(out_dir)
@@ -171,22 +239,27 @@ def validate(
     if exported is not None:
         _validate_exported(exported, spec_path, as_json)
         return
-    if spec_path is None:
-        err.print("give a SPEC to validate its package, or --exported DIR for an export")
-        raise typer.Exit(2)
-    dtypes = tuple(dtype or DEFAULT_DTYPES)
-    bad = [d for d in dtypes if d not in ("float64", "float32", "bfloat16")]
-    if bad:
-        err.print(f"--dtype must be float64, float32 or bfloat16, got {', '.join(bad)}")
-        raise typer.Exit(2)
     with _reported_errors():
+        if spec_path is None:
+            raise CommandError(
+                "give a SPEC to validate its package, or --exported DIR for an export"
+            )
+        dtypes = tuple(dtype or DEFAULT_DTYPES)
+        bad = [d for d in dtypes if d not in ("float64", "float32", "bfloat16")]
+        if bad:
+            raise CommandError(
+                f"--dtype must be float64, float32 or bfloat16, got {', '.join(bad)}"
+            )
         spec = load_spec(spec_path).spec
-        package = open_package(package_dir or DEFAULT_OUT / spec.name, spec)
+        package = open_package(find_package(spec, spec_path, package_dir, DEFAULT_OUT), spec)
         try:
             shapes = parse_shapes(package, shape or [])
         except ValueError as exc:
-            err.print(f"--shape: {exc}", markup=False)
-            raise typer.Exit(2) from None
+            raise CommandError(f"--shape: {exc}") from None
+        if not as_json:
+            # Said before the run: a shape that misses the spec's features still runs.
+            for warning in shape_warnings(package, quick=quick, shapes=shapes):
+                err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
         steps = ladder_steps(package, backends=backend, dtypes=dtypes, quick=quick, shapes=shapes)
         with _progress(as_json) as make_task:
             advance = make_task(f"validating {spec.name}", steps)
@@ -218,7 +291,7 @@ def validate(
                 f"{c.tolerance:.0e}",
                 verdict,
             )
-        out.print(table)
+        print_table(out, table)
         for reason in report.skipped:
             out.print(f"skipped {reason}", markup=False)
         failed = sum(not c.passed for c in report.checks)
@@ -232,10 +305,8 @@ def _validate_exported(export_dir: Path, spec_path: Path | None, as_json: bool) 
     with _reported_errors():
         spec = load_spec(spec_path).spec if spec_path is not None else None
         problems = export_drift(export_dir, spec)
-    if problems:
-        for problem in problems:
-            err.print(problem, markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        if problems:
+            raise CommandError("\n".join(problems))
     if not as_json:
         err.print(
             f"running the tests of {export_dir}: python -m pytest -q {export_dir / 'tests'}",
@@ -284,18 +355,13 @@ def export(
                     spec_path, out_dir, name=name, test=not no_test, progress=make_task
                 )
         except ExportTestFailed as exc:
-            err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
-            if exc.report is not None:
-                for c in exc.report.checks:
-                    if not c.passed:
-                        err.print(
-                            f"  FAIL {c.backend} {c.dtype} {c.shape} {c.quantity}: "
-                            f"{c.error:.2e} > {c.tolerance:.0e}",
-                            markup=False,
-                            highlight=False,
-                            soft_wrap=True,
-                        )
-            raise typer.Exit(1) from None
+            failed = [] if exc.report is None else [c for c in exc.report.checks if not c.passed]
+            lines = [
+                f"  FAIL {c.backend} {c.dtype} {c.shape} {c.quantity}: "
+                f"{c.error:.2e} > {c.tolerance:.0e}"
+                for c in failed
+            ]
+            raise CommandError("\n".join([str(exc), *lines]), exit_code=1) from None
     if as_json:
         out.print_json(json.dumps({"exported": result.to_json()}))
         return
@@ -340,9 +406,46 @@ def inspect(
     dot: Annotated[
         bool, typer.Option("--dot", help="Print Graphviz DOT (before, then after the passes) only.")
     ] = False,
+    kernels: Annotated[
+        bool,
+        typer.Option(
+            "--kernels",
+            help="Compile the Triton kernels for a GPU (none needed) as a run launches them; "
+            "report registers, spills, shared memory, dot lowering, cost and roofline; exit 1 "
+            "when a check fails.",
+        ),
+    ] = False,
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="With --kernels: sm_90 (default) or sm_80.")
+    ] = None,
+    shape: Annotated[
+        str | None,
+        typer.Option("--shape", help="With --kernels: BxTxHxKxV (default 1x32768x16x128x128)."),
+    ] = None,
+    kernel_dtype: Annotated[
+        str | None,
+        typer.Option("--dtype", help="With --kernels: bfloat16 (default), float16 or float32."),
+    ] = None,
+    card: Annotated[
+        str | None,
+        typer.Option("--card", help="With --kernels: h100, h200 or a100 for the roofline."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the IR before and after the passes, their rewrites, and the cost against attention."""
+    if kernels or any(o is not None for o in (arch, shape, kernel_dtype, card)):
+        with _reported_errors(KernelReportError), _progress(as_json) as make_task:
+            kernel_report = report_from_options(
+                spec_path, kernels=kernels, arch=arch, shape=shape, dtype=kernel_dtype,
+                card=card, progress=make_task,
+            )  # fmt: skip
+        if as_json:
+            out.print_json(json.dumps(kernel_report.to_json()))
+        else:
+            render_kernel_report(kernel_report, out)
+        if kernel_report.problems():
+            raise typer.Exit(1)
+        return
     with _reported_errors():
         spec = load_spec(spec_path).spec
         report = inspect_spec(spec, seq_len, batch)

@@ -19,6 +19,7 @@ from mcgen.ir.render import to_dot, to_text
 from mcgen.passes.cost import CostRow, annotate_cost, cost_table
 from mcgen.passes.pipeline import DEFAULT_SEQ_LEN, compile_spec
 from mcgen.spec.schema import Spec
+from mcgen.tables import print_table
 
 _SI = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 _BINARY = ((1 << 50, "Pi"), (1 << 40, "Ti"), (1 << 30, "Gi"), (1 << 20, "Mi"), (1 << 10, "Ki"))
@@ -182,4 +183,4 @@ def render_report(
     if show_dot:
         console.print(Panel(Text(report.dot_before.rstrip()), title="DOT as lowered"))
         console.print(Panel(Text(report.dot_after.rstrip()), title="DOT after passes"))
-    console.print(cost_rich_table(report))
+    print_table(console, cost_rich_table(report))  # whole rows in a pipe too

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -36,6 +36,8 @@ class ValidationReport:
     package: Path
     checks: list[CheckResult]
     skipped: list[str]  # backends asked for but not available here, and why
+    # What the shapes checked leave out of the spec (a --shape that reaches no segment end).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -46,13 +48,38 @@ class ValidationReport:
             "package": str(self.package),
             "passed": self.passed,
             "skipped": self.skipped,
+            "warnings": self.warnings,
             "checks": [asdict(c) for c in self.checks],
         }
 
 
+def find_package(spec: Spec, spec_path: Path, package: Path | None, default_out: Path) -> Path:
+    """The folder of `spec`'s built package: `package` (the package itself, or the --out
+    folder of `mcgen build` that holds it), or default_out/<name>."""
+    if package is None:
+        default = default_out / spec.name
+        if not _is_package(default):
+            raise PackageError(
+                f"{default}: no generated package here; run `mcgen build {spec_path}` first, "
+                f"or, if you built it with --out DIR, pass --package DIR/{spec.name}"
+            )
+        return default
+    for candidate in (package, package / spec.name):
+        if _is_package(candidate):
+            return candidate
+    raise PackageError(
+        f"--package {package}: no generated package there, nor in {package / spec.name}; "
+        f"pass the folder `mcgen build --out DIR` wrote, DIR/{spec.name}"
+    )
+
+
+def _is_package(folder: Path) -> bool:
+    return (folder / "__init__.py").is_file()
+
+
 def open_package(package_dir: Path, spec: Spec | None = None) -> ModuleType:
     """Import a generated package once it is known to be unedited and built from `spec`."""
-    if not (package_dir / "__init__.py").is_file():
+    if not _is_package(package_dir):
         raise PackageError(f"{package_dir}: no generated package here; run `mcgen build` first")
     problems = drift(package_dir, spec)
     if problems:
@@ -131,6 +158,24 @@ def parse_shapes(package: ModuleType, texts: Sequence[str]) -> list[tuple[int, i
     return [_selftest(package).parse_shape(text) for text in texts]
 
 
+def shape_warnings(
+    package: ModuleType,
+    *,
+    quick: bool,
+    device: str | None = None,
+    shapes: Sequence[tuple[int, int, int, int, int]] | None = None,
+) -> list[str]:
+    """What the shapes checked (the given ones, else the ladder's) leave unchecked of the
+    spec: no segment end reached, no more cached memories than top_k, ... One line each."""
+    selftest = _selftest(package)
+    if not hasattr(selftest, "shape_warnings"):
+        return []  # a package built by an earlier mcgen: its ladder cannot tell
+    if not shapes:
+        # Every default shape has the ladder's one length: the first speaks for all.
+        shapes = selftest.ladder_shapes(quick, "torch", device or default_device())[:1]
+    return selftest.shape_warnings(shapes)
+
+
 def validate_package(
     package: ModuleType,
     *,
@@ -144,6 +189,7 @@ def validate_package(
     """Run the ladder; `shapes` ((B, T, H, K, V) each) replaces its own shapes."""
     device = device or default_device()
     pairs, skipped = plan_backends(package, backends, dtypes, device)
+    warnings = shape_warnings(package, quick=quick, device=device, shapes=shapes)
     ladder = _selftest(package).run_ladder
     checks = []
     for backend, dtype in pairs:
@@ -154,4 +200,4 @@ def validate_package(
         CheckResult(c.backend, c.dtype, c.shape, c.quantity, c.error, c.tolerance, c.passed)
         for c in checks
     ]
-    return ValidationReport(Path(package.__path__[0]), results, skipped)
+    return ValidationReport(Path(package.__path__[0]), results, skipped, warnings)

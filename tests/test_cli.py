@@ -206,10 +206,14 @@ def test_two_specs_with_one_name_are_refused(workdir: Path) -> None:
     assert not (workdir / "generated").exists()
 
 
-def test_build_of_a_missing_file_is_a_located_error(workdir: Path) -> None:
-    result = run("build", "specs/nothing.yaml")
+@pytest.mark.parametrize("command", ["build", "validate", "inspect", "export"])
+def test_a_missing_spec_file_is_named_without_a_made_up_position(
+    workdir: Path, command: str
+) -> None:
+    args = ["--out", "exported"] if command == "export" else []
+    result = run(command, "specs/nothing.yaml", *args)
     assert result.exit_code == 2
-    assert result.stderr.startswith("specs/nothing.yaml:1:1: no such file")
+    assert result.stderr == "file not found: specs/nothing.yaml\n"
     assert not (workdir / "generated").exists()
 
 
@@ -347,6 +351,56 @@ def test_validate_bad_spec_exits_2(workdir: Path) -> None:
     assert problem["path"] == "memory.heads"
 
 
+def test_validate_after_build_out_says_how_to_name_the_package(workdir: Path) -> None:
+    assert run("build", "specs/tiny_grm.yaml", "--out", "pkgs").exit_code == 0
+    result = run("validate", "specs/tiny_grm.yaml", "--quick", "--dtype", "float32")
+    assert result.exit_code == 2
+    assert "generated/tiny_grm" in result.stderr
+    assert "--package DIR/tiny_grm" in result.stderr.replace("\n", " ")
+    # --package takes the package, or the --out folder that holds it.
+    for package in ("pkgs/tiny_grm", "pkgs"):
+        result = run(
+            "validate", "specs/tiny_grm.yaml", "--package", package, "--quick", "--json",
+            "--dtype", "float32", "--backend", "torch",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert Path(json.loads(result.stdout)["package"]) == workdir / "pkgs" / "tiny_grm"
+
+
+def test_validate_accepts_the_shape_format_its_table_prints(workdir: Path) -> None:
+    assert run("build", "specs/tiny_grm.yaml").exit_code == 0
+    args = ("validate", "specs/tiny_grm.yaml", "--backend", "torch", "--dtype", "float32")
+    result = run(*args, "--shape", "1 x 29 x 2 x 8 x 12", "--json")
+    assert result.exit_code == 0, result.output
+    assert {c["shape"] for c in json.loads(result.stdout)["checks"]} == {"1 x 29 x 2 x 8 x 12"}
+
+
+def test_validate_table_keeps_each_row_on_one_line_in_a_pipe(workdir: Path) -> None:
+    assert run("build", "specs/tiny_grm.yaml").exit_code == 0
+    args = ("validate", "specs/tiny_grm.yaml", "--backend", "torch", "--dtype", "bfloat16")
+    result = run(*args, "--shape", "1x29x2x8x12")
+    assert result.exit_code == 0, result.output
+    # The table is 87 columns wide: rich wrapped it at 80, off a terminal.
+    assert max(len(line) for line in result.stdout.splitlines()) > 80
+    rows = [line for line in result.stdout.splitlines() if "torch" in line]
+    assert rows and all("1 x 29 x 2 x 8 x 12" in row and row.rstrip().endswith("│") for row in rows)
+    assert all("bfloat16" in row and "ok" in row for row in rows)
+
+
+def test_inspect_cost_table_keeps_each_row_on_one_line_in_a_pipe(workdir: Path) -> None:
+    # The spec's name heads a column: a long one makes the table wider than 80 columns.
+    name = "a_long_name_that_makes_the_cost_table_wider_than_eighty_columns"
+    (workdir / "specs" / "long.yaml").write_text(tiny_spec(name))
+    result = run("inspect", "specs/long.yaml")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(run("inspect", "specs/long.yaml", "--json").stdout)["cost"]["table"]
+    lines = result.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("┡"))
+    rows = lines[head + 1 : next(i for i, line in enumerate(lines) if line.startswith("└"))]
+    assert len(rows) == len(metrics)  # one line each, none wrapped onto a second
+    assert any(name in line and len(line) > 80 for line in result.stdout.splitlines())
+
+
 # --- inspect ----------------------------------------------------------------------------
 
 
@@ -404,3 +458,49 @@ def test_inspect_bad_spec_exits_2(workdir: Path) -> None:
     assert result.exit_code == 2
     assert {m["path"] for m in problem_lines(result.stderr)} == {"memory.colour", "extra"}
     assert result.stdout == ""
+
+
+# --- --json errors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("build", "specs/bad.yaml"), "memory.colour"),
+        (("build", "specs/nothing.yaml"), "file not found: specs/nothing.yaml"),
+        (("validate", "specs/tiny_grm.yaml"), "mcgen build"),
+        (("validate", "specs/grm.yaml", "--dtype", "fp8"), "fp8"),
+        (("validate", "specs/grm.yaml", "--shape", "2x64"), "BxTxHxKxV"),
+        (("validate",), "SPEC"),
+        (("validate", "--exported", "nowhere"), "nowhere"),
+        (("inspect", "specs/wrong_type.yaml"), "memory.heads"),
+        (("inspect", "specs/grm.yaml", "--seq-len", "0"), "--seq-len"),
+        (("export", "specs/bad.yaml", "--out", "exported"), "memory.colour"),
+        (("build", "specs/grm.yaml", "--colour"), "--colour"),
+        (("bench", "specs/nothing.yaml"), "file not found"),
+        (("bench", "specs/tiny_grm.yaml", "--provider", "nope"), "unknown provider nope"),
+        (("search", "report", "no_study"), "no study 'no_study'"),
+        (("search", "nothing.yaml"), "file not found: nothing.yaml"),
+        (("search", "report", "no_study", "--bogus"), "--bogus"),
+    ],
+)
+def test_json_errors_are_one_json_object_on_stdout(
+    workdir: Path, args: tuple[str, ...], fragment: str
+) -> None:
+    if args[1:2] == ("specs/grm.yaml",) and args[0] == "validate":
+        assert run("build", "specs/grm.yaml").exit_code == 0
+    plain = run(*args)
+    result = run(*args, "--json")
+    assert plain.exit_code == result.exit_code == 2
+    assert result.stderr == ""
+    error = json.loads(result.stdout)["error"]
+    assert fragment in error["message"]
+    assert error["exit_code"] == 2
+
+
+def test_json_spec_errors_list_each_problem_with_its_position(workdir: Path) -> None:
+    result = run("build", "specs/bad.yaml", "--json")
+    assert result.exit_code == 2
+    problems = json.loads(result.stdout)["error"]["problems"]
+    assert [(p["line"], p["path"]) for p in problems] == [(2, "memory.colour"), (8, "extra")]
+    assert all(p["file"] == "specs/bad.yaml" and p["message"] for p in problems)

@@ -115,8 +115,7 @@ def bench(
                     checkpoint=lambda partial: partial.write(out_dir, name, plot=False),
                 )
         except BenchError as exc:
-            cli.err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise cli.CommandError(str(exc)) from None  # --json: a JSON error object
     paths = result.write(out_dir, name, plot=not no_plot)
     if as_json:
         document = result.to_json() | {"files": {k: str(v) for k, v in paths.items()}}

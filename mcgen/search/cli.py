@@ -74,8 +74,7 @@ def _reported_errors() -> Iterator[None]:
         try:
             yield
         except DatabaseUnavailable as exc:
-            err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise cli.CommandError(str(exc), exit_code=1) from None  # JSON too with --json
 
 
 def _quiet_optuna() -> None:
