@@ -1,0 +1,214 @@
+"""What each generated kernel should cost: FLOPs, bytes moved, and its roofline time on a card.
+
+A kernel's formula is one entry of FORMULAS, keyed by the kernel's name: a function of
+the problem (B, T, H, K, V, the chunk, the cached segments, top_k) and of the recorded
+launch (its tiles, and its tensors' sizes and dtypes). Bytes are the sizes of the tensors
+a kernel touches, each once, plus what a formula knows is read again (a cached state read
+once per row block that sees it). FLOPs count the dots (2 per multiply-add) and the gate
+logits; elementwise work is left out. A kernel without an entry has no cost ("-").
+
+Roofline time: max(FLOPs / peak, bytes / bandwidth), the peak being that of the kernel's
+slowest dot path as compiled (FMA: the card's fp32 rate; tf32 or 16-bit tensor cores).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mcgen.ir.plan import Plan
+from mcgen.passes.cost import SegmentEnds, SegmentSums
+
+
+@dataclass(frozen=True)
+class Card:
+    """Dense peak rates (FLOP/s) per dot path and memory bandwidth (bytes/s)."""
+
+    name: str
+    tensor_16bit: float  # bf16 / fp16 tensor cores, fp32 accumulation
+    tensor_tf32: float
+    fp32: float  # CUDA cores: FMA dots and everything else
+    bandwidth: float
+
+
+CARDS = {
+    "h100": Card("H100 SXM", 989e12, 494.5e12, 66.9e12, 3.35e12),
+    "h200": Card("H200", 989e12, 494.5e12, 66.9e12, 4.8e12),
+    "a100": Card("A100 SXM 80GB", 312e12, 156e12, 19.5e12, 2.039e12),
+}
+DEFAULT_CARD = {"sm_90": "h100", "sm_80": "a100"}
+
+
+@dataclass(frozen=True)
+class Cost:
+    flops: float
+    bytes: float
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.bytes + other.bytes)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One forward (or backward) of the op at one shape, as the spec's plan computes it."""
+
+    batch: int
+    seq_len: int
+    heads: int
+    key_dim: int
+    value_dim: int
+    chunk: int  # compute.chunk_size
+    ends: SegmentEnds  # where cached segments end
+    top_k: int | None  # ssc: memories each token reads
+
+    @classmethod
+    def of(cls, plan: Plan, shape: tuple[int, int, int, int, int]) -> Problem:
+        """The problem a package built from `plan` solves at shape (B, T, H, K, V)."""
+        batch, seq_len, heads, key_dim, value_dim = shape
+        return cls(
+            batch=batch,
+            seq_len=seq_len,
+            heads=heads,
+            key_dim=key_dim,
+            value_dim=value_dim,
+            chunk=plan.chunk_size,
+            ends=SegmentEnds.of(plan.segments, plan.segment_length, plan.boundaries, seq_len),
+            top_k=plan.top_k,
+        )
+
+    @property
+    def rows(self) -> int:
+        """Token rows over every sequence and head: B * T * H."""
+        return self.batch * self.seq_len * self.heads
+
+    @property
+    def state(self) -> int:
+        """Numbers in one memory state: K * V."""
+        return self.key_dim * self.value_dim
+
+    @property
+    def memories(self) -> int:
+        """Cached segment-end states per sequence and head."""
+        return SegmentSums.of(self.ends, self.seq_len, self.seq_len, self.top_k).cached
+
+    def block_pairs(self, block: int) -> int:
+        """(row block, cached memory) pairs over every sequence and head, when blocks of
+        `block` consecutive tokens each load every memory any of their rows reads."""
+        sums = SegmentSums.of(self.ends, self.seq_len, block, self.top_k)
+        return self.batch * self.heads * sums.chunk_read
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "seq_len": self.seq_len,
+            "heads": self.heads,
+            "key_dim": self.key_dim,
+            "value_dim": self.value_dim,
+            "chunk": self.chunk,
+            "memories": self.memories,
+            "top_k": self.top_k,
+        }
+
+
+class LaunchFacts:
+    """The recorded launch as a formula reads it (a missing name raises KeyError)."""
+
+    def __init__(self, launch: dict[str, Any]):
+        self.grid = tuple(launch["grid"])
+        self.constexprs = launch["constexprs"]
+        self.tensors = launch["tensors"]
+
+    def const(self, name: str) -> Any:
+        return self.constexprs[name]
+
+    def itemsize(self, name: str) -> int:
+        return self.tensors[name]["itemsize"]
+
+    def size(self, name: str) -> int:
+        """Bytes of one tensor argument (its shape times its element size)."""
+        tensor = self.tensors[name]
+        return math.prod(tensor["shape"]) * tensor["itemsize"]
+
+    def all_bytes(self, *, exclude: tuple[str, ...] = ()) -> int:
+        """Bytes of every tensor argument but `exclude`, each counted once."""
+        return sum(self.size(name) for name in self.tensors if name not in exclude)
+
+
+Formula = Callable[[Problem, LaunchFacts], Cost]
+
+
+def _cached_read(p: Problem, launch: LaunchFacts, flops_per_row_pair: int) -> Cost:
+    """A read of cached states by row blocks of C tokens: each block loads every state its
+    rows read (states re-read per block) and does `flops_per_row_pair` per (row, state)."""
+    pairs = p.block_pairs(launch.const("C"))
+    states = pairs * p.state * launch.itemsize("states")
+    rows = pairs * launch.const("C")
+    return Cost(flops_per_row_pair * rows, launch.all_bytes(exclude=("states",)) + states)
+
+
+def _memory_major_read(p: Problem, launch: LaunchFacts, flops_per_row_pair: int) -> Cost:
+    """A program per cached state that walks the row blocks reading it: the state is loaded
+    once, each block's q, u and do once per state it sees."""
+    pairs = p.block_pairs(launch.const("C"))
+    rows = pairs * launch.const("C")
+    per_row = p.key_dim * (
+        launch.itemsize("q") + launch.itemsize("conn")
+    ) + p.value_dim * launch.itemsize("do")
+    return Cost(flops_per_row_pair * rows, launch.all_bytes() + rows * per_row)
+
+
+# One entry per kernel name. K, V: head dims; c: chunk; per row pair: (token, state) read.
+FORMULAS: dict[str, Formula] = {
+    # S += k^T v per chunk; the memory after every chunk written.
+    "_state_fwd_kernel": lambda p, launch: Cost(2 * p.rows * p.state, launch.all_bytes()),
+    # o = q S^T + causal(q k^T) v: full-chunk dots.
+    "_output_fwd_kernel": lambda p, launch: Cost(
+        2 * p.rows * (p.state + p.chunk * (p.key_dim + p.value_dim)), launch.all_bytes()
+    ),
+    # dS += q^T do per chunk, backwards.
+    "_state_bwd_kernel": lambda p, launch: Cost(2 * p.rows * p.state, launch.all_bytes()),
+    # dq, dk, dv of a chunk: three state-sized dots, four chunk-sized ones.
+    "_chunk_bwd_kernel": lambda p, launch: Cost(
+        2 * p.rows * (3 * p.state + 2 * p.chunk * (p.key_dim + p.value_dim)), launch.all_bytes()
+    ),
+    # r_i = S_i q (2KV) and the gate logit <u, d_i> (2K) per row and state.
+    "_read_state_fwd_kernel": lambda p, launch: _cached_read(
+        p, launch, 2 * p.state + 2 * p.key_dim
+    ),
+    # r_i recomputed and dq += w do S_i: 4KV, and the logit, per row and state.
+    "_read_state_bwd_chunk_kernel": lambda p, launch: _cached_read(
+        p, launch, 4 * p.state + 2 * p.key_dim
+    ),
+    # dS_i += w do^T q and <do, r_i> recomputed: 4KV, and the logit, per row and state.
+    "_read_state_bwd_memory_kernel": lambda p, launch: _memory_major_read(
+        p, launch, 4 * p.state + 2 * p.key_dim
+    ),
+}
+
+
+def kernel_cost(name: str, problem: Problem, launch: dict[str, Any]) -> Cost | None:
+    """The cost of one launch of kernel `name`, or None without a formula (or when the
+    formula's arguments are not among the launch's: the kernel changed)."""
+    formula = FORMULAS.get(name)
+    if formula is None:
+        return None
+    try:
+        return formula(problem, LaunchFacts(launch))
+    except KeyError:
+        return None
+
+
+def compute_peak(card: Card, dots: list[tuple[str, str]]) -> float:
+    """The FLOP rate of a kernel's slowest dot path: (kind, operand dtype) per dot."""
+    if not dots or any(kind == "fma" for kind, _ in dots):
+        return card.fp32
+    if any(operand in ("f32", "tf32") for _, operand in dots):
+        return card.tensor_tf32
+    return card.tensor_16bit
+
+
+def roofline_seconds(cost: Cost, card: Card, peak: float) -> float:
+    """The least time the work can take: compute- or memory-bound, whichever is slower."""
+    return max(cost.flops / peak, cost.bytes / card.bandwidth)
