@@ -175,20 +175,24 @@ def write_package(out_dir: Path, name: str, files: dict[str, str]) -> Path:
     _make_folder(out_dir)
     target = out_dir / name
     with _turn(out_dir):
-        _recover(out_dir, name)
-        check_replaceable(target, name)
         try:
-            staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=out_dir))
-            try:
-                staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would stay
-                for file_name, text in files.items():
-                    (staging / file_name).write_text(text, encoding="utf-8", newline="\n")
-                put_in_place(staging, target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)  # holds the old package, if any
+            _recover(out_dir, name)
+            check_replaceable(target, name)
+            _write_and_swap(target, files)
         except OSError as exc:
             raise PackageError(f"{target}: could not write the package ({exc})") from exc
     return target
+
+
+def _write_and_swap(target: Path, files: dict[str, str]) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{target.name}-", dir=target.parent))
+    try:
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would stay
+        for file_name, text in files.items():
+            (staging / file_name).write_text(text, encoding="utf-8", newline="\n")
+        put_in_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # holds the old package, if any
 
 
 def check_replaceable(target: Path, name: str) -> None:
