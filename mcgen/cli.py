@@ -31,7 +31,7 @@ from mcgen.export import (
 from mcgen.inspect_report import inspect_spec, render_report
 from mcgen.kernels.report import render_kernel_report
 from mcgen.kernels.run import KernelReportError, report_from_options
-from mcgen.packages import PackageError
+from mcgen.packages import PackageError, check_replaceable
 from mcgen.passes.pipeline import DEFAULT_SEQ_LEN
 from mcgen.search.cli import search_app
 from mcgen.spec import SpecError, SpecProblem, load_spec
@@ -178,6 +178,8 @@ def build(
             raise CommandError(
                 f"two specs share the name {', '.join(clashes)}: each names one package"
             )
+        for _, _, package in rendered:  # no spec is written if any target is refused
+            check_replaceable(out_dir / package.name, package.name)
         results = []
         for (spec, plan, package), spec_path in zip(rendered, specs, strict=True):
             path = package.write(out_dir)

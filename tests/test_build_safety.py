@@ -335,3 +335,14 @@ def test_terminal_escapes_in_a_path_are_shown_escaped(tmp_path: Path, spec_file:
     assert result.exit_code == 2, result.output
     assert "\x1b" not in result.stderr
     assert "out\\x1b[2J" in result.stderr
+
+
+def test_a_refused_target_writes_none_of_the_specs(tmp_path: Path, spec_file: Path) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text(spec_text(name="other"))
+    out = tmp_path / "out"
+    (out / "other").mkdir(parents=True)
+    result = run("build", spec_file, other, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert "not a package mcgen built" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["other"]  # tiny was not built either
