@@ -187,9 +187,13 @@ def build(
                 {"spec": str(spec_path), "package": str(path), "notes": list(plan.notes)}
             )
             if not as_json:
-                out.print(f"built [bold]{spec.name}[/] -> {path}", highlight=False)
+                out.print(
+                    f"built [bold]{spec.name}[/] -> {escape(str(path))}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
                 for note in plan.notes:
-                    out.print(f"  - {note}", markup=False, highlight=False)
+                    out.print(f"  - {note}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         out.print_json(json.dumps({"built": results}))
 
@@ -295,7 +299,7 @@ def validate(
             )
         print_table(out, table)
         for reason in report.skipped:
-            out.print(f"skipped {reason}", markup=False)
+            out.print(f"skipped {reason}", markup=False, highlight=False, soft_wrap=True)
         failed = sum(not c.passed for c in report.checks)
         out.print(f"{len(report.checks) - failed} passed, {failed} failed")
     if not report.passed:
@@ -329,7 +333,7 @@ def _validate_exported(export_dir: Path, spec_path: Path | None, as_json: bool) 
             highlight=False,
             soft_wrap=True,
         )
-        out.print(tests.summary, markup=False, highlight=False)
+        out.print(tests.summary, markup=False, highlight=False, soft_wrap=True)
     if not tests.passed:
         raise typer.Exit(1)
 
@@ -374,7 +378,7 @@ def export(
         soft_wrap=True,
     )
     for note in result.plan.notes:
-        out.print(f"  - {note}", markup=False, highlight=False)
+        out.print(f"  - {note}", markup=False, highlight=False, soft_wrap=True)
     tested = result.manifest["export"]["tested_with"]
     if result.report is None:
         out.print("  not tested (--no-test)", highlight=False)
@@ -473,9 +477,8 @@ def _progress(quiet: bool):
             def advance(step: str) -> None:
                 count[0] += 1
                 if not quiet:
-                    err.print(
-                        f"[{count[0]}/{total}] {description}: {step}", markup=False, highlight=False
-                    )
+                    line = f"[{count[0]}/{total}] {description}: {step}"
+                    err.print(line, markup=False, highlight=False, soft_wrap=True)
 
             return advance
 

@@ -387,6 +387,21 @@ def test_validate_table_keeps_each_row_on_one_line_in_a_pipe(workdir: Path) -> N
     assert all("bfloat16" in row and "ok" in row for row in rows)
 
 
+def test_validate_notes_stay_on_one_line_in_a_pipe(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("build", "specs/tiny_grm.yaml").exit_code == 0
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # triton is skipped, with an 87-column note
+    result = run("validate", "specs/tiny_grm.yaml", "--quick", "--dtype", "float32")
+    assert result.exit_code == 0, result.output
+    [skipped] = [line for line in result.stdout.splitlines() if line.startswith("skipped")]
+    assert skipped.endswith("(--backend triton runs it in Triton's interpreter, slowly)")
+    # The rewrites `build` prints are whole lines too.
+    result = run("build", "specs/soup.yaml")
+    [note] = [line for line in result.stdout.splitlines() if line.startswith("  - soup_to_grm")]
+    assert note.endswith("per token.")
+
+
 def test_inspect_cost_table_keeps_each_row_on_one_line_in_a_pipe(workdir: Path) -> None:
     # The spec's name heads a column: a long one makes the table wider than 80 columns.
     name = "a_long_name_that_makes_the_cost_table_wider_than_eighty_columns"
