@@ -2,12 +2,14 @@
 
 Checked against an fp64 torch reference of the same contract that builds every cached state
 C_i explicitly from k, v, g (the recurrence of docs/method.md section 3) and reads it in
-state form, forward and gradients of every input, under Triton's interpreter.
+state form, forward and gradients of every input, under Triton's interpreter. The kernels take
+the unscaled query and apply the read scale themselves.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 
 KEY_DIM, VALUE_DIM = 6, 10  # K != V, neither a power of two
 HEADS_BATCH = 2
+SCALE = 0.75  # not 1: the kernels apply the read scale themselves
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def make_inputs(layout: Layout, *, decay: bool, gated: bool, dtype, seed: int = 
 
     shape = (HEADS_BATCH, num_chunks, chunk)
     inputs = {
-        "q": (rand(*shape, KEY_DIM) * KEY_DIM**-0.5).to(dtype),
+        "q": rand(*shape, KEY_DIM).to(dtype),  # unscaled
         "k": rand(*shape, KEY_DIM).to(dtype),
         "v": rand(*shape, VALUE_DIM).to(dtype),
         # log decays of about -0.3 a slot: strong enough that every slot's decay matters
@@ -103,7 +106,8 @@ DIFFERENTIABLE = ("q", "k", "v", "g", "o_on", "logit_on", "conn", "descriptors")
 
 
 def reference(inputs, *, aggregation: str, gate_scale: float | None, top_k: int | None):
-    """(o, lse) in fp64 from states C_i built token by token (S <- exp(g) S + v k^T)."""
+    """(o, lse) in fp64 from states C_i built token by token (S <- exp(g) S + v k^T), read by
+    the query at SCALE."""
     q, k, v, g = inputs["q"], inputs["k"], inputs["v"], inputs["g"]
     heads_batch, num_chunks, chunk, key_dim = q.shape
     value_dim = v.shape[-1]
@@ -128,7 +132,7 @@ def reference(inputs, *, aggregation: str, gate_scale: float | None, top_k: int 
         memory_ids < inputs["visible_hi"][:, None].long()
     )  # [NC, N]
     if num_memories:
-        reads = torch.einsum("bnck,bivk->bnciv", q, torch.stack(states, dim=1))  # [BH,NC,C,N,V]
+        reads = torch.einsum("bnck,bivk->bnciv", SCALE * q, torch.stack(states, dim=1))
     else:
         reads = q.new_zeros(heads_batch, num_chunks, chunk, 0, value_dim)
     if aggregation == "residual":
@@ -145,6 +149,12 @@ def reference(inputs, *, aggregation: str, gate_scale: float | None, top_k: int 
         "bnci,bnciv->bncv", weights[..., 1:], reads
     )
     return o, torch.logsumexp(all_logits, dim=-1)
+
+
+def poisoned(shape, device, dtype=torch.float32):
+    """The launchers' _alloc with every output and scratch buffer starting as NaN: an element
+    no kernel writes (or a scratch entry read before it is written) shows up."""
+    return torch.full(shape, math.nan, dtype=dtype, device=device)
 
 
 def rel_err(out, ref) -> float:
@@ -166,15 +176,15 @@ def check_case(
 ):
     """Run fwd + bwd of the kernels and compare o, lse and every gradient with the reference."""
     mod = importlib.import_module(pkg.__name__ + ".triton_read_attention")
-    monkeypatch.setattr(mod, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(mod, "_alloc", poisoned)
     gated = aggregation != "residual"
     gate_scale = getattr(mod, "GATE_SCALE", None)
     assert getattr(mod, "TOP_K", None) == top_k
     inputs, do = make_inputs(layout, decay=decay, gated=gated, dtype=dtype)
     args = [inputs[name] for name in ARGS]
 
-    o, lse = mod.read_attention_fwd(*args)
-    grads = mod.read_attention_bwd(*args, o, lse, do)
+    o, lse = mod.read_attention_fwd(*args, scale=SCALE)
+    grads = mod.read_attention_bwd(*args, o, lse, do, scale=SCALE)
 
     ref_inputs = {
         name: (x.double().requires_grad_() if name in DIFFERENTIABLE else x)
@@ -252,25 +262,42 @@ def test_matches_reference(build_tiny, monkeypatch, name, recurrence, init):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "recurrence", "init"),
+    ("name", "recurrence", "init", "dtype"),
     [
-        ("grm", "decay", "checkpoint"),
-        ("ssc2", "linear", "independent"),
-        ("residual", "decay", "independent"),
+        ("grm", "decay", "checkpoint", torch.bfloat16),
+        ("ssc2", "linear", "independent", torch.bfloat16),
+        ("residual", "decay", "independent", torch.bfloat16),
+        ("grm", "linear", "independent", torch.float16),
     ],
 )
-def test_bf16_inputs(build_tiny, monkeypatch, name, recurrence, init):
-    """q, k, v and conn in bf16: loaded, computed in fp32, fp32 outputs."""
+def test_16_bit_inputs(build_tiny, monkeypatch, name, recurrence, init, dtype):
+    """q, k, v and conn in bf16 or fp16, read in their dtype (the interpreter's dots take
+    them as fp32); fp32 outputs."""
     aggregation, _, top_k = AGGREGATIONS[name]
     check_case(
         package(build_tiny, name, recurrence),
         make_layout(MIXED, 4, init),
         aggregation=aggregation,
         decay=recurrence == "decay",
-        dtype=torch.bfloat16,
+        dtype=dtype,
         top_k=top_k,
         monkeypatch=monkeypatch,
     )
+
+
+def test_dot_operands_take_the_inputs_dtype(build_tiny, monkeypatch):
+    """On a GPU 16-bit inputs give 16-bit dot operands (tensor cores) and fp32 inputs exact
+    fp32 dots; the interpreter always multiplies in fp32 (it gets 16-bit dots wrong)."""
+    mod = importlib.import_module(
+        package(build_tiny, "grm", "linear").__name__ + ".triton_read_attention"
+    )
+    tl = mod.tl
+    monkeypatch.setattr(mod, "INTERPRET", False)
+    assert mod._dot_dtype(torch.bfloat16) == tl.bfloat16
+    assert mod._dot_dtype(torch.float16) == tl.float16
+    assert mod._dot_dtype(torch.float32) == tl.float32
+    monkeypatch.setattr(mod, "INTERPRET", True)
+    assert mod._dot_dtype(torch.bfloat16) == tl.float32
 
 
 @pytest.mark.slow
@@ -401,7 +428,7 @@ def test_forward_matches_package_reference(build_tiny, fields):
     mem_last = [n for n, closes in enumerate(layout.closes) if closes][: layout.num_memories]
     mem_first = [max(j for j in range(last + 1) if layout.resets[j]) for last in mem_last]
     o, _ = mod.read_attention_fwd(
-        chunked(q * scale),
+        chunked(q),
         chunked(k),
         chunked(v),
         chunked(g) if decay else None,
@@ -413,6 +440,7 @@ def test_forward_matches_package_reference(build_tiny, fields):
         torch.tensor(layout.visible_hi, dtype=torch.int32),
         torch.tensor(mem_first, dtype=torch.int32),
         torch.tensor(mem_last, dtype=torch.int32),
+        scale=scale,
     )
     o = o.view(batch, heads, -1, VALUE_DIM)[:, :, layout.flat].transpose(1, 2)
     assert len(mem_last) >= 3
