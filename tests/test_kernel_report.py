@@ -211,17 +211,17 @@ def test_state_fwd_cost_is_one_state_sized_dot_per_token_and_the_tensors_once():
 
 def test_cached_read_cost_reads_each_state_once_per_block_that_sees_it():
     p = problem()
-    tensors = {"q": ((6, 1024, 32), 2), "states": ((6, 4, 16, 32), 4)}
-    cost = kernel_cost("_read_state_fwd_kernel", p, launch("_read_state_fwd_kernel", tensors, C=64))
-    pairs = p.block_pairs(64)
-    assert cost.bytes == 6 * 1024 * 32 * 2 + pairs * 32 * 16 * 4
-    assert cost.flops == pairs * 64 * (2 * 32 * 16 + 2 * 32)
+    tensors = {"q": ((6, 1024, 32), 2), "states": ((6, 4, 16, 32), 2)}
+    cost = kernel_cost("_read_state_fwd_kernel", p, launch("x", tensors, BT=128))
+    pairs = p.block_pairs(128)
+    assert cost.bytes == 6 * 1024 * 32 * 2 + pairs * 32 * 16 * 2
+    assert cost.flops == pairs * 128 * (2 * 32 * 16 + 2 * 32)
 
 
 def test_unknown_kernels_and_changed_arguments_have_no_cost():
     p = problem()
     assert kernel_cost("_a_kernel_nobody_wrote", p, launch("x", {})) is None
-    # the formula reads the tile C and the states: a rewritten kernel without them
+    # the formula reads the tile BT and the states: a rewritten kernel without them
     assert kernel_cost("_read_state_fwd_kernel", p, launch("x", {"q": ((1,), 2)})) is None
 
 
@@ -395,6 +395,21 @@ def test_bad_kernel_options_are_one_line_errors(args, message):
     result = CliRunner().invoke(app, ["inspect", str(ROOT / "specs/grm.yaml"), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+@pytest.mark.slow
+def test_inspect_kernels_json_reports_every_kernel_and_exits_by_the_check(tmp_path: Path):
+    args = ["inspect", str(ROOT / "specs/grm.yaml"), "--kernels", "--shape", "1x512x1x32x32"]
+    result = CliRunner().invoke(app, [*args, "--dtype", "float32", "--json"])
+    document = json.loads(result.stdout)
+    assert result.exit_code == (1 if document["problems"] else 0), document["problems"]
+    assert document["arch"] == "sm_90" and document["card"] == "H100 SXM"
+    assert document["shape"] == [1, 512, 1, 32, 32] and document["dtype"] == "float32"
+    kernels = document["kernels"]
+    # one compile may serve both passes (the backward recomputing forward states)
+    assert {phase for k in kernels for phase in k["phase"].split(", ")} == {"forward", "backward"}
+    assert all(k["registers"] and k["error"] is None for k in kernels)
+    assert [t["label"] for t in document["totals"]] == ["forward", "forward+backward"]
 
 
 def test_a_spec_without_triton_kernels_is_refused():

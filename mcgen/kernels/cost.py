@@ -140,26 +140,29 @@ Formula = Callable[[Problem, LaunchFacts], Cost]
 
 
 def _cached_read(p: Problem, launch: LaunchFacts, flops_per_row_pair: int) -> Cost:
-    """A read of cached states by row blocks of C tokens: each block loads every state its
-    rows read (states re-read per block) and does `flops_per_row_pair` per (row, state)."""
-    pairs = p.block_pairs(launch.const("C"))
+    """A read of cached states by blocks of BT rows: each block loads every state its rows
+    read (DRAM bytes: no reuse through L2 is counted) and does `flops_per_row_pair` per
+    (row, state). Blocks are taken as BT-row runs from the sequence start."""
+    block = launch.const("BT")
+    pairs = p.block_pairs(block)
     states = pairs * p.state * launch.itemsize("states")
-    rows = pairs * launch.const("C")
-    return Cost(flops_per_row_pair * rows, launch.all_bytes(exclude=("states",)) + states)
+    return Cost(flops_per_row_pair * pairs * block, launch.all_bytes(exclude=("states",)) + states)
 
 
 def _memory_major_read(p: Problem, launch: LaunchFacts, flops_per_row_pair: int) -> Cost:
-    """A program per cached state that walks the row blocks reading it: the state is loaded
-    once, each block's q, u and do once per state it sees."""
-    pairs = p.block_pairs(launch.const("C"))
-    rows = pairs * launch.const("C")
-    per_row = p.key_dim * (
-        launch.itemsize("q") + launch.itemsize("conn")
-    ) + p.value_dim * launch.itemsize("do")
+    """A program per cached state walking the row blocks that read it: the state's gradient
+    written once, each block's q, do and weights loaded once per state it sees."""
+    block = launch.const("BT")
+    rows = p.block_pairs(block) * block
+    per_row = (
+        p.key_dim * launch.itemsize("q")
+        + p.value_dim * launch.itemsize("do")
+        + launch.itemsize("weights")
+    )
     return Cost(flops_per_row_pair * rows, launch.all_bytes() + rows * per_row)
 
 
-# One entry per kernel name. K, V: head dims; c: chunk; per row pair: (token, state) read.
+# One entry per kernel name: FLOPs from the problem's sizes, bytes from the launch's tensors.
 FORMULAS: dict[str, Formula] = {
     # S += k^T v per chunk; the memory after every chunk written.
     "_state_fwd_kernel": lambda p, launch: Cost(2 * p.rows * p.state, launch.all_bytes()),
@@ -173,18 +176,14 @@ FORMULAS: dict[str, Formula] = {
     "_chunk_bwd_kernel": lambda p, launch: Cost(
         2 * p.rows * (3 * p.state + 2 * p.chunk * (p.key_dim + p.value_dim)), launch.all_bytes()
     ),
-    # r_i = S_i q (2KV) and the gate logit <u, d_i> (2K) per row and state.
-    "_read_state_fwd_kernel": lambda p, launch: _cached_read(
-        p, launch, 2 * p.state + 2 * p.key_dim
+    # Per (row, state): r_i = S_i q (2KV) and the gate logit <u, d_i> (2K).
+    "_read_state_fwd_kernel": lambda p, launch: _cached_read(p, launch, 2 * (p.state + p.key_dim)),
+    # Per (row, state): Z = do S_i (2KV), the logit and <Z, q> (2K each).
+    "_read_state_bwd_rows_kernel": lambda p, launch: _cached_read(
+        p, launch, 2 * p.state + 4 * p.key_dim
     ),
-    # r_i recomputed and dq += w do S_i: 4KV, and the logit, per row and state.
-    "_read_state_bwd_chunk_kernel": lambda p, launch: _cached_read(
-        p, launch, 4 * p.state + 2 * p.key_dim
-    ),
-    # dS_i += w do^T q and <do, r_i> recomputed: 4KV, and the logit, per row and state.
-    "_read_state_bwd_memory_kernel": lambda p, launch: _memory_major_read(
-        p, launch, 4 * p.state + 2 * p.key_dim
-    ),
+    # Per (row, state): dS_i += (w do)^T q (2KV).
+    "_read_state_bwd_memory_kernel": lambda p, launch: _memory_major_read(p, launch, 2 * p.state),
 }
 
 

@@ -30,7 +30,7 @@ class KernelRow:
 
     module: str
     kernel: str
-    phase: str  # forward, backward (or both, when one compile serves the two)
+    phase: str  # forward, backward, or "forward, backward" (one compile serving both)
     launches: int
     config: int  # its index among the call's autotune configs
     configs: int
@@ -189,7 +189,7 @@ def build_report(
             KernelRow(
                 module=first["module"],
                 kernel=first["kernel"],
-                phase="+".join(phases),
+                phase=", ".join(phases),
                 launches=len(group),
                 config=first["config"],
                 configs=first["configs"],
