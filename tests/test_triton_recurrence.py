@@ -113,6 +113,11 @@ def check(
         g = g.float().double().requires_grad_()
     scale = shape.get("key_dim", 6) ** -0.5
     o_ref, h_ref = reference(q, k, v, g, h0, resets, scale)
+    # Gradients injected at every chunk but the first (as at segment ends), stored compactly:
+    # chunk n's at slot n - 1 of dh_out[:, 1:], chunk 0's slot -1.
+    injected = torch.arange(len(resets)) > 0
+    dh_slot = (torch.cumsum(injected.int(), 0) - 1).where(injected, -1).to(torch.int32)
+    dh_out = dh_out * injected[None, :, None, None]
     loss = (o_ref * do).sum() + ((h_ref * dh_out).sum() if use_dh_out else 0)
     names = ["q", "k", "v", "h0"] + (["g"] if g is not None else [])
     leaves = [q, k, v, h0] + ([g] if g is not None else [])
@@ -135,7 +140,8 @@ def check(
         resets_t,
         h_out,
         do.float(),
-        dh_out.float() if use_dh_out else None,
+        dh_out[:, 1:].float() if use_dh_out else None,
+        dh_slot if use_dh_out else None,
         scale,
     )
     got = {"q": dq, "k": dk, "v": dv, "h0": dh0, "g": dg}
@@ -206,8 +212,9 @@ def test_without_h0_the_memory_starts_from_zero(kernels):
     o, h_out = module.recurrence_fwd(q, k, v, g, None, resets, 0.5)
     o_zero, h_zero = module.recurrence_fwd(q, k, v, g, zero, resets, 0.5)
     assert torch.equal(o, o_zero) and torch.equal(h_out, h_zero)
-    grads = module.recurrence_bwd(q, k, v, g, None, resets, h_out, do, dh_out, 0.5)
-    grads_zero = module.recurrence_bwd(q, k, v, g, zero, resets, h_out, do, dh_out, 0.5)
+    slots = torch.arange(2, dtype=torch.int32)
+    grads = module.recurrence_bwd(q, k, v, g, None, resets, h_out, do, dh_out, slots, 0.5)
+    grads_zero = module.recurrence_bwd(q, k, v, g, zero, resets, h_out, do, dh_out, slots, 0.5)
     assert grads[3] is not None
     for a, b in zip(grads, grads_zero, strict=True):
         assert torch.equal(a, b)
