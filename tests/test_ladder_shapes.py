@@ -190,3 +190,29 @@ def test_validate_warns_about_a_shape_that_reaches_no_segment_end(
     # A shape that reaches every segment end the spec needs: no warning.
     result = runner.invoke(app, [*args, "--shape", "1x29x2x8x8", "--json"])
     assert json.loads(result.stdout)["warnings"] == []
+
+
+def test_the_ladder_runs_on_one_cpu_thread_and_gives_the_count_back(
+    build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fp64 reference steps one token at a time: on a busy 2-core CPU two threads made
+    # it 13x slower than one (specs/ssc.yaml, 160 s against 12 s).
+    import torch
+
+    selftest, _ = build(repo_spec("grm"))
+    threads_seen: list[int] = []
+
+    def record(*args, **kwargs) -> list:
+        threads_seen.append(torch.get_num_threads())
+        return []
+
+    monkeypatch.setattr(selftest, "check_against_reference", record)
+    monkeypatch.setattr(selftest, "check_streaming", record)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        selftest.run_ladder(["torch"], ("float32",), quick=True, device="cpu")
+        assert threads_seen == [1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
