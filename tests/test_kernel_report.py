@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from mcgen.cli import app
 from mcgen.kernels import DEFAULT_SHAPE, kernel_report
+from mcgen.kernels import cost as cost_module
 from mcgen.kernels.compile import ARCHS, Compiled, Dot, classify_dots, parse_ptxas_log
 from mcgen.kernels.cost import CARDS, Cost, Problem, compute_peak, kernel_cost
 from mcgen.kernels.report import build_report
@@ -209,13 +210,18 @@ def test_state_fwd_cost_is_one_state_sized_dot_per_token_and_the_tensors_once():
     assert cost == Cost(2 * 2 * 1024 * 3 * 32 * 16, 6 * 16 * 64 * 32 * 2 + 6 * 16 * 32 * 16 * 4)
 
 
-def test_cached_read_cost_reads_each_state_once_per_block_that_sees_it():
+def test_cached_read_cost_reads_each_state_once_per_block_that_sees_it(monkeypatch):
+    """DRAM bytes: a head's states once while they fit in L2, else once per block."""
     p = problem()
     tensors = {"q": ((6, 1024, 32), 2), "states": ((6, 4, 16, 32), 2)}
-    cost = kernel_cost("_read_state_fwd_kernel", p, launch("x", tensors, BT=128))
     pairs = p.block_pairs(128)
-    assert cost.bytes == 6 * 1024 * 32 * 2 + pairs * 32 * 16 * 2
-    assert cost.flops == pairs * 128 * (2 * 32 * 16 + 2 * 32)
+    fits = kernel_cost("_read_state_fwd_kernel", p, launch("x", tensors, BT=128))
+    assert fits.bytes == 6 * 1024 * 32 * 2 + 6 * 4 * 16 * 32 * 2
+    assert fits.flops == pairs * 128 * (2 * 32 * 16 + 2 * 32)
+    monkeypatch.setattr(cost_module, "L2_RESIDENT_BYTES", 0)
+    spills = kernel_cost("_read_state_fwd_kernel", p, launch("x", tensors, BT=128))
+    assert spills.bytes == 6 * 1024 * 32 * 2 + pairs * 32 * 16 * 2
+    assert spills.flops == fits.flops
 
 
 def test_unknown_kernels_and_changed_arguments_have_no_cost():

@@ -139,27 +139,38 @@ class LaunchFacts:
 Formula = Callable[[Problem, LaunchFacts], Cost]
 
 
+# The read kernels launch one head's programs together (the head is the slower grid axis),
+# so what a head's programs re-read stays in L2 (50 MB on an H100, 60 MB on an H200) when it
+# fits in this much; re-reads then cost L2 bandwidth, not DRAM bytes.
+L2_RESIDENT_BYTES = 32 * 2**20
+
+
 def _cached_read(p: Problem, launch: LaunchFacts, flops_per_row_pair: int) -> Cost:
-    """A read of cached states by blocks of BT rows: each block loads every state its rows
-    read (DRAM bytes: no reuse through L2 is counted) and does `flops_per_row_pair` per
-    (row, state). Blocks are taken as BT-row runs from the sequence start."""
+    """A read of cached states by blocks of BT rows, each block loading every state its rows
+    read and doing `flops_per_row_pair` per (row, state). DRAM bytes: every tensor once while
+    a head's states fit in L2_RESIDENT_BYTES, else each block's state loads. Blocks are taken
+    as BT-row runs from the sequence start."""
     block = launch.const("BT")
     pairs = p.block_pairs(block)
+    flops = flops_per_row_pair * pairs * block
+    if p.memories * p.state * launch.itemsize("states") <= L2_RESIDENT_BYTES:
+        return Cost(flops, launch.all_bytes())
     states = pairs * p.state * launch.itemsize("states")
-    return Cost(flops_per_row_pair * pairs * block, launch.all_bytes(exclude=("states",)) + states)
+    return Cost(flops, launch.all_bytes(exclude=("states",)) + states)
 
 
 def _memory_major_read(p: Problem, launch: LaunchFacts, flops_per_row_pair: int) -> Cost:
     """A program per cached state walking the row blocks that read it: the state's gradient
-    written once, each block's q, do and weights loaded once per state it sees."""
+    written once, each block's q, do and weights loaded once per state it sees (from L2 while
+    one head's q and do fit in L2_RESIDENT_BYTES, so every tensor once from DRAM)."""
     block = launch.const("BT")
     rows = p.block_pairs(block) * block
-    per_row = (
-        p.key_dim * launch.itemsize("q")
-        + p.value_dim * launch.itemsize("do")
-        + launch.itemsize("weights")
-    )
-    return Cost(flops_per_row_pair * rows, launch.all_bytes() + rows * per_row)
+    flops = flops_per_row_pair * rows
+    per_token = p.key_dim * launch.itemsize("q") + p.value_dim * launch.itemsize("do")
+    if p.batch * p.seq_len * per_token <= L2_RESIDENT_BYTES:
+        return Cost(flops, launch.all_bytes())
+    per_row = per_token + launch.itemsize("weights")
+    return Cost(flops, launch.all_bytes() + rows * per_row)
 
 
 # One entry per kernel name: FLOPs from the problem's sizes, bytes from the launch's tensors.
