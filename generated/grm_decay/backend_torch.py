@@ -101,6 +101,19 @@ def _layout_tensors(layout: ChunkLayout, device: torch.device):
     return index, flat, seen, (memory_ids >= lo) & (memory_ids < hi)
 
 
+def causal_mix(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """weights [..., C, C] (zero above the diagonal) @ values [..., C, D], causal for any values.
+
+    The matmul multiplies the zero weights of later tokens by their values, and 0 * NaN
+    is NaN: non-finite values are zeroed before it, and the rows at or after one (which
+    its NaN or Inf reaches, as in the recurrence) are set to NaN after it.
+    """
+    finite = values.isfinite()
+    mixed = weights @ torch.where(finite, values, 0)
+    reached = (~finite).cumsum(dim=-2, dtype=torch.int32) > 0
+    return torch.where(reached, torch.nan, mixed)
+
+
 def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None, cu_seqlens=None):
     """Returns (o [B, T, H, V] in q's dtype, the cache after the last token).
 
@@ -138,7 +151,8 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
     b_g_last = b_g[..., -1:]  # [B, H, NC, 1] padding has g = 0, so this is the last token's
     # exp(G_i - G_j) for j <= i, zero above the diagonal (masked before exp: no overflow).
     b_decay = torch.where(causal, b_g[..., :, None] - b_g[..., None, :], -torch.inf).exp()
-    b_attn = (b_q @ b_k.transpose(-1, -2)) * b_decay  # [B, H, NC, C, C]
+    # Masked by where, not by the zeros of b_decay: 0 * NaN of a later key would be NaN.
+    b_attn = torch.where(causal, (b_q @ b_k.transpose(-1, -2)) * b_decay, 0)  # [B, H, NC, C, C]
     # What each chunk adds to the memory by its end: sum_j exp(G_last - G_j) v_j k_j^T.
     b_written = (b_v * (b_g_last - b_g)[..., None].exp()).transpose(-1, -2) @ b_k
     # b_written: [B, H, NC, V, K]
@@ -167,7 +181,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
     b_memory_in = torch.stack(memories_in, dim=2)  # [B, H, NC, V, K]
     b_out = b_q @ b_memory_in.transpose(-1, -2)  # [B, H, NC, C, V]
     b_out = b_out * b_g[..., None].exp()
-    b_out = b_out + b_attn @ b_v
+    b_out = b_out + causal_mix(b_attn, b_v)
 
     # Every memory cached so far, by earlier calls and by this one.
     states = torch.cat([cache.states.to(work), *(s[:, :, None] for s in new_states)], dim=2)
@@ -224,7 +238,11 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
 
 
 def step(q_t, k_t, v_t, u_t, g_t, beta_t, *, scale: float, cache: MCCache):
-    """One token, [B, H, D] each: the recurrent form, reading only what the aggregation needs."""
+    """One token, [B, H, D] each: the recurrent form, reading only what the aggregation needs.
+
+    Returns (o_t [B, H, V] in q_t's dtype, the cache after it).
+    """
+    out_dtype = q_t.dtype  # q_t is rebound to the working dtype below
     work = cache.state.dtype
     position = cache.position
     memory = cache.state
@@ -258,4 +276,4 @@ def step(q_t, k_t, v_t, u_t, g_t, beta_t, *, scale: float, cache: MCCache):
         prefix_sum=key_sum,
         position=position + 1,
     )
-    return out.to(q_t.dtype), new_cache
+    return out.to(out_dtype), new_cache

@@ -6,7 +6,9 @@
 
 1. `reference` transcribes docs/method.md token by token in fp64;
 2. each backend matches it, output and the gradient of every input, in fp32 and bf16,
-   on shapes whose length is not a multiple of the segment or chunk length, with
+   on shapes whose length is not a multiple of the segment or chunk length and passes
+   the segment ends the spec needs (`ladder_needs`: more cached memories than top_k for
+   ssc, three doubling segments for logarithmic ones, every explicit boundary), with
    K != V and non-power-of-two head sizes, and with strong and weak gates;
 3. a whole sequence == the same sequence in pieces with the cache passed along ==
    prefill followed by token-by-token `mc_step`.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 
 from .ops import BACKENDS, USES_BETA, USES_G, USES_U, mc_forward, mc_step
 from .reference import reference
-from .spec import CHUNK_SIZE, HEADS, KEY_DIM, VALUE_DIM, segment_end
+from .spec import CHUNK_SIZE, HEADS, KEY_DIM, SEGMENT_LENGTH, VALUE_DIM
 
 # Relative RMS error allowed, (outputs, gradients), per input dtype.
 TOLERANCES = {
@@ -113,16 +116,78 @@ def step_inputs(inputs, t):
     return {n if n in STATIC_INPUTS else f"{n}_t": x if n in STATIC_INPUTS else x[:, t] for n, x in inputs.items()}
 
 
+# The longest default ladder: the fp64 reference runs token by token (minutes on a CPU
+# at this length). Segment ends past it are left to --shape, and shape_notes says so.
+MAX_LADDER_SEQ_LEN = 8192
+
+
+def nth_segment_end(n: int) -> int | None:
+    """Where the n-th segment (counting from 1) ends; None when it never does."""
+    return n * SEGMENT_LENGTH
+
+
+def ladder_needs() -> list[tuple[int, str]]:
+    """(segment ends, what they exercise): the ends a checked length must pass for this spec."""
+    needs = [
+        (3, "to read several cached memories"),
+    ]
+    # Fewer segments than a need (top_k past the last explicit boundary) cannot meet it.
+    return [(count, purpose) for count, purpose in needs if nth_segment_end(count) is not None]
+
+
 def ladder_seq_len() -> int:
-    """A length past three complete segments that ends inside a segment and inside a chunk."""
-    ends, end = [], segment_end(0)
-    while end is not None and len(ends) < 3:
-        ends.append(end)
-        end = segment_end(end)
-    if not ends:
+    """A length past the segment ends this spec needs (those within MAX_LADDER_SEQ_LEN)
+    that ends inside a segment and inside a chunk, so neither length divides it."""
+    wanted = max((count for count, _ in ladder_needs()), default=0)
+    passed = 0
+    while passed < wanted and nth_segment_end(passed + 1) < MAX_LADDER_SEQ_LEN:
+        passed += 1
+    if passed == 0:
         return 2 * CHUNK_SIZE + CHUNK_SIZE // 2 + 3
-    seq_len = ends[-1] + ((end - ends[-1]) // 2 if end is not None else CHUNK_SIZE // 2) + 1
-    return seq_len + (seq_len % CHUNK_SIZE == 0)
+    last, following = nth_segment_end(passed), nth_segment_end(passed + 1)
+    # Past one more chunk boundary, ending mid-chunk, but inside the segment after `last`.
+    tail = CHUNK_SIZE + CHUNK_SIZE // 2 + 1
+    if following is not None:
+        tail = min(tail, (following - last + 1) // 2)
+    seq_len = last + tail
+    if seq_len % CHUNK_SIZE == 0 and (following is None or seq_len + 1 < following):
+        seq_len += 1
+    return seq_len
+
+
+def shape_notes(seq_len: int) -> list[str]:
+    """What a sequence of `seq_len` tokens leaves unchecked of this spec (empty: nothing)."""
+    needs = ladder_needs()
+    if not needs:
+        return []
+    first = nth_segment_end(1)
+    if seq_len <= first:
+        farthest = nth_segment_end(max(count for count, _ in needs))
+        return [
+            f"T = {seq_len} reaches no segment end (the first is at {first}): only the online "
+            f"memory is checked, no cached one; use T > {farthest}"
+        ]
+    notes = []
+    for count, purpose in needs:
+        end = nth_segment_end(count)
+        if seq_len <= end:
+            completed = 1
+            while nth_segment_end(completed + 1) < seq_len:
+                completed += 1
+            notes.append(
+                f"T = {seq_len} completes {completed} of the {count} segments needed {purpose}: "
+                f"use T > {end}"
+            )
+    return notes
+
+
+def shape_warnings(shapes) -> list[str]:
+    """shape_notes for each shape ((B, T, H, K, V)), each line naming its shape."""
+    warnings = []
+    for shape in shapes:
+        label = " x ".join(map(str, shape))
+        warnings += [f"shape {label}: {note}" for note in shape_notes(shape[1])]
+    return warnings
 
 
 def ladder_shapes(quick: bool = False, backend: str = "torch", device="cpu") -> list[tuple[int, int, int, int, int]]:
@@ -234,15 +299,32 @@ def run_ladder(
             for shape in shapes or ladder_shapes(quick, backend, device):
                 if progress is not None:
                     progress(f"{backend} {dtype_name} {' x '.join(map(str, shape))}")
-                checks += check_against_reference(backend, dtype, shape, device=device)
-                checks += check_streaming(backend, dtype, shape, device=device)
+                with one_cpu_thread(device):
+                    checks += check_against_reference(backend, dtype, shape, device=device)
+                    checks += check_streaming(backend, dtype, shape, device=device)
     return checks
 
 
+@contextmanager
+def one_cpu_thread(device):
+    """On a CPU, run with one torch thread, then give the count back. The reference and
+    decode step one token at a time over small tensors: more threads only contend, and on
+    a busy machine they made the ladder ten times slower."""
+    if str(device).startswith("cuda"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def parse_shape(text: str) -> tuple[int, int, int, int, int]:
-    """'2x4096x4x64x64' -> (B, T, H, K, V)."""
-    parts = text.lower().split("x")
-    if len(parts) != 5 or not all(p.isdigit() and int(p) > 0 for p in parts):
+    """'2x4096x4x64x64', or '2 x 4096 x 4 x 64 x 64' as the table prints it -> (B, T, H, K, V)."""
+    parts = [part.strip() for part in text.lower().split("x")]
+    if len(parts) != 5 or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
         raise ValueError(f"a shape is BxTxHxKxV with five positive integers, e.g. 2x4096x4x64x64; got {text!r}")
     return tuple(int(p) for p in parts)
 
@@ -271,6 +353,8 @@ def main(argv=None) -> int:
     if args.backend and "triton" in args.backend and device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported (on first use)
     dtypes = tuple(args.dtype or ("float32", "bfloat16"))
+    for warning in shape_warnings(args.shape or ladder_shapes(args.quick)):
+        print(f"warning: {warning}", file=sys.stderr)
     checks = run_ladder(args.backend, dtypes, quick=args.quick, device=device, shapes=args.shape)
     print(format_table(checks))
     failed = [c for c in checks if not c.passed]

@@ -3,18 +3,25 @@
 """Triton kernels of the chunked online recurrence: decay memory.
 
 The memory is a [V, K] matrix updated token by token as S_t = exp(g_t) S_{t-1} + v_t k_t^T
-and read online, after the update, as o_t = S_t q_t. The glue (backend_triton.py) cuts a
-call into NC chunks of C slots, padded with zeros, and hands the kernels contiguous
-tensors [BH, NC, C, D]. Four kernels, each one program per block:
+and read online, after the update, as o_t = scale * S_t q_t. The glue (backend_triton.py) cuts
+a call into NC chunks of C slots, padded with zeros, and hands the kernels contiguous tensors
+[BH, NC, C, D] in the inputs' dtype. Four kernels, each one program per block:
 
   _state_fwd_kernel    grid (NK, NV, BH): walks the chunks in order carrying the fp32 state
                        block [BV, BK] and stores the memory after each chunk (h_out).
-  _output_fwd_kernel   grid (NV, NC, BH): o = q h_in^T + causal(q k^T) v inside one chunk,
-                       h_in being the memory before the chunk (zero after a reset).
+  _output_fwd_kernel   grid (NV, NC, BH): o = scale q h_in^T + causal(scale q k^T) v inside one
+                       chunk, h_in being the memory before the chunk (zero after a reset).
   _state_bwd_kernel    grid (NK, NV, BH): walks the chunks backwards carrying the gradient of
-                       the memory; stores dh[n], the gradient of the memory after chunk n, and
-                       dh0, the gradient of the memory before chunk 0.
+                       the memory; stores dh[n], the gradient of the memory after chunk n (in
+                       the inputs' dtype: a dot operand only), and dh0, the gradient of the
+                       memory before chunk 0.
   _chunk_bwd_kernel    grid (NC, BH): dq, dk, dv and dg of one chunk from h_in, dh and do.
+
+Dots: with 16-bit inputs their operands are in the inputs' dtype (fp32 intermediates such as
+the state or the scores are cast right before the dot) and they accumulate in fp32, so they
+run on the tensor cores; with fp32 inputs they multiply in full fp32 ("ieee"). Triton's
+interpreter multiplies 16-bit dots wrongly, so under it every dot takes fp32 operands: the
+DOT_DTYPE constexpr, chosen on the host, is the only difference. Gates stay in fp32.
 
 With G_t the inclusive cumulative sum of g inside a chunk, every term of a chunk carries a
 factor exp(G_a - G_b), a on the query (or chunk-end) side, b on the key side (or before the
@@ -25,6 +32,8 @@ under strong decay.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -33,16 +42,36 @@ import triton.language as tl
 # the smallest tl.dot operand) and masked.
 MAX_BLOCK_K = 64
 MAX_BLOCK_V = 64
-NUM_WARPS = 4
+# Warps and pipeline stages per kernel, checked by compiling for sm_90 at K = V = 128 in bf16:
+# at C = 64 no register spills and every dot a wgmma (C = 32 dots are mma: wgmma needs 64
+# rows). 64 x 64 state blocks keep four programs per head in the scans; the chunk backward
+# holds its [C, C] scores and two [C, BK] accumulators at once and spills with fewer than 8
+# warps. Chunks of 128 slots or more double the forward's warps (the chunk backward then
+# spills about 400 bytes).
+LAUNCH = {
+    "state_fwd": dict(num_warps=4, num_stages=3),
+    "output_fwd": dict(num_warps=4, num_stages=3),
+    "state_bwd": dict(num_warps=4, num_stages=3),
+    "chunk_bwd": dict(num_warps=8, num_stages=3),
+}
+LAUNCH_WIDE_CHUNK = {
+    "output_fwd": dict(num_warps=8, num_stages=3),
+    "chunk_bwd": dict(num_warps=8, num_stages=2),
+}
+# Read once: triton decides at import whether kernels are compiled or interpreted.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DOT_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 def _block(size: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(size)))
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs keep full precision; tf32 matmuls are accurate enough for 16-bit inputs.
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    """The dots' operand dtype: the inputs' own, but fp32 under the interpreter."""
+    if dtype not in DOT_DTYPES:
+        raise ValueError(f"q, k and v must be float32, bfloat16 or float16, got {dtype}")
+    return tl.float32 if INTERPRETED else DOT_DTYPES[dtype]
 
 
 @triton.jit
@@ -60,22 +89,22 @@ def _load_h_in(
     V: tl.constexpr,
     USE_H0: tl.constexpr,
 ):
-    """The memory block [BV, BK] before chunk i_n: zero after a reset, else h_out[i_n - 1]
-    (or h0 before chunk 0)."""
+    """The fp32 memory block [BV, BK] before chunk i_n: zero after a reset, else
+    h_out[i_n - 1] (or h0 before chunk 0)."""
     m_in = tl.where(reset == 0, m_h, False)  # (m_h & (reset == 0) breaks the interpreter)
     if i_n > 0:
         p_h = h_out + (i_bh * NC + i_n - 1) * (V * K) + o_v[:, None] * K + o_k[None, :]
-        b_h = tl.load(p_h, mask=m_in, other=0.0).to(tl.float32)  # [BV, BK]
+        b_h = tl.load(p_h, mask=m_in, other=0.0)  # [BV, BK]
     else:
         if USE_H0:
             p_h = h0 + i_bh * (V * K) + o_v[:, None] * K + o_k[None, :]
-            b_h = tl.load(p_h, mask=m_in, other=0.0).to(tl.float32)  # [BV, BK]
+            b_h = tl.load(p_h, mask=m_in, other=0.0)  # [BV, BK]
         else:
             b_h = tl.zeros([o_v.shape[0], o_k.shape[0]], dtype=tl.float32)  # [BV, BK]
     return b_h
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])
 def _state_fwd_kernel(
     k,
     v,
@@ -91,7 +120,7 @@ def _state_fwd_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     USE_H0: tl.constexpr,
-    DOT: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_bh = i_bh.to(tl.int64)
@@ -110,19 +139,20 @@ def _state_fwd_kernel(
     b_h = tl.zeros([BV, BK], dtype=tl.float32)  # [BV, BK]
     if USE_H0:
         p_h0 = h0 + i_bh * (V * K) + o_v[:, None] * K + o_k[None, :]
-        b_h = tl.load(p_h0, mask=m_h, other=0.0).to(tl.float32)
+        b_h = tl.load(p_h0, mask=m_h, other=0.0)
     for i_n in range(NC):
         reset = tl.load(resets + i_n)
         b_h = tl.where(reset != 0, 0.0, b_h)
-        b_k = tl.load(p_k, mask=m_c[:, None] & m_k[None, :], other=0.0).to(tl.float32)  # [BC, BK]
-        b_v = tl.load(p_v, mask=m_c[:, None] & m_v[None, :], other=0.0).to(tl.float32)  # [BC, BV]
-        b_g = tl.load(p_g, mask=m_c, other=0.0).to(tl.float32)  # [BC]
+        b_k = tl.load(p_k, mask=m_c[:, None] & m_k[None, :], other=0.0)  # [BC, BK]
+        b_v = tl.load(p_v, mask=m_c[:, None] & m_v[None, :], other=0.0)  # [BC, BV]
+        b_g = tl.load(p_g, mask=m_c, other=0.0)  # [BC]
         b_G = tl.cumsum(b_g, axis=0)  # [BC] log decay from the chunk start, inclusive
         b_G_last = tl.sum(b_g, axis=0)  # padding slots have g = 0
         # S_end = exp(G_last) S_in + sum_j exp(G_last - G_j) v_j k_j^T
-        b_v = b_v * tl.exp(b_G_last - b_G)[:, None]
+        b_v = b_v.to(tl.float32) * tl.exp(b_G_last - b_G)[:, None]
         b_h = b_h * tl.exp(b_G_last)
-        b_h += tl.dot(tl.trans(b_v), b_k, input_precision=DOT)  # [BV, BK]
+        b_v = tl.trans(b_v.to(DOT_DTYPE))  # [BV, BC]
+        b_h = tl.dot(b_v, b_k.to(DOT_DTYPE), b_h, input_precision="ieee")  # [BV, BK]
         tl.store(p_h, b_h, mask=m_h)
         p_k += C * K
         p_v += C * V
@@ -130,7 +160,7 @@ def _state_fwd_kernel(
         p_h += V * K
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])
 def _output_fwd_kernel(
     q,
     k,
@@ -140,6 +170,7 @@ def _output_fwd_kernel(
     h_out,
     resets,
     o,
+    scale,
     NC,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -148,7 +179,7 @@ def _output_fwd_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     USE_H0: tl.constexpr,
-    DOT: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_bh = i_bh.to(tl.int64)
@@ -166,38 +197,41 @@ def _output_fwd_kernel(
         m_ck = m_c[:, None] & m_k[None, :]
         p_q = q + i_chunk * (C * K) + o_c[:, None] * K + o_k[None, :]
         p_k = k + i_chunk * (C * K) + o_c[:, None] * K + o_k[None, :]
-        b_q = tl.load(p_q, mask=m_ck, other=0.0).to(tl.float32)  # [BC, BK]
-        b_k = tl.load(p_k, mask=m_ck, other=0.0).to(tl.float32)  # [BC, BK]
+        b_q = tl.load(p_q, mask=m_ck, other=0.0).to(DOT_DTYPE)  # [BC, BK]
+        b_k = tl.load(p_k, mask=m_ck, other=0.0).to(DOT_DTYPE)  # [BC, BK]
         b_h = _load_h_in(
             h0, h_out, i_bh, i_n, NC, reset, o_v, o_k, m_v[:, None] & m_k[None, :], K, V, USE_H0
         )  # [BV, BK]
-        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT)
-        b_o += tl.dot(b_q, tl.trans(b_h), input_precision=DOT)
+        b_A = tl.dot(b_q, tl.trans(b_k), b_A, input_precision="ieee")
+        b_o = tl.dot(b_q, tl.trans(b_h.to(DOT_DTYPE)), b_o, input_precision="ieee")
 
     causal = o_c[:, None] >= o_c[None, :]  # [BC, BC]
-    b_g = tl.load(g + i_chunk * C + o_c, mask=m_c, other=0.0).to(tl.float32)  # [BC]
+    b_g = tl.load(g + i_chunk * C + o_c, mask=m_c, other=0.0)  # [BC]
     b_G = tl.cumsum(b_g, axis=0)  # [BC]
-    b_o = b_o * tl.exp(b_G)[:, None]
+    b_o = b_o * (scale * tl.exp(b_G))[:, None]
     # exp(G_t - G_j) only where j <= t (above the diagonal it could overflow: masked first).
     b_decay = tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))  # [BC, BC]
-    b_A = tl.where(causal, b_A * b_decay, 0.0)
+    b_A = tl.where(causal, b_A * (scale * b_decay), 0.0)
     p_v = v + i_chunk * (C * V) + o_c[:, None] * V + o_v[None, :]
-    b_v = tl.load(p_v, mask=m_c[:, None] & m_v[None, :], other=0.0).to(tl.float32)  # [BC, BV]
-    b_o += tl.dot(b_A, b_v, input_precision=DOT)
+    b_v = tl.load(p_v, mask=m_c[:, None] & m_v[None, :], other=0.0)  # [BC, BV]
+    b_o = tl.dot(b_A.to(DOT_DTYPE), b_v.to(DOT_DTYPE), b_o, input_precision="ieee")
     p_o = o + i_chunk * (C * V) + o_c[:, None] * V + o_v[None, :]
     tl.store(p_o, b_o, mask=m_c[:, None] & m_v[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC", "M"])
 def _state_bwd_kernel(
     q,
     g,
     do,
     dh_out,
+    dh_slot,
     resets,
     dh,
     dh0,
+    scale,
     NC,
+    M,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
@@ -205,7 +239,7 @@ def _state_bwd_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     HAS_DH_OUT: tl.constexpr,
-    DOT: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_bh = i_bh.to(tl.int64)
@@ -223,26 +257,30 @@ def _state_bwd_kernel(
         i_chunk = i_bh * NC + i_n
         b_dh = b_carry  # [BV, BK] gradient of the memory after chunk i_n
         if HAS_DH_OUT:
-            b_dh += tl.load(dh_out + i_chunk * (V * K) + o_h, mask=m_h, other=0.0).to(tl.float32)
-        tl.store(dh + i_chunk * (V * K) + o_h, b_dh, mask=m_h)
+            slot = tl.load(dh_slot + i_n)  # where chunk i_n's injected gradient is, or -1
+            if slot >= 0:
+                p_dh_out = dh_out + (i_bh * M + slot) * (V * K) + o_h
+                b_dh += tl.load(p_dh_out, mask=m_h, other=0.0)
+        tl.store(dh + i_chunk * (V * K) + o_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
 
         p_q = q + i_chunk * (C * K) + o_c[:, None] * K + o_k[None, :]
         p_do = do + i_chunk * (C * V) + o_c[:, None] * V + o_v[None, :]
-        b_q = tl.load(p_q, mask=m_c[:, None] & m_k[None, :], other=0.0).to(tl.float32)  # [BC, BK]
-        b_do = tl.load(p_do, mask=m_c[:, None] & m_v[None, :], other=0.0).to(tl.float32)  # [BC, BV]
-        b_g = tl.load(g + i_chunk * C + o_c, mask=m_c, other=0.0).to(tl.float32)  # [BC]
+        b_q = tl.load(p_q, mask=m_c[:, None] & m_k[None, :], other=0.0)  # [BC, BK]
+        b_do = tl.load(p_do, mask=m_c[:, None] & m_v[None, :], other=0.0)  # [BC, BV] fp32
+        b_g = tl.load(g + i_chunk * C + o_c, mask=m_c, other=0.0)  # [BC]
         b_G = tl.cumsum(b_g, axis=0)  # [BC]
         b_G_last = tl.sum(b_g, axis=0)
-        # dS_in = exp(G_last) dS_end + sum_t exp(G_t) do_t q_t^T
-        b_do = b_do * tl.exp(b_G)[:, None]
+        # dS_in = exp(G_last) dS_end + scale sum_t exp(G_t) do_t q_t^T
+        b_do = b_do * (scale * tl.exp(b_G))[:, None]
         b_dh = b_dh * tl.exp(b_G_last)
-        b_dh += tl.dot(tl.trans(b_do), b_q, input_precision=DOT)  # [BV, BK]
+        b_do = tl.trans(b_do.to(DOT_DTYPE))  # [BV, BC]
+        b_dh = tl.dot(b_do, b_q.to(DOT_DTYPE), b_dh, input_precision="ieee")  # [BV, BK]
         reset = tl.load(resets + i_n)
         b_carry = tl.where(reset != 0, 0.0, b_dh)
     tl.store(dh0 + i_bh * (V * K) + o_h, b_carry, mask=m_h)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])
 def _chunk_bwd_kernel(
     q,
     k,
@@ -257,6 +295,7 @@ def _chunk_bwd_kernel(
     dk,
     dv,
     dg,
+    scale,
     NC,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -265,7 +304,7 @@ def _chunk_bwd_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     USE_H0: tl.constexpr,
-    DOT: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh = i_bh.to(tl.int64)
@@ -284,57 +323,64 @@ def _chunk_bwd_kernel(
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_ck = m_c[:, None] & (o_k < K)[None, :]
-        b_q = tl.load(p_q0 + o_k[None, :], mask=m_ck, other=0.0).to(tl.float32)  # [BC, BK]
-        b_k = tl.load(p_k0 + o_k[None, :], mask=m_ck, other=0.0).to(tl.float32)  # [BC, BK]
-        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=DOT)
+        b_q = tl.load(p_q0 + o_k[None, :], mask=m_ck, other=0.0)  # [BC, BK]
+        b_k = tl.load(p_k0 + o_k[None, :], mask=m_ck, other=0.0)  # [BC, BK]
+        b_A = tl.dot(b_q.to(DOT_DTYPE), tl.trans(b_k.to(DOT_DTYPE)), b_A, input_precision="ieee")
     b_dA = tl.zeros([BC, BC], dtype=tl.float32)  # [BC, BC]
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_cv = m_c[:, None] & (o_v < V)[None, :]
-        b_do = tl.load(p_do0 + o_v[None, :], mask=m_cv, other=0.0).to(tl.float32)  # [BC, BV]
-        b_v = tl.load(p_v0 + o_v[None, :], mask=m_cv, other=0.0).to(tl.float32)  # [BC, BV]
-        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=DOT)
+        b_do = tl.load(p_do0 + o_v[None, :], mask=m_cv, other=0.0)  # [BC, BV] fp32
+        b_v = tl.load(p_v0 + o_v[None, :], mask=m_cv, other=0.0)  # [BC, BV]
+        b_dA = tl.dot(b_do.to(DOT_DTYPE), tl.trans(b_v.to(DOT_DTYPE)), b_dA, input_precision="ieee")
     causal = o_c[:, None] >= o_c[None, :]  # [BC, BC]
-    b_g = tl.load(g + i_chunk * C + o_c, mask=m_c, other=0.0).to(tl.float32)  # [BC]
+    b_g = tl.load(g + i_chunk * C + o_c, mask=m_c, other=0.0)  # [BC]
     b_G = tl.cumsum(b_g, axis=0)  # [BC]
     b_G_last = tl.sum(b_g, axis=0)
     # exp(G_t - G_j) only where j <= t (above the diagonal it could overflow: masked first).
     b_decay = tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))  # [BC, BC]
-    b_A = tl.where(causal, b_A * b_decay, 0.0)
-    b_M = b_A * b_dA  # [BC, BC] term (t, j) of the loss inside the chunk, g_s enters if j < s <= t
-    b_dA = tl.where(causal, b_dA * b_decay, 0.0)
-    b_q_decay = tl.exp(b_G)[:, None]  # [BC, 1] query side: exp(G_t)
-    b_k_decay = tl.exp(b_G_last - b_G)[:, None]  # [BC, 1] key side to the chunk end
+    b_A = tl.where(causal, b_A * (scale * b_decay), 0.0)  # the forward's weights
+    # Term (t, j) of the loss inside the chunk is M[t, j] = A[t, j] dA[t, j], and g_s enters it
+    # when j < s <= t: dg_s gets sum_{j<s} P[s, j], P[s, j] = sum_{t>=s} M[t, j] (a sum of
+    # terms, not a difference of cumulative sums: no cancellation).
+    b_P = tl.cumsum(b_A * b_dA, axis=0, reverse=True)  # [BC, BC]
+    b_dg = tl.sum(tl.where(o_c[None, :] < o_c[:, None], b_P, 0.0), axis=1)  # [BC]
+    b_dA = tl.where(causal, b_dA * (scale * b_decay), 0.0)
+    b_q_decay = tl.exp(b_G)  # [BC] query side: exp(G_t)
+    b_k_decay = tl.exp(b_G_last - b_G)  # [BC] key side to the chunk end
     b_c_in = tl.zeros([BC], dtype=tl.float32)  # [BC] do_t.(h_in q_t), term t of o via h_in
     b_c_end = tl.zeros([BC], dtype=tl.float32)  # [BC] v_j.(dh k_j), term j of h_out[n]
-    b_end = tl.zeros([BV, BK], dtype=tl.float32)  # [BV, BK] sums to <dh[n], h_in>
+    b_end = tl.zeros([1], dtype=tl.float32)  # <dh[n], h_in>
+    b_A = b_A.to(DOT_DTYPE)  # from here on dot operands only
+    b_dA = b_dA.to(DOT_DTYPE)
 
-    # dq = do h_in (decayed) + dA k;  dk = v dh (decayed) + dA^T q.
+    # dq = scale do h_in (decayed) + dA k;  dk = v dh (decayed) + dA^T q.
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_ck = m_c[:, None] & m_k[None, :]
-        b_q = tl.load(p_q0 + o_k[None, :], mask=m_ck, other=0.0).to(tl.float32)  # [BC, BK]
-        b_k = tl.load(p_k0 + o_k[None, :], mask=m_ck, other=0.0).to(tl.float32)  # [BC, BK]
-        b_dq_in = tl.zeros([BC, BK], dtype=tl.float32)  # [BC, BK] do h_in
-        b_dk_in = tl.zeros([BC, BK], dtype=tl.float32)  # [BC, BK] v dh
+        b_q = tl.load(p_q0 + o_k[None, :], mask=m_ck, other=0.0)  # [BC, BK]
+        b_k = tl.load(p_k0 + o_k[None, :], mask=m_ck, other=0.0)  # [BC, BK]
+        b_dq = tl.zeros([BC, BK], dtype=tl.float32)  # [BC, BK] do h_in
+        b_dk = tl.zeros([BC, BK], dtype=tl.float32)  # [BC, BK] v dh
         for i_v in range(tl.cdiv(V, BV)):
             o_v = i_v * BV + tl.arange(0, BV)
             m_v = o_v < V
             m_cv = m_c[:, None] & m_v[None, :]
             m_h = m_v[:, None] & m_k[None, :]
-            o_h = o_v[:, None] * K + o_k[None, :]  # [BV, BK]
-            b_do = tl.load(p_do0 + o_v[None, :], mask=m_cv, other=0.0).to(tl.float32)  # [BC, BV]
-            b_v = tl.load(p_v0 + o_v[None, :], mask=m_cv, other=0.0).to(tl.float32)  # [BC, BV]
+            b_do = tl.load(p_do0 + o_v[None, :], mask=m_cv, other=0.0)  # [BC, BV] fp32
+            b_v = tl.load(p_v0 + o_v[None, :], mask=m_cv, other=0.0)  # [BC, BV]
             b_h = _load_h_in(h0, h_out, i_bh, i_n, NC, reset, o_v, o_k, m_h, K, V, USE_H0)
-            b_dh = tl.load(dh + p_h0 + o_h, mask=m_h, other=0.0)  # [BV, BK]
-            b_dq_in += tl.dot(b_do, b_h, input_precision=DOT)
-            b_dk_in += tl.dot(b_v, b_dh, input_precision=DOT)
-            b_end += b_dh * b_h
-        b_c_in += tl.sum(b_q * b_dq_in, axis=1)
-        b_c_end += tl.sum(b_k * b_dk_in, axis=1)
-        b_dq = b_dq_in * b_q_decay + tl.dot(b_dA, b_k, input_precision=DOT)  # [BC, BK]
-        b_dk = b_dk_in * b_k_decay + tl.dot(tl.trans(b_dA), b_q, input_precision=DOT)
+            b_dh = tl.load(dh + p_h0 + o_v[:, None] * K + o_k[None, :], mask=m_h, other=0.0)
+            b_dq = tl.dot(b_do.to(DOT_DTYPE), b_h.to(DOT_DTYPE), b_dq, input_precision="ieee")
+            b_dk = tl.dot(b_v.to(DOT_DTYPE), b_dh.to(DOT_DTYPE), b_dk, input_precision="ieee")
+            b_end += tl.sum(b_dh.to(tl.float32) * b_h)
+        b_c_in += tl.sum(b_q.to(tl.float32) * b_dq, axis=1)
+        b_c_end += tl.sum(b_k.to(tl.float32) * b_dk, axis=1)
+        b_dq = b_dq * (scale * b_q_decay)[:, None]
+        b_dk = b_dk * b_k_decay[:, None]
+        b_dq = tl.dot(b_dA, b_k.to(DOT_DTYPE), b_dq, input_precision="ieee")  # [BC, BK]
+        b_dk = tl.dot(tl.trans(b_dA), b_q.to(DOT_DTYPE), b_dk, input_precision="ieee")
         o_dqk = i_chunk * (C * K) + o_c[:, None] * K + o_k[None, :]
         tl.store(dq + o_dqk, b_dq, mask=m_ck)
         tl.store(dk + o_dqk, b_dk, mask=m_ck)
@@ -344,31 +390,28 @@ def _chunk_bwd_kernel(
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
         m_cv = m_c[:, None] & m_v[None, :]
-        b_do = tl.load(p_do0 + o_v[None, :], mask=m_cv, other=0.0).to(tl.float32)  # [BC, BV]
-        b_dv_in = tl.zeros([BC, BV], dtype=tl.float32)  # [BC, BV] k dh^T
+        b_dv = tl.zeros([BC, BV], dtype=tl.float32)  # [BC, BV] k dh^T
         for i_k in range(tl.cdiv(K, BK)):
             o_k = i_k * BK + tl.arange(0, BK)
             m_k = o_k < K
             m_h = m_v[:, None] & m_k[None, :]
             b_k = tl.load(p_k0 + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
             b_dh = tl.load(dh + p_h0 + o_v[:, None] * K + o_k[None, :], mask=m_h, other=0.0)
-            b_dv_in += tl.dot(b_k.to(tl.float32), tl.trans(b_dh), input_precision=DOT)
-        b_dv = b_dv_in * b_k_decay + tl.dot(tl.trans(b_A), b_do, input_precision=DOT)
+            b_dh = tl.trans(b_dh.to(DOT_DTYPE))  # [BK, BV]
+            b_dv = tl.dot(b_k.to(DOT_DTYPE), b_dh, b_dv, input_precision="ieee")
+        b_dv = b_dv * b_k_decay[:, None]
+        b_do = tl.load(p_do0 + o_v[None, :], mask=m_cv, other=0.0)  # [BC, BV] fp32
+        b_dv = tl.dot(tl.trans(b_A), b_do.to(DOT_DTYPE), b_dv, input_precision="ieee")
         p_dv = dv + i_chunk * (C * V) + o_c[:, None] * V + o_v[None, :]
         tl.store(p_dv, b_dv, mask=m_cv)
 
-    # dg_s = sum over the terms exp(G_a - G_b) with b < s <= a:
-    #   o_t via h_in (t >= s) + h_out[n] via h_in (every s) + h_out[n] via slot j (j < s)
-    #   + o_t via slot j (j < s <= t).
-    b_c_in = b_c_in * tl.exp(b_G)  # [BC]
-    b_c_end = b_c_end * tl.exp(b_G_last - b_G)  # [BC]
-    b_dg = tl.sum(tl.where(causal, b_c_in[:, None], 0.0), axis=0)  # [BC] sum over t >= s
-    b_dg += tl.exp(b_G_last) * tl.sum(tl.sum(b_end, axis=1), axis=0)
+    # dg_s, the other terms exp(G_a - G_b) with b < s <= a: o_t via h_in (t >= s), h_out[n]
+    # via h_in (every s), h_out[n] via slot j (j < s).
+    b_dg += tl.cumsum(b_c_in * scale * b_q_decay, axis=0, reverse=True)  # sum over t >= s
+    b_dg += tl.exp(b_G_last) * b_end
+    b_c_end = b_c_end * b_k_decay  # [BC]
     before = o_c[:, None] < o_c[None, :]  # [BC, BC] (j, s): j < s
     b_dg += tl.sum(tl.where(before, b_c_end[:, None], 0.0), axis=0)
-    # b_R[t, s] = sum over j < s of M[t, j] (a matmul, not a cumsum less M: no cancellation)
-    b_R = tl.dot(b_M, tl.where(before, 1.0, 0.0), input_precision=DOT)  # [BC, BC]
-    b_dg += tl.sum(tl.where(causal, b_R, 0.0), axis=0)
     tl.store(dg + i_chunk * C + o_c, b_dg, mask=m_c)
 
 
@@ -376,21 +419,43 @@ def _check(q, k, v, h0, resets):
     BH, NC, C, K = q.shape
     V = v.shape[-1]
     assert k.shape == q.shape and v.shape == (BH, NC, C, V), (q.shape, k.shape, v.shape)
+    assert k.dtype == q.dtype == v.dtype, (q.dtype, k.dtype, v.dtype)
     assert resets.shape == (NC,), resets.shape
     assert h0 is None or h0.shape == (BH, V, K), h0.shape
     assert C & (C - 1) == 0, f"chunk size {C} is not a power of two"
     return BH, NC, C, K, V
 
 
-def recurrence_fwd(q, k, v, g, h0, resets):
+def _launch(kernel: str, C: int) -> dict:
+    """num_warps and num_stages of one kernel for chunks of C slots."""
+    if C >= 128 and kernel in LAUNCH_WIDE_CHUNK:
+        return LAUNCH_WIDE_CHUNK[kernel]
+    return LAUNCH[kernel]
+
+
+def _meta(q: torch.Tensor, K: int, V: int, C: int) -> dict:
+    """Constexprs shared by the four kernels."""
+    return dict(
+        K=K,
+        V=V,
+        C=C,
+        BC=max(16, C),
+        BK=_block(K, MAX_BLOCK_K),
+        BV=_block(V, MAX_BLOCK_V),
+        DOT_DTYPE=_dot_dtype(q.dtype),
+    )
+
+
+def recurrence_fwd(q, k, v, g, h0, resets, scale: float):
     """Chunked online recurrence, forward.
 
-    q, k: [BH, NC, C, K] (q already scaled), v: [BH, NC, C, V], any float dtype;
-    g: [BH, NC, C] log decay (zero in padding slots);
+    q, k: [BH, NC, C, K], v: [BH, NC, C, V], all float32, bfloat16 or float16 (zero in padding
+    slots; q unscaled: `scale` multiplies the scores in the kernels);
+    g: [BH, NC, C] fp32 log decay (zero in padding slots);
     h0: [BH, V, K] fp32 memory before chunk 0 (None: zeros); resets: int32 [NC], 1 where the
     memory restarts from zero before chunk n.
 
-    Returns o [BH, NC, C, V] fp32, o_t = S_t q_t after the update at t, and
+    Returns o [BH, NC, C, V] fp32, o_t = scale S_t q_t after the update at t, and
     h_out [BH, NC, V, K] fp32, the memory after each chunk's last slot.
     """
     BH, NC, C, K, V = _check(q, k, v, h0, resets)
@@ -401,27 +466,40 @@ def recurrence_fwd(q, k, v, g, h0, resets):
     q, k, v, resets = q.contiguous(), k.contiguous(), v.contiguous(), resets.contiguous()
     if g is None:
         raise ValueError("the decay recurrence needs g")
-    g = g.contiguous()
+    gates = (g.contiguous(),)
     use_h0 = h0 is not None
-    h0 = h0.contiguous() if use_h0 else h_out
-    BK, BV = _block(K, MAX_BLOCK_K), _block(V, MAX_BLOCK_V)
-    NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
-    meta = dict(K=K, V=V, C=C, BC=max(16, C), BK=BK, BV=BV, DOT=_dot_precision(q.dtype))
+    h0 = h0.contiguous() if use_h0 else None
+    meta = _meta(q, K, V, C)
+    NK, NV = triton.cdiv(K, meta["BK"]), triton.cdiv(V, meta["BV"])
     _state_fwd_kernel[(NK, NV, BH)](
-        k, v, g, h0, resets, h_out, NC, USE_H0=use_h0, num_warps=NUM_WARPS, **meta
+        k, v, *gates, h0, resets, h_out, NC, USE_H0=use_h0, **_launch("state_fwd", C), **meta
     )
     _output_fwd_kernel[(NV, NC, BH)](
-        q, k, v, g, h0, h_out, resets, o, NC, USE_H0=use_h0, num_warps=NUM_WARPS, **meta
+        q,
+        k,
+        v,
+        *gates,
+        h0,
+        h_out,
+        resets,
+        o,
+        scale,
+        NC,
+        USE_H0=use_h0,
+        **_launch("output_fwd", C),
+        **meta,
     )
     return o, h_out
 
 
-def recurrence_bwd(q, k, v, g, h0, resets, h_out, do, dh_out):
+def recurrence_bwd(q, k, v, g, h0, resets, h_out, do, dh_out, dh_slot, scale: float):
     """Chunked online recurrence, backward (arguments as in recurrence_fwd, plus its h_out).
 
-    do: [BH, NC, C, V] fp32 gradient of o; dh_out: [BH, NC, V, K] fp32 gradient of h_out, or
-    None (zeros). Returns (dq, dk, dv, dg, dh0): dq, dk [BH, NC, C, K] fp32, dv [BH, NC, C, V]
-    fp32, dg [BH, NC, C] fp32, dh0 [BH, V, K] fp32 (zeros if resets[0]).
+    do: [BH, NC, C, V] fp32 gradient of o; dh_out: [BH, M, V, K] fp32 gradients of h_out at
+    the M chunks where one is injected (segment ends, a piece's last chunk), dh_slot int32
+    [NC]: each chunk's index into dh_out, -1 for none; or both None (zeros). Returns (dq, dk, dv, dg, dh0): dq (with respect to the unscaled q), dk
+    [BH, NC, C, K] fp32, dv [BH, NC, C, V] fp32, dg [BH, NC, C] fp32,
+    dh0 [BH, V, K] fp32 (zeros if resets[0]).
     """
     BH, NC, C, K, V = _check(q, k, v, h0, resets)
     dq = q.new_empty(BH, NC, C, K, dtype=torch.float32)
@@ -435,23 +513,37 @@ def recurrence_bwd(q, k, v, g, h0, resets, h_out, do, dh_out):
     h_out, do = h_out.contiguous(), do.contiguous()
     if g is None:
         raise ValueError("the decay recurrence needs g")
-    g = g.contiguous()
+    gates, gate_grads = (g.contiguous(),), (dg,)
     use_h0 = h0 is not None
-    h0 = h0.contiguous() if use_h0 else h_out
+    h0 = h0.contiguous() if use_h0 else None
     has_dh_out = dh_out is not None
-    dh_out = dh_out.contiguous() if has_dh_out else h_out
-    dh = q.new_empty(BH, NC, V, K, dtype=torch.float32)  # gradient of the memory after chunk n
-    BK, BV = _block(K, MAX_BLOCK_K), _block(V, MAX_BLOCK_V)
-    NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
-    meta = dict(K=K, V=V, C=C, BC=max(16, C), BK=BK, BV=BV, DOT=_dot_precision(q.dtype))
+    dh_out = dh_out.contiguous() if has_dh_out else None
+    dh_slot = dh_slot.contiguous() if has_dh_out else None
+    # dh[n]: gradient of the memory after chunk n, kept in the inputs' dtype (a dot operand).
+    dh = q.new_empty(BH, NC, V, K)
+    meta = _meta(q, K, V, C)
+    NK, NV = triton.cdiv(K, meta["BK"]), triton.cdiv(V, meta["BV"])
     _state_bwd_kernel[(NK, NV, BH)](
-        q, g, do, dh_out, resets, dh, dh0, NC, HAS_DH_OUT=has_dh_out, num_warps=NUM_WARPS, **meta
+        q,
+        *gates,
+        do,
+        dh_out,
+        dh_slot,
+        resets,
+        dh,
+        dh0,
+        scale,
+        NC,
+        dh_out.shape[1] if has_dh_out else 0,
+        HAS_DH_OUT=has_dh_out,
+        **_launch("state_bwd", C),
+        **meta,
     )
     _chunk_bwd_kernel[(NC, BH)](
         q,
         k,
         v,
-        g,
+        *gates,
         h0,
         h_out,
         dh,
@@ -460,10 +552,11 @@ def recurrence_bwd(q, k, v, g, h0, resets, h_out, do, dh_out):
         dq,
         dk,
         dv,
-        dg,
+        *gate_grads,
+        scale,
         NC,
         USE_H0=use_h0,
-        num_warps=NUM_WARPS,
+        **_launch("chunk_bwd", C),
         **meta,
     )
     return dq, dk, dv, dg, dh0

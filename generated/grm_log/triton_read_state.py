@@ -3,256 +3,202 @@
 """Triton kernels: cached reads in state form fused with the grm aggregation.
 
 Chunk n of the chunked layout (backend_triton.py builds it) reads the cached memories
-visible_lo[n] <= i < visible_hi[n]; token t of the chunk reads r_i = states[i] q_t.
+visible_lo[n] <= i < visible_hi[n]; token t of the chunk reads r_i = scale * states[i] q_t.
 Logits a_i = GATE_SCALE <u_t, d_i> and the online logit (given) are mixed by a softmax;
 grm: every visible memory enters the softmax.
 o_t = w_on o_on_t + sum_i w_i r_i, computed with a running max and sum (flash-attention
 style), so no [T, N, V] tensor is ever formed.
 
-Forward: one program per (chunk, batch*head, V block) loops over the visible memories.
-Backward: one program per (chunk, batch*head) gives dq, do_on, dlogit_on and dconn;
-one per (memory, batch*head, V block) gives dstates and ddescriptors, looping over the
-chunks that see the memory (no atomics: the result is deterministic).
+Programs work on row blocks: runs of up to R consecutive chunks that see the same memories
+(ROWS_FWD / ROWS_BWD rows), so each cached state is read once per block, not once per
+chunk. Blocks are launched heaviest first (most visible memories), those of one head
+together, so a head's states stay in L2 while its blocks read them.
+
+Forward: one program per (block, batch*head) loops over the visible memories; each read is a
+tensor-core dot [BT, K] x [K, V] accumulated into the block's output (the softmax weight
+scales the query rows, so the dot accumulates in place).
+Backward: one program per (block, batch*head) computes Z_i = do S_i per memory, which gives
+dq and the weight gradient <Z_i, q>; it stores w_i and the logit gradient da_i per (row,
+memory), from which torch's matmuls give the connector's and descriptors' gradients; one program per (memory, batch*head) sums dstates[i] = scale * sum_t w_i do_t q_t^T over
+the blocks that see memory i (no atomics: the result is deterministic).
+
+Dots take the inputs' dtype (bf16/fp16 on tensor cores, fp32 accumulation); fp32 inputs keep
+"ieee" dots, and so does Triton's interpreter whatever the dtype (it multiplies 16-bit dots
+wrongly).
 """
 
 from __future__ import annotations
+
+import os
+from functools import lru_cache
 
 import torch
 import triton
 import triton.language as tl
 
 GATE_SCALE = 0.125
-# Precision of fp32 tl.dot on a GPU: "ieee" keeps the 1e-5 contract; "tf32" is faster.
-DOT_PRECISION = "ieee"
-MAX_BLOCK_V = 64  # widest V block one program holds; wider values are split or looped
-NUM_WARPS = 4
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Rows of one program: the forward holds a [ROWS, V] fp32 output block, the backward a
+# [ROWS, K] one per gradient it accumulates (fewer rows: it keeps three). With 8 warps these
+# compile without spills at K = V = 128 for sm_90 (`mcgen inspect --kernels` shows it).
+ROWS_FWD = 128  # ssc keeps its top-k thresholds too: fewer rows
+ROWS_BWD = 64
+# Autotuned over pipeline depth only (every config spill-free); one config in the interpreter.
+CONFIGS = [
+    triton.Config({}, num_warps=8, num_stages=stages) for stages in ((2,) if INTERPRET else (2, 3))
+]
+TUNING_KEY = ["K", "V", "C", "BT", "DOT_DTYPE"]
 
 
 @triton.jit
-def _mm(a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """a [M, R] @ b [R, P] in fp32; tl.dot needs every side >= 16, else a broadcast sum."""
-    if USE_DOT:
-        out = tl.dot(a, b, input_precision=PRECISION)
-    else:
-        out = tl.sum(a[:, :, None] * b[None, :, :], 1)
-    return out
+def _dot(a, b, acc, DOT_DTYPE: tl.constexpr):
+    """acc + a @ b with operands in DOT_DTYPE (16-bit: tensor cores; fp32: exact "ieee")."""
+    return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision="ieee")
 
 
 @triton.jit
-def _logits(b_conn, p_descriptor, o_k, m_k, GATE_SCALE: tl.constexpr):
-    """GATE_SCALE <u_t, d_i> for the rows of a chunk: b_conn [C, BK] -> [C]."""
+def _logits(b_u, p_descriptor, o_k, m_k, GATE_SCALE: tl.constexpr):
+    """GATE_SCALE <u_t, d_i> for the rows of a block: b_u [BT, BK] -> [BT]."""
     b_d = tl.load(p_descriptor + o_k, mask=m_k, other=0.0).to(tl.float32)  # [BK]
-    return GATE_SCALE * tl.sum(b_conn * b_d[None, :], 1)
+    return GATE_SCALE * tl.sum(b_u.to(tl.float32) * b_d[None, :], 1)
 
 
 @triton.jit
-def _fwd_accumulate(
-    b_acc, b_max, b_sum, b_a, b_q, p_state, o_v, o_k, m_v, m_k,
-    K: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """Online softmax step: fold memory i (logits b_a [C], -inf where not chosen) into the
-    running output b_acc [C, BV], max b_max [C] and sum b_sum [C]."""
-    p_s = p_state + o_v[:, None] * K + o_k[None, :]  # [BV, BK]
-    b_s = tl.load(p_s, mask=m_v[:, None] & m_k[None, :], other=0.0).to(tl.float32)  # [BV, BK]
-    b_r = _mm(b_q, tl.trans(b_s), USE_DOT, PRECISION)  # [C, BV]
-    b_max_new = tl.maximum(b_max, b_a)  # [C]; b_max is finite (it starts at the online logit)
-    b_alpha = tl.exp(b_max - b_max_new)  # [C]
-    b_p = tl.exp(b_a - b_max_new)  # [C]; 0 where not chosen
-    b_acc = b_acc * b_alpha[:, None] + b_p[:, None] * b_r
-    b_sum = b_sum * b_alpha + b_p
-    return b_acc, b_max_new, b_sum
+def _block_rows(blocks, i_b, i_bh, NC, C: tl.constexpr, BT: tl.constexpr):
+    """(rows [BT] of the chunked layout, their mask, lo, hi) of row block i_b of head i_bh."""
+    first = tl.load(blocks + i_b * 4)
+    count = tl.load(blocks + i_b * 4 + 1)
+    lo = tl.load(blocks + i_b * 4 + 2).to(tl.int64)  # int64: the loop index makes offsets
+    hi = tl.load(blocks + i_b * 4 + 3).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    rows = (i_bh.to(tl.int64) * NC + first) * C + o_t  # [BT] consecutive chunks: one run
+    return rows, o_t < count * C, lo, hi
 
 
-@triton.jit
+@triton.autotune(configs=CONFIGS, key=TUNING_KEY)
+@triton.jit(do_not_specialize=["NC", "N"])
 def _read_state_fwd_kernel(
     q, o_on,
     logit_on, conn, descriptors,
-    states, visible_lo, visible_hi,
+    states, blocks,
     o,
     lse,
-    NC, N,
-    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    NC, N, scale,
+    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
     GATE_SCALE: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
-    i_n, i_bh, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    lo = tl.load(visible_lo + i_n).to(tl.int64)  # int64: the loop index makes offsets
-    hi = tl.load(visible_hi + i_n).to(tl.int64)
-    o_c = tl.arange(0, C)
+    i_b, i_bh = tl.program_id(0), tl.program_id(1)
+    rows, m_t, lo, hi = _block_rows(blocks, i_b, i_bh, NC, C, BT)
     o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    rows = (i_bh.to(tl.int64) * NC + i_n) * C + o_c  # [C] token rows of the chunk
-    b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0).to(
-        tl.float32
-    )  # [C, BK]
-    p_o_on = o_on + rows[:, None] * V + o_v[None, :]  # [C, BV]
-    b_acc = tl.load(p_o_on, mask=m_v[None, :], other=0.0).to(tl.float32)  # [C, BV]
-    p_states = states + i_bh.to(tl.int64) * N * V * K
+    o_v = tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_tk = m_t[:, None] & m_k[None, :]  # [BT, BK]
+    m_tv = m_t[:, None] & m_v[None, :]  # [BT, BV]
+    m_vk = m_v[:, None] & m_k[None, :]  # [BV, BK]
+    b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [BT, BK]
+    p_o_on = o_on + rows[:, None] * V + o_v[None, :]  # [BT, BV]
+    p_states = states + i_bh.to(tl.int64) * N * V * K + o_v[:, None] * K + o_k[None, :]
+    b_acc = tl.load(p_o_on, mask=m_tv, other=0.0)  # [BT, BV] fp32: the online read, weight 1
     p_descriptors = descriptors + i_bh.to(tl.int64) * N * K
-    b_conn = tl.load(conn + rows[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0).to(
-        tl.float32
-    )  # [C, BK]
-    b_max = tl.load(logit_on + rows).to(tl.float32)  # [C] running max, from the online logit
-    b_sum = tl.full([C], 1.0, dtype=tl.float32)  # [C] running sum of exp(logit - b_max)
+    b_u = tl.load(conn + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [BT, BK]
+    b_max = tl.load(logit_on + rows, mask=m_t, other=0.0)  # [BT] running max: the online logit
+    b_sum = tl.full([BT], 1.0, dtype=tl.float32)  # [BT] running sum of exp(logit - b_max)
     for i in range(lo, hi):
-        b_a = _logits(b_conn, p_descriptors + i * K, o_k, m_k, GATE_SCALE)  # [C]
-        p_state = p_states + i * V * K
-        b_acc, b_max, b_sum = _fwd_accumulate(
-            b_acc, b_max, b_sum, b_a, b_q, p_state, o_v, o_k, m_v, m_k, K, USE_DOT, PRECISION
-        )
+        b_a = _logits(b_u, p_descriptors + i * K, o_k, m_k, GATE_SCALE)  # [BT]
+        b_max_new = tl.maximum(b_max, b_a)  # [BT]; finite: it starts at the online logit
+        b_alpha = tl.exp(b_max - b_max_new)  # [BT]
+        b_p = tl.exp(b_a - b_max_new)  # [BT]; 0 where not chosen
+        b_s = tl.load(p_states + i * V * K, mask=m_vk, other=0.0)  # [BV, BK]
+        # acc * alpha + p * scale * (q S_i^T): the weight scales the query rows.
+        b_qw = b_q.to(tl.float32) * (b_p * scale)[:, None]  # [BT, BK]
+        b_acc = _dot(b_qw, tl.trans(b_s), b_acc * b_alpha[:, None], DOT_DTYPE)  # [BT, BV]
+        b_sum = b_sum * b_alpha + b_p
+        b_max = b_max_new
+    tl.store(lse + rows, b_max + tl.log(b_sum), mask=m_t)
     b_acc = b_acc / b_sum[:, None]
-    if i_v == 0:  # every V block has the same lse: the first stores it
-        tl.store(lse + rows, b_max + tl.log(b_sum))
-    tl.store(o + rows[:, None] * V + o_v[None, :], b_acc, mask=m_v[None, :])
+    tl.store(o + rows[:, None] * V + o_v[None, :], b_acc, mask=m_tv)
 
 
-@triton.jit
-def _bwd_chunk_memory(
-    b_dq,
-    b_dconn, b_w, b_delta, p_descriptor,
-    b_q, p_state, p_do, o_k, m_k,
-    K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
+@triton.autotune(configs=CONFIGS, key=TUNING_KEY)
+@triton.jit(do_not_specialize=["NC", "N"])
+def _read_state_bwd_rows_kernel(
+    q, o_on, logit_on, conn, descriptors, o, lse,
+    states, blocks, do,
+    dq, do_on,
+    dlogit_on, weights, dlogits,
+    NC, N, scale,
+    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
     GATE_SCALE: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
-    """One memory's share of dq and dconn for the rows of a chunk, V block by V block."""
-    b_dw = tl.zeros_like(b_delta)  # [C] <do_t, r_i>
-    for i_v in tl.static_range(NV):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < V
-        p_s = p_state + o_v[:, None] * K + o_k[None, :]  # [BV, BK]
-        b_s = tl.load(p_s, mask=m_v[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-        b_do = tl.load(p_do + o_v[None, :], mask=m_v[None, :], other=0.0).to(tl.float32)
-        b_r = _mm(b_q, tl.trans(b_s), USE_DOT, PRECISION)  # [C, BV]
-        b_dw += tl.sum(b_do * b_r, 1)
-        b_dq += _mm(b_w[:, None] * b_do, b_s, USE_DOT, PRECISION)  # [C, BK]
-    b_d = tl.load(p_descriptor + o_k, mask=m_k, other=0.0).to(tl.float32)  # [BK]
-    b_da = b_w * (b_dw - b_delta)  # [C]
-    b_dconn += GATE_SCALE * b_da[:, None] * b_d[None, :]
-    return b_dq, b_dconn
-
-
-@triton.jit
-def _read_state_bwd_chunk_kernel(
-    q, o_on,
-    logit_on, conn, descriptors,
-    states, visible_lo, visible_hi,
-    o, lse,
-    do, dq, do_on,
-    dlogit_on, dconn, delta,
-    NC, N,
-    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    NV: tl.constexpr,
-    GATE_SCALE: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
-):
-    i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    lo = tl.load(visible_lo + i_n).to(tl.int64)  # int64: the loop index makes offsets
-    hi = tl.load(visible_hi + i_n).to(tl.int64)
-    o_c = tl.arange(0, C)
+    i_b, i_bh = tl.program_id(0), tl.program_id(1)
+    rows, m_t, lo, hi = _block_rows(blocks, i_b, i_bh, NC, C, BT)
     o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    rows = (i_bh.to(tl.int64) * NC + i_n) * C + o_c  # [C] token rows of the chunk
-    b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0).to(
-        tl.float32
-    )  # [C, BK]
-    p_do = do + rows[:, None] * V  # [C, 1] row starts of do
-    p_states = states + i_bh.to(tl.int64) * N * V * K
+    o_v = tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_tk = m_t[:, None] & m_k[None, :]  # [BT, BK]
+    m_tv = m_t[:, None] & m_v[None, :]  # [BT, BV]
+    m_vk = m_v[:, None] & m_k[None, :]  # [BV, BK]
+    p_tv = rows[:, None] * V + o_v[None, :]  # [BT, BV]
+    b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)  # [BT, BV] fp32
+    p_states = states + i_bh.to(tl.int64) * N * V * K + o_v[:, None] * K + o_k[None, :]
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # [BT, BK]
+    b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [BT, BK]
+    b_u = tl.load(conn + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [BT, BK]
+    b_lse = tl.load(lse + rows, mask=m_t, other=0.0)  # [BT]
+    b_w_on = tl.exp(tl.load(logit_on + rows, mask=m_t, other=0.0) - b_lse)  # [BT] online weight
+    b_o = tl.load(o + p_tv, mask=m_tv, other=0.0)  # [BT, BV]
+    b_delta = tl.sum(b_do * b_o, 1)  # [BT] <do_t, o_t>
+    b_do_o_on = tl.sum(b_do * tl.load(o_on + p_tv, mask=m_tv, other=0.0), 1)  # [BT]
+    tl.store(do_on + p_tv, b_w_on[:, None] * b_do, mask=m_tv)
+    tl.store(dlogit_on + rows, b_w_on * (b_do_o_on - b_delta), mask=m_t)
     p_descriptors = descriptors + i_bh.to(tl.int64) * N * K
-    b_conn = tl.load(conn + rows[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0).to(
-        tl.float32
-    )  # [C, BK]
-    b_lse = tl.load(lse + rows)  # [C]
-    b_w_on = tl.exp(tl.load(logit_on + rows) - b_lse)  # [C] online weight
-    # delta_t = <do_t, o_t> and <do_t, o_on_t>, V block by V block
-    b_delta = tl.zeros([C], dtype=tl.float32)
-    b_do_o_on = tl.zeros([C], dtype=tl.float32)
-    for i_v in tl.static_range(NV):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < V
-        b_do = tl.load(p_do + o_v[None, :], mask=m_v[None, :], other=0.0).to(tl.float32)
-        p_row = rows[:, None] * V + o_v[None, :]  # [C, BV]
-        b_o = tl.load(o + p_row, mask=m_v[None, :], other=0.0).to(tl.float32)  # [C, BV]
-        b_o_on = tl.load(o_on + p_row, mask=m_v[None, :], other=0.0).to(tl.float32)  # [C, BV]
-        b_delta += tl.sum(b_do * b_o, 1)
-        b_do_o_on += tl.sum(b_do * b_o_on, 1)
-        tl.store(do_on + p_row, b_w_on[:, None] * b_do, mask=m_v[None, :])
-    tl.store(dlogit_on + rows, b_w_on * (b_do_o_on - b_delta))
-    tl.store(delta + rows, b_delta)
-    b_dconn = tl.zeros([C, BK], dtype=tl.float32)
-    b_dq = tl.zeros([C, BK], dtype=tl.float32)
+    # weights / dlogits [BH, N, NC * C]: memory i's row of the block starts at p_memory + i * R
+    p_memory = i_bh.to(tl.int64) * N * NC * C + (rows - i_bh.to(tl.int64) * NC * C)  # [BT]
     for i in range(lo, hi):
-        p_state = p_states + i * V * K
-        p_descriptor = p_descriptors + i * K
-        b_a = _logits(b_conn, p_descriptor, o_k, m_k, GATE_SCALE)  # [C]
-        b_w = tl.exp(b_a - b_lse)  # [C]
-        b_dq, b_dconn = _bwd_chunk_memory(
-            b_dq, b_dconn, b_w, b_delta, p_descriptor, b_q, p_state, p_do, o_k, m_k, K, V, BV, NV,
-            GATE_SCALE, USE_DOT, PRECISION,
-        )
-    tl.store(dq + rows[:, None] * K + o_k[None, :], b_dq, mask=m_k[None, :])
-    tl.store(dconn + rows[:, None] * K + o_k[None, :], b_dconn, mask=m_k[None, :])
+        b_a = _logits(b_u, p_descriptors + i * K, o_k, m_k, GATE_SCALE)  # [BT]
+        b_w = tl.exp(b_a - b_lse)  # [BT]
+        b_s = tl.load(p_states + i * V * K, mask=m_vk, other=0.0)  # [BV, BK]
+        b_z = _dot(b_do, b_s, tl.zeros([BT, BK], dtype=tl.float32), DOT_DTYPE)  # [BT, BK]
+        b_dw = scale * tl.sum(b_z * b_q.to(tl.float32), 1)  # [BT] <do_t, r_i>
+        b_da = b_w * (b_dw - b_delta)  # [BT] gradient of the logit a_i
+        b_dq += (b_w * scale)[:, None] * b_z
+        tl.store(weights + p_memory + i * NC * C, b_w, mask=m_t)
+        tl.store(dlogits + p_memory + i * NC * C, b_da, mask=m_t)
+    tl.store(dq + rows[:, None] * K + o_k[None, :], b_dq, mask=m_tk)
 
 
-@triton.jit
-def _bwd_memory_chunk(
-    b_ds, b_dd, b_w, b_conn, b_s, p_q, p_do, p_delta, first_block, m_k, m_v,
-    GATE_SCALE: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """One chunk's share of dstates[i] (a V block) and ddescriptors[i], rows weighted by b_w."""
-    b_q = tl.load(p_q, mask=m_k[None, :], other=0.0).to(tl.float32)  # [C, BK]
-    b_do = tl.load(p_do, mask=m_v[None, :], other=0.0).to(tl.float32)  # [C, BV]
-    # this V block's part of <do_t, r_i> - delta_t (delta counted in the first block only)
-    b_dw = tl.sum(b_do * _mm(b_q, tl.trans(b_s), USE_DOT, PRECISION), 1)  # [C]
-    b_dw -= tl.where(first_block, tl.load(p_delta), 0.0)
-    b_dd += GATE_SCALE * tl.sum((b_w * b_dw)[:, None] * b_conn, 0)  # [BK]
-    b_ds += _mm(tl.trans(b_w[:, None] * b_do), b_q, USE_DOT, PRECISION)  # [BV, BK]
-    return b_ds, b_dd
-
-
-@triton.jit
+@triton.autotune(configs=CONFIGS, key=TUNING_KEY)
+@triton.jit(do_not_specialize=["NC", "N", "NB"])
 def _read_state_bwd_memory_kernel(
-    q,
-    conn, descriptors, states, lse, delta,
-    visible_lo, visible_hi, do, dstates,
-    ddescriptors,
-    NC, N, BH,
-    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATE_SCALE: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    q, blocks, do,
+    weights,
+    dstates,
+    NC, N, NB, scale,
+    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
-    i, i_bh, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    o_c = tl.arange(0, C)
+    i, i_bh = tl.program_id(0), tl.program_id(1)
     o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    p_block = (i_bh.to(tl.int64) * N + i) * V * K + o_v[:, None] * K + o_k[None, :]  # [BV, BK]
-    b_ds = tl.zeros([BV, BK], dtype=tl.float32)  # dstates[i] of this V block
-    b_s = tl.load(states + p_block, mask=m_v[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-    p_descriptor = descriptors + (i_bh.to(tl.int64) * N + i) * K
-    b_dd = tl.zeros([BK], dtype=tl.float32)  # this V block's share of ddescriptors[i]
-    for i_n in range(0, NC):
-        lo = tl.load(visible_lo + i_n)
-        hi = tl.load(visible_hi + i_n)
-        if (lo <= i) & (i < hi):  # the chunk sees memory i
-            rows = (i_bh.to(tl.int64) * NC + i_n) * C + o_c  # [C]
-            p_q = q + rows[:, None] * K + o_k[None, :]  # [C, BK]
-            p_do = do + rows[:, None] * V + o_v[None, :]  # [C, BV]
-            b_conn = tl.load(
-                conn + rows[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0
-            ).to(tl.float32)  # [C, BK]
-            b_a = _logits(b_conn, p_descriptor, o_k, m_k, GATE_SCALE)  # [C]
-            b_w = tl.exp(b_a - tl.load(lse + rows))  # [C]
-            b_ds, b_dd = _bwd_memory_chunk(
-                b_ds, b_dd, b_w, b_conn, b_s, p_q, p_do, delta + rows, i_v == 0, m_k, m_v,
-                GATE_SCALE, USE_DOT, PRECISION,
-            )
-    tl.store(dstates + p_block, b_ds, mask=m_v[:, None] & m_k[None, :])
-    p_dd = ddescriptors + ((i_v * BH + i_bh).to(tl.int64) * N + i) * K + o_k
-    tl.store(p_dd, b_dd, mask=m_k)
+    o_v = tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    b_ds = tl.zeros([BV, BK], dtype=tl.float32)  # [BV, BK] dstates[i] / scale
+    p_weights = weights + (i_bh.to(tl.int64) * N + i) * NC * C - i_bh.to(tl.int64) * NC * C
+    for i_b in range(0, NB):
+        rows, m_t, lo, hi = _block_rows(blocks, i_b, i_bh, NC, C, BT)
+        if (lo <= i) & (i < hi):  # the block sees memory i
+            p_q = q + rows[:, None] * K + o_k[None, :]  # [BT, BK]
+            b_q = tl.load(p_q, mask=m_t[:, None] & m_k[None, :], other=0.0)
+            p_do = do + rows[:, None] * V + o_v[None, :]  # [BT, BV]
+            b_do = tl.load(p_do, mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_w = tl.load(p_weights + rows, mask=m_t, other=0.0)  # [BT]
+            b_ds = _dot(tl.trans(b_do * b_w[:, None]), b_q, b_ds, DOT_DTYPE)  # [BV, BK]
+    p_ds = dstates + (i_bh.to(tl.int64) * N + i) * V * K + o_v[:, None] * K + o_k[None, :]
+    tl.store(p_ds, b_ds * scale, mask=m_v[:, None] & m_k[None, :])
 
 
 def _alloc(shape, device, dtype=torch.float32):
@@ -260,13 +206,42 @@ def _alloc(shape, device, dtype=torch.float32):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _blocks(q, o_on, block_v):
-    """(BK, BV, NV, USE_DOT) for the shapes of a call: K whole, V in blocks of BV."""
-    key_dim, value_dim, chunk = q.shape[-1], o_on.shape[-1], q.shape[-2]
-    block_k = triton.next_power_of_2(key_dim)
-    block_v = min(triton.next_power_of_2(value_dim), block_v or MAX_BLOCK_V)
-    use_dot = min(chunk, block_k, block_v) >= 16
-    return block_k, block_v, triton.cdiv(value_dim, block_v), use_dot
+def _dot_dtype(dtype: torch.dtype):
+    """The dots' operand type: the inputs' 16-bit type on a GPU, fp32 otherwise."""
+    if INTERPRET or dtype == torch.float32:
+        return tl.float32
+    return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+
+
+def _padded(size: int) -> int:
+    """A block side: a power of two, at least 16 (the smallest tl.dot operand)."""
+    return max(16, triton.next_power_of_2(size))
+
+
+@lru_cache(maxsize=64)
+def _row_blocks(
+    visible_lo: tuple[int, ...], visible_hi: tuple[int, ...], per_block: int, device: torch.device
+) -> torch.Tensor:
+    """[NB, 4] int32 (first chunk, chunks, lo, hi): runs of at most `per_block` consecutive
+    chunks with the same visible memories, those that see the most first."""
+    runs: list[list[int]] = []
+    for n, (lo, hi) in enumerate(zip(visible_lo, visible_hi)):
+        last = runs[-1] if runs else None
+        if last and last[2:] == [lo, hi] and last[0] + last[1] == n and last[1] < per_block:
+            last[1] += 1
+        else:
+            runs.append([n, 1, lo, hi])
+    runs.sort(key=lambda run: run[2] - run[3])  # stable: ties keep their order
+    return torch.tensor(runs, dtype=torch.int32, device=device).view(-1, 4)
+
+
+def _layout(q, o_on, visible_lo, visible_hi, rows: int):
+    """(row blocks, chunks per block, BK, BV) of a call."""
+    chunk, key_dim, value_dim = q.shape[-2], q.shape[-1], o_on.shape[-1]
+    per_block = max(1, rows // chunk)
+    lo, hi = tuple(int(x) for x in visible_lo), tuple(int(x) for x in visible_hi)
+    blocks = _row_blocks(lo, hi, per_block, q.device)
+    return blocks, per_block, _padded(key_dim), _padded(value_dim)
 
 
 def _nonempty(x):
@@ -274,133 +249,126 @@ def _nonempty(x):
     return x.contiguous() if x.numel() else x.new_zeros(1)
 
 
-def read_state_fwd(
-    q, o_on, logit_on, conn, descriptors, states, visible_lo, visible_hi, *, block_v=None
-):
+def read_state_fwd(q, o_on, logit_on, conn, descriptors, states, visible_lo, visible_hi, *, scale):
     """Cached reads of every chunk mixed with the online read.
 
-    q [BH, NC, C, K] (scaled query, any float dtype), o_on [BH, NC, C, V] fp32 (online read),
-    states [BH, N, V, K] fp32 (N may be 0), visible_lo / visible_hi int32 [NC] (the tokens of
-    chunk n read memories lo <= i < hi).
-    logit_on [BH, NC, C] fp32: the online logit, gate-scaled; conn [BH, NC, C, K] (any float
-    dtype): the connector u; descriptors [BH, N, K] fp32.
+    q [BH, NC, C, K] (the unscaled query, in the inputs' dtype), o_on [BH, NC, C, V] fp32 (online
+    read), states [BH, N, V, K] (N may be 0; the inputs' dtype for 16-bit inputs), visible_lo /
+    visible_hi: NC ints on the host (the tokens of chunk n read memories lo <= i < hi); scale:
+    the read scale.
+    logit_on [BH, NC, C] fp32: the online logit, gate-scaled; conn [BH, NC, C, K] (q's dtype):
+    the connector u; descriptors [BH, N, K] fp32.
     Returns (o [BH, NC, C, V] fp32, lse [BH, NC, C] fp32: log-sum-exp of the logits that enter
     the softmax, the online one included).
-    block_v (optional): the V block of one program (a power of two; default up to MAX_BLOCK_V).
     """
     batch_heads, num_chunks, chunk, key_dim = q.shape
     value_dim, num_memories = o_on.shape[-1], states.shape[1]
-    block_k, block_v, num_v, use_dot = _blocks(q, o_on, block_v)
     o = _alloc((batch_heads, num_chunks, chunk, value_dim), q.device)
     lse = _alloc((batch_heads, num_chunks, chunk), q.device)
     if o.numel() == 0:
         return o, lse
-    _read_state_fwd_kernel[(num_chunks, batch_heads, num_v)](
+    blocks, per_block, block_k, block_v = _layout(q, o_on, visible_lo, visible_hi, ROWS_FWD)
+    _read_state_fwd_kernel[(blocks.shape[0], batch_heads)](
         q.contiguous(),
         o_on.contiguous(),
         logit_on.contiguous(),
         conn.contiguous(),
         _nonempty(descriptors),
         _nonempty(states),
-        visible_lo.to(torch.int32).contiguous(),
-        visible_hi.to(torch.int32).contiguous(),
+        blocks,
         o,
         lse,
         num_chunks,
         num_memories,
+        float(scale),
         K=key_dim,
         V=value_dim,
         C=chunk,
+        BT=per_block * chunk,
         BK=block_k,
         BV=block_v,
         GATE_SCALE=GATE_SCALE,
-        USE_DOT=use_dot,
-        PRECISION=DOT_PRECISION,
-        num_warps=NUM_WARPS,
+        DOT_DTYPE=_dot_dtype(q.dtype),
     )
     return o, lse
 
 
 def read_state_bwd(
-    q, o_on, logit_on, conn, descriptors, states, visible_lo, visible_hi, o, lse, do, *,
-    block_v=None,
+    q, o_on, logit_on, conn, descriptors, states, visible_lo, visible_hi, o, lse, do, *, scale
 ):
     """Gradients of read_state_fwd given do [BH, NC, C, V] fp32 (o, lse: what it returned).
 
     Returns (dq, do_on, dlogit_on, dconn, ddescriptors, dstates), fp32 with the shapes of the
-    inputs.
+    inputs; dq is the gradient of the unscaled query.
     """
     batch_heads, num_chunks, chunk, key_dim = q.shape
     value_dim, num_memories = o_on.shape[-1], states.shape[1]
-    block_k, block_v, num_v, use_dot = _blocks(q, o_on, block_v)
     device = q.device
     dq = _alloc(q.shape, device)
     do_on = _alloc(o_on.shape, device)
     dstates = _alloc(states.shape, device)
     dlogit_on = _alloc(logit_on.shape, device)
-    dconn = _alloc(conn.shape, device)
-    ddescriptors = _alloc((num_v, *descriptors.shape), device)  # one share per V block
-    delta = _alloc((batch_heads, num_chunks, chunk), device)  # <do_t, o_t>
-    conn, lse = _nonempty(conn), _nonempty(lse)
-    q, do = _nonempty(q), _nonempty(do)
-    visible_lo = _nonempty(visible_lo.to(torch.int32))
-    visible_hi = _nonempty(visible_hi.to(torch.int32))
-    if num_chunks and batch_heads:
-        _read_state_bwd_chunk_kernel[(num_chunks, batch_heads)](
+    # Per (memory, row): the weight w_i and the logit gradient da_i, zero where the row does
+    # not see the memory (torch's matmuls below read every entry).
+    rows = num_chunks * chunk
+    weights = torch.zeros(batch_heads, num_memories, rows, device=device)
+    dlogits = torch.zeros(batch_heads, num_memories, rows, device=device)
+    if not (num_chunks and batch_heads):
+        dstates.zero_()
+        dconn = torch.zeros_like(conn, dtype=torch.float32)
+        return dq, do_on, dlogit_on, dconn, torch.zeros_like(descriptors), dstates
+    q, do, states = q.contiguous(), do.contiguous(), _nonempty(states)
+    blocks, per_block, block_k, block_v = _layout(q, o_on, visible_lo, visible_hi, ROWS_BWD)
+    dot_dtype = _dot_dtype(q.dtype)
+    _read_state_bwd_rows_kernel[(blocks.shape[0], batch_heads)](
+        q,
+        o_on.contiguous(),
+        logit_on.contiguous(),
+        conn.contiguous(),
+        _nonempty(descriptors),
+        o.contiguous(),
+        lse.contiguous(),
+        states,
+        blocks,
+        do,
+        dq,
+        do_on,
+        dlogit_on,
+        _nonempty(weights),
+        _nonempty(dlogits),
+        num_chunks,
+        num_memories,
+        float(scale),
+        K=key_dim,
+        V=value_dim,
+        C=chunk,
+        BT=per_block * chunk,
+        BK=block_k,
+        BV=block_v,
+        GATE_SCALE=GATE_SCALE,
+        DOT_DTYPE=dot_dtype,
+    )
+    if num_memories:
+        _read_state_bwd_memory_kernel[(num_memories, batch_heads)](
             q,
-            o_on.contiguous(),
-            logit_on.contiguous(),
-            conn,
-            _nonempty(descriptors),
-            _nonempty(states),
-            visible_lo,
-            visible_hi,
-            o.contiguous(),
-            lse,
+            blocks,
             do,
-            dq,
-            do_on,
-            dlogit_on,
-            dconn,
-            delta,
-            num_chunks,
-            num_memories,
-            K=key_dim,
-            V=value_dim,
-            C=chunk,
-            BK=block_k,
-            BV=block_v,
-            NV=num_v,
-            GATE_SCALE=GATE_SCALE,
-            USE_DOT=use_dot,
-            PRECISION=DOT_PRECISION,
-            num_warps=NUM_WARPS,
-        )
-    if num_memories and batch_heads:  # with no chunks it writes zeros
-        _read_state_bwd_memory_kernel[(num_memories, batch_heads, num_v)](
-            q,
-            conn,
-            descriptors.contiguous(),
-            states.contiguous(),
-            lse,
-            _nonempty(delta),
-            visible_lo,
-            visible_hi,
-            do,
+            weights,
             dstates,
-            ddescriptors,
             num_chunks,
             num_memories,
-            batch_heads,
+            blocks.shape[0],
+            float(scale),
             K=key_dim,
             V=value_dim,
             C=chunk,
+            BT=per_block * chunk,
             BK=block_k,
             BV=block_v,
-            GATE_SCALE=GATE_SCALE,
-            USE_DOT=use_dot,
-            PRECISION=DOT_PRECISION,
-            num_warps=NUM_WARPS,
+            DOT_DTYPE=dot_dtype,
         )
-    ddescriptors = ddescriptors[0] if num_v == 1 else ddescriptors.sum(0)
-    return dq, do_on, dlogit_on, dconn, ddescriptors, dstates
+    # a_i = GATE_SCALE <u_t, d_i>: two batched matmuls over (row, memory) give du and dd.
+    u = conn.reshape(batch_heads, rows, key_dim).float()
+    dconn = GATE_SCALE * (dlogits.transpose(1, 2) @ descriptors.float())  # [BH, R, K]
+    ddescriptors = GATE_SCALE * (dlogits @ u)  # [BH, N, K]
+    return dq, do_on, dlogit_on, dconn.view(conn.shape), ddescriptors, dstates

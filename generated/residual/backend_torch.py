@@ -98,6 +98,19 @@ def _layout_tensors(layout: ChunkLayout, device: torch.device):
     return index, flat, seen, (memory_ids >= lo) & (memory_ids < hi)
 
 
+def causal_mix(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """weights [..., C, C] (zero above the diagonal) @ values [..., C, D], causal for any values.
+
+    The matmul multiplies the zero weights of later tokens by their values, and 0 * NaN
+    is NaN: non-finite values are zeroed before it, and the rows at or after one (which
+    its NaN or Inf reaches, as in the recurrence) are set to NaN after it.
+    """
+    finite = values.isfinite()
+    mixed = weights @ torch.where(finite, values, 0)
+    reached = (~finite).cumsum(dim=-2, dtype=torch.int32) > 0
+    return torch.where(reached, torch.nan, mixed)
+
+
 def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None, cu_seqlens=None):
     """Returns (o [B, T, H, V] in q's dtype, the cache after the last token).
 
@@ -149,7 +162,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
     # Online read o_on = S_t q_t: the memory at the chunk start plus the chunk's own writes.
     b_memory_in = torch.stack(memories_in, dim=2)  # [B, H, NC, V, K]
     b_out = b_q @ b_memory_in.transpose(-1, -2)  # [B, H, NC, C, V]
-    b_out = b_out + b_attn @ b_v
+    b_out = b_out + causal_mix(b_attn, b_v)
 
     # Every memory cached so far, by earlier calls and by this one.
     states = torch.cat([cache.states.to(work), *(s[:, :, None] for s in new_states)], dim=2)
@@ -187,7 +200,11 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
 
 
 def step(q_t, k_t, v_t, u_t, g_t, beta_t, *, scale: float, cache: MCCache):
-    """One token, [B, H, D] each: the recurrent form, reading only what the aggregation needs."""
+    """One token, [B, H, D] each: the recurrent form, reading only what the aggregation needs.
+
+    Returns (o_t [B, H, V] in q_t's dtype, the cache after it).
+    """
+    out_dtype = q_t.dtype  # q_t is rebound to the working dtype below
     work = cache.state.dtype
     position = cache.position
     memory = cache.state
@@ -212,4 +229,4 @@ def step(q_t, k_t, v_t, u_t, g_t, beta_t, *, scale: float, cache: MCCache):
         prefix_sum=cache.prefix_sum,
         position=position + 1,
     )
-    return out.to(q_t.dtype), new_cache
+    return out.to(out_dtype), new_cache

@@ -63,7 +63,9 @@ class MCLayer(nn.Module):
             past_key_values is not None or use_cache or bool(kwargs)
         )
         x = hidden_states if hidden_states is not None else x
+        self._check_input(x)
         batch, seq_len, _ = x.shape
+        self._check_mask(attention_mask, batch, seq_len)
         inputs = self._project(x)
         if use_cache and past_key_values is None:
             past_key_values = MCStateCache()
@@ -86,6 +88,36 @@ class MCLayer(nn.Module):
         out = self.o_proj(o.reshape(batch, seq_len, self.heads * self.value_dim))
         return (out, None, past_key_values) if hf_call else out
 
+    def _check_input(self, x) -> None:
+        """x [B, T, d_model] in the dtype and on the device of the layer's weights."""
+        expected = f"x [B, T, {self.d_model}]"
+        if x is None:
+            raise ValueError(f"MCLayer(d_model={self.d_model}) needs {expected} (or hidden_states)")
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"MCLayer(d_model={self.d_model}) takes {expected}, got {got}")
+        weight = self.q_proj.weight
+        # Under autocast the projections cast x themselves.
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x has dtype {x.dtype}, the layer's weights {weight.dtype}: "
+                f"convert one to the other (layer.to({x.dtype}) or x.to({weight.dtype}))"
+            )
+        if x.device != weight.device:
+            raise ValueError(f"x is on {x.device}, the layer's weights on {weight.device}")
+
+    @staticmethod
+    def _check_mask(attention_mask, batch: int, seq_len: int) -> None:
+        """[B, T], or [B, past + T] when decoding (HF passes the whole mask)."""
+        if attention_mask is None:
+            return
+        shape = tuple(attention_mask.shape)
+        if len(shape) != 2 or shape[0] != batch or shape[1] < seq_len:
+            raise ValueError(
+                f"attention_mask must be [B, T] = [{batch}, {seq_len}] (or [B, past + T] when "
+                f"decoding; 1 = token, 0 = padding), got {list(shape)}"
+            )
+
     def _project(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The inputs of mc_forward for x [B, T, d_model], each [B, T, H, ...]."""
         batch, seq_len, _ = x.shape
@@ -96,18 +128,22 @@ class MCLayer(nn.Module):
         inputs = {"q": q, "k": k, "v": v}
         return inputs
 
+    def _call_options(self) -> dict:
+        """mc_forward's options; naming the heads, no short call reads as heads-first."""
+        return {"backend": self.backend, "heads": self.heads}
+
     def _start(self, inputs, mask, *, want_cache: bool):
         """A fresh stream: the whole batch at once, or packed without its padding."""
         if mask is None:
             if want_cache:
-                return mc_forward(**inputs, backend=self.backend, output_cache=True)
-            return mc_forward(**inputs, backend=self.backend), None
+                return mc_forward(**inputs, **self._call_options(), output_cache=True)
+            return mc_forward(**inputs, **self._call_options()), None
         batch, seq_len = mask.shape
         tokens = mask.reshape(-1).nonzero().squeeze(1)  # [sum of lengths] in row order
         cu_seqlens = [0, *itertools.accumulate(mask.sum(dim=1).tolist())]
         packed = {n: t.flatten(0, 1)[tokens][None] for n, t in inputs.items()}
         o_packed, caches = mc_forward(
-            **packed, backend=self.backend, cu_seqlens=cu_seqlens, output_cache=True
+            **packed, **self._call_options(), cu_seqlens=cu_seqlens, output_cache=True
         )
         o = o_packed.new_zeros(batch * seq_len, *o_packed.shape[2:]).index_copy(0, tokens, o_packed[0])
         return o.view(batch, seq_len, *o.shape[1:]), caches
@@ -138,7 +174,9 @@ class MCLayer(nn.Module):
         if inputs["q"].shape[1] == 1:
             o_t, cache = mc_step(**{f"{n}_t": t[:, 0] for n, t in inputs.items()}, cache=cache)
             return o_t[:, None], cache
-        return mc_forward(**inputs, backend=self.backend, initial_cache=cache, output_cache=True)
+        return mc_forward(
+            **inputs, **self._call_options(), initial_cache=cache, output_cache=True
+        )
 
     def state_size(self, seq_len: int) -> int:
         """Numbers held per sequence at decode after `seq_len` tokens (all layers' heads)."""

@@ -11,12 +11,14 @@ mc_step (decode, one token) computes with torch whatever the backend.
 
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
 
 from . import backend_torch
-from .cache import MCCache
+from .cache import DESCRIBED, MCCache
+from .spec import HEADS, KEY_DIM, VALUE_DIM
 
 BACKENDS = ('torch', 'triton')
 # Inputs this spec reads, beyond q, k and v.
@@ -38,9 +40,14 @@ def mc_forward(
     initial_cache=None,
     output_cache=False,
     cu_seqlens=None,
+    heads=None,
 ):
     """Memory caching over q, k [B, T, H, K] and v [B, T, H, V]; returns o [B, T, H, V].
 
+    Inputs are float32, float64, bfloat16 or float16 (q, k, v in one dtype), on one
+    device; o comes back in q's dtype. The package runs at any H, K and V, not only the
+    spec's (4, 64, 64): q whose dim 1 is the spec's H and dim 2 is not
+    looks heads-first [B, H, T, K] and is refused unless `heads` names its head count.
 
     With `output_cache=True` returns (o, cache); pass that cache as `initial_cache` to
     the next piece of the same stream (or to `mc_step`) to continue it exactly.
@@ -50,11 +57,11 @@ def mc_forward(
     segments restart at its start, and `output_cache=True` gives a list of caches, one
     per sequence.
     """
-    _check_sequence_inputs(q, k, v, u, g, beta)
+    _check_sequence_inputs(q, k, v, u, g, beta, heads)
     if initial_cache is not None:
-        _check_cache(initial_cache, q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+        _check_cache("initial_cache", initial_cache, q, v.shape[-1])
     if cu_seqlens is not None:
-        cu_seqlens = _check_cu_seqlens(cu_seqlens, q.shape[0], q.shape[1], initial_cache)
+        cu_seqlens = _check_cu_seqlens(cu_seqlens, q, initial_cache)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     chosen = _pick_backend(backend, q)
     if chosen == "torch":
@@ -71,40 +78,57 @@ def mc_forward(
 
 
 def mc_step(q_t, k_t, v_t, u_t=None, g_t=None, beta_t=None, *, cache=None, scale=None):
-    """Decode one token: q_t, k_t [B, H, K], v_t [B, H, V]; returns (o_t [B, H, V], cache)."""
+    """Decode one token: q_t, k_t [B, H, K], v_t [B, H, V]; returns (o_t [B, H, V], cache).
+
+    The same dtypes as mc_forward; o_t comes back in q_t's dtype.
+    """
     _check_step_inputs(q_t, k_t, v_t, u_t, g_t, beta_t)
     batch, heads, key_dim = q_t.shape
     value_dim = v_t.shape[-1]
     if cache is None:
-        work = torch.float64 if q_t.dtype == torch.float64 else torch.float32
-        cache = MCCache.empty(batch, heads, key_dim, value_dim, dtype=work, device=q_t.device)
+        cache = MCCache.empty(
+            batch, heads, key_dim, value_dim, dtype=_work_dtype(q_t.dtype), device=q_t.device
+        )
     else:
-        _check_cache(cache, batch, heads, key_dim, value_dim)
+        _check_cache("cache", cache, q_t, value_dim)
     scale = key_dim**-0.5 if scale is None else float(scale)
     return backend_torch.step(q_t, k_t, v_t, u_t, g_t, beta_t, scale=scale, cache=cache)
 
 
-def _check_sequence_inputs(q, k, v, u, g, beta) -> None:
+def _check_sequence_inputs(q, k, v, u, g, beta, heads: int | None) -> None:
+    _check_float("q", q)
     if q.dim() != 4:
-        raise ValueError(f"q must be [B, T, H, K], got shape {tuple(q.shape)}")
-    batch, seq_len, heads, key_dim = q.shape
-    _expect("k", k, (batch, seq_len, heads, key_dim))
-    if v.dim() != 4 or tuple(v.shape[:3]) != (batch, seq_len, heads):
-        raise ValueError(f"v must be [B, T, H, V] = [{batch}, {seq_len}, {heads}, V], got {tuple(v.shape)}")
-    _check_extras(u, g, beta, (batch, seq_len, heads), key_dim, "")
+        raise ValueError(f"q must be [B, T, H, K] ({SPEC_SIZES}), got shape {list(q.shape)}")
+    _check_heads(q, heads)
+    batch, seq_len, n_heads, key_dim = q.shape
+    _check_beside("k", k, "q", q, same_dtype=True)
+    _expect("k", k, (batch, seq_len, n_heads, key_dim))
+    _check_beside("v", v, "q", q, same_dtype=True)
+    if v.dim() != 4 or tuple(v.shape[:3]) != (batch, seq_len, n_heads):
+        raise ValueError(
+            f"v must be [B, T, H, V] = [{batch}, {seq_len}, {n_heads}, V], "
+            f"got {list(v.shape)} ({SPEC_SIZES})"
+        )
+    _check_extras(q, u, g, beta, (batch, seq_len, n_heads), key_dim, "")
 
 
 def _check_step_inputs(q_t, k_t, v_t, u_t, g_t, beta_t) -> None:
+    _check_float("q_t", q_t)
     if q_t.dim() != 3:
-        raise ValueError(f"q_t must be [B, H, K], got shape {tuple(q_t.shape)}")
+        raise ValueError(f"q_t must be [B, H, K] ({SPEC_SIZES}), got shape {list(q_t.shape)}")
     batch, heads, key_dim = q_t.shape
+    _check_beside("k_t", k_t, "q_t", q_t, same_dtype=True)
     _expect("k_t", k_t, (batch, heads, key_dim))
+    _check_beside("v_t", v_t, "q_t", q_t, same_dtype=True)
     if v_t.dim() != 3 or tuple(v_t.shape[:2]) != (batch, heads):
-        raise ValueError(f"v_t must be [B, H, V] = [{batch}, {heads}, V], got {tuple(v_t.shape)}")
-    _check_extras(u_t, g_t, beta_t, (batch, heads), key_dim, "_t")
+        raise ValueError(
+            f"v_t must be [B, H, V] = [{batch}, {heads}, V], got {list(v_t.shape)} ({SPEC_SIZES})"
+        )
+    _check_extras(q_t, u_t, g_t, beta_t, (batch, heads), key_dim, "_t")
 
 
-def _check_extras(u, g, beta, lead: tuple[int, ...], key_dim: int, suffix: str) -> None:
+def _check_extras(q, u, g, beta, lead: tuple[int, ...], key_dim: int, suffix: str) -> None:
+    """u in q's dtype; the gates g and beta in any float dtype (MCLayer makes them fp32)."""
     for name, value, used, shape in (
         ("u", u, USES_U, (*lead, key_dim)),
         ("g", g, USES_G, lead),
@@ -115,15 +139,17 @@ def _check_extras(u, g, beta, lead: tuple[int, ...], key_dim: int, suffix: str) 
         if not used and value is not None:
             raise ValueError(f"this spec takes no {name}{suffix} (it would be ignored)")
         if used:
+            _check_beside(name + suffix, value, "q" + suffix, q, same_dtype=name == "u")
             _expect(name + suffix, value, shape)
 
 
-def _check_cu_seqlens(cu_seqlens, batch: int, seq_len: int, initial_cache) -> tuple[int, ...]:
+def _check_cu_seqlens(cu_seqlens, q, initial_cache) -> tuple[int, ...]:
+    batch, seq_len = q.shape[:2]
     if batch != 1:
         raise ValueError(f"packed sequences (cu_seqlens) need B = 1, got B = {batch}")
     if initial_cache is not None:
         raise ValueError("cu_seqlens starts every sequence fresh: pass no initial_cache")
-    offsets = tuple(int(x) for x in (cu_seqlens.tolist() if hasattr(cu_seqlens, "tolist") else cu_seqlens))
+    offsets = _offsets(cu_seqlens, q)
     if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != seq_len:
         raise ValueError(f"cu_seqlens must run from 0 to T = {seq_len}, got {list(offsets)}")
     if any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
@@ -131,11 +157,42 @@ def _check_cu_seqlens(cu_seqlens, batch: int, seq_len: int, initial_cache) -> tu
     return offsets
 
 
-def _check_cache(cache: MCCache, batch: int, heads: int, key_dim: int, value_dim: int) -> None:
-    if tuple(cache.state.shape) != (batch, heads, value_dim, key_dim):
-        raise ValueError(
-            f"cache state is {list(cache.state.shape)}, these inputs need {[batch, heads, value_dim, key_dim]}"
-        )
+def _offsets(cu_seqlens, q) -> tuple[int, ...]:
+    """cu_seqlens as ints: a 1-D integer tensor (on q's device or the CPU) or a sequence of ints."""
+    if isinstance(cu_seqlens, torch.Tensor):
+        dtype = cu_seqlens.dtype
+        if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+            raise TypeError(f"cu_seqlens must hold integers, got {dtype}")
+        if cu_seqlens.dim() != 1:
+            raise ValueError(
+                f"cu_seqlens must be 1-D [sequences + 1], got shape {list(cu_seqlens.shape)}"
+            )
+        if cu_seqlens.device not in (q.device, torch.device("cpu")):
+            raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
+        return tuple(cu_seqlens.tolist())
+    offsets = []
+    for value in cu_seqlens:
+        if isinstance(value, bool):
+            raise TypeError(f"cu_seqlens must hold integers, got {value!r}")
+        try:
+            offsets.append(operator.index(value))
+        except TypeError:
+            raise TypeError(f"cu_seqlens must hold integers, got {value!r}") from None
+    return tuple(offsets)
+
+
+def _check_cache(name: str, cache, q, value_dim: int) -> None:
+    """A cache of this package for these inputs: q [B, T, H, K] or q_t [B, H, K]."""
+    _check_cache_type(name, cache)
+    batch, heads, key_dim = q.shape[0], q.shape[-2], q.shape[-1]
+    expected = {
+        "state": (batch, heads, value_dim, key_dim),
+        "states": (batch, heads, cache.num_cached, value_dim, key_dim),
+        "descriptors": (batch, heads, cache.num_cached if DESCRIBED else 0, key_dim),
+        "prefix_sum": (batch, heads, key_dim if DESCRIBED else 0),
+    }
+    for field, shape in expected.items():
+        _check_cache_tensor(name, field, getattr(cache, field), shape, q)
 
 
 def _pick_backend(backend: str, q: torch.Tensor) -> str:
@@ -163,6 +220,87 @@ def _pick_backend(backend: str, q: torch.Tensor) -> str:
     return backend
 
 
+# The dtypes the package computes in; anything else would come back silently wrong.
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# Named in shape errors: the package is built for these, though it runs at other sizes too.
+SPEC_SIZES = f"this spec: H = {HEADS}, K = {KEY_DIM}, V = {VALUE_DIM}"
+
+
 def _expect(name: str, tensor, shape: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
+        raise ValueError(
+            f"{name} must have shape {list(shape)}, got {list(tensor.shape)} ({SPEC_SIZES})"
+        )
+
+
+def _check_float(name: str, tensor) -> None:
+    """A tensor in one of FLOAT_DTYPES (integers, bools and complex numbers are refused)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in FLOAT_DTYPES:
+        accepted = ", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)
+        raise TypeError(f"{name} has dtype {tensor.dtype}; accepted dtypes: {accepted}")
+
+
+def _check_beside(name: str, tensor, first_name: str, first, *, same_dtype: bool) -> None:
+    """`tensor` is a float tensor on `first`'s device (and of its dtype when same_dtype)."""
+    _check_float(name, tensor)
+    if tensor.device != first.device:
+        raise ValueError(
+            f"{name} is on {tensor.device}, {first_name} on {first.device}: one device for all"
+        )
+    if same_dtype and tensor.dtype != first.dtype:
+        raise TypeError(
+            f"{name} has dtype {tensor.dtype} but {first_name} has {first.dtype}: "
+            f"the sequence inputs must share one dtype"
+        )
+
+
+def _check_heads(q, heads: int | None) -> None:
+    """Refuse q [B, H, T, K] read as [B, T, H, K]: its dim 1 is the spec's H and dim 2 is not.
+
+    At other head counts (the package runs at any size) the call names them with heads=.
+    """
+    if heads is not None:
+        if q.shape[2] != heads:
+            raise ValueError(
+                f"heads={heads} was given but q has {q.shape[2]} heads (dim 2 of [B, T, H, K])"
+            )
+        return
+    if q.shape[1] == HEADS and q.shape[2] != HEADS:
+        raise ValueError(
+            f"q of shape {list(q.shape)} looks heads-first [B, H, T, K] ({SPEC_SIZES}): "
+            f"inputs are [B, T, H, K] (transpose dims 1 and 2); "
+            f"for {q.shape[2]} heads over {q.shape[1]} tokens, pass heads={q.shape[2]}"
+        )
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype states are kept in for inputs of `dtype` (as the backends do)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_cache_type(name: str, cache) -> None:
+    if not isinstance(cache, MCCache):
+        got = type(cache)
+        raise TypeError(
+            f"{name} must be this package's MCCache ({MCCache.__module__}), "
+            f"got {got.__name__} from {got.__module__}"
+        )
+
+
+def _check_cache_tensor(name: str, field: str, tensor, shape: tuple[int, ...], q) -> None:
+    """One tensor of a cache: the shape these inputs need, their working dtype, their device."""
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} {field} is {list(tensor.shape)}, these inputs need {list(shape)} "
+            f"({SPEC_SIZES})"
+        )
+    work = _work_dtype(q.dtype)
+    if tensor.dtype != work:
+        raise TypeError(
+            f"{name} holds {tensor.dtype} tensors, {str(q.dtype).removeprefix('torch.')} inputs "
+            f"need a {work} cache (float64 inputs a float64 one, the others float32)"
+        )
+    if tensor.device != q.device:
+        raise ValueError(f"{name} is on {tensor.device}, the inputs on {q.device}")

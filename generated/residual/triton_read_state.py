@@ -3,151 +3,152 @@
 """Triton kernels: cached reads in state form fused with the residual aggregation.
 
 Chunk n of the chunked layout (backend_triton.py builds it) reads the cached memories
-visible_lo[n] <= i < visible_hi[n]; token t of the chunk reads r_i = states[i] q_t.
+visible_lo[n] <= i < visible_hi[n]; token t of the chunk reads r_i = scale * states[i] q_t.
 residual: o_t = o_on_t + sum_i r_i.
 
-Forward: one program per (chunk, batch*head, V block) loops over the visible memories.
-Backward: one program per (chunk, batch*head) gives dq, do_on;
-one per (memory, batch*head, V block) gives dstates, looping over the
-chunks that see the memory (no atomics: the result is deterministic).
+Programs work on row blocks: runs of up to R consecutive chunks that see the same memories
+(ROWS_FWD / ROWS_BWD rows), so each cached state is read once per block, not once per
+chunk. Blocks are launched heaviest first (most visible memories), those of one head
+together, so a head's states stay in L2 while its blocks read them.
+
+Forward: one program per (block, batch*head) loops over the visible memories; each read is a
+tensor-core dot [BT, K] x [K, V] accumulated into the block's output (the softmax weight
+scales the query rows, so the dot accumulates in place).
+Backward: one program per (block, batch*head) computes Z_i = do S_i per memory, which gives
+dq andone program per (memory, batch*head) sums dstates[i] = scale * sum_t do_t q_t^T over
+the blocks that see memory i (no atomics: the result is deterministic).
+
+Dots take the inputs' dtype (bf16/fp16 on tensor cores, fp32 accumulation); fp32 inputs keep
+"ieee" dots, and so does Triton's interpreter whatever the dtype (it multiplies 16-bit dots
+wrongly).
 """
 
 from __future__ import annotations
+
+import os
+from functools import lru_cache
 
 import torch
 import triton
 import triton.language as tl
 
-# Precision of fp32 tl.dot on a GPU: "ieee" keeps the 1e-5 contract; "tf32" is faster.
-DOT_PRECISION = "ieee"
-MAX_BLOCK_V = 64  # widest V block one program holds; wider values are split or looped
-NUM_WARPS = 4
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Rows of one program: the forward holds a [ROWS, V] fp32 output block, the backward a
+# [ROWS, K] one per gradient it accumulates (fewer rows: it keeps three). With 8 warps these
+# compile without spills at K = V = 128 for sm_90 (`mcgen inspect --kernels` shows it).
+ROWS_FWD = 128  # ssc keeps its top-k thresholds too: fewer rows
+ROWS_BWD = 64
+# Autotuned over pipeline depth only (every config spill-free); one config in the interpreter.
+CONFIGS = [
+    triton.Config({}, num_warps=8, num_stages=stages) for stages in ((2,) if INTERPRET else (2, 3))
+]
+TUNING_KEY = ["K", "V", "C", "BT", "DOT_DTYPE"]
 
 
 @triton.jit
-def _mm(a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """a [M, R] @ b [R, P] in fp32; tl.dot needs every side >= 16, else a broadcast sum."""
-    if USE_DOT:
-        out = tl.dot(a, b, input_precision=PRECISION)
-    else:
-        out = tl.sum(a[:, :, None] * b[None, :, :], 1)
-    return out
+def _dot(a, b, acc, DOT_DTYPE: tl.constexpr):
+    """acc + a @ b with operands in DOT_DTYPE (16-bit: tensor cores; fp32: exact "ieee")."""
+    return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision="ieee")
 
 
 @triton.jit
+def _block_rows(blocks, i_b, i_bh, NC, C: tl.constexpr, BT: tl.constexpr):
+    """(rows [BT] of the chunked layout, their mask, lo, hi) of row block i_b of head i_bh."""
+    first = tl.load(blocks + i_b * 4)
+    count = tl.load(blocks + i_b * 4 + 1)
+    lo = tl.load(blocks + i_b * 4 + 2).to(tl.int64)  # int64: the loop index makes offsets
+    hi = tl.load(blocks + i_b * 4 + 3).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    rows = (i_bh.to(tl.int64) * NC + first) * C + o_t  # [BT] consecutive chunks: one run
+    return rows, o_t < count * C, lo, hi
+
+
+@triton.autotune(configs=CONFIGS, key=TUNING_KEY)
+@triton.jit(do_not_specialize=["NC", "N"])
 def _read_state_fwd_kernel(
     q, o_on,
-    states, visible_lo, visible_hi,
+    states, blocks,
     o,
-    NC, N,
-    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    NC, N, scale,
+    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
-    i_n, i_bh, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    lo = tl.load(visible_lo + i_n).to(tl.int64)  # int64: the loop index makes offsets
-    hi = tl.load(visible_hi + i_n).to(tl.int64)
-    o_c = tl.arange(0, C)
+    i_b, i_bh = tl.program_id(0), tl.program_id(1)
+    rows, m_t, lo, hi = _block_rows(blocks, i_b, i_bh, NC, C, BT)
     o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    rows = (i_bh.to(tl.int64) * NC + i_n) * C + o_c  # [C] token rows of the chunk
-    b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0).to(
-        tl.float32
-    )  # [C, BK]
-    p_o_on = o_on + rows[:, None] * V + o_v[None, :]  # [C, BV]
-    b_acc = tl.load(p_o_on, mask=m_v[None, :], other=0.0).to(tl.float32)  # [C, BV]
-    p_states = states + i_bh.to(tl.int64) * N * V * K
+    o_v = tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_tk = m_t[:, None] & m_k[None, :]  # [BT, BK]
+    m_tv = m_t[:, None] & m_v[None, :]  # [BT, BV]
+    m_vk = m_v[:, None] & m_k[None, :]  # [BV, BK]
+    b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [BT, BK]
+    p_o_on = o_on + rows[:, None] * V + o_v[None, :]  # [BT, BV]
+    p_states = states + i_bh.to(tl.int64) * N * V * K + o_v[:, None] * K + o_k[None, :]
+    # sum_i q S_i^T, scaled once at the end (scaling a 16-bit query would round it again)
+    b_acc = tl.zeros([BT, BV], dtype=tl.float32)  # [BT, BV]
     for i in range(lo, hi):
-        p_state = p_states + i * V * K
-        b_s = tl.load(
-            p_state + o_v[:, None] * K + o_k[None, :], mask=m_v[:, None] & m_k[None, :], other=0.0
-        ).to(tl.float32)  # [BV, BK]
-        b_acc += _mm(b_q, tl.trans(b_s), USE_DOT, PRECISION)  # [C, BV]
-    tl.store(o + rows[:, None] * V + o_v[None, :], b_acc, mask=m_v[None, :])
+        b_s = tl.load(p_states + i * V * K, mask=m_vk, other=0.0)  # [BV, BK]
+        b_acc = _dot(b_q, tl.trans(b_s), b_acc, DOT_DTYPE)  # [BT, BV]
+    b_acc = tl.load(p_o_on, mask=m_tv, other=0.0) + scale * b_acc
+    tl.store(o + rows[:, None] * V + o_v[None, :], b_acc, mask=m_tv)
 
 
-@triton.jit
-def _bwd_chunk_memory(
-    b_dq,
-    b_q, p_state, p_do, o_k, m_k,
-    K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+@triton.autotune(configs=CONFIGS, key=TUNING_KEY)
+@triton.jit(do_not_specialize=["NC", "N"])
+def _read_state_bwd_rows_kernel(
+    states, blocks, do,
+    dq, do_on,
+    NC, N, scale,
+    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
-    """One memory's share of dq for the rows of a chunk, V block by V block."""
-    for i_v in tl.static_range(NV):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < V
-        p_s = p_state + o_v[:, None] * K + o_k[None, :]  # [BV, BK]
-        b_s = tl.load(p_s, mask=m_v[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-        b_do = tl.load(p_do + o_v[None, :], mask=m_v[None, :], other=0.0).to(tl.float32)
-        b_dq += _mm(b_do, b_s, USE_DOT, PRECISION)  # [C, BK]
-    return b_dq
-
-
-@triton.jit
-def _read_state_bwd_chunk_kernel(
-    q, o_on,
-    states, visible_lo, visible_hi,
-    do, dq, do_on,
-    NC, N,
-    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    NV: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
-):
-    i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    lo = tl.load(visible_lo + i_n).to(tl.int64)  # int64: the loop index makes offsets
-    hi = tl.load(visible_hi + i_n).to(tl.int64)
-    o_c = tl.arange(0, C)
+    i_b, i_bh = tl.program_id(0), tl.program_id(1)
+    rows, m_t, lo, hi = _block_rows(blocks, i_b, i_bh, NC, C, BT)
     o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    rows = (i_bh.to(tl.int64) * NC + i_n) * C + o_c  # [C] token rows of the chunk
-    b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.0).to(
-        tl.float32
-    )  # [C, BK]
-    p_do = do + rows[:, None] * V  # [C, 1] row starts of do
-    p_states = states + i_bh.to(tl.int64) * N * V * K
-    for i_v in tl.static_range(NV):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < V
-        b_do = tl.load(p_do + o_v[None, :], mask=m_v[None, :], other=0.0).to(tl.float32)
-        tl.store(do_on + rows[:, None] * V + o_v[None, :], b_do, mask=m_v[None, :])
-    b_dq = tl.zeros([C, BK], dtype=tl.float32)
+    o_v = tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_tk = m_t[:, None] & m_k[None, :]  # [BT, BK]
+    m_tv = m_t[:, None] & m_v[None, :]  # [BT, BV]
+    m_vk = m_v[:, None] & m_k[None, :]  # [BV, BK]
+    p_tv = rows[:, None] * V + o_v[None, :]  # [BT, BV]
+    b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)  # [BT, BV] fp32
+    p_states = states + i_bh.to(tl.int64) * N * V * K + o_v[:, None] * K + o_k[None, :]
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # [BT, BK]
+    tl.store(do_on + p_tv, b_do, mask=m_tv)
     for i in range(lo, hi):
-        p_state = p_states + i * V * K
-        b_dq = _bwd_chunk_memory(
-            b_dq, b_q, p_state, p_do, o_k, m_k, K, V, BV, NV, USE_DOT, PRECISION
-        )
-    tl.store(dq + rows[:, None] * K + o_k[None, :], b_dq, mask=m_k[None, :])
+        b_s = tl.load(p_states + i * V * K, mask=m_vk, other=0.0)  # [BV, BK]
+        b_dq = _dot(b_do, b_s, b_dq, DOT_DTYPE)  # [BT, BK]
+    b_dq = b_dq * scale
+    tl.store(dq + rows[:, None] * K + o_k[None, :], b_dq, mask=m_tk)
 
 
-@triton.jit
+@triton.autotune(configs=CONFIGS, key=TUNING_KEY)
+@triton.jit(do_not_specialize=["NC", "N", "NB"])
 def _read_state_bwd_memory_kernel(
-    q,
-    visible_lo, visible_hi, do, dstates,
-    NC, N, BH,
-    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    q, blocks, do,
+    dstates,
+    NC, N, NB, scale,
+    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
-    i, i_bh, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    o_c = tl.arange(0, C)
+    i, i_bh = tl.program_id(0), tl.program_id(1)
     o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    p_block = (i_bh.to(tl.int64) * N + i) * V * K + o_v[:, None] * K + o_k[None, :]  # [BV, BK]
-    b_ds = tl.zeros([BV, BK], dtype=tl.float32)  # dstates[i] of this V block
-    for i_n in range(0, NC):
-        lo = tl.load(visible_lo + i_n)
-        hi = tl.load(visible_hi + i_n)
-        if (lo <= i) & (i < hi):  # the chunk sees memory i
-            rows = (i_bh.to(tl.int64) * NC + i_n) * C + o_c  # [C]
-            p_q = q + rows[:, None] * K + o_k[None, :]  # [C, BK]
-            p_do = do + rows[:, None] * V + o_v[None, :]  # [C, BV]
-            b_q = tl.load(p_q, mask=m_k[None, :], other=0.0).to(tl.float32)  # [C, BK]
-            b_do = tl.load(p_do, mask=m_v[None, :], other=0.0).to(tl.float32)  # [C, BV]
-            b_ds += _mm(tl.trans(b_do), b_q, USE_DOT, PRECISION)  # [BV, BK]
-    tl.store(dstates + p_block, b_ds, mask=m_v[:, None] & m_k[None, :])
+    o_v = tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    b_ds = tl.zeros([BV, BK], dtype=tl.float32)  # [BV, BK] dstates[i] / scale
+    for i_b in range(0, NB):
+        rows, m_t, lo, hi = _block_rows(blocks, i_b, i_bh, NC, C, BT)
+        if (lo <= i) & (i < hi):  # the block sees memory i
+            p_q = q + rows[:, None] * K + o_k[None, :]  # [BT, BK]
+            b_q = tl.load(p_q, mask=m_t[:, None] & m_k[None, :], other=0.0)
+            p_do = do + rows[:, None] * V + o_v[None, :]  # [BT, BV]
+            b_do = tl.load(p_do, mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_ds = _dot(tl.trans(b_do), b_q, b_ds, DOT_DTYPE)  # [BV, BK]
+    p_ds = dstates + (i_bh.to(tl.int64) * N + i) * V * K + o_v[:, None] * K + o_k[None, :]
+    tl.store(p_ds, b_ds * scale, mask=m_v[:, None] & m_k[None, :])
 
 
 def _alloc(shape, device, dtype=torch.float32):
@@ -155,13 +156,42 @@ def _alloc(shape, device, dtype=torch.float32):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _blocks(q, o_on, block_v):
-    """(BK, BV, NV, USE_DOT) for the shapes of a call: K whole, V in blocks of BV."""
-    key_dim, value_dim, chunk = q.shape[-1], o_on.shape[-1], q.shape[-2]
-    block_k = triton.next_power_of_2(key_dim)
-    block_v = min(triton.next_power_of_2(value_dim), block_v or MAX_BLOCK_V)
-    use_dot = min(chunk, block_k, block_v) >= 16
-    return block_k, block_v, triton.cdiv(value_dim, block_v), use_dot
+def _dot_dtype(dtype: torch.dtype):
+    """The dots' operand type: the inputs' 16-bit type on a GPU, fp32 otherwise."""
+    if INTERPRET or dtype == torch.float32:
+        return tl.float32
+    return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+
+
+def _padded(size: int) -> int:
+    """A block side: a power of two, at least 16 (the smallest tl.dot operand)."""
+    return max(16, triton.next_power_of_2(size))
+
+
+@lru_cache(maxsize=64)
+def _row_blocks(
+    visible_lo: tuple[int, ...], visible_hi: tuple[int, ...], per_block: int, device: torch.device
+) -> torch.Tensor:
+    """[NB, 4] int32 (first chunk, chunks, lo, hi): runs of at most `per_block` consecutive
+    chunks with the same visible memories, those that see the most first."""
+    runs: list[list[int]] = []
+    for n, (lo, hi) in enumerate(zip(visible_lo, visible_hi)):
+        last = runs[-1] if runs else None
+        if last and last[2:] == [lo, hi] and last[0] + last[1] == n and last[1] < per_block:
+            last[1] += 1
+        else:
+            runs.append([n, 1, lo, hi])
+    runs.sort(key=lambda run: run[2] - run[3])  # stable: ties keep their order
+    return torch.tensor(runs, dtype=torch.int32, device=device).view(-1, 4)
+
+
+def _layout(q, o_on, visible_lo, visible_hi, rows: int):
+    """(row blocks, chunks per block, BK, BV) of a call."""
+    chunk, key_dim, value_dim = q.shape[-2], q.shape[-1], o_on.shape[-1]
+    per_block = max(1, rows // chunk)
+    lo, hi = tuple(int(x) for x in visible_lo), tuple(int(x) for x in visible_hi)
+    blocks = _row_blocks(lo, hi, per_block, q.device)
+    return blocks, per_block, _padded(key_dim), _padded(value_dim)
 
 
 def _nonempty(x):
@@ -169,103 +199,96 @@ def _nonempty(x):
     return x.contiguous() if x.numel() else x.new_zeros(1)
 
 
-def read_state_fwd(
-    q, o_on, logit_on, conn, descriptors, states, visible_lo, visible_hi, *, block_v=None
-):
+def read_state_fwd(q, o_on, logit_on, conn, descriptors, states, visible_lo, visible_hi, *, scale):
     """Cached reads of every chunk mixed with the online read.
 
-    q [BH, NC, C, K] (scaled query, any float dtype), o_on [BH, NC, C, V] fp32 (online read),
-    states [BH, N, V, K] fp32 (N may be 0), visible_lo / visible_hi int32 [NC] (the tokens of
-    chunk n read memories lo <= i < hi).
+    q [BH, NC, C, K] (the unscaled query, in the inputs' dtype), o_on [BH, NC, C, V] fp32 (online
+    read), states [BH, N, V, K] (N may be 0; the inputs' dtype for 16-bit inputs), visible_lo /
+    visible_hi: NC ints on the host (the tokens of chunk n read memories lo <= i < hi); scale:
+    the read scale.
     logit_on, conn and descriptors are unused (None for residual).
     Returns (o [BH, NC, C, V] fp32, None).
-    block_v (optional): the V block of one program (a power of two; default up to MAX_BLOCK_V).
     """
     batch_heads, num_chunks, chunk, key_dim = q.shape
     value_dim, num_memories = o_on.shape[-1], states.shape[1]
-    block_k, block_v, num_v, use_dot = _blocks(q, o_on, block_v)
     o = _alloc((batch_heads, num_chunks, chunk, value_dim), q.device)
     lse = None
     if o.numel() == 0:
         return o, lse
-    _read_state_fwd_kernel[(num_chunks, batch_heads, num_v)](
+    blocks, per_block, block_k, block_v = _layout(q, o_on, visible_lo, visible_hi, ROWS_FWD)
+    _read_state_fwd_kernel[(blocks.shape[0], batch_heads)](
         q.contiguous(),
         o_on.contiguous(),
         _nonempty(states),
-        visible_lo.to(torch.int32).contiguous(),
-        visible_hi.to(torch.int32).contiguous(),
+        blocks,
         o,
         num_chunks,
         num_memories,
+        float(scale),
         K=key_dim,
         V=value_dim,
         C=chunk,
+        BT=per_block * chunk,
         BK=block_k,
         BV=block_v,
-        USE_DOT=use_dot,
-        PRECISION=DOT_PRECISION,
-        num_warps=NUM_WARPS,
+        DOT_DTYPE=_dot_dtype(q.dtype),
     )
     return o, lse
 
 
 def read_state_bwd(
-    q, o_on, logit_on, conn, descriptors, states, visible_lo, visible_hi, o, lse, do, *,
-    block_v=None,
+    q, o_on, logit_on, conn, descriptors, states, visible_lo, visible_hi, o, lse, do, *, scale
 ):
     """Gradients of read_state_fwd given do [BH, NC, C, V] fp32 (o, lse: what it returned).
 
-    Returns (dq, do_on, None, None, None, dstates), fp32 with the shapes of the inputs.
+    Returns (dq, do_on, None, None, None, dstates), fp32 with the shapes of the inputs; dq is
+    the gradient of the unscaled query.
     """
     batch_heads, num_chunks, chunk, key_dim = q.shape
     value_dim, num_memories = o_on.shape[-1], states.shape[1]
-    block_k, block_v, num_v, use_dot = _blocks(q, o_on, block_v)
     device = q.device
     dq = _alloc(q.shape, device)
     do_on = _alloc(o_on.shape, device)
     dstates = _alloc(states.shape, device)
-    q, do = _nonempty(q), _nonempty(do)
-    visible_lo = _nonempty(visible_lo.to(torch.int32))
-    visible_hi = _nonempty(visible_hi.to(torch.int32))
-    if num_chunks and batch_heads:
-        _read_state_bwd_chunk_kernel[(num_chunks, batch_heads)](
+    if not (num_chunks and batch_heads):
+        dstates.zero_()
+        return dq, do_on, None, None, None, dstates
+    q, do, states = q.contiguous(), do.contiguous(), _nonempty(states)
+    blocks, per_block, block_k, block_v = _layout(q, o_on, visible_lo, visible_hi, ROWS_BWD)
+    dot_dtype = _dot_dtype(q.dtype)
+    _read_state_bwd_rows_kernel[(blocks.shape[0], batch_heads)](
+        states,
+        blocks,
+        do,
+        dq,
+        do_on,
+        num_chunks,
+        num_memories,
+        float(scale),
+        K=key_dim,
+        V=value_dim,
+        C=chunk,
+        BT=per_block * chunk,
+        BK=block_k,
+        BV=block_v,
+        DOT_DTYPE=dot_dtype,
+    )
+    if num_memories:
+        _read_state_bwd_memory_kernel[(num_memories, batch_heads)](
             q,
-            o_on.contiguous(),
-            _nonempty(states),
-            visible_lo,
-            visible_hi,
-            do,
-            dq,
-            do_on,
-            num_chunks,
-            num_memories,
-            K=key_dim,
-            V=value_dim,
-            C=chunk,
-            BK=block_k,
-            BV=block_v,
-            NV=num_v,
-            USE_DOT=use_dot,
-            PRECISION=DOT_PRECISION,
-            num_warps=NUM_WARPS,
-        )
-    if num_memories and batch_heads:  # with no chunks it writes zeros
-        _read_state_bwd_memory_kernel[(num_memories, batch_heads, num_v)](
-            q,
-            visible_lo,
-            visible_hi,
+            blocks,
             do,
             dstates,
             num_chunks,
             num_memories,
-            batch_heads,
+            blocks.shape[0],
+            float(scale),
             K=key_dim,
             V=value_dim,
             C=chunk,
+            BT=per_block * chunk,
             BK=block_k,
             BV=block_v,
-            USE_DOT=use_dot,
-            PRECISION=DOT_PRECISION,
-            num_warps=NUM_WARPS,
+            DOT_DTYPE=dot_dtype,
         )
     return dq, do_on, None, None, None, dstates

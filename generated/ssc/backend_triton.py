@@ -5,7 +5,8 @@
 The glue around the generated kernels. A call is cut into chunks exactly as the torch
 backend cuts it (`backend_torch.chunk_layout`: chunks never cross a segment end or a
 packed sequence), its inputs are gathered into the layout every kernel shares
-([B * H, NC, C, D], zero in padding slots, q already scaled), and then:
+([B * H, NC, C, D] in the inputs' dtype, zero in padding slots; the kernels apply the
+read scale), and then:
 
 1. triton_recurrence: the online read o_on and the memory after every chunk (h_out);
 2. torch: the segment descriptors and the online gate logit (prefix sums of the keys),
@@ -15,9 +16,9 @@ packed sequence), its inputs are gathered into the layout every kernel shares
 
 Forward and backward are torch custom ops (torch.library), so that torch.compile sees
 one opaque op each way and the graph does not break. The backward recomputes the cheap
-torch parts and applies the chain rule by hand, through the kernels' backward passes;
-what the kernels computed in the forward is saved, never recomputed.
-"""
+parts (the torch glue, and the online recurrence: every chunk's state costs more memory to
+keep than time to recompute) and applies the chain rule by hand, through the kernels'
+backward passes; the forward keeps only the cached reads' output and log-sum-exp."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ GATE_SCALE = 0.125
 # What the forward op returns per packed sequence: the cache after its last token.
 CACHE_TENSORS = ('state', 'states', 'descriptors', 'prefix_sum')
 # ... and after those, what the kernels computed that the backward needs.
-SAVED = ('o_on', 'h_out', 'o_read', 'lse')
+SAVED = ('o_read', 'lse')
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -111,7 +112,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
 
 
 @lru_cache(maxsize=64)
-def _layout_tensors(layout: ChunkLayout, device: torch.device) -> dict[str, torch.Tensor]:
+def _layout_tensors(layout: ChunkLayout, device: torch.device) -> dict[str, object]:
     """What the kernels and the torch parts need of a layout, on the device (once per layout)."""
     num_chunks = len(layout.index)
     closing = [n for n in range(num_chunks) if layout.closes[n]]
@@ -122,16 +123,31 @@ def _layout_tensors(layout: ChunkLayout, device: torch.device) -> dict[str, torc
         anchor.append(opened)
         first.append(reset)
 
+    # The reverse state scan's injected gradients, one slot each: every segment end (its
+    # cached state's, in `closing` order), then every piece's last chunk that closes no
+    # segment (its cache's running state).
+    slot = {n: i for i, n in enumerate(closing)}
+    for last_chunk, *_ in layout.pieces:
+        if last_chunk >= 0:
+            slot.setdefault(last_chunk, len(slot))
+
     def tensor(values, dtype=torch.int64):
         return torch.tensor(values, dtype=dtype, device=device)
 
     return {
         "index": tensor(layout.index).view(-1),  # [NC * C] token of each slot; T: padding
+        # The same, padding slots pointing at token 0 (zeroed after the gather), and where.
+        "gather": tensor([min(i, len(layout.flat) - 1) for row in layout.index for i in row]),
+        "padding": tensor([i >= len(layout.flat) for row in layout.index for i in row], torch.bool),
+        "padded": any(i >= len(layout.flat) for row in layout.index for i in row),
         "flat": tensor(layout.flat),  # [T] slot of each token
         "resets": tensor(layout.resets, torch.int32),  # [NC]
         "visible_lo": tensor(layout.visible_lo, torch.int32),  # [NC]
         "visible_hi": tensor(layout.visible_hi, torch.int32),  # [NC]
         "closing": tensor(closing),  # [M] chunks that close a segment, in order
+        "dh_slot": tensor([slot.get(n, -1) for n in range(num_chunks)], torch.int32),  # [NC]
+        "injected": len(slot),
+        "piece_slot": [slot.get(last_chunk, -1) for last_chunk, *_ in layout.pieces],
         "closed_length": tensor([layout.closed_length[n] for n in closing], torch.float32),
         # Segment-end memories made in this call: chunks mem_first[i]..mem_last[i] wrote them.
         "mem_first": tensor([first[n] for n in closing], torch.int32),  # [M]
@@ -171,17 +187,20 @@ def _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces) -> Si
     batch, _, heads, key_dim = q.shape
     num_chunks, chunk = len(layout.index), len(layout.index[0])
     p = SimpleNamespace(layout=layout, t=t, batch=batch, heads=heads, key_dim=key_dim)
-    p.value_dim, p.num_chunks, p.chunk = v.shape[-1], num_chunks, chunk
+    p.value_dim, p.num_chunks, p.chunk, p.scale = v.shape[-1], num_chunks, chunk, scale
 
     def chunked(x):  # [B, T, H, ...] -> [B * H, NC, C, ...], zero in padding slots
-        padded = torch.cat([x, x.new_zeros(batch, 1, *x.shape[2:])], dim=1)
-        gathered = padded.index_select(1, t["index"]).unflatten(1, (num_chunks, chunk))
-        return gathered.movedim(3, 1).flatten(0, 1).contiguous()
+        # One gather from the heads-first view writes the layout (no other copy).
+        gathered = x.movedim(2, 1).index_select(2, t["gather"])  # [B, H, NC * C, ...]
+        if t["padded"]:
+            pad = t["padding"].view(-1, *[1] * (x.dim() - 3))
+            gathered = gathered.masked_fill_(pad, 0)
+        return gathered.flatten(0, 1).unflatten(1, (num_chunks, chunk))
 
-    p.q = chunked(q.float()) * scale  # [BH, NC, C, K] fp32: scaling a bf16 q would round it
+    p.q = chunked(q)  # [BH, NC, C, K] unscaled: scaling a 16-bit q would round it
     p.k = chunked(k)  # [BH, NC, C, K]
     p.v = chunked(v)  # [BH, NC, C, V]
-    p.g = chunked(g) if USES_G else None  # [BH, NC, C] log decay per token
+    p.g = chunked(g.float()) if USES_G else None  # [BH, NC, C] log decay per token, fp32
     p.h0 = state.float().flatten(0, 1).contiguous()  # [BH, V, K]
     # Key sums over each segment at chunk granularity, in fp64: a sum over the whole call
     # minus the sum at the segment's start must not cancel.
@@ -199,11 +218,11 @@ def _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces) -> Si
     p.descriptors = torch.cat(
         [descriptors.float().flatten(0, 1), new_descriptors], dim=1
     ).contiguous()  # [BH, N, K]
-    p.conn = chunked(u.float())  # [BH, NC, C, K]
+    p.conn = chunked(u)  # [BH, NC, C, K]
     # Online descriptor (times its count): the segment's keys before the chunk plus the
     # chunk's own up to each slot.
     p.key_prefix = p.key_sum_in[:, :, None] + p.k.float().cumsum(dim=-2)  # [BH, NC, C, K]
-    p.logit_on = (p.conn * p.key_prefix).sum(-1) * _logit_factor(p)  # [BH, NC, C]
+    p.logit_on = (p.conn.float() * p.key_prefix).sum(-1) * _logit_factor(p)  # [BH, NC, C]
     return p
 
 
@@ -213,8 +232,10 @@ def _logit_factor(p):
 
 
 def _unchunk(p, x_b):
-    """[B * H, NC, C, ...] -> [B, T, H, ...]: the token slots, padding dropped."""
-    x = x_b.view(p.batch, p.heads, p.num_chunks * p.chunk, *x_b.shape[3:])[:, :, p.t["flat"]]
+    """[B * H, NC, C, ...] -> [B, T, H, ...] (a view without padding): the token slots."""
+    x = x_b.view(p.batch, p.heads, p.num_chunks * p.chunk, *x_b.shape[3:])
+    if p.t["padded"]:
+        x = x.index_select(2, p.t["flat"])
     return x.transpose(1, 2)
 
 
@@ -222,25 +243,27 @@ def _all_states(p, states, h_out):
     """Every memory cached so far: the initial cache's, then this call's segment ends."""
     return torch.cat(
         [states.float().flatten(0, 1), h_out.index_select(1, p.t["closing"])], dim=1
-    ).contiguous()  # [BH, N, V, K]
+    ).contiguous()  # [BH, N, V, K] fp32, as the cache keeps them
 
 
 def _read(p, o_on, states_all, pieces):
     """(o [BH, NC, C, V], lse or None): the cached reads mixed with o_on, by the kernels."""
     if p.layout.num_memories == 0:  # nothing to read: the online read is the output
         return o_on, None
-    return triton_read_state.read_state_fwd(*_state_args(p, o_on, states_all))
+    return triton_read_state.read_state_fwd(*_state_args(p, o_on, states_all), scale=p.scale)
 
 
 def _state_args(p, o_on, states_all):
     gate = (p.logit_on, p.conn, p.descriptors)
-    return (p.q, o_on, *gate, states_all, p.t["visible_lo"], p.t["visible_hi"])
+    # The read kernels take the states in the inputs' dtype (16-bit: tensor-core operands).
+    states = states_all.to(p.q.dtype)  # [BH, N, V, K]
+    return (p.q, o_on, *gate, states, p.layout.visible_lo, p.layout.visible_hi)
 
 
 def _outputs(p, dtype, b_o, h_out, states_all) -> list[torch.Tensor]:
     """o [B, T, H, V] in the inputs' dtype, then CACHE_TENSORS for each packed sequence."""
     batch, heads = p.batch, p.heads
-    outputs = [_unchunk(p, b_o).to(dtype)]
+    outputs = [_unchunk(p, b_o).to(dtype, memory_format=torch.contiguous_format)]
     for last_chunk, lo, hi, _ in p.layout.pieces:
         if last_chunk < 0:  # an empty packed sequence
             empty = MCCache.empty(batch, heads, p.key_dim, p.value_dim, device=b_o.device)
@@ -261,12 +284,14 @@ def _outputs(p, dtype, b_o, h_out, states_all) -> list[torch.Tensor]:
 
 def _forward_impl(q, k, v, u, g, state, states, descriptors, prefix_sum, scale, pieces):
     p = _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces)
-    o_on, h_out = triton_recurrence.recurrence_fwd(p.q, p.k, p.v, p.g, p.h0, p.t["resets"])
+    o_on, h_out = triton_recurrence.recurrence_fwd(
+        p.q, p.k, p.v, p.g, p.h0, p.t["resets"], scale
+    )
     # o_on: [BH, NC, C, V], h_out: [BH, NC, V, K] the memory after each chunk
     states_all = _all_states(p, states, h_out)
     b_o, lse = _read(p, o_on, states_all, pieces)
     empty = o_on.new_zeros(0)  # SAVED holds tensors only: empty stands for "none"
-    saved = [o_on, h_out, empty if b_o is o_on else b_o, empty if lse is None else lse]
+    saved = [empty if b_o is o_on else b_o, empty if lse is None else lse]
     outputs = _outputs(p, q.dtype, b_o, h_out, states_all)
     inputs = (q, k, v, u, g, state, states, descriptors, prefix_sum)
     return _owned([*outputs, *saved], inputs)
@@ -278,15 +303,22 @@ def _backward_impl(
     """The chain rule through the forward, by hand: outputs, reads, recurrence, torch parts."""
     p = _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces)
     t, layout = p.t, p.layout
-    o_on, h_out = saved[0], saved[1]
+    # The online read and every chunk's state, again: cheaper than keeping them.
+    o_on, h_out = triton_recurrence.recurrence_fwd(p.q, p.k, p.v, p.g, p.h0, t["resets"], scale)
     bh, num_cached = p.batch * p.heads, states.shape[2]
 
     # The outputs' gradients, in the chunked layout.
-    d_out = grads[0].float().transpose(1, 2)  # [B, H, T, V]
-    d_b_o = d_out.new_zeros(p.batch, p.heads, p.num_chunks * p.chunk, p.value_dim)
-    d_b_o[:, :, t["flat"]] = d_out
+    d_out = grads[0].transpose(1, 2)  # [B, H, T, V]
+    if t["padded"]:
+        slots = p.num_chunks * p.chunk
+        d_b_o = d_out.new_zeros(p.batch, p.heads, slots, p.value_dim, dtype=torch.float32)
+        d_b_o[:, :, t["flat"]] = d_out.float()
+    else:  # the slots are the tokens
+        d_b_o = d_out.to(torch.float32, memory_format=torch.contiguous_format)
     d_b_o = d_b_o.view(bh, p.num_chunks, p.chunk, p.value_dim)  # [BH, NC, C, V]
-    dh_out = torch.zeros_like(h_out)  # [BH, NC, V, K]
+    # Gradients of the chunk states that something outside the recurrence read (the slots of
+    # t["dh_slot"]): the cached ones, and each piece's final state.
+    dh_out = h_out.new_zeros(bh, t["injected"], p.value_dim, p.key_dim)  # [BH, slots, V, K]
     d_states_all = h_out.new_zeros(bh, layout.num_memories, p.value_dim, p.key_dim)
     d_descriptors_all = torch.zeros_like(p.descriptors)  # [BH, N, K]
     d_key_sum_out = torch.zeros_like(p.key_sum_out)  # [BH, NC, K]
@@ -295,7 +327,7 @@ def _backward_impl(
         if last_chunk < 0:
             continue
         d = dict(zip(CACHE_TENSORS, grads[1 + i * per_piece : 1 + (i + 1) * per_piece]))
-        dh_out[:, last_chunk] += d["state"].float().flatten(0, 1)
+        dh_out[:, t["piece_slot"][i]] += d["state"].float().flatten(0, 1)
         d_states_all[:, lo:hi] += d["states"].float().flatten(0, 1)
         d_descriptors_all[:, lo:hi] += d["descriptors"].float().flatten(0, 1)
         if not layout.closes[last_chunk]:
@@ -307,19 +339,22 @@ def _backward_impl(
     if layout.num_memories == 0:
         d_o_on = d_b_o
     else:
-        o_read, lse = saved[2], saved[3]
+        o_read, lse = saved[0], saved[1]
         d_q_b, d_o_on, d_logit_on, d_conn, d_descriptors, d_states = (
-            triton_read_state.read_state_bwd(*_state_args(p, o_on, states_all), o_read, lse, d_b_o)
+            triton_read_state.read_state_bwd(
+                *_state_args(p, o_on, states_all), o_read, lse, d_b_o, scale=scale
+            )
         )
         d_states_all += d_states
         d_descriptors_all += d_descriptors
     # Cached states: the initial cache's, and h_out at the chunks that close a segment.
-    dh_out.index_add_(1, t["closing"], d_states_all[:, num_cached:])
+    dh_out[:, : layout.num_memories - num_cached] += d_states_all[:, num_cached:]
     d_states = d_states_all[:, :num_cached].unflatten(0, (p.batch, p.heads))
 
     # The recurrence.
     dq_r, dk_r, dv_r, dg_r, dh0 = triton_recurrence.recurrence_bwd(
-        p.q, p.k, p.v, p.g, p.h0, t["resets"], h_out, d_o_on.contiguous(), dh_out
+        p.q, p.k, p.v, p.g, p.h0, t["resets"], h_out, d_o_on.contiguous(),
+        dh_out if t["injected"] else None, t["dh_slot"] if t["injected"] else None, scale,
     )
     d_q_b = dq_r if d_q_b is None else d_q_b + dq_r
     d_k_b = dk_r if d_k_b is None else d_k_b + dk_r
@@ -336,12 +371,12 @@ def _backward_impl(
     d_k_b = d_k_b.float()
     if d_scaled is not None:  # else the online logit had no effect (nothing to read)
         d_conn = d_conn + d_scaled[..., None] * p.key_prefix
-        d_key_prefix = d_scaled[..., None] * p.conn  # [BH, NC, C, K]
+        d_key_prefix = d_scaled[..., None] * p.conn.float()  # [BH, NC, C, K]
         # key_prefix = key_sum_in + cumsum over the chunk: a reversed cumsum goes back.
         d_k_b = d_k_b + d_key_prefix.flip(2).cumsum(2).flip(2)
         d_key_sum_in = d_key_sum_out + d_key_prefix.sum(2)
     else:
-        d_conn = torch.zeros_like(p.conn)
+        d_conn = torch.zeros_like(p.conn, dtype=torch.float32)
         d_key_sum_in = d_key_sum_out
     # key_sum_in = before - base, before = exclusive cumsum of key_total over chunks.
     d_key_sum_in = d_key_sum_in.double()
@@ -353,7 +388,7 @@ def _backward_impl(
 
     # Back from the chunked layout to [B, T, H, ...].
     grads_in = {
-        "q": _unchunk(p, d_q_b * scale),
+        "q": _unchunk(p, d_q_b),
         "k": _unchunk(p, d_k_b),
         "v": _unchunk(p, d_v_b),
         "state": dh0.reshape(p.batch, p.heads, p.value_dim, p.key_dim),
@@ -367,7 +402,9 @@ def _backward_impl(
     inputs = {"q": q, "k": k, "v": v, "u": u, "g": g, "state": state, "states": states}
     inputs.update(descriptors=descriptors, prefix_sum=prefix_sum)
     result = [
-        grads_in[name].to(x.dtype).contiguous() for name, x in inputs.items() if x is not None
+        grads_in[name].to(x.dtype, memory_format=torch.contiguous_format)
+        for name, x in inputs.items()
+        if x is not None
     ]
     return _owned(result, [*inputs.values(), *saved, *grads])
 
@@ -391,7 +428,6 @@ def _forward_fake(q, k, v, u, g, state, states, descriptors, prefix_sum, scale, 
             "prefix_sum": (batch, heads, key_dim),
         }
         outputs += [fp32(*shapes[name]) for name in CACHE_TENSORS]
-    outputs += [fp32(bh, num_chunks, chunk, value_dim), fp32(bh, num_chunks, value_dim, key_dim)]
     if layout.num_memories == 0:
         outputs += [fp32(0), fp32(0)]
     else:

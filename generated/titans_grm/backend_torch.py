@@ -83,8 +83,21 @@ def _carry(log_keep, steps, start):
     causal = torch.ones(size, size, dtype=torch.bool, device=log_keep.device).tril()
     mix = torch.where(causal, total[..., :, None] - total[..., None, :], -torch.inf).exp()  # [B, H, C, C]
     flat = steps.flatten(-2)  # [B, H, C, P]
-    carried = (mix @ flat).view_as(steps)
+    carried = causal_mix(mix, flat).view_as(steps)
     return carried + total.exp()[..., None, None] * start[:, :, None]
+
+
+def causal_mix(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """weights [..., C, C] (zero above the diagonal) @ values [..., C, D], causal for any values.
+
+    The matmul multiplies the zero weights of later tokens by their values, and 0 * NaN
+    is NaN: non-finite values are zeroed before it, and the rows at or after one (which
+    its NaN or Inf reaches, as in the recurrence) are set to NaN after it.
+    """
+    finite = values.isfinite()
+    mixed = weights @ torch.where(finite, values, 0)
+    reached = (~finite).cumsum(dim=-2, dtype=torch.int32) > 0
+    return torch.where(reached, torch.nan, mixed)
 
 
 def _layout(position: int, seq_len: int):

@@ -13,7 +13,8 @@ import os
 import torch
 
 from . import backend_torch
-from .cache import MCCache
+from .cache import DESCRIBED, HAS_MOMENTUM, MCCache
+from .spec import HEADS, KEY_DIM, VALUE_DIM
 
 BACKENDS = ('torch',)
 DEPTH = 2
@@ -47,36 +48,61 @@ def mc_forward(
     backend="auto",
     initial_cache=None,
     output_cache=False,
+    heads=None,
 ):
     """Memory caching over a deep memory: q, k, v [B, T, H, K]; returns o [B, T, H, K].
 
     weights: the memory's initial weights (required unless initial_cache is given).
-u [B, T, H, K] is the gate's connector. beta [B, T, H] is the inner learning rate. eta [B, T, H] the momentum. g [B, T, H] = log(1 - alpha), the decay. 
+    This spec also needs u [B, T, H, K], the gate's connector; beta [B, T, H], the inner
+    learning rate; eta [B, T, H], the momentum; g [B, T, H] = log(1 - alpha), the decay.
+
+    Inputs are float32, float64, bfloat16 or float16 (q, k, v, u in one dtype), on one
+    device; o comes back in q's dtype. The package runs at any H and K, not only the
+    spec's (4, 32): q whose dim 1 is the spec's H and dim 2 is not looks
+    heads-first [B, H, T, K] and is refused unless `heads` names its head count.
+
     With `output_cache=True` returns (o, cache); pass it as `initial_cache` to continue.
     """
+    _check_float("q", q)
     if q.dim() != 4:
-        raise ValueError(f"q must be [B, T, H, K], got shape {tuple(q.shape)}")
-    batch, seq_len, heads, key_dim = q.shape
+        raise ValueError(f"q must be [B, T, H, K] ({SPEC_SIZES}), got shape {list(q.shape)}")
+    _check_heads(q, heads)
+    batch, seq_len, n_heads, key_dim = q.shape
     for name, x in (("k", k), ("v", v)):
-        _expect(name, x, (batch, seq_len, heads, key_dim))
-    _check_extras(u, g, beta, eta, (batch, seq_len, heads), key_dim, "")
+        _check_beside(name, x, "q", q, same_dtype=True)
+        _expect(name, x, (batch, seq_len, n_heads, key_dim))
+    _check_extras(q, u, g, beta, eta, (batch, seq_len, n_heads), key_dim, "")
     _pick_backend(backend, q)
-    cache = _starting_cache(initial_cache, weights, batch, heads, key_dim, q.dtype)
+    cache = _starting_cache("initial_cache", initial_cache, weights, q)
     scale = 1.0 if scale is None else float(scale)
     out, cache = backend_torch.forward(q, k, v, u, g, beta, eta, scale=scale, initial_cache=cache)
     out = out.to(q.dtype)
     return (out, cache) if output_cache else out
 
 
-def mc_step(q_t, k_t, v_t, u_t=None, g_t=None, beta_t=None, *, eta_t=None, weights=None, cache=None, scale=None):
-    """Decode one token: q_t, k_t, v_t [B, H, K]; returns (o_t [B, H, K], cache)."""
+def mc_step(
+    q_t,
+    k_t,
+    v_t,
+    u_t=None,
+    g_t=None,
+    beta_t=None,
+    *,
+    eta_t=None,
+    weights=None,
+    cache=None,
+    scale=None,
+):
+    """Decode one token: q_t, k_t, v_t [B, H, K]; returns (o_t [B, H, K] in q_t's dtype, cache)."""
+    _check_float("q_t", q_t)
     if q_t.dim() != 3:
-        raise ValueError(f"q_t must be [B, H, K], got shape {tuple(q_t.shape)}")
+        raise ValueError(f"q_t must be [B, H, K] ({SPEC_SIZES}), got shape {list(q_t.shape)}")
     batch, heads, key_dim = q_t.shape
     for name, x in (("k_t", k_t), ("v_t", v_t)):
+        _check_beside(name, x, "q_t", q_t, same_dtype=True)
         _expect(name, x, (batch, heads, key_dim))
-    _check_extras(u_t, g_t, beta_t, eta_t, (batch, heads), key_dim, "_t")
-    cache = _starting_cache(cache, weights, batch, heads, key_dim, q_t.dtype)
+    _check_extras(q_t, u_t, g_t, beta_t, eta_t, (batch, heads), key_dim, "_t")
+    cache = _starting_cache("cache", cache, weights, q_t)
 
     def one(x):
         return None if x is None else x[:, None]
@@ -88,24 +114,52 @@ def mc_step(q_t, k_t, v_t, u_t=None, g_t=None, beta_t=None, *, eta_t=None, weigh
     return out[:, 0].to(q_t.dtype), cache
 
 
-def _starting_cache(cache, weights, batch, heads, key_dim, dtype) -> MCCache:
+def _starting_cache(name: str, cache, weights, q) -> MCCache:
+    """The cache passed in, checked against q [B, (T,) H, K], or a new one from `weights`."""
     if cache is not None:
-        if cache.weights[0].shape[:2] != (batch, heads):
-            raise ValueError(
-                f"cache holds [B, H] = {list(cache.weights[0].shape[:2])}, inputs have {[batch, heads]}"
-            )
+        _check_cache(name, cache, q)
         return cache
     if weights is None:
-        raise ValueError("a new stream needs the memory's initial `weights` (one [H, out, in] per layer)")
+        raise ValueError(
+            "a new stream needs the memory's initial `weights` (one [H, out, in] per layer)"
+        )
+    heads, key_dim = q.shape[-2], q.shape[-1]
     expected = [(heads, *shape) for shape in weight_shapes(key_dim)]
+    weights = list(weights)
+    for i, w in enumerate(weights):
+        _check_beside(f"weights[{i}]", w, "q", q, same_dtype=False)
     got = [tuple(w.shape) for w in weights]
     if got != expected:
-        raise ValueError(f"weights must have shapes {expected}, got {got}")
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    return MCCache.start(weights, batch, dtype=work)
+        raise ValueError(f"weights must have shapes {expected}, got {got} ({SPEC_SIZES})")
+    return MCCache.start(weights, q.shape[0], dtype=_work_dtype(q.dtype))
 
 
-def _check_extras(u, g, beta, eta, lead, key_dim, suffix) -> None:
+def _check_cache(name: str, cache, q) -> None:
+    """A cache of this package for these inputs: q [B, T, H, K] or q_t [B, H, K]."""
+    _check_cache_type(name, cache)
+    batch, heads, key_dim = q.shape[0], q.shape[-2], q.shape[-1]
+    shapes = weight_shapes(key_dim)
+    if len(cache.weights) != len(shapes):
+        raise ValueError(
+            f"{name} holds an MLP of {len(cache.weights)} layers, this spec's has {len(shapes)}"
+        )
+    cached = cache.num_cached
+    described = (cached, key_dim) if DESCRIBED else (0, 0)  # (descriptors, key sum size)
+    fields = [
+        ("descriptors", cache.descriptors, (batch, heads, described[0], key_dim)),
+        ("prefix_sum", cache.prefix_sum, (batch, heads, described[1])),
+    ]
+    for i, shape in enumerate(shapes):
+        fields.append((f"initial[{i}]", cache.initial[i], (heads, *shape)))
+        for field in ("weights", "anchor") + ("momentum",) * HAS_MOMENTUM:
+            fields.append((f"{field}[{i}]", getattr(cache, field)[i], (batch, heads, *shape)))
+        fields.append((f"states[{i}]", cache.states[i], (batch, heads, cached, *shape)))
+    for field, tensor, shape in fields:
+        _check_cache_tensor(name, field, tensor, shape, q)
+
+
+def _check_extras(q, u, g, beta, eta, lead, key_dim, suffix) -> None:
+    """u in q's dtype; the gates g, beta and eta in any float dtype (MCLayer makes them fp32)."""
     for name, value, used, shape in (
         ("u", u, USES_U, (*lead, key_dim)),
         ("g", g, USES_G, lead),
@@ -117,6 +171,7 @@ def _check_extras(u, g, beta, eta, lead, key_dim, suffix) -> None:
         if not used and value is not None:
             raise ValueError(f"this spec takes no {name}{suffix} (it would be ignored)")
         if used:
+            _check_beside(name + suffix, value, "q" + suffix, q, same_dtype=name == "u")
             _expect(name + suffix, value, shape)
 
 
@@ -145,6 +200,87 @@ def _pick_backend(backend: str, q: torch.Tensor) -> str:
     return backend
 
 
+# The dtypes the package computes in; anything else would come back silently wrong.
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# Named in shape errors: the package is built for these, though it runs at other sizes too.
+SPEC_SIZES = f"this spec: H = {HEADS}, K = {KEY_DIM}, V = {VALUE_DIM}"
+
+
 def _expect(name: str, tensor, shape: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
+        raise ValueError(
+            f"{name} must have shape {list(shape)}, got {list(tensor.shape)} ({SPEC_SIZES})"
+        )
+
+
+def _check_float(name: str, tensor) -> None:
+    """A tensor in one of FLOAT_DTYPES (integers, bools and complex numbers are refused)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in FLOAT_DTYPES:
+        accepted = ", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)
+        raise TypeError(f"{name} has dtype {tensor.dtype}; accepted dtypes: {accepted}")
+
+
+def _check_beside(name: str, tensor, first_name: str, first, *, same_dtype: bool) -> None:
+    """`tensor` is a float tensor on `first`'s device (and of its dtype when same_dtype)."""
+    _check_float(name, tensor)
+    if tensor.device != first.device:
+        raise ValueError(
+            f"{name} is on {tensor.device}, {first_name} on {first.device}: one device for all"
+        )
+    if same_dtype and tensor.dtype != first.dtype:
+        raise TypeError(
+            f"{name} has dtype {tensor.dtype} but {first_name} has {first.dtype}: "
+            f"the sequence inputs must share one dtype"
+        )
+
+
+def _check_heads(q, heads: int | None) -> None:
+    """Refuse q [B, H, T, K] read as [B, T, H, K]: its dim 1 is the spec's H and dim 2 is not.
+
+    At other head counts (the package runs at any size) the call names them with heads=.
+    """
+    if heads is not None:
+        if q.shape[2] != heads:
+            raise ValueError(
+                f"heads={heads} was given but q has {q.shape[2]} heads (dim 2 of [B, T, H, K])"
+            )
+        return
+    if q.shape[1] == HEADS and q.shape[2] != HEADS:
+        raise ValueError(
+            f"q of shape {list(q.shape)} looks heads-first [B, H, T, K] ({SPEC_SIZES}): "
+            f"inputs are [B, T, H, K] (transpose dims 1 and 2); "
+            f"for {q.shape[2]} heads over {q.shape[1]} tokens, pass heads={q.shape[2]}"
+        )
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype states are kept in for inputs of `dtype` (as the backends do)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_cache_type(name: str, cache) -> None:
+    if not isinstance(cache, MCCache):
+        got = type(cache)
+        raise TypeError(
+            f"{name} must be this package's MCCache ({MCCache.__module__}), "
+            f"got {got.__name__} from {got.__module__}"
+        )
+
+
+def _check_cache_tensor(name: str, field: str, tensor, shape: tuple[int, ...], q) -> None:
+    """One tensor of a cache: the shape these inputs need, their working dtype, their device."""
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} {field} is {list(tensor.shape)}, these inputs need {list(shape)} "
+            f"({SPEC_SIZES})"
+        )
+    work = _work_dtype(q.dtype)
+    if tensor.dtype != work:
+        raise TypeError(
+            f"{name} holds {tensor.dtype} tensors, {str(q.dtype).removeprefix('torch.')} inputs "
+            f"need a {work} cache (float64 inputs a float64 one, the others float32)"
+        )
+    if tensor.device != q.device:
+        raise ValueError(f"{name} is on {tensor.device}, the inputs on {q.device}")

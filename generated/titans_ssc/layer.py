@@ -57,6 +57,7 @@ class MCLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         batch, seq_len, _ = x.shape
         heads = self.heads
         q = self.q_proj(x).view(batch, seq_len, heads, self.key_dim)
@@ -69,8 +70,26 @@ class MCLayer(nn.Module):
         extra["beta"] = torch.sigmoid(self.lr_proj(x).float())
         extra["eta"] = torch.sigmoid(self.momentum_proj(x).float())
         extra["g"] = F.logsigmoid(-self.decay_proj(x).float())  # log(1 - alpha)
-        o = mc_forward(q, k, v, **extra, weights=list(self.memory_init), backend=self.backend)
+        o = mc_forward(
+            q, k, v, **extra, weights=list(self.memory_init), backend=self.backend, heads=heads
+        )
         return self.o_proj(o.reshape(batch, seq_len, heads * self.key_dim))
+
+    def _check_input(self, x) -> None:
+        """x [B, T, d_model] in the dtype and on the device of the layer's weights."""
+        expected = f"x [B, T, {self.d_model}]"
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"MCLayer(d_model={self.d_model}) takes {expected}, got {got}")
+        weight = self.q_proj.weight
+        # Under autocast the projections cast x themselves.
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x has dtype {x.dtype}, the layer's weights {weight.dtype}: "
+                f"convert one to the other (layer.to({x.dtype}) or x.to({weight.dtype}))"
+            )
+        if x.device != weight.device:
+            raise ValueError(f"x is on {x.device}, the layer's weights on {weight.device}")
 
     def state_size(self, seq_len: int) -> int:
         """Numbers held per sequence at decode after `seq_len` tokens (all heads)."""
