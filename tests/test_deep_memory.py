@@ -98,6 +98,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recurrence, segments, init, aggregation, memory", CASES)
 def test_torch_backend_matches_reference_and_streams(
     build_deep, recurrence, segments, init, aggregation, memory
@@ -181,6 +182,7 @@ def test_bad_calls_are_explained(build_deep):
         package.mc_forward(**{**inputs, "eta": None})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recurrence", ["dla", "titans"])
 @pytest.mark.parametrize("memory", ["per_token", "minibatch"])
 def test_default_layer_stays_finite_over_long_sequences(build_deep, recurrence, memory):
