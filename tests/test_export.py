@@ -496,6 +496,7 @@ def test_validate_exported_names_an_unknown_folder(export_copy: Path) -> None:
     assert f"{export_copy / 'sympy'}/: unknown folder" in result.stderr
 
 
+@pytest.mark.slow
 def test_validate_exported_never_runs_bytecode_beside_the_export(export_copy: Path) -> None:
     marker = export_copy.parent / "planted_bytecode_ran"
     source = export_copy / "tiny_grm" / "__init__.py"
