@@ -17,10 +17,11 @@ def print_table(console: Console, table: Table) -> None:
         console.print(table)
         return
     natural = Measurement.get(console, console.options.update_width(_UNBOUNDED), table).maximum
-    wide = Console(
-        file=console.file,
-        width=max(natural, console.width),
-        no_color=console.no_color,
-        color_system=None,
-    )
-    wide.print(table)
+    # Widen the console itself for this table (not a second console on its file): what it
+    # records and how it colours stay as the caller set them.
+    width = console.width
+    console.width = max(natural, width)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
