@@ -23,16 +23,7 @@ SHAPE=1x32768x16x128x128       # the benchmark's largest shape: what the kernels
 R=/tmp/mcgen_gpu_perf
 rm -rf "$R" && mkdir -p "$R/specs" "$OUT"
 
-if ! python3 -c "import pydantic, optuna" 2> /dev/null && [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
-mcgen() { python3 -c "import sys; from mcgen.cli import app; sys.argv[0] = 'mcgen'; app()" "$@"; }
-export -f mcgen
+source benchmarks/gpu_env.sh  # wheels the card lacks, and `mcgen`
 
 # The three timed variants, at the benchmark's sizes.
 python3 - "$R/specs" <<'PY'

@@ -23,17 +23,7 @@ SPECS=${SPECS:-"grm grm_decay grm_independent grm_log none residual residual_exp
 R=/tmp/mcgen_gpu_results
 rm -rf "$R" && mkdir -p "$R" "$OUT"
 
-# Packages the device image lacks travel as wheels in .whl (see /work/.library/device).
-if ! python3 -c "import pydantic" 2> /dev/null && [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
-mcgen() { python3 -c "import sys; from mcgen.cli import app; sys.argv[0] = 'mcgen'; app()" "$@"; }
-export -f mcgen
+source benchmarks/gpu_env.sh  # wheels the card lacks, and `mcgen`
 
 {
     date -u

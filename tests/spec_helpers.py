@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from mcgen.spec import Spec, parse_spec
 
 # Segmentations by name, as raw YAML flow mappings for `spec_text(segments=...)`.
@@ -52,3 +54,21 @@ def spec_text(
 def make_spec(**fields) -> Spec:
     """parse_spec(spec_text(**fields))."""
     return parse_spec(spec_text(**fields))
+
+
+def calls_made(work, limit: int | None = None) -> int:
+    """Python and C calls made while running work(): a count of work, not a time (stops it
+    with RuntimeError past `limit`, when given)."""
+    count = [0]
+
+    def tally(frame, event, arg) -> None:
+        count[0] += 1
+        if limit is not None and count[0] > limit:
+            raise RuntimeError(f"more than {limit} calls")
+
+    sys.setprofile(tally)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+    return count[0]

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from bisect import bisect_right
-from collections.abc import Callable
 
 import pytest
-from spec_helpers import make_spec
+from spec_helpers import calls_made, make_spec
 
 from mcgen.inspect_report import inspect_spec
 from mcgen.passes.cost import SegmentEnds, SegmentSums, floor_sum
@@ -67,23 +65,6 @@ def test_closed_forms_agree_with_counting_token_by_token(kind, length, boundarie
 def test_floor_sum_agrees_with_the_sum() -> None:
     for n, m, a, b in itertools.product(range(12), range(1, 9), range(12), range(12)):
         assert floor_sum(n, m, a, b) == sum((a * i + b) // m for i in range(n))
-
-
-def calls_made(work: Callable[[], object], limit: int) -> int:
-    """Python and C calls made by work(); stops it (RuntimeError) past `limit`."""
-    count = [0]
-
-    def tally(frame, event, arg) -> None:
-        count[0] += 1
-        if count[0] > limit:
-            raise RuntimeError(f"more than {limit} calls")
-
-    sys.setprofile(tally)
-    try:
-        work()
-    finally:
-        sys.setprofile(None)
-    return count[0]
 
 
 @pytest.mark.parametrize(

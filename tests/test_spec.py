@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from spec_helpers import calls_made
 
 from mcgen.spec import SpecError, SpecProblem, load_spec, parse_spec, spec_hash
 
@@ -840,29 +841,12 @@ def test_quoted_numbers_are_text(written: str):
     )
 
 
-def profiled_events(work) -> int:
-    """Python and C calls made while running work(): a count, not a time."""
-    import sys
-
-    count = [0]
-
-    def tally(frame, event, arg):
-        count[0] += 1
-
-    sys.setprofile(tally)
-    try:
-        work()
-    finally:
-        sys.setprofile(None)
-    return count[0]
-
-
 def test_reporting_many_unknown_keys_takes_linear_work():
     def report(n: int):
         text = BASE + "".join(f"k{i}: 1\n" for i in range(n))
         return lambda: problems(text)
 
-    small, large = profiled_events(report(500)), profiled_events(report(1000))
+    small, large = calls_made(report(500)), calls_made(report(1000))
     assert large < 2.5 * small, (small, large)
 
 
