@@ -243,8 +243,8 @@ def _backward_impl(
     p = _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces)
     t, layout = p.t, p.layout
     # The online read and every chunk's state, again: cheaper than keeping them.
-    o_on, h_out = triton_recurrence.recurrence_fwd(p.q, p.k, p.v, p.g, p.h0, t["resets"], scale)
-    bh, num_cached = p.batch * p.heads, states.shape[2]
+    _, h_out = triton_recurrence.recurrence_fwd(p.q, p.k, p.v, p.g, p.h0, t["resets"], scale)
+    bh = p.batch * p.heads
 
     # The outputs' gradients, in the chunked layout.
     d_out = grads[0].transpose(1, 2)  # [B, H, T, V]
