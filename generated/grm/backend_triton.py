@@ -204,7 +204,8 @@ def _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces) -> Si
     p.h0 = state.float().flatten(0, 1).contiguous()  # [BH, V, K]
     # Key sums over each segment at chunk granularity, in fp64: a sum over the whole call
     # minus the sum at the segment's start must not cancel.
-    key_total = p.k.float().sum(dim=-2).double()  # [BH, NC, K]
+    keys = p.k.float()  # [BH, NC, C, K]
+    key_total = keys.sum(dim=-2).double()  # [BH, NC, K]
     before = key_total.cumsum(dim=1) - key_total  # [BH, NC, K] keys of the call before chunk n
     base = torch.where(
         t["anchored"][:, None],
@@ -219,10 +220,14 @@ def _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces) -> Si
         [descriptors.float().flatten(0, 1), new_descriptors], dim=1
     ).contiguous()  # [BH, N, K]
     p.conn = chunked(u)  # [BH, NC, C, K]
-    # Online descriptor (times its count): the segment's keys before the chunk plus the
-    # chunk's own up to each slot.
-    p.key_prefix = p.key_sum_in[:, :, None] + p.k.float().cumsum(dim=-2)  # [BH, NC, C, K]
-    p.logit_on = (p.conn.float() * p.key_prefix).sum(-1) * _logit_factor(p)  # [BH, NC, C]
+    # The online logit: <u_t, keys of the segment up to t> = <u_t, key_sum_in> + sum over
+    # j <= t in the chunk of <u_t, k_j>; two matmuls, no [BH, NC, C, K] prefix sum.
+    conn = p.conn.float()  # [BH, NC, C, K]
+    scores = conn @ keys.transpose(-1, -2)  # [BH, NC, C, C] <u_t, k_j>
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril_()
+    within = torch.where(causal, scores, 0.0).sum(-1)  # [BH, NC, C]; a later NaN stays out
+    before_chunk = (conn @ p.key_sum_in[..., None]).squeeze(-1)  # [BH, NC, C]
+    p.logit_on = (before_chunk + within) * _logit_factor(p)  # [BH, NC, C]
     return p
 
 
@@ -370,7 +375,10 @@ def _backward_impl(
     d_scaled = d_logit_on * _logit_factor(p) if layout.num_memories else None
     d_k_b = d_k_b.float()
     if d_scaled is not None:  # else the online logit had no effect (nothing to read)
-        d_conn = d_conn + d_scaled[..., None] * p.key_prefix
+        # The online descriptor (times its count): the segment's keys before the chunk,
+        # then the chunk's own up to each slot.
+        key_prefix = p.key_sum_in[:, :, None] + p.k.float().cumsum(dim=-2)  # [BH, NC, C, K]
+        d_conn = d_conn + d_scaled[..., None] * key_prefix
         d_key_prefix = d_scaled[..., None] * p.conn.float()  # [BH, NC, C, K]
         # key_prefix = key_sum_in + cumsum over the chunk: a reversed cumsum goes back.
         d_k_b = d_k_b + d_key_prefix.flip(2).cumsum(2).flip(2)
