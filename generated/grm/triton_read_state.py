@@ -56,6 +56,19 @@ def _dot(a, b, acc, DOT_DTYPE: tl.constexpr):
     return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision="ieee")
 
 
+def _dot_dtype(dtype: torch.dtype):
+    """The dots' operand type: the inputs' 16-bit type on a GPU, fp32 otherwise (and always in
+    the interpreter, which multiplies 16-bit dots wrongly)."""
+    if INTERPRET or dtype == torch.float32:
+        return tl.float32
+    return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+
+
+def _padded(size: int) -> int:
+    """A block side: a power of two, at least 16 (the smallest tl.dot operand)."""
+    return max(16, triton.next_power_of_2(size))
+
+
 @triton.jit
 def _logits(b_u, p_descriptor, o_k, m_k, GATE_SCALE: tl.constexpr):
     """GATE_SCALE <u_t, d_i> for the rows of a block: b_u [BT, BK] -> [BT]."""
@@ -204,18 +217,6 @@ def _read_state_bwd_memory_kernel(
 def _alloc(shape, device, dtype=torch.float32):
     """Outputs and scratch of the launchers (tests replace it to poison them with NaN)."""
     return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _dot_dtype(dtype: torch.dtype):
-    """The dots' operand type: the inputs' 16-bit type on a GPU, fp32 otherwise."""
-    if INTERPRET or dtype == torch.float32:
-        return tl.float32
-    return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
-
-
-def _padded(size: int) -> int:
-    """A block side: a power of two, at least 16 (the smallest tl.dot operand)."""
-    return max(16, triton.next_power_of_2(size))
 
 
 @lru_cache(maxsize=64)
