@@ -20,13 +20,14 @@ from mcgen.mqar.config import (
     MQARDataConfig,
     MQARSlice,
     MQARSplit,
+    Plateau,
     TrainConfig,
     derive_seed,
     slice_key,
 )
 from mcgen.mqar.data import cache_path, default_cache_dir, generate, load_data, load_split
 from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
-from mcgen.mqar.train import evaluate, train
+from mcgen.mqar.train import Evaluation, evaluate, plateaued, train
 
 
 def split(**fields) -> MQARSplit:
@@ -271,6 +272,44 @@ def test_epochs_and_early_stop(one_thread, monkeypatch):
     result = train(model, train_data, test_data, config, progress=False)
     assert result.stopped_early and result.steps == 8
     assert result.best_accuracy == result.accuracy == 0.99 and result.best_step == 8
+
+
+def _history(*accuracies: float, every: int = 100) -> list[Evaluation]:
+    return [Evaluation((i + 1) * every, 1.0, a, {}) for i, a in enumerate(accuracies)]
+
+
+def test_the_plateau_rule():
+    rule = Plateau(window=200, min_gain=0.01)
+    # Rising by more than min_gain within the last 200 steps: not flat.
+    assert not plateaued(_history(0.1, 0.2, 0.3), rule)
+    # No gain above 0.01 over the best before the window: flat.
+    assert plateaued(_history(0.1, 0.30, 0.305, 0.31), rule)
+    # A fall is flat too; too early (no evaluation before the window) is not.
+    assert plateaued(_history(0.5, 0.4, 0.3), rule)
+    assert not plateaued(_history(0.5, 0.5), rule)
+    # min_steps: a run at chance is not stopped before it.
+    assert not plateaued(_history(0.0, 0.0, 0.0), Plateau(window=100, min_steps=400))
+    assert plateaued(_history(0.0, 0.0, 0.0, 0.0), Plateau(window=100, min_steps=400))
+
+
+def test_training_stops_once_accuracy_stopped_rising(one_thread, monkeypatch):
+    train_data, test_data = tiny_data()
+    torch.manual_seed(0)
+    model = MQARModel(64, 32, 1, attention_mixer(32, 2))
+    config = TrainConfig(
+        max_steps=40, batch_size=16, eval_every=4, plateau=Plateau(window=8, min_gain=0.05)
+    )
+    reports = iter([0.1, 0.3, 0.5, 0.52, 0.53, 0.9, 0.9])
+    monkeypatch.setattr(mqar_train, "evaluate", lambda *_: (next(reports), {"s": 0.0}))
+    result = train(model, train_data, test_data, config, progress=False)
+    # At step 20 the last 8 steps (0.52, 0.53) beat 0.5 by at most 0.03 < 0.05: stop.
+    assert result.stop_reason == "plateau" and result.steps == 20
+    assert not result.stopped_early and result.best_accuracy == 0.53
+    monkeypatch.setattr(mqar_train, "evaluate", lambda *_: (0.2, {"s": 0.0}))
+    result = train(
+        model, train_data, test_data, config.model_copy(update={"plateau": None}), progress=False
+    )
+    assert result.stop_reason == "budget" and result.steps == 40
 
 
 def test_generated_package_as_the_mixer(tmp_path, one_thread):

@@ -118,6 +118,17 @@ class MQARDataConfig(_Strict):
         ]
 
 
+class Plateau(_Strict):
+    """The stop rule "accuracy stopped rising": at an evaluation at step s >= min_steps,
+    stop if no evaluation in the last `window` steps beat the best one before them by
+    more than min_gain. A long window keeps a run that sits at chance before it learns
+    (MQAR often does) from being stopped on that first flat stretch."""
+
+    window: PositiveInt
+    min_gain: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.01
+    min_steps: Annotated[int, Field(ge=0)] = 0
+
+
 class TrainConfig(_Strict):
     """The model's size and the optimiser's schedule; give epochs or max_steps, not both."""
 
@@ -134,6 +145,7 @@ class TrainConfig(_Strict):
     eval_every: PositiveInt | None = None
     grad_clip: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = 1.0
     seed: Seed = 0
+    plateau: Plateau | None = None  # stop once accuracy stopped rising (None: never)
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainConfig:

@@ -1,8 +1,12 @@
-"""Train an MQAR model: AdamW, linear warmup then cosine decay, accuracy on the queries
-of every test slice, early stop at the target accuracy, a progress bar.
+"""Train a recall model (MQAR, or any task laid out the same way: the needle probe of
+mcgen.niah): AdamW, linear warmup then cosine decay, accuracy on the labelled positions
+of every test slice, a stop at the target accuracy or once accuracy stopped rising
+(config.plateau), a progress bar.
 
 The model is called as model(input_ids, where) and returns the logits of the positions
-where the bool mask is set (as MQARModel does): only queries are scored.
+where the bool mask is set (as MQARModel does): only labelled positions are scored.
+Data is any `LabelledSplit`: inputs and labels [N, T] (label -100 where unscored) and a
+key naming the slice in the metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +24,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from mcgen.mqar.config import IGNORE_INDEX, TrainConfig
-from mcgen.mqar.data import MQARData
+from mcgen.mqar.config import IGNORE_INDEX, Plateau, TrainConfig
+
+# Why a run ended: its step budget, the target accuracy, the plateau rule, a NaN loss.
+StopReason = Literal["budget", "target", "plateau", "diverged"]
+
+
+class LabelledSplit(Protocol):
+    """One slice of a task's data (MQARData, NIAHData)."""
+
+    inputs: torch.Tensor  # [N, T] int64
+    labels: torch.Tensor  # [N, T] int64, IGNORE_INDEX where a position is not scored
+
+    def __len__(self) -> int: ...
+
+    @property
+    def key(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -43,11 +62,12 @@ class TrainResult:
     stopped_early: bool  # reached config.early_stop_accuracy
     diverged: bool  # the training loss went NaN or infinite
     history: list[Evaluation] = field(default_factory=list)
+    stop_reason: StopReason = "budget"
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, slices: Sequence[MQARData], batch_size: int
+    model: nn.Module, slices: Sequence[LabelledSplit], batch_size: int
 ) -> tuple[float, dict[str, float]]:
     """(accuracy over all queries, accuracy per slice); the model keeps its mode."""
     was_training = model.training
@@ -70,7 +90,7 @@ def evaluate(
     return all_correct / max(all_queries, 1), per_slice
 
 
-def _epoch(data: Sequence[MQARData], batch_size: int, generator: torch.Generator):
+def _epoch(data: Sequence[LabelledSplit], batch_size: int, generator: torch.Generator):
     """One epoch's batches as (slice index, row indices): a batch never mixes slices
     (their lengths may differ), and the order of all batches is shuffled."""
     batches = []
@@ -79,6 +99,21 @@ def _epoch(data: Sequence[MQARData], batch_size: int, generator: torch.Generator
         batches += [(index, rows[s : s + batch_size]) for s in range(0, len(piece), batch_size)]
     order = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in order]
+
+
+def plateaued(history: Sequence[Evaluation], plateau: Plateau) -> bool:
+    """Whether accuracy stopped rising by the last evaluation of `history`: at least
+    plateau.min_steps and one window in, and no evaluation of the last window steps beat
+    the best before it by more than plateau.min_gain."""
+    step = history[-1].step
+    if step < max(plateau.min_steps, plateau.window):
+        return False
+    start = step - plateau.window
+    before = [e.accuracy for e in history if e.step <= start]
+    recent = [e.accuracy for e in history if e.step > start]
+    if not before:
+        return False
+    return max(recent) <= max(before) + plateau.min_gain
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -146,8 +181,8 @@ def _reporter(enabled: bool, total: int) -> Iterator[_Report]:
 
 def train(
     model: nn.Module,
-    train_data: MQARData | Sequence[MQARData],
-    test_slices: MQARData | Sequence[MQARData],
+    train_data: LabelledSplit | Sequence[LabelledSplit],
+    test_slices: LabelledSplit | Sequence[LabelledSplit],
     config: TrainConfig,
     progress: bool = True,
 ) -> TrainResult:
@@ -156,8 +191,8 @@ def train(
     Seeds torch with config.seed and shuffles with a generator seeded from it, so the
     same model initialisation (seed before building it) and data give the same run.
     """
-    train_data = [train_data] if isinstance(train_data, MQARData) else list(train_data)
-    test_slices = [test_slices] if isinstance(test_slices, MQARData) else list(test_slices)
+    train_data = list(train_data) if isinstance(train_data, (list, tuple)) else [train_data]
+    test_slices = list(test_slices) if isinstance(test_slices, (list, tuple)) else [test_slices]
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     device = next(model.parameters()).device
@@ -171,12 +206,12 @@ def train(
 
     history: list[Evaluation] = []
     best: Evaluation | None = None
-    step, stopped_early, diverged = 0, False, False
+    step, stopped_early, diverged, flat = 0, False, False, False
     loss_sum, loss_count = torch.zeros((), device=device), 0
     started = time.perf_counter()
     model.train()
     with _reporter(progress, total) as report:
-        while step < total and not (stopped_early or diverged):
+        while step < total and not (stopped_early or diverged or flat):
             batches = _epoch(train_data, config.batch_size, generator)
             for position, (index, rows) in enumerate(batches):
                 inputs = train_data[index].inputs[rows].to(device)
@@ -209,11 +244,19 @@ def train(
                         best = result
                     diverged = not math.isfinite(mean_loss)
                     stopped_early = accuracy >= config.early_stop_accuracy
-                if step >= total or stopped_early or diverged:
+                    flat = config.plateau is not None and plateaued(history, config.plateau)
+                if step >= total or stopped_early or diverged or flat:
                     break
 
     assert best is not None  # the last step always evaluates
     last = history[-1]
+    reason: StopReason = "budget"
+    if diverged:
+        reason = "diverged"
+    elif stopped_early:
+        reason = "target"
+    elif flat:
+        reason = "plateau"
     return TrainResult(
         steps=step,
         seconds=time.perf_counter() - started,
@@ -225,4 +268,5 @@ def train(
         stopped_early=stopped_early,
         diverged=diverged,
         history=history,
+        stop_reason=reason,
     )
