@@ -1,26 +1,31 @@
-"""Score one candidate spec on MQAR: build its package, train at each learning rate of
-the space, keep the best accuracy; its cost comes from the cost model (or, for
-gpu_latency_ms, from timing the layer on a CUDA GPU)."""
+"""Score one candidate spec on the space's task (MQAR or the needle probe): build its
+package, train it at each learning rate and seed of the space (a sweep widened until it
+brackets the best rate), score it by the best rate's mean accuracy over seeds; its cost
+comes from the cost model (or, for gpu_latency_ms, from timing the layer on a CUDA GPU).
+
+Each (rate, seed) run is a unit: evaluate takes the runs already done (a resumed trial's)
+and hands each new one to a callback as it ends, so a killed study redoes none of them."""
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
 from mcgen.build import build
-from mcgen.mqar.config import TrainConfig
-from mcgen.mqar.data import MQARData, load_data
+from mcgen.mqar.config import TrainConfig, slice_key
+from mcgen.mqar.data import load_data
 from mcgen.mqar.model import MixerFactory, MQARModel, attention_mixer, mcgen_mixer
-from mcgen.mqar.train import train
+from mcgen.mqar.train import LabelledSplit, train
+from mcgen.niah import data as niah_data
 from mcgen.passes.cost import attention_cost
 from mcgen.passes.pipeline import compile_spec
-from mcgen.search.space import SearchSpace, finish_spec, first_choice
+from mcgen.search.space import SearchSpace, finish_spec, first_choice, round_lr
 from mcgen.spec import parse_spec
 
 # The objective's cost name -> the key of the cost model's summary (graph["cost"]).
@@ -45,13 +50,60 @@ def require_cost(space: SearchSpace) -> None:
 
 
 @dataclass(frozen=True)
+class Run:
+    """One training run: a (learning rate, seed) unit of a candidate's score."""
+
+    lr: float
+    seed: int
+    accuracy: float  # its best evaluation (0 if it diverged)
+    per_slice: dict[str, float]  # at that evaluation
+    steps: int
+    stop_reason: str  # budget | target | plateau | diverged
+    curve: list[tuple[int, float]]  # (step, test accuracy) at every evaluation
+    seconds: float
+
+    @property
+    def key(self) -> str:
+        return run_key(self.lr, self.seed)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "curve": [list(point) for point in self.curve]}
+
+    @staticmethod
+    def from_json(data: dict) -> Run:
+        return Run(**{**data, "curve": [(int(s), float(a)) for s, a in data["curve"]]})
+
+
+RUN_PREFIX = "run lr="
+
+
+def run_key(lr: float, seed: int) -> str:
+    """The name of a (learning rate, seed) unit, as a trial attribute stores it."""
+    return f"{RUN_PREFIX}{lr!r} seed={seed}"
+
+
+def runs_in(attrs: Mapping[str, object]) -> dict[str, dict]:
+    """The runs among a trial's user attributes: key -> JSON."""
+    return {k: v for k, v in attrs.items() if k.startswith(RUN_PREFIX) and isinstance(v, dict)}
+
+
+@dataclass(frozen=True)
 class Evaluation:
-    accuracy: float  # the best over learning rates (each run's best evaluation)
-    per_slice: dict[str, float]  # of the run that scored it
+    accuracy: float  # the best learning rate's mean over seeds
+    per_slice: dict[str, float]  # its mean per test slice
     cost: float  # the space's cost objective, whole model (every layer), at the test length
     best_lr: float
     spec_text: str  # the YAML that was built ("" for the attention baseline)
-    by_lr: dict[float, float] = field(default_factory=dict)  # accuracy per learning rate
+    by_lr: dict[float, float] = field(default_factory=dict)  # mean accuracy per learning rate
+    spread: float = 0.0  # the best rate's standard deviation over seeds (0 for one seed)
+    # bracketed: the best rate has a worse one on each side; capped: still at an end when
+    # the widenings ran out; fixed: a fixed list of rates, never widened.
+    lr_status: str = "fixed"
+    runs: list[Run] = field(default_factory=list)
+
+
+# What a finished run is given to (the worker records it in the study): its key and JSON.
+OnRun = Callable[[str, dict], None]
 
 
 @contextmanager
@@ -66,41 +118,152 @@ def _one_thread() -> Iterator[None]:
 
 
 def eval_length(space: SearchSpace) -> int:
-    return max(piece.seq_len for piece in space.mqar.test)
+    return max(piece.seq_len for piece in space.data.test)
 
 
-def _data(space: SearchSpace, cache_dir: Path | None) -> tuple[list[MQARData], list[MQARData]]:
+def test_keys(space: SearchSpace) -> list[str]:
+    """The names of the task's test slices, as the metrics key them."""
+    if space.niah is not None:
+        return space.niah.test_keys()
+    return [slice_key(s.num_pairs, s.seq_len) for s in space.data.test]
+
+
+def load_task_data(
+    space: SearchSpace, cache_dir: Path | None
+) -> tuple[list[LabelledSplit], list[LabelledSplit]]:
+    """(train, test) slices of the space's task (MQAR data cached in cache_dir if given)."""
+    if space.niah is not None:
+        return niah_data.load_data(space.niah)
+    assert space.mqar is not None
     return load_data(space.mqar, cache_dir, cache=cache_dir is not None)
 
 
-def _train_each_lr(
-    space: SearchSpace, d_model: int, factory: MixerFactory, data_cache: Path | None
-) -> tuple[float, dict[str, float], float, dict[float, float]]:
-    train_data, test_data = _data(space, data_cache)
+def _train_one(
+    space: SearchSpace,
+    d_model: int,
+    factory: MixerFactory,
+    data: tuple[list[LabelledSplit], list[LabelledSplit]],
+    lr: float,
+    seed: int,
+) -> Run:
     settings = space.train
-    best: tuple[float, dict[str, float], float] | None = None
-    by_lr: dict[float, float] = {}
-    for lr in settings.learning_rates:
-        config = TrainConfig(
-            d_model=d_model,
-            layers=settings.layers,
-            lr=lr,
-            weight_decay=settings.weight_decay,
-            max_steps=settings.steps,
-            batch_size=settings.batch_size,
-            warmup=settings.warmup,
-            eval_every=settings.eval_every,
-            seed=settings.seed,
-        )
-        torch.manual_seed(settings.seed)  # the same initialisation at every learning rate
-        model = MQARModel(space.mqar.vocab_size, d_model, settings.layers, factory)
-        result = train(model, train_data, test_data, config, progress=False)
-        accuracy = 0.0 if result.diverged else result.best_accuracy
-        by_lr[lr] = accuracy
-        if best is None or accuracy > best[0]:
-            best = (accuracy, dict(result.best_slice_accuracy), lr)
-    assert best is not None  # learning_rates is never empty
-    return best[0], best[1], best[2], by_lr
+    config = TrainConfig(
+        d_model=d_model,
+        layers=settings.layers,
+        lr=lr,
+        weight_decay=settings.weight_decay,
+        max_steps=settings.steps,
+        batch_size=settings.batch_size,
+        warmup=settings.warmup,
+        eval_every=settings.eval_every,
+        plateau=settings.plateau,
+        seed=seed,
+    )
+    torch.manual_seed(seed)  # the same initialisation at every learning rate
+    model = MQARModel(space.data.vocab_size, d_model, settings.layers, factory)
+    result = train(model, data[0], data[1], config, progress=False)
+    return Run(
+        lr=lr,
+        seed=seed,
+        accuracy=0.0 if result.diverged else result.best_accuracy,
+        per_slice=dict(result.best_slice_accuracy),
+        steps=result.steps,
+        stop_reason=result.stop_reason,
+        curve=[(e.step, e.accuracy) for e in result.history],
+        seconds=round(result.seconds, 2),
+    )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _best_rate(rates: list[float], means: dict[float, float]) -> tuple[float, str]:
+    """(the best rate, where it sits: "inside", "low" or "high" end of the rates). Of
+    rates tied for the best, an inside one if any (then it is bracketed), else the lowest."""
+    top = max(means[lr] for lr in rates)
+    tied = [lr for lr in rates if means[lr] == top]
+    inside = [lr for lr in tied if lr not in (rates[0], rates[-1])]
+    if inside:
+        return inside[0], "inside"
+    return tied[0], "low" if tied[0] == rates[0] else "high"
+
+
+def sweep(
+    space: SearchSpace,
+    train_one: Callable[[float, int], Run],
+    *,
+    done_runs: Mapping[str, dict] | None = None,
+    on_run: OnRun | None = None,
+) -> tuple[list[Run], float, str]:
+    """Train every (rate, seed) of the space's sweep, widening it past an end while the
+    best mean sits there (space.train.lr_sweep). Runs in done_runs (key -> JSON) are
+    taken as they are, not trained again; each new one is given to on_run as it ends.
+    Returns (all runs, the best rate, its status: bracketed | capped | fixed)."""
+    settings = space.train
+    done = dict(done_runs or {})
+    runs: dict[str, Run] = {}
+    rates = settings.first_rates()
+    widenings = 0
+    while True:
+        for lr in rates:
+            for seed in settings.run_seeds():
+                key = run_key(lr, seed)
+                if key in runs:
+                    continue
+                if key in done:
+                    runs[key] = Run.from_json(done[key])
+                    continue
+                runs[key] = train_one(lr, seed)
+                if on_run is not None:
+                    on_run(key, runs[key].to_json())
+        means = {
+            lr: _mean([runs[run_key(lr, seed)].accuracy for seed in settings.run_seeds()])
+            for lr in rates
+        }
+        best, where = _best_rate(rates, means)
+        if settings.lr_sweep is None:
+            return list(runs.values()), best, "fixed"
+        if where == "inside":
+            return list(runs.values()), best, "bracketed"
+        ratio = settings.lr_sweep.ratio
+        wider = round_lr(rates[0] / ratio) if where == "low" else round_lr(rates[-1] * ratio)
+        if widenings >= settings.lr_sweep.max_widenings or wider > 1:
+            return list(runs.values()), best, "capped"
+        rates = sorted([*rates, wider])
+        widenings += 1
+
+
+def _score(
+    space: SearchSpace,
+    d_model: int,
+    factory: MixerFactory,
+    data_cache: Path | None,
+    done_runs: Mapping[str, dict] | None,
+    on_run: OnRun | None,
+) -> tuple[float, dict[str, float], float, dict[float, float], float, str, list[Run]]:
+    data = load_task_data(space, data_cache)
+
+    def train_one(lr: float, seed: int) -> Run:
+        return _train_one(space, d_model, factory, data, lr, seed)
+
+    with _one_thread():
+        runs, best, status = sweep(space, train_one, done_runs=done_runs, on_run=on_run)
+    by_lr: dict[float, list[Run]] = {}
+    for run in runs:
+        by_lr.setdefault(run.lr, []).append(run)
+    best_runs = by_lr[best]
+    per_slice = {
+        key: _mean([run.per_slice.get(key, 0.0) for run in best_runs])
+        for key in best_runs[0].per_slice
+    }
+    accuracies = [run.accuracy for run in best_runs]
+    means = {lr: _mean([r.accuracy for r in group]) for lr, group in sorted(by_lr.items())}
+    return _mean(accuracies), per_slice, best, means, _spread(accuracies), status, runs
 
 
 def model_cost(spec_text: str, space: SearchSpace, key: str) -> float:
@@ -120,10 +283,12 @@ def spec_cost(spec_text: str, space: SearchSpace) -> float:
 
 
 def attention_model_cost(space: SearchSpace, key: str, d_model: int | None = None) -> float:
-    """A cost-model quantity of the softmax-attention baseline, whole model, test length."""
+    """A cost-model quantity of the softmax-attention baseline, whole model, test length:
+    the attention mixer's own heads (the base's count, each d_model / heads wide)."""
     spec = parse_spec(yaml.safe_dump(base_rnn_spec(space, d_model=d_model), sort_keys=False))
-    memory = spec.memory
-    cost = attention_cost(memory.heads, memory.key_dim, memory.value_dim, eval_length(space))
+    heads = spec.memory.heads
+    head_dim = spec.layer.d_model // heads
+    cost = attention_cost(heads, head_dim, head_dim, eval_length(space))
     return float(cost[COST_KEYS[key]]) * space.train.layers
 
 
@@ -160,9 +325,12 @@ def evaluate(
     workdir: str | Path,
     *,
     data_cache: Path | None = None,
+    done_runs: Mapping[str, dict] | None = None,
+    on_run: OnRun | None = None,
 ) -> Evaluation:
-    """Build the spec's package under workdir, train it at every learning rate of the
-    space and score it. data_cache: where generated MQAR data is kept (None: not kept)."""
+    """Build the spec's package under workdir, train it at every learning rate and seed
+    of the space (sweep) and score it. data_cache: where generated MQAR data is kept
+    (None: not kept); done_runs, on_run: see sweep."""
     workdir = Path(workdir)
     text = yaml.safe_dump(spec_mapping, sort_keys=False)
     spec_dir = workdir / "specs"
@@ -177,16 +345,17 @@ def evaluate(
         cost = layer_latency_ms(factory, d_model, space)
     else:
         cost = spec_cost(text, space)
-    with _one_thread():
-        accuracy, per_slice, lr, by_lr = _train_each_lr(space, d_model, factory, data_cache)
-    return Evaluation(accuracy, per_slice, cost, lr, text, by_lr)
+    accuracy, per_slice, lr, by_lr, spread, status, runs = _score(
+        space, d_model, factory, data_cache, done_runs, on_run
+    )
+    return Evaluation(accuracy, per_slice, cost, lr, text, by_lr, spread, status, runs)
 
 
 def base_rnn_spec(space: SearchSpace, *, d_model: int | None = None) -> dict:
     """The space's spec without caching (aggregation none, one segment): the base RNN of
     the same width, a reference point every cached variant should beat. d_model: the
     width (default: the base's, or the first choice of a varied width)."""
-    mapping = first_choice(space)
+    mapping = first_choice(space, d_model=d_model)
     mapping["aggregation"] = {"kind": "none"}
     mapping.setdefault("cache", {})["segments"] = {"kind": "none"}
     name = f"{space.name}_base"
@@ -203,6 +372,8 @@ def attention_baseline(
     *,
     data_cache: Path | None = None,
     d_model: int | None = None,
+    done_runs: Mapping[str, dict] | None = None,
+    on_run: OnRun | None = None,
 ) -> Evaluation:
     """Softmax attention of the base spec's width and heads, trained like the candidates;
     its cost is the key/value cache (decode) or attention FLOPs at the test length, or
@@ -216,6 +387,7 @@ def attention_baseline(
         value = layer_latency_ms(factory, width, space)
     else:
         value = attention_model_cost(space, space.objectives.cost, d_model)
-    with _one_thread():
-        accuracy, per_slice, lr, by_lr = _train_each_lr(space, width, factory, data_cache)
-    return Evaluation(accuracy, per_slice, value, lr, "", by_lr)
+    accuracy, per_slice, lr, by_lr, spread, status, runs = _score(
+        space, width, factory, data_cache, done_runs, on_run
+    )
+    return Evaluation(accuracy, per_slice, value, lr, "", by_lr, spread, status, runs)

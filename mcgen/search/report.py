@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mcgen.passes.cost import BF16, FP32
 from mcgen.search import study as studies
 from mcgen.search.journal import torn_bytes
-from mcgen.search.objective import eval_length
+from mcgen.search.objective import eval_length, test_keys
 from mcgen.search.space import SearchSpace
 from mcgen.spec import parse_spec
 from mcgen.spec.rules import resolve
@@ -203,7 +203,7 @@ def load_report(
     rows = [_row(t, space) for t in complete]
     front = pareto_numbers(rows)
     rows = [Row(**{**asdict(r), "pareto": r.number in front}) for r in rows]
-    slices = [f"num_pairs={s.num_pairs},seq_len={s.seq_len}" for s in space.mqar.test]
+    slices = test_keys(space)
     report = StudyReport(
         study=study,
         storage=location.describe(),
@@ -284,9 +284,10 @@ def _fmt_lr(value: float | None) -> str:
 
 
 def _short_slice(key: str) -> str:
-    """num_pairs=16,seq_len=128 -> P16 T128."""
+    """num_pairs=16,seq_len=128 -> P16 T128; seq_len=512 (the needle probe) -> T512."""
     parts = dict(item.split("=") for item in key.split(","))
-    return f"P{parts.get('num_pairs', '?')} T{parts.get('seq_len', '?')}"
+    length = f"T{parts.get('seq_len', '?')}"
+    return f"P{parts['num_pairs']} {length}" if "num_pairs" in parts else length
 
 
 def table_rows(report: StudyReport) -> tuple[list[str], list[list[str]]]:

@@ -1,8 +1,10 @@
-"""A search-space file: the fixed part of a spec, the fields to vary, the objectives,
-the MQAR data and the training budget (pydantic, strict).
+"""A search-space file: the fixed part of a spec, the fields to vary (one spec field
+each, or named bundles of fields), the objectives, the task (MQAR or the needle probe)
+and how each candidate is trained (pydantic, strict).
 
-`load_space` reads one with positions in its errors, as the spec loader does, and
-`suggest_spec` turns an optuna trial into a full spec mapping that `parse_spec` accepts.
+`load_space` reads one with positions in its errors, as the spec loader does;
+`suggest_spec` turns an optuna trial into a full spec mapping that `parse_spec` accepts,
+and `grid_points` lists every distinct candidate of a `sampler: grid` space.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -28,7 +31,8 @@ from pydantic import (
     model_validator,
 )
 
-from mcgen.mqar.config import MQARDataConfig, Seed
+from mcgen.mqar.config import MQARDataConfig, Plateau, Seed
+from mcgen.niah.config import NIAHDataConfig
 from mcgen.spec import SpecError, SpecProblem, parse_spec
 from mcgen.spec.positioned_yaml import compose, construct, in_order, problem_at_path
 from mcgen.spec.problems import unreadable_file
@@ -100,28 +104,102 @@ class Objectives(_Strict):
     max_decode_state_bytes: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
 
-class SearchTrain(_Strict):
-    """How each candidate is trained: once per learning rate, the best one scores."""
+LearningRate = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 
-    learning_rates: Annotated[
-        list[Annotated[float, Field(gt=0, allow_inf_nan=False)]], Field(min_length=1)
-    ]
+
+def round_lr(value: float) -> float:
+    """A learning rate at 4 significant digits: the same rate always has the same name."""
+    return float(f"{value:.4g}")
+
+
+class LrSweep(_Strict):
+    """Learning rates from low to high, `points` of them evenly spaced on a log scale. If
+    the best (by mean accuracy over seeds) is at an end, one more rate past that end at
+    the same ratio is trained, and so on, at most max_widenings times: the best must be
+    bracketed by worse rates on both sides (a best still at an end is reported capped)."""
+
+    low: LearningRate
+    high: LearningRate
+    points: Annotated[int, Field(ge=2, le=16)] = 3
+    max_widenings: Annotated[int, Field(ge=0, le=8)] = 2
+
+    @model_validator(mode="after")
+    def _check(self) -> LrSweep:
+        if self.low >= self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        return self
+
+    @property
+    def ratio(self) -> float:
+        """Between two neighbouring rates of the sweep."""
+        return (self.high / self.low) ** (1 / (self.points - 1))
+
+    def rates(self) -> list[float]:
+        return [round_lr(self.low * self.ratio**i) for i in range(self.points)]
+
+
+class SearchTrain(_Strict):
+    """How each candidate is trained: at each learning rate (a fixed list, or a sweep that
+    widens until it brackets the best), `seeds` times (seeds seed, seed + 1, ...), each
+    run at most `steps` steps and stopped early once accuracy stopped rising (plateau).
+    The score is the best rate's mean accuracy over seeds."""
+
+    learning_rates: Annotated[list[LearningRate], Field(min_length=1)] | None = None
+    lr_sweep: LrSweep | None = None
+    seeds: Annotated[int, Field(ge=1, le=100)] = 1
     steps: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)] = 64
     layers: Annotated[int, Field(ge=1)] = 2
     warmup: Annotated[int, Field(ge=0)] = 0
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.1
     eval_every: Annotated[int, Field(ge=1)] | None = None
+    plateau: Plateau | None = None
     seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _one_sweep(self) -> SearchTrain:
+        if (self.learning_rates is None) == (self.lr_sweep is None):
+            raise ValueError("give exactly one of learning_rates (a list) and lr_sweep")
+        return self
+
+    def first_rates(self) -> list[float]:
+        """The rates every candidate is trained at before any widening."""
+        if self.lr_sweep is not None:
+            return self.lr_sweep.rates()
+        return sorted({round_lr(lr) for lr in self.learning_rates or []})
+
+    def run_seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+# A bundle: named choices, each a part of a spec set together (a variant's aggregation
+# and segments; a width's d_model and dimensions). A trial draws one choice per bundle.
+Bundle = Annotated[dict[str, dict[str, Any]], Field(min_length=1)]
+_BUNDLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 class SearchSpace(_Strict):
     name: str
     base: dict[str, Any]
-    vary: Annotated[dict[str, Domain], Field(min_length=1)]
+    vary: dict[str, Domain] = {}
+    bundles: dict[str, Bundle] = {}
+    # tpe: Optuna's TPE draws candidates; grid: every distinct candidate is enqueued once.
+    sampler: Literal["tpe", "grid"] = "tpe"
     objectives: Objectives = Objectives()
-    mqar: MQARDataConfig
+    mqar: MQARDataConfig | None = None  # the task: exactly one of mqar and niah
+    niah: NIAHDataConfig | None = None
     train: SearchTrain
+
+    @property
+    def task(self) -> Literal["mqar", "niah"]:
+        return "niah" if self.niah is not None else "mqar"
+
+    @property
+    def data(self) -> MQARDataConfig | NIAHDataConfig:
+        """The task's data config."""
+        data = self.niah if self.niah is not None else self.mqar
+        assert data is not None  # the rules ask for one
+        return data
 
     @model_validator(mode="after")
     def _rules(self, info: ValidationInfo) -> SearchSpace:
@@ -172,7 +250,10 @@ def spec_leaf_paths() -> list[str]:
     return [p for p in walk(Spec, ()) if p not in _NOT_SEARCHED]
 
 
-def _base_problems(value: Any, path: tuple[str, ...]) -> list[tuple[tuple, str]]:
+def _base_problems(
+    value: Any, path: tuple[str, ...], where: tuple = ("base",)
+) -> list[tuple[tuple, str]]:
+    """Keys of a part of a spec (base, a bundle's choice) that are no spec field."""
     out: list[tuple[tuple, str]] = []
     for key, item in value.items():
         here = (*path, key)
@@ -180,13 +261,39 @@ def _base_problems(value: Any, path: tuple[str, ...]) -> list[tuple[tuple, str]]
         if not known or here[0] in _NOT_SEARCHED:
             allowed = [k for k in (_field(path)[1] or Spec).model_fields if (*path, k) != ("name",)]
             out.append(
-                (("base", *here), f"unknown spec field (allowed here: {', '.join(allowed)})")
+                ((*where, *here), f"unknown spec field (allowed here: {', '.join(allowed)})")
             )
         elif model is not None:
             if isinstance(item, dict):
-                out += _base_problems(item, here)
+                out += _base_problems(item, here, where)
             else:
-                out.append((("base", *here), "is a section of the spec: give a mapping"))
+                out.append(((*where, *here), "is a section of the spec: give a mapping"))
+    return out
+
+
+def _bundle_problems(space: SearchSpace) -> list[tuple[tuple, str]]:
+    """Bundle names that are no parameter name, choices with unknown fields, and fields
+    given in two places (base, vary, another bundle)."""
+    out: list[tuple[tuple, str]] = []
+    owner = {leaf: "base" for leaf in _leaves(space.base)}
+    owner.update({dotted: "vary" for dotted in space.vary})
+    for bundle, choices in space.bundles.items():
+        if not _BUNDLE_NAME.match(bundle) or bundle in space.vary:
+            out.append(
+                (("bundles", bundle), "a bundle's name is a lowercase identifier, not a vary field")
+            )
+        mine: set[str] = set()
+        for choice, mapping in choices.items():
+            where = ("bundles", bundle, choice)
+            problems = _base_problems(mapping, (), where)
+            out += problems
+            if problems:
+                continue
+            for leaf in _leaves(mapping):
+                if owner.get(leaf) is not None:
+                    out.append(((*where, *leaf.split(".")), f"also set in {owner[leaf]}"))
+                mine.add(leaf)
+        owner.update({leaf: f"bundle {bundle}" for leaf in mine})
     return out
 
 
@@ -199,7 +306,12 @@ def space_problems(space: SearchSpace) -> list[tuple[tuple, str]]:
         out.append((("name",), str(exc)))
     if len(space.name) > _MAX_SPACE_NAME:
         out.append((("name",), f"at most {_MAX_SPACE_NAME} characters (candidates add a hash)"))
+    if (space.mqar is None) == (space.niah is None):
+        out.append(((), "give exactly one task: an mqar or a niah section"))
+    if not space.vary and not space.bundles:
+        out.append((("vary",), "vary at least one field (in vary or bundles)"))
     out += _base_problems(space.base, ())
+    out += _bundle_problems(space)
     leaves = set(spec_leaf_paths())
     for dotted in space.vary:
         if dotted not in leaves:
@@ -210,11 +322,15 @@ def space_problems(space: SearchSpace) -> list[tuple[tuple, str]]:
             out.append((("vary", dotted), "is also fixed in base: give it in one place"))
     if not out:
         out += _candidate_problems(space)
+    if not out and space.sampler == "grid" and grid_size(space) > _MAX_GRID:
+        out.append((("sampler",), f"the grid has {grid_size(space)} points: at most {_MAX_GRID}"))
     return out
 
 
 # At most this many specs are checked when a space is loaded (pairs of choices).
 _MAX_CHECKS = 600
+# At most this many combinations in a grid (each is a study's trial).
+_MAX_GRID = 10_000
 
 
 def _values(domain: Any) -> list[tuple[int | None, Any]]:
@@ -236,10 +352,14 @@ def _spec_problem(mapping: dict, space: SearchSpace) -> str | None:
     return None
 
 
-def _with(mapping: dict, values: dict[str, Any]) -> dict:
+def _with(mapping: dict, values: dict[str, Any], space: SearchSpace) -> dict:
+    """mapping with each named field (or bundle: its choice's fields) set."""
     out = json.loads(json.dumps(mapping))
     for dotted, value in values.items():
-        _set(out, dotted, value)
+        if dotted in space.bundles:
+            _merge(out, space.bundles[dotted][value])
+        else:
+            _set(out, dotted, value)
     return out
 
 
@@ -256,21 +376,24 @@ def _candidate_problems(space: SearchSpace) -> list[tuple[tuple, str]]:
     if why is not None:
         return [(("base",), f"with the first choice of every varied field, not a spec: {why}")]
 
-    def where(dotted: str, index: int | None) -> tuple:
+    def where(dotted: str, index: int | None, value: Any) -> tuple:
+        if dotted in space.bundles:
+            return ("bundles", dotted, value)
         return ("vary", dotted) if index is None else ("vary", dotted, index)
 
-    options = {dotted: _values(domain) for dotted, domain in space.vary.items()}
+    options = {bundle: list(enumerate(choices)) for bundle, choices in space.bundles.items()}
+    options.update({dotted: _values(domain) for dotted, domain in space.vary.items()})
     out: list[tuple[tuple, str]] = []
     bad: set[tuple[str, int | None, Any]] = set()
 
     def report(dotted: str, index: int | None, value: Any, message: str) -> None:
         if (dotted, index, value) not in bad:
-            out.append((where(dotted, index), message))
+            out.append((where(dotted, index, value), message))
             bad.add((dotted, index, value))
 
     for dotted, values in options.items():
         for index, value in values:
-            why = _spec_problem(_with(first, {dotted: value}), space)
+            why = _spec_problem(_with(first, {dotted: value}, space), space)
             if why is None:
                 continue
             # Blame the pair if another field's other choice makes it valid (dla with a
@@ -281,7 +404,9 @@ def _candidate_problems(space: SearchSpace) -> list[tuple[tuple, str]]:
                     for other, choices in options.items()
                     if other != dotted
                     for _, alternative in choices[1:]
-                    if _spec_problem(_with(first, {dotted: value, other: alternative}), space)
+                    if _spec_problem(
+                        _with(first, {dotted: value, other: alternative}, space), space
+                    )
                     is None
                 ),
                 None,
@@ -303,7 +428,7 @@ def _candidate_problems(space: SearchSpace) -> list[tuple[tuple, str]]:
         for (ia, va), (ib, vb) in itertools.product(options[a], options[b]):
             if (a, ia, va) in bad or (b, ib, vb) in bad:
                 continue
-            why = _spec_problem(_with(first, {a: va, b: vb}), space)
+            why = _spec_problem(_with(first, {a: va, b: vb}, space), space)
             if why is not None:
                 report(b, ib, vb, f"{vb!r} with {a} {va!r} gives an invalid spec: {why}")
     if out or math.prod(len(v) for v in options.values()) > _MAX_CHECKS:
@@ -313,7 +438,7 @@ def _candidate_problems(space: SearchSpace) -> list[tuple[tuple, str]]:
     names = list(options)
     for combination in itertools.product(*options.values()):
         values = {name: value for name, (_, value) in zip(names, combination, strict=True)}
-        why = _spec_problem(_with(first, values), space)
+        why = _spec_problem(_with(first, values, space), space)
         if why is not None:
             index, value = combination[-1]
             others = ", ".join(f"{n} {v!r}" for n, v in list(values.items())[:-1])
@@ -400,6 +525,15 @@ def _set(mapping: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def _merge(into: dict, part: dict) -> None:
+    """Set every leaf of `part` in `into` (a deep update; sections merge)."""
+    for key, value in part.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = json.loads(json.dumps(value))
+
+
 def _drop(mapping: dict, dotted: str) -> None:
     *parents, last = dotted.split(".")
     node: Any = mapping
@@ -473,30 +607,95 @@ def finish_spec(mapping: dict, space: SearchSpace, *, name: str | None = None) -
     return out
 
 
+Pick = typing.Callable[[str, Any], Any]  # (parameter name, its domain) -> a value
+
+
+def _drawn(space: SearchSpace, pick: Pick) -> tuple[dict, dict[str, Any]]:
+    """(the spec mapping, the parameters drawn): one choice of every bundle (merged into
+    base), then one value of every `vary` field that applies, deciding fields first."""
+    mapping = json.loads(json.dumps(space.base))
+    params: dict[str, Any] = {}
+    for bundle, choices in space.bundles.items():
+        params[bundle] = pick(bundle, list(choices))
+        _merge(mapping, choices[params[bundle]])
+    for dotted in _order(space.vary):
+        if applies(mapping, dotted):
+            params[dotted] = pick(dotted, space.vary[dotted])
+            _set(mapping, dotted, params[dotted])
+    return mapping, params
+
+
 def suggest_spec(trial: Any, space: SearchSpace) -> dict:
-    """The spec a trial draws: base plus one value per applicable `vary` field.
+    """The spec a trial draws: base plus one choice per bundle and one value per
+    applicable `vary` field.
 
     Deciding fields (aggregation.kind, ...) are drawn first; a field that does not apply
     to them (top_k without ssc) is not drawn at all, so the sampler sees it as absent."""
-    mapping = json.loads(json.dumps(space.base))
-    for dotted in _order(space.vary):
-        if not applies(mapping, dotted):
-            continue
-        domain = space.vary[dotted]
+
+    def pick(name: str, domain: Any) -> Any:
         if isinstance(domain, IntRange):
-            value = trial.suggest_int(
-                dotted, domain.low, domain.high, step=domain.step, log=domain.log
+            return trial.suggest_int(
+                name, domain.low, domain.high, step=domain.step, log=domain.log
             )
-        else:
-            value = trial.suggest_categorical(dotted, list(domain))
-        _set(mapping, dotted, value)
+        return trial.suggest_categorical(name, list(domain))
+
+    mapping, _ = _drawn(space, pick)
     return finish_spec(mapping, space)
 
 
-def first_choice(space: SearchSpace) -> dict:
-    """base plus the first choice (or the low end) of every varied field."""
+def _all_values(domain: Any) -> list[Any]:
+    if isinstance(domain, IntRange):
+        return list(range(domain.low, domain.high + 1, domain.step))
+    return list(domain)
+
+
+def grid_size(space: SearchSpace) -> int:
+    """Combinations of every choice (distinct candidates may be fewer)."""
+    sizes = [len(c) for c in space.bundles.values()]
+    sizes += [len(_all_values(d)) for d in space.vary.values()]
+    return math.prod(sizes)
+
+
+def grid_points(space: SearchSpace) -> list[dict[str, Any]]:
+    """The parameters of every distinct candidate of the space (for a `grid` study), in
+    the order of the file's choices: combinations that give the same spec (a top_k
+    choice without ssc) are one point, with only the parameters that apply."""
+    names = list(space.bundles) + list(space.vary)
+    domains = [list(c) for c in space.bundles.values()]
+    domains += [_all_values(d) for d in space.vary.values()]
+    points: dict[str, dict[str, Any]] = {}
+    for combination in itertools.product(*domains):
+        chosen = dict(zip(names, combination, strict=True))
+        mapping, params = _drawn(space, lambda name, _domain, chosen=chosen: chosen[name])
+        points.setdefault(finish_spec(mapping, space)["name"], params)
+    return list(points.values())
+
+
+def first_choice(space: SearchSpace, *, d_model: int | None = None) -> dict:
+    """base plus the first choice (or the low end) of every bundle and varied field.
+    d_model: prefer each bundle's first choice of that width, if one sets a width."""
     mapping = json.loads(json.dumps(space.base))
+    for choices in space.bundles.values():
+        widths = [_get(c, "layer.d_model") for c in choices.values()]
+        chosen = next(iter(choices.values()))
+        if d_model in widths:
+            chosen = list(choices.values())[widths.index(d_model)]
+        _merge(mapping, chosen)
     for dotted in _order(space.vary):
         domain = space.vary[dotted]
         _set(mapping, dotted, domain.low if isinstance(domain, IntRange) else domain[0])
     return mapping
+
+
+def widths(space: SearchSpace) -> list[int]:
+    """Every layer.d_model the space can draw, in the file's order."""
+    domain = space.vary.get("layer.d_model")
+    if isinstance(domain, list):
+        return list(dict.fromkeys(int(w) for w in domain))
+    found = [
+        int(w)
+        for choices in space.bundles.values()
+        for choice in choices.values()
+        if (w := _get(choice, "layer.d_model")) is not _MISSING
+    ]
+    return list(dict.fromkeys(found)) or [int(first_choice(space)["layer"]["d_model"])]

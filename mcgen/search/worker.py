@@ -4,10 +4,13 @@ trials (or a deadline passes). `mcgen search` starts N of these as processes:
     python -m mcgen.search.worker STUDY --trials N [--index I] [--runs DIR]
         [--storage URL] [--deadline UNIX_TIME]
 
-Each trial: a reference point (base RNN or attention, as enqueued) or a spec drawn by
-suggest_spec; infeasible under the space's state budget -> pruned before training; the
-same spec as a finished trial -> that trial's result, not trained again; otherwise built
-and trained at each learning rate of the space (objective.evaluate).
+Each trial: a reference point (base RNN or attention, as enqueued), an enqueued grid
+point, or a spec drawn by suggest_spec; infeasible under the space's state budget ->
+pruned before training; the same spec as a finished trial -> that trial's result, not
+trained again; otherwise built and trained at each learning rate and seed of the space
+(objective.evaluate). Each finished (rate, seed) run is written to the trial at once
+(a user attribute `run lr=... seed=...`); a trial run again after its worker died takes
+the runs its earlier tries wrote (found by the `runs_of` attribute) and trains the rest.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from mcgen.search.objective import (
     base_rnn_spec,
     evaluate,
     model_cost,
+    runs_in,
 )
 from mcgen.search.space import SearchSpace, suggest_spec
 
@@ -53,8 +57,13 @@ RESULT_ATTRS = (
     "best_lr",
     "per_slice",
     "by_lr",
+    "spread",
+    "lr_status",
     "decode_state_bytes",
 )
+# The trial attribute that names whose runs a trial holds: the spec's name, or
+# "attention d_model=W"; trials with the same one share their finished runs.
+RUNS_OF = "runs_of"
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,26 @@ def _record(trial: optuna.Trial, result: Evaluation, seconds: float) -> list[flo
     trial.set_user_attr("best_lr", result.best_lr)
     trial.set_user_attr("per_slice", dict(result.per_slice))
     trial.set_user_attr("by_lr", {repr(lr): acc for lr, acc in result.by_lr.items()})
+    trial.set_user_attr("spread", result.spread)
+    trial.set_user_attr("lr_status", result.lr_status)
     trial.set_user_attr("seconds", round(seconds, 2))
     return [result.accuracy, result.cost]
+
+
+def done_runs(study: optuna.Study, runs_of: str) -> dict[str, dict]:
+    """The runs every trial of `runs_of` wrote (a failed try's included): key -> JSON."""
+    found: dict[str, dict] = {}
+    for other in study.get_trials(deepcopy=False):
+        if other.user_attrs.get(RUNS_OF) == runs_of:
+            found.update(runs_in(other.user_attrs))
+    return found
+
+
+def _unit_kwargs(trial: optuna.Trial, study: optuna.Study, runs_of: str) -> dict[str, Any]:
+    """evaluate's done_runs and on_run for a trial: resume from earlier tries' runs, and
+    write each new run to the trial (the journal) as soon as it ends."""
+    trial.set_user_attr(RUNS_OF, runs_of)
+    return {"done_runs": done_runs(study, runs_of), "on_run": trial.set_user_attr}
 
 
 def score_trial(
@@ -115,7 +142,8 @@ def score_trial(
     width = trial.user_attrs.get(studies.WIDTH)
     if reference == "attention":
         _constrain(trial, space, attention_model_cost(space, "decode_state_bytes", width))
-        result = attention_baseline(space, workdir, data_cache=data_cache, d_model=width)
+        units = _unit_kwargs(trial, study, f"attention d_model={width}")
+        result = attention_baseline(space, workdir, data_cache=data_cache, d_model=width, **units)
         return _record(trial, result, time.perf_counter() - started)
 
     if reference == "base_rnn":
@@ -135,7 +163,8 @@ def score_trial(
                 trial.set_user_attr(key, previous.user_attrs[key])
         trial.set_user_attr("reused_from", previous.number)
         return list(previous.values)
-    result = evaluate(mapping, space, workdir, data_cache=data_cache)
+    units = _unit_kwargs(trial, study, mapping["name"])
+    result = evaluate(mapping, space, workdir, data_cache=data_cache, **units)
     return _record(trial, result, time.perf_counter() - started)
 
 
