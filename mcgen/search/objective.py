@@ -25,7 +25,7 @@ from mcgen.mqar.train import LabelledSplit, train
 from mcgen.niah import data as niah_data
 from mcgen.passes.cost import attention_cost
 from mcgen.passes.pipeline import compile_spec
-from mcgen.search.space import SearchSpace, finish_spec, first_choice, round_lr
+from mcgen.search.space import SearchSpace, finish_spec, first_choice
 from mcgen.spec import parse_spec
 
 # The objective's cost name -> the key of the cost model's summary (graph["cost"]).
@@ -207,9 +207,10 @@ def sweep(
     settings = space.train
     done = dict(done_runs or {})
     runs: dict[str, Run] = {}
-    rates = settings.first_rates()
-    widenings = 0
+    below = above = 0  # rates added under the sweep's low end and over its high end
     while True:
+        sweep_ = settings.lr_sweep
+        rates = settings.first_rates() if sweep_ is None else sweep_.rates(below, above)
         for lr in rates:
             for seed in settings.run_seeds():
                 key = run_key(lr, seed)
@@ -226,16 +227,14 @@ def sweep(
             for lr in rates
         }
         best, where = _best_rate(rates, means)
-        if settings.lr_sweep is None:
+        if sweep_ is None:
             return list(runs.values()), best, "fixed"
         if where == "inside":
             return list(runs.values()), best, "bracketed"
-        ratio = settings.lr_sweep.ratio
-        wider = round_lr(rates[0] / ratio) if where == "low" else round_lr(rates[-1] * ratio)
-        if widenings >= settings.lr_sweep.max_widenings or wider > 1:
+        wider = sweep_.rate(-below - 1) if where == "low" else sweep_.rate(sweep_.points + above)
+        if below + above >= sweep_.max_widenings or wider > 1:
             return list(runs.values()), best, "capped"
-        rates = sorted([*rates, wider])
-        widenings += 1
+        below, above = below + (where == "low"), above + (where == "high")
 
 
 def _score(

@@ -134,8 +134,13 @@ class LrSweep(_Strict):
         """Between two neighbouring rates of the sweep."""
         return (self.high / self.low) ** (1 / (self.points - 1))
 
-    def rates(self) -> list[float]:
-        return [round_lr(self.low * self.ratio**i) for i in range(self.points)]
+    def rate(self, index: int) -> float:
+        """The rate `index` steps of the ratio above low (negative: below), rounded."""
+        return round_lr(self.low * self.ratio**index)
+
+    def rates(self, below: int = 0, above: int = 0) -> list[float]:
+        """The sweep's rates, widened by `below` rates under low and `above` over high."""
+        return [self.rate(i) for i in range(-below, self.points + above)]
 
 
 class SearchTrain(_Strict):

@@ -123,10 +123,14 @@ def done_runs(study: optuna.Study, runs_of: str) -> dict[str, dict]:
 
 
 def _unit_kwargs(trial: optuna.Trial, study: optuna.Study, runs_of: str) -> dict[str, Any]:
-    """evaluate's done_runs and on_run for a trial: resume from earlier tries' runs, and
-    write each new run to the trial (the journal) as soon as it ends."""
+    """evaluate's done_runs and on_run for a trial: resume from earlier tries' runs (copied
+    into this trial, so that a complete trial holds all its runs), and write each new run
+    to the trial (the journal) as soon as it ends."""
     trial.set_user_attr(RUNS_OF, runs_of)
-    return {"done_runs": done_runs(study, runs_of), "on_run": trial.set_user_attr}
+    done = done_runs(study, runs_of)
+    for key, run in done.items():
+        trial.set_user_attr(key, run)
+    return {"done_runs": done, "on_run": trial.set_user_attr}
 
 
 def score_trial(

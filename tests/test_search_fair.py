@@ -1,0 +1,354 @@
+"""Fair training in the search: the learning-rate sweep that widens until it brackets the
+best rate, seeds with mean and spread, runs as resumable units; bundles and the grid
+sampler; the needle probe as the search's task; the paper study's space."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+import mcgen.search.objective as objective
+from mcgen.build import build
+from mcgen.mqar.config import MQARDataConfig, MQARSlice, TrainConfig
+from mcgen.mqar.data import load_data
+from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
+from mcgen.mqar.train import train
+from mcgen.search import study as studies
+from mcgen.search.objective import Run, evaluate, run_key, sweep
+from mcgen.search.space import (
+    SearchSpaceError,
+    grid_points,
+    parse_space,
+    suggest_spec,
+    widths,
+)
+from mcgen.search.study import locate, open_study
+from mcgen.search.worker import RUNS_OF, run_worker
+from mcgen.spec import parse_spec
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "search" / "tiny.yaml"
+PAPER = REPO / "search" / "paper_cpu.yaml"
+
+
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MCGEN_CACHE", str(tmp_path / "cache"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def tiny(**train) -> dict:
+    mapping = yaml.safe_load(TINY.read_text(encoding="utf-8"))
+    if train:
+        del mapping["train"]["learning_rates"]
+        mapping["train"].update(train)
+    return mapping
+
+
+def space_of(mapping: dict):
+    return parse_space(yaml.safe_dump(mapping, sort_keys=False), "space.yaml")
+
+
+def problems_of(mapping: dict) -> str:
+    with pytest.raises(SearchSpaceError) as caught:
+        space_of(mapping)
+    return str(caught.value)
+
+
+def fake_run(peak: float):
+    """train_one for sweep: accuracy falls with the log-distance from `peak`, a little
+    different per seed; records every (lr, seed) it trains."""
+    trained: list[tuple[float, int]] = []
+
+    def train_one(lr: float, seed: int) -> Run:
+        trained.append((lr, seed))
+        accuracy = max(0.0, 0.9 - 0.2 * abs(math.log10(lr / peak))) + 0.01 * seed
+        return Run(lr, seed, accuracy, {"s": accuracy}, 10, "plateau", [(10, accuracy)], 0.1)
+
+    return train_one, trained
+
+
+# --- the learning-rate sweep ---------------------------------------------------------------
+
+
+def test_a_best_rate_inside_the_range_is_bracketed_at_once():
+    space = space_of(tiny(lr_sweep={"low": 1e-3, "high": 1e-2, "points": 3}, seeds=3))
+    train_one, trained = fake_run(peak=3e-3)
+    runs, best, status = sweep(space, train_one)
+    assert status == "bracketed" and best == 0.003162
+    assert sorted(trained) == sorted((lr, s) for lr in (0.001, 0.003162, 0.01) for s in (0, 1, 2))
+    assert len(runs) == 9
+
+
+def test_a_best_rate_at_an_end_widens_the_range_until_it_is_inside():
+    space = space_of(tiny(lr_sweep={"low": 1e-3, "high": 1e-2, "points": 3}, seeds=2))
+    train_one, trained = fake_run(peak=3e-4)
+    runs, best, status = sweep(space, train_one)
+    # 1e-3 was best: 3.162e-4 is added (same ratio below), best and now inside.
+    assert status == "bracketed" and best == 0.0003162
+    assert sorted({lr for lr, _ in trained}) == [0.0001, 0.0003162, 0.001, 0.003162, 0.01]
+    assert len(trained) == 10  # no (rate, seed) trained twice
+    # Upward too.
+    train_one, trained = fake_run(peak=3e-2)
+    _, best, status = sweep(space, train_one)
+    assert status == "bracketed" and best == 0.03162
+
+
+def test_a_sweep_that_runs_out_of_widenings_is_capped():
+    space = space_of(
+        tiny(lr_sweep={"low": 1e-3, "high": 1e-2, "points": 3, "max_widenings": 1}, seeds=1)
+    )
+    train_one, trained = fake_run(peak=1e-5)
+    _, best, status = sweep(space, train_one)
+    assert status == "capped" and best == 0.0003162 and len(trained) == 4
+
+
+def test_a_fixed_list_is_never_widened():
+    space = space_of(tiny())  # learning_rates [3e-3, 1e-2]
+    train_one, trained = fake_run(peak=1e-5)
+    _, best, status = sweep(space, train_one)
+    assert status == "fixed" and best == 0.003 and len(trained) == 2
+
+
+def test_runs_already_done_are_not_trained_again_and_new_ones_are_handed_over():
+    space = space_of(tiny(lr_sweep={"low": 1e-3, "high": 1e-2, "points": 3}, seeds=2))
+    train_one, trained = fake_run(peak=3e-3)
+    first, _, _ = sweep(space, train_one)
+    done = {run.key: run.to_json() for run in first[:4]}  # a killed study had these
+    handed: dict[str, dict] = {}
+    train_one, trained = fake_run(peak=3e-3)
+    again, best, status = sweep(
+        space, train_one, done_runs=done, on_run=lambda k, v: handed.setdefault(k, v)
+    )
+    assert len(trained) == 2 and set(handed) == {run_key(lr, s) for lr, s in trained}
+    assert {r.key: r for r in again} == {r.key: r for r in first}  # the same result
+    assert (best, status) == (0.003162, "bracketed")
+
+
+def test_the_score_is_the_best_rates_mean_over_seeds_with_its_spread(tmp_path, monkeypatch):
+    space = space_of(tiny(lr_sweep={"low": 1e-3, "high": 1e-2, "points": 3}, seeds=3))
+    train_one, _ = fake_run(peak=0.003162)
+    monkeypatch.setattr(
+        objective, "_train_one", lambda space, d, f, data, lr, seed: train_one(lr, seed)
+    )
+    mapping = suggest_spec(
+        optuna.trial.FixedTrial({"aggregation.kind": "grm", "cache.segments.length": 4}), space
+    )
+    result = evaluate(mapping, space, tmp_path)
+    # Seeds 0, 1, 2 at the peak: 0.90, 0.91, 0.92.
+    assert result.accuracy == pytest.approx(0.91) and result.spread == pytest.approx(0.01)
+    assert result.best_lr == 0.003162 and result.lr_status == "bracketed"
+    assert result.per_slice == {"s": pytest.approx(0.91)} and len(result.runs) == 9
+    assert set(result.by_lr) == {0.001, 0.003162, 0.01}
+
+
+def test_the_sweep_seeds_and_plateau_are_checked_in_the_file():
+    message = problems_of(tiny(lr_sweep={"low": 1e-2, "high": 1e-3}))
+    assert "train.lr_sweep: low 0.01 must be below high 0.001" in message
+    mapping = tiny(lr_sweep={"low": 1e-3, "high": 1e-2})
+    mapping["train"]["learning_rates"] = [1e-3]
+    assert "give exactly one of learning_rates (a list) and lr_sweep" in problems_of(mapping)
+    message = problems_of(tiny(lr_sweep={"low": 1e-3, "high": 1e-2}, plateau={"window": 0}))
+    assert "train.plateau.window: Input should be greater than or equal to 1" in message
+
+
+# --- resuming a killed trial ------------------------------------------------------------
+
+
+def test_a_retried_trial_trains_only_the_runs_its_killed_try_did_not_finish(tmp_path, monkeypatch):
+    mapping = tiny(learning_rates=[3e-3, 1e-2], seeds=2)
+    mapping["vary"] = {"aggregation.kind": ["grm"], "cache.segments.length": [4]}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+    space = space_of(mapping)
+    location = locate("tiny", runs_dir=tmp_path / "runs")
+    open_study(location, space, path.read_text(), target=3)
+    train_one, trained = fake_run(peak=3e-3)
+
+    def killed_after_three(space, d, f, data, lr, seed):
+        if len(trained) == 3:
+            raise KeyboardInterrupt("killed")
+        return train_one(lr, seed)
+
+    monkeypatch.setattr(objective, "_train_one", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(location, target=3, workdir=tmp_path / "work")
+    killed = trained[:]
+    monkeypatch.setattr(
+        objective, "_train_one", lambda space, d, f, data, lr, seed: train_one(lr, seed)
+    )
+    result = run_worker(location, target=3, workdir=tmp_path / "work")
+    assert result.reason == "done"
+    study, _, _ = studies.load_study(location)
+    trials = study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and len(objective.runs_in(failed[0].user_attrs)) == 3
+    # The first reference trial was killed after 3 of its 4 runs: its retry trained one.
+    retry = next(t for t in trials if t.user_attrs.get(studies.RETRY_OF) == failed[0].number)
+    assert retry.user_attrs[RUNS_OF] == failed[0].user_attrs[RUNS_OF]
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    # 3 trials x 4 runs, each trained exactly once over both attempts.
+    assert len(killed) == 3 and len(trained) == 12
+    assert all(len(objective.runs_in(t.user_attrs)) == 4 for t in trials if t.values)
+
+
+# --- bundles and the grid ----------------------------------------------------------------
+
+
+def grid_mapping() -> dict:
+    mapping = tiny()
+    mapping["base"] = {
+        "memory": {"recurrence": "linear"},
+        "cache": {"init": "checkpoint"},
+        "compute": {"chunk_size": 4},
+    }
+    mapping["vary"] = {"memory.recurrence": ["linear", "delta"]}
+    mapping["bundles"] = {
+        "variant": {
+            "base": {"aggregation": {"kind": "none"}, "cache": {"segments": {"kind": "none"}}},
+            "ssc": {
+                "aggregation": {"kind": "ssc", "top_k": 1},
+                "cache": {"segments": {"kind": "constant", "length": 8}},
+            },
+        },
+        "width": {
+            "w16": {"layer": {"d_model": 16}, "memory": {"heads": 2, "key_dim": 8, "value_dim": 8}},
+            "w32": {"layer": {"d_model": 32}, "memory": {"heads": 4, "key_dim": 8, "value_dim": 8}},
+        },
+    }
+    mapping["sampler"] = "grid"
+    del mapping["base"]["memory"]
+    return mapping
+
+
+def test_bundles_set_their_fields_together_and_the_grid_lists_each_candidate_once():
+    space = space_of(grid_mapping())
+    points = grid_points(space)
+    assert len(points) == 8 and widths(space) == [16, 32]
+    specs = [suggest_spec(optuna.trial.FixedTrial(p), space) for p in points]
+    assert len({s["name"] for s in specs}) == 8
+    for params, spec in zip(points, specs, strict=True):
+        assert set(params) == {"variant", "width", "memory.recurrence"}
+        parsed = parse_spec(yaml.safe_dump(spec))
+        assert parsed.memory.recurrence == params["memory.recurrence"]
+        assert parsed.aggregation.kind == {"base": "none", "ssc": "ssc"}[params["variant"]]
+        assert (parsed.layer.d_model, parsed.memory.heads) == {
+            "w16": (16, 2),
+            "w32": (32, 4),
+        }[params["width"]]
+
+
+def test_a_grid_study_enqueues_every_point_and_attention_at_every_width(tmp_path):
+    space = space_of(grid_mapping())
+    location = locate("grid", runs_dir=tmp_path)
+    study, _ = open_study(location, space, "", target=10)
+    waiting = study.get_trials(deepcopy=False)
+    references = [t.user_attrs.get(studies.REFERENCE) for t in waiting]
+    assert references.count("attention") == 2 and "base_rnn" not in references
+    assert sum(studies.GRID in t.user_attrs for t in waiting) == 8
+    assert study.user_attrs["grid_points"] == 8
+    # Opening it again enqueues nothing more.
+    study, _ = open_study(location, space, "", target=10)
+    assert len(study.get_trials(deepcopy=False)) == 10
+
+
+def test_bundle_mistakes_are_named():
+    mapping = grid_mapping()
+    mapping["bundles"]["variant"]["ssc"]["aggregation"]["topk"] = 1
+    assert "bundles.variant.ssc.aggregation.topk: unknown spec field" in problems_of(mapping)
+    mapping = grid_mapping()
+    mapping["bundles"]["width"]["w16"]["memory"]["recurrence"] = "linear"
+    assert "bundles.width.w16.memory.recurrence: also set in vary" in problems_of(mapping)
+    mapping = grid_mapping()
+    mapping["base"]["layer"] = {"d_model": 16}
+    assert "bundles.width.w16.layer.d_model: also set in base" in problems_of(mapping)
+
+
+def test_a_recurrence_the_spec_does_not_know_is_refused_by_the_specs_own_rule():
+    mapping = grid_mapping()
+    mapping["vary"]["memory.recurrence"] = ["linear", "swla"]
+    message = problems_of(mapping)
+    assert "vary.memory.recurrence.1: 'swla' gives an invalid spec: memory.recurrence:" in message
+
+
+# --- the needle probe as the search's task ---------------------------------------------------
+
+
+def niah_mapping() -> dict:
+    mapping = tiny()
+    del mapping["mqar"]
+    mapping["niah"] = {
+        "vocab_size": 32,
+        "train": [{"seq_len": 16, "num_examples": 64}],
+        "test": [{"seq_len": 16, "num_examples": 32}, {"seq_len": 32, "num_examples": 32}],
+    }
+    return mapping
+
+
+def test_the_needle_probe_is_a_task_the_search_can_score(tmp_path):
+    space = space_of(niah_mapping())
+    assert space.task == "niah" and objective.eval_length(space) == 32
+    mapping = suggest_spec(
+        optuna.trial.FixedTrial({"aggregation.kind": "grm", "cache.segments.length": 4}), space
+    )
+    result = evaluate(mapping, space, tmp_path)
+    assert set(result.per_slice) == {"seq_len=16", "seq_len=32"}
+    assert 0.0 <= result.accuracy <= 1.0 and result.cost > 0
+
+
+def test_a_space_gives_exactly_one_task():
+    both = niah_mapping()
+    both["mqar"] = tiny()["mqar"]
+    assert "give exactly one task: an mqar or a niah section" in problems_of(both)
+    neither = niah_mapping()
+    del neither["niah"]
+    assert "give exactly one task" in problems_of(neither)
+
+
+# --- the paper study's space ----------------------------------------------------------------
+
+
+def test_the_paper_space_covers_every_base_variant_and_width():
+    space = parse_space(PAPER.read_text(encoding="utf-8"), str(PAPER))
+    points = grid_points(space)
+    combos = {(p["memory.recurrence"], p["variant"], p["width"]) for p in points}
+    assert combos == {
+        (r, v, w)
+        for r in ("titans", "dla", "gated_delta")
+        for v in ("base", "grm", "ssc", "log")
+        for w in ("d24", "d48")
+    }
+    assert space.train.seeds == 3 and space.train.lr_sweep is not None
+    assert space.train.plateau is not None and widths(space) == [24, 48]
+
+
+@pytest.mark.slow
+def test_every_candidate_of_the_paper_space_builds_and_trains_a_step(tmp_path):
+    """Every (base, variant, width) of search/paper_cpu.yaml, and attention of each width:
+    built from its spec, one training step on tiny MQAR, a finite loss."""
+    space = parse_space(PAPER.read_text(encoding="utf-8"), str(PAPER))
+    data = MQARDataConfig(
+        vocab_size=space.data.vocab_size,
+        train=[MQARSlice(seq_len=32, num_pairs=4, num_examples=4)],
+        test=[MQARSlice(seq_len=32, num_pairs=4, num_examples=2)],
+    )
+    train_data, test_data = load_data(data, cache=False)
+    config = TrainConfig(max_steps=1, batch_size=4, layers=space.train.layers)
+    factories = [(w, attention_mixer(w, 2)) for w in widths(space)]
+    for params in grid_points(space):
+        mapping = suggest_spec(optuna.trial.FixedTrial(params), space)
+        spec_path = tmp_path / f"{mapping['name']}.yaml"
+        spec_path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+        built = build(spec_path, tmp_path / "generated")
+        factories.append((built.spec.layer.d_model, mcgen_mixer(built.path)))
+    for width, factory in factories:
+        torch.manual_seed(0)
+        model = MQARModel(space.data.vocab_size, width, space.train.layers, factory)
+        result = train(model, train_data, test_data, config, progress=False)
+        assert result.steps == 1 and math.isfinite(result.history[-1].loss)
+    assert len(factories) == 24 + 2
