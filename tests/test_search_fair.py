@@ -19,10 +19,13 @@ from mcgen.mqar.data import load_data
 from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
 from mcgen.mqar.train import train
 from mcgen.search import study as studies
+from mcgen.search.grid_report import Cell, extrapolate
 from mcgen.search.objective import Run, evaluate, run_key, sweep
+from mcgen.search.report import report_study
 from mcgen.search.space import (
     SearchSpaceError,
     grid_points,
+    grid_specs,
     parse_space,
     suggest_spec,
     widths,
@@ -352,3 +355,75 @@ def test_every_candidate_of_the_paper_space_builds_and_trains_a_step(tmp_path):
         result = train(model, train_data, test_data, config, progress=False)
         assert result.steps == 1 and math.isfinite(result.history[-1].loss)
     assert len(factories) == 24 + 2
+
+
+# --- the report of a grid --------------------------------------------------------------------
+
+
+def fake_train(space, d_model, factory, data, lr, seed) -> Run:
+    """Accuracy grows with width and peaks at lr 1e-2; 10 steps in 1 s, 0.2 s of it two
+    evaluations."""
+    accuracy = 0.5 + d_model / 100 - 0.1 * abs(math.log10(lr / 1e-2)) + 0.01 * seed
+    return Run(lr, seed, accuracy, {"num_pairs=2,seq_len=16": accuracy}, 10, "plateau",
+               [(5, accuracy / 2), (10, accuracy)], 1.0, 0.2)  # fmt: skip
+
+
+def test_the_grid_report_gives_each_cell_its_mean_and_spread_plots_and_cost(tmp_path, monkeypatch):
+    monkeypatch.setattr(objective, "_train_one", fake_train)
+    mapping = grid_mapping()
+    mapping["train"].update(seeds=2)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+    runs = tmp_path / "runs"
+    summary = studies.run_study(path, trials=10, runs_dir=runs, in_process=True)
+    assert summary.finished and summary.counts.complete == 10
+    report = report_study("tiny", runs_dir=runs, extrapolate=path)
+    text = Path(report.files["grid_md"]).read_text(encoding="utf-8")
+    for key in ("accuracy_width", "accuracy_state", "curves"):
+        assert Path(report.files[key]).read_bytes().startswith(b"\x89PNG")
+    # lr 1e-2 is best (learning_rates [3e-3, 1e-2]); seeds 0 and 1 give +0.00, +0.01.
+    assert "| delta | ssc | 32 | 0.825 +- 0.007 | 2 | 0.01 | fixed | plateau 2 |" in text
+    assert "| attention | - | 16 | 0.665 +- 0.007 | 2 | 0.01 | fixed | plateau 2 |" in text
+    assert "mcgen search report tiny --extrapolate" in text
+    assert "## Cost of" in text and "worker-hours" in text
+
+
+def test_the_extrapolation_scales_the_measured_step_and_evaluation_times():
+    space = space_of(grid_mapping())
+    cells = []
+    for params, spec in grid_specs(space):
+        runs = [fake_train(space, 16, None, None, 1e-2, 0)]
+        variant = params["variant"]
+        key = (spec["memory"]["recurrence"], variant, spec["layer"]["d_model"])
+        cells.append(Cell(0, *key, 0.5, 0.0, 1e-2, "fixed", 1.0, {}, runs, 1.0))
+    cells += [Cell(0, "attention", "-", w, 0.9, 0.0, 1e-2, "fixed", 1.0, {}, runs, 1.0)
+              for w in (16, 32)]  # fmt: skip
+    target = grid_mapping()
+    target["train"] = {
+        "lr_sweep": {"low": 1e-3, "high": 1e-2, "points": 3, "max_widenings": 2},
+        "seeds": 3,
+        "steps": 1000,
+        "eval_every": 100,
+        "plateau": {"window": 200, "min_steps": 400},
+    }
+    estimate = extrapolate(cells, space_of(target))
+    # 0.08 s a step and 0.1 s an evaluation: a run of 1000 steps is 80 + 10 * 0.1 = 81 s.
+    assert estimate.candidates == 10 and estimate.runs_first == 9 and estimate.runs_widest == 15
+    assert estimate.budget_s == pytest.approx(10 * 9 * 81)
+    assert estimate.widest_s == pytest.approx(10 * 15 * 81)
+    assert estimate.floor_s == pytest.approx(10 * 9 * (400 * 0.08 + 4 * 0.1))
+    with pytest.raises(studies.SearchError, match="no timing for 2 of"):
+        extrapolate(cells[:-2], space_of(target))
+
+
+def test_the_pilot_times_the_paper_studys_own_candidates_data_and_model():
+    paper = parse_space(PAPER.read_text(encoding="utf-8"), str(PAPER))
+    pilot_path = REPO / "search" / "paper_pilot.yaml"
+    pilot = parse_space(pilot_path.read_text(encoding="utf-8"), str(pilot_path))
+    assert [spec for _, spec in grid_specs(pilot)] == [
+        {**spec, "name": spec["name"].replace("paper_cpu", "paper_pilot")}
+        for _, spec in grid_specs(paper)
+    ]
+    assert pilot.mqar == paper.mqar and widths(pilot) == widths(paper)
+    same = ("batch_size", "layers")
+    assert {k: getattr(pilot.train, k) for k in same} == {k: getattr(paper.train, k) for k in same}

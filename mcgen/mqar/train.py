@@ -63,6 +63,7 @@ class TrainResult:
     diverged: bool  # the training loss went NaN or infinite
     history: list[Evaluation] = field(default_factory=list)
     stop_reason: StopReason = "budget"
+    eval_seconds: float = 0.0  # of `seconds`, the time spent evaluating
 
 
 @torch.no_grad()
@@ -208,6 +209,7 @@ def train(
     best: Evaluation | None = None
     step, stopped_early, diverged, flat = 0, False, False, False
     loss_sum, loss_count = torch.zeros((), device=device), 0
+    eval_seconds = 0.0
     started = time.perf_counter()
     model.train()
     with _reporter(progress, total) as report:
@@ -236,7 +238,9 @@ def train(
                 if due:
                     mean_loss = float(loss_sum) / loss_count
                     loss_sum, loss_count = torch.zeros((), device=device), 0
+                    eval_started = time.perf_counter()
                     accuracy, slices = evaluate(model, test_slices, config.batch_size)
+                    eval_seconds += time.perf_counter() - eval_started
                     result = Evaluation(step, mean_loss, accuracy, slices)
                     history.append(result)
                     report.evaluated(result)
@@ -269,4 +273,5 @@ def train(
         diverged=diverged,
         history=history,
         stop_reason=reason,
+        eval_seconds=eval_seconds,
     )

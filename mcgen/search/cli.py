@@ -253,15 +253,27 @@ def report(
         Path | None, typer.Option("--out", help="Where to write it (default: runs/<study>/).")
     ] = None,
     runs: RunsOpt = Path("runs"),
+    extrapolate: Annotated[
+        Path | None,
+        typer.Option(
+            "--extrapolate",
+            help="A space file (the full study of this pilot): estimate its cost from this "
+            "study's timings, in grid.md.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write the Pareto front: table, plot (PNG; HTML with plotly), report.md, report.json
-    and one spec file per Pareto candidate (specs/<name>.yaml, for `mcgen build`)."""
+    and one spec file per Pareto candidate (specs/<name>.yaml, for `mcgen build`); for a
+    grid or a study with seeds, grid.md: accuracy by base, variant and width with spreads,
+    its plots and the learning curves."""
     _quiet_optuna()
     from mcgen.search.report import report_study, table_rows
 
     with _reported_errors():
-        result = report_study(study, storage=storage, runs_dir=runs, out=out_dir)
+        result = report_study(
+            study, storage=storage, runs_dir=runs, out=out_dir, extrapolate=extrapolate
+        )
     if as_json:
         out.print_json(json.dumps(json.loads(Path(result.files["json"]).read_text())))
         return
@@ -288,7 +300,7 @@ def report(
         highlight=False,
         soft_wrap=True,
     )
-    for key in ("md", "json", "png", "html"):
+    for key in ("md", "json", "png", "html", "grid_md"):
         if key in result.files:
             out.print(f"  {key}: {result.files[key]}", markup=False, highlight=False)
     for spec in result.files.get("specs", []):

@@ -61,6 +61,7 @@ class Run:
     stop_reason: str  # budget | target | plateau | diverged
     curve: list[tuple[int, float]]  # (step, test accuracy) at every evaluation
     seconds: float
+    eval_seconds: float = 0.0  # of seconds, evaluating
 
     @property
     def key(self) -> str:
@@ -171,6 +172,7 @@ def _train_one(
         stop_reason=result.stop_reason,
         curve=[(e.step, e.accuracy) for e in result.history],
         seconds=round(result.seconds, 2),
+        eval_seconds=round(result.eval_seconds, 2),
     )
 
 

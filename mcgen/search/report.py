@@ -23,9 +23,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mcgen.passes.cost import BF16, FP32
 from mcgen.search import study as studies
+from mcgen.search.grid_report import write_grid_report
 from mcgen.search.journal import torn_bytes
 from mcgen.search.objective import eval_length, test_keys
-from mcgen.search.space import SearchSpace
+from mcgen.search.space import SearchSpace, parse_space
 from mcgen.spec import parse_spec
 from mcgen.spec.rules import resolve
 
@@ -521,10 +522,14 @@ def report_study(
     storage: str | None = None,
     runs_dir: str | Path = studies.DEFAULT_RUNS,
     out: str | Path | None = None,
+    extrapolate: str | Path | None = None,
 ) -> StudyReport:
     """Write the report of a study into `out` (default runs/<study>/): pareto.png,
     pareto.html (with plotly), report.md, report.json and specs/<name>.yaml for each
-    Pareto candidate. Returns the report, its files in .files."""
+    Pareto candidate; for a grid or a study with seeds, grid.md and its plots (accuracy
+    against width and decode state, learning curves, cost), with the cost of the space
+    `extrapolate` (a file) estimated from this study's timings. Returns the report, its
+    files in .files."""
     report, study_obj = load_report(study, storage=storage, runs_dir=runs_dir)
     out_dir = Path(out) if out is not None else Path(runs_dir) / study
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -539,6 +544,15 @@ def report_study(
             report.notes.append("No HTML plot: plotly is not installed.")
     else:
         report.notes.append("No complete trial yet: nothing to plot.")
+    space = parse_space(study_obj.user_attrs["space_yaml"], f"<study {study}>")
+    if space.sampler == "grid" or space.train.seeds > 1 or extrapolate is not None:
+        target = Path(extrapolate) if extrapolate is not None else None
+        report.files.update(
+            write_grid_report(study_obj, space, study, out_dir, extrapolate_to=target)
+        )
+        report.notes.append(
+            f"Per base, variant and width (mean +- std over seeds): {report.files['grid_md']}"
+        )
     specs = write_specs(report, out_dir / "specs")
     report.files["specs"] = [str(p) for p in specs]
     report.files["md"] = str(out_dir / "report.md")

@@ -661,19 +661,25 @@ def grid_size(space: SearchSpace) -> int:
     return math.prod(sizes)
 
 
-def grid_points(space: SearchSpace) -> list[dict[str, Any]]:
-    """The parameters of every distinct candidate of the space (for a `grid` study), in
-    the order of the file's choices: combinations that give the same spec (a top_k
-    choice without ssc) are one point, with only the parameters that apply."""
+def grid_specs(space: SearchSpace) -> list[tuple[dict[str, Any], dict]]:
+    """(parameters, finished spec) of every distinct candidate of the space (for a `grid`
+    study), in the order of the file's choices: combinations that give the same spec (a
+    top_k choice without ssc) are one point, with only the parameters that apply."""
     names = list(space.bundles) + list(space.vary)
     domains = [list(c) for c in space.bundles.values()]
     domains += [_all_values(d) for d in space.vary.values()]
-    points: dict[str, dict[str, Any]] = {}
+    points: dict[str, tuple[dict[str, Any], dict]] = {}
     for combination in itertools.product(*domains):
         chosen = dict(zip(names, combination, strict=True))
         mapping, params = _drawn(space, lambda name, _domain, chosen=chosen: chosen[name])
-        points.setdefault(finish_spec(mapping, space)["name"], params)
+        spec = finish_spec(mapping, space)
+        points.setdefault(spec["name"], (params, spec))
     return list(points.values())
+
+
+def grid_points(space: SearchSpace) -> list[dict[str, Any]]:
+    """The parameters of every distinct candidate (grid_specs)."""
+    return [params for params, _ in grid_specs(space)]
 
 
 def first_choice(space: SearchSpace, *, d_model: int | None = None) -> dict:

@@ -1,0 +1,452 @@
+"""The report of a study trained fairly (seeds, a learning-rate sweep): one cell per
+(base, variant, width), its accuracy as mean +- standard deviation over seeds at its best
+rate, tables and plots of accuracy against width and against decode state bytes, the
+learning curves, and what the study cost, measured and extrapolated to another space
+(a pilot's timings -> the full study's hours).
+
+A cell's variant is the trial's drawn parameters other than the recurrence and the width
+(the `variant` bundle of search/paper_cpu.yaml: base, grm, ssc, log).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from mcgen.search import study as studies
+from mcgen.search.errors import SearchError
+from mcgen.search.objective import Run, eval_length, runs_in, test_keys
+from mcgen.search.space import SearchSpace, grid_specs, load_space
+
+ATTENTION = "attention"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One candidate (or attention) of a study: its score over seeds at its best rate."""
+
+    number: int
+    base: str  # the recurrence, or "attention"
+    variant: str  # the drawn parameters but recurrence and width ("-" for attention)
+    width: int
+    accuracy: float  # the best rate's mean over seeds
+    spread: float  # the best rate's standard deviation over seeds
+    best_lr: float
+    lr_status: str  # bracketed | capped | fixed
+    decode_state_bytes: float
+    per_slice: dict[str, float]
+    runs: list[Run]
+    seconds: float  # the whole trial: build, every run, evaluations
+
+    @property
+    def best_runs(self) -> list[Run]:
+        return sorted((r for r in self.runs if r.lr == self.best_lr), key=lambda r: r.seed)
+
+    def stops(self) -> str:
+        """How the best rate's runs ended: "plateau 2, budget 1"."""
+        reasons = [run.stop_reason for run in self.best_runs]
+        return ", ".join(f"{r} {reasons.count(r)}" for r in sorted(set(reasons)))
+
+
+def _width_names(space: SearchSpace) -> set[str]:
+    """The parameters that set the width: layer.d_model, or a bundle whose choices do."""
+    names = {"layer.d_model"}
+    for bundle, choices in space.bundles.items():
+        if any("d_model" in (choice.get("layer") or {}) for choice in choices.values()):
+            names.add(bundle)
+    return names
+
+
+def _variant(trial: FrozenTrial, space: SearchSpace) -> str:
+    skip = _width_names(space) | {"memory.recurrence"}
+    parts = [f"{value}" for name, value in trial.params.items() if name not in skip]
+    return " ".join(parts) or "-"
+
+
+def _cell(trial: FrozenTrial, space: SearchSpace) -> Cell:
+    attrs = trial.user_attrs
+    runs = [Run.from_json(run) for run in runs_in(attrs).values()]
+    if attrs.get(studies.REFERENCE) == ATTENTION:
+        base, variant, width = ATTENTION, "-", int(attrs[studies.WIDTH])
+    else:
+        spec = yaml.safe_load(attrs["spec"])
+        base, variant = spec["memory"]["recurrence"], _variant(trial, space)
+        width = int(spec["layer"]["d_model"])
+    return Cell(
+        number=trial.number,
+        base=base,
+        variant=variant,
+        width=width,
+        accuracy=float(attrs["accuracy"]),
+        spread=float(attrs.get("spread", 0.0)),
+        best_lr=float(attrs["best_lr"]),
+        lr_status=str(attrs.get("lr_status", "fixed")),
+        decode_state_bytes=float(attrs.get("decode_state_bytes", math.nan)),
+        per_slice=dict(attrs.get("per_slice", {})),
+        runs=runs,
+        seconds=float(attrs.get("seconds", 0.0)),
+    )
+
+
+def load_cells(study: optuna.Study, space: SearchSpace) -> list[Cell]:
+    """Every complete trial that trained (not one that reused another's result), as cells
+    sorted by base, variant, width."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    cells = [_cell(t, space) for t in trials if "reused_from" not in t.user_attrs]
+    return sorted(cells, key=lambda c: (c.base == ATTENTION, c.base, c.variant, c.width))
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+def _fmt_bytes(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4g}"
+
+
+def cells_table(cells: Sequence[Cell], slices: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["base", "variant", "width", "accuracy (mean +- std)", "seeds", "best lr", "lr range"]
+    header += ["runs ended (best lr)", "decode state bytes", *slices, "trial"]
+    rows = []
+    for cell in cells:
+        row = [cell.base, cell.variant, str(cell.width)]
+        row += [f"{cell.accuracy:.3f} +- {cell.spread:.3f}", str(len(cell.best_runs))]
+        row += [f"{cell.best_lr:g}", cell.lr_status, cell.stops()]
+        row += [_fmt_bytes(cell.decode_state_bytes)]
+        row += [f"{cell.per_slice.get(key, math.nan):.3f}" for key in slices]
+        row += [str(cell.number)]
+        rows.append(row)
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+# --- cost -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A cell's measured cost: seconds per training step and per evaluation (of its whole
+    test set), and what its trial spent outside the runs (building, loading data)."""
+
+    step_s: float
+    eval_s: float
+    overhead_s: float
+
+
+def timing(cell: Cell) -> Timing:
+    runs = cell.runs
+    steps = sum(run.steps for run in runs)
+    evals = sum(len(run.curve) for run in runs)
+    eval_s = sum(run.eval_seconds for run in runs)
+    train_s = sum(run.seconds for run in runs) - eval_s
+    overhead = max(0.0, cell.seconds - sum(run.seconds for run in runs))
+    return Timing(train_s / max(steps, 1), eval_s / max(evals, 1), overhead)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The extrapolated cost of a space's study, in worker-seconds (one core each)."""
+
+    candidates: int
+    runs_first: int  # runs per candidate before any widening (rates x seeds)
+    runs_widest: int  # with every widening used
+    floor_s: float  # every run stopped by the plateau rule at its earliest (min_steps)
+    budget_s: float  # every run to its step budget, no widening
+    widest_s: float  # every run to its step budget, every widening used
+
+    def hours(self, seconds: float, workers: int) -> float:
+        return seconds / workers / 3600
+
+
+def _key(cell: Cell) -> tuple[str, str, int]:
+    return (cell.base, cell.variant, cell.width)
+
+
+def extrapolate(cells: Sequence[Cell], target: SearchSpace) -> Estimate:
+    """The target space's cost from these cells' timings, matched by (base, variant,
+    width): the target must draw the same candidates (a pilot of it does)."""
+    measured = {_key(cell): timing(cell) for cell in cells}
+    settings = target.train
+    rates = len(settings.first_rates())
+    widenings = settings.lr_sweep.max_widenings if settings.lr_sweep is not None else 0
+    plateau = settings.plateau
+    # The first step the plateau rule can stop a run at (the budget without one).
+    earliest = settings.steps
+    if plateau is not None:
+        earliest = min(settings.steps, max(plateau.min_steps, plateau.window))
+
+    def run_s(key: tuple[str, str, int], steps: int) -> float:
+        t = measured[key]
+        every = settings.eval_every or steps
+        return steps * t.step_s + math.ceil(steps / every) * t.eval_s
+
+    keys = _target_keys(target)
+    missing = [k for k in keys if k not in measured]
+    if missing:
+        raise SearchError(
+            f"--extrapolate: no timing for {len(missing)} of {target.name}'s candidates "
+            f"(first: {' '.join(map(str, missing[0]))}): time a pilot that draws the same ones"
+        )
+    seeds = settings.seeds
+    overhead = sum(measured[k].overhead_s for k in keys)
+    floor = sum(rates * seeds * run_s(k, earliest) for k in keys) + overhead
+    budget = sum(rates * seeds * run_s(k, settings.steps) for k in keys) + overhead
+    widest = sum((rates + widenings) * seeds * run_s(k, settings.steps) for k in keys) + overhead
+    return Estimate(len(keys), rates * seeds, (rates + widenings) * seeds, floor, budget, widest)
+
+
+def _target_keys(space: SearchSpace) -> list[tuple[str, str, int]]:
+    """(base, variant, width) of every candidate a grid space draws, and attention's."""
+    keys = []
+    skip = _width_names(space) | {"memory.recurrence"}
+    for params, spec in grid_specs(space):
+        variant = " ".join(f"{v}" for n, v in params.items() if n not in skip) or "-"
+        keys.append((spec["memory"]["recurrence"], variant, int(spec["layer"]["d_model"])))
+    widths = [a[studies.WIDTH] for a in studies.reference_points(space)]
+    return keys + [(ATTENTION, "-", w) for w in dict.fromkeys(widths)]
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _bases(cells: Sequence[Cell]) -> list[str]:
+    return list(dict.fromkeys(c.base for c in cells if c.base != ATTENTION))
+
+
+def _variants(cells: Sequence[Cell]) -> list[str]:
+    return list(dict.fromkeys(c.variant for c in cells if c.base != ATTENTION))
+
+
+def plot_accuracy_against(cells: Sequence[Cell], path: Path, *, x: str, title: str) -> Path:
+    """One panel per base, one line per variant (mean +- std over seeds as error bars),
+    attention dashed; x is "width" or "decode_state_bytes" (log scale)."""
+    plt = _pyplot()
+    bases = _bases(cells) or [ATTENTION]
+    figure, axes = plt.subplots(1, len(bases), figsize=(4.2 * len(bases), 3.8), dpi=120)
+    axes = [axes] if len(bases) == 1 else list(axes)
+    attention = sorted((c for c in cells if c.base == ATTENTION), key=lambda c: c.width)
+    for axis, base in zip(axes, bases, strict=True):
+        for variant in _variants(cells):
+            line = sorted(
+                (c for c in cells if c.base == base and c.variant == variant),
+                key=lambda c: getattr(c, x),
+            )
+            if line:
+                axis.errorbar(
+                    [getattr(c, x) for c in line],
+                    [c.accuracy for c in line],
+                    yerr=[c.spread for c in line],
+                    marker="o",
+                    capsize=3,
+                    label=variant,
+                )
+        if attention:
+            axis.errorbar(
+                [getattr(c, x) for c in attention],
+                [c.accuracy for c in attention],
+                yerr=[c.spread for c in attention],
+                color="black",
+                linestyle="--",
+                marker="*",
+                capsize=3,
+                label=ATTENTION,
+            )
+        if x == "decode_state_bytes":
+            axis.set_xscale("log")
+        axis.set_title(base)
+        axis.set_xlabel("d_model" if x == "width" else "decode state (bytes, whole model)")
+        axis.set_ylim(-0.02, 1.02)
+        axis.grid(True, alpha=0.3)
+    axes[0].set_ylabel("test accuracy (mean +- std over seeds)")
+    axes[-1].legend(fontsize=7, loc="best")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)
+    return path
+
+
+def plot_curves(cells: Sequence[Cell], path: Path) -> Path:
+    """Test accuracy against step at each cell's best rate: one panel per (base, width),
+    one colour per variant, one line per seed (attention in every panel of its width)."""
+    plt = _pyplot()
+    bases = _bases(cells) or [ATTENTION]
+    widths = sorted({c.width for c in cells})
+    figure, grid = plt.subplots(
+        len(bases), len(widths), figsize=(4 * len(widths), 3 * len(bases)), dpi=110, squeeze=False
+    )
+    colours = {v: f"C{i}" for i, v in enumerate(_variants(cells))}
+    colours[ATTENTION] = "black"
+    for row, base in enumerate(bases):
+        for column, width in enumerate(widths):
+            axis = grid[row][column]
+            for cell in cells:
+                if cell.width != width or cell.base not in (base, ATTENTION):
+                    continue
+                name = ATTENTION if cell.base == ATTENTION else cell.variant
+                for index, run in enumerate(cell.best_runs):
+                    steps, accuracies = zip(*run.curve, strict=True) if run.curve else ((), ())
+                    axis.plot(
+                        steps,
+                        accuracies,
+                        color=colours[name],
+                        linestyle="--" if cell.base == ATTENTION else "-",
+                        linewidth=1,
+                        label=f"{name} (lr {cell.best_lr:g})" if index == 0 else None,
+                    )
+            axis.set_title(f"{base}, d_model {width}", fontsize=9)
+            axis.set_ylim(-0.02, 1.02)
+            axis.grid(True, alpha=0.3)
+            axis.legend(fontsize=6, loc="best")
+    for axis in grid[-1]:
+        axis.set_xlabel("step")
+    for row in grid:
+        row[0].set_ylabel("test accuracy")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)
+    return path
+
+
+# --- the markdown ----------------------------------------------------------------------------
+
+
+def _estimate_lines(estimate: Estimate, target: SearchSpace, target_file: str) -> list[str]:
+    t = target.train
+    lines = [
+        f"## Cost of `{target_file}`, extrapolated from these timings",
+        "",
+        f"{estimate.candidates} trials (attention included); per candidate "
+        f"{estimate.runs_first} runs ({len(t.first_rates())} rates x {t.seeds} seeds), "
+        f"{estimate.runs_widest} if every widening of the rate sweep is used; each run at "
+        f"most {t.steps} steps, evaluated every {t.eval_every or t.steps}.",
+        "",
+        "| case | worker-hours | hours with --workers 1 | --workers 2 |",
+        "|---|---|---|---|",
+    ]
+    cases = (
+        ("every run stops at the plateau rule's earliest step, no widening", estimate.floor_s),
+        ("every run to its step budget, no widening", estimate.budget_s),
+        ("every run to its budget, every widening used", estimate.widest_s),
+    )
+    for label, seconds in cases:
+        lines.append(
+            f"| {label} | {seconds / 3600:.2f} | {estimate.hours(seconds, 1):.2f} "
+            f"| {estimate.hours(seconds, 2):.2f} |"
+        )
+    lines += [
+        "",
+        "Two workers divide the work by two only while both have a trial: the last "
+        "(largest) trial can run alone at the end.",
+    ]
+    return lines
+
+
+def grid_markdown(
+    study_name: str,
+    space: SearchSpace,
+    cells: Sequence[Cell],
+    files: dict[str, str],
+    out_dir: Path,
+    estimate: tuple[Estimate, SearchSpace, str] | None = None,
+) -> str:
+    slices = test_keys(space)
+    run = f"mcgen search search/{space.name}.yaml --workers 2 --trials N"
+    report = f"mcgen search report {study_name}"
+    if estimate is not None:
+        report += f" --extrapolate {estimate[2]}"
+    lines = [f"# {study_name}: accuracy by base, variant and width", ""]
+    lines += [
+        f"Task: {space.task} (test length T = {eval_length(space)}); each cell is the best "
+        "learning rate's mean +- standard deviation over seeds (each run scored at its "
+        "best evaluation). `lr range`: bracketed (worse rates on both sides), capped (the "
+        "sweep's widenings ran out with the best at an end) or fixed (a fixed list).",
+        "",
+        "Every number below comes from these two commands (N: the study's trial count):",
+        "",
+        "```bash",
+        run,
+        report,
+        "```",
+        "",
+    ]
+    header, rows = cells_table(cells, slices)
+    lines += _markdown_table(header, rows)
+    for key, caption in (
+        ("accuracy_width", "Accuracy against width"),
+        ("accuracy_state", "Accuracy against decode state bytes"),
+        ("curves", "Learning curves at each cell's best rate (one line per seed)"),
+    ):
+        if key in files:
+            relative = Path(files[key]).relative_to(out_dir).as_posix()
+            lines += ["", f"## {caption}", "", f"From `{report}`:", ""]
+            lines.append(f"![{caption}]({relative})")
+    lines += ["", "## Cost measured", "", f"From `{report}`:", ""]
+    lines += _markdown_table(
+        ["base", "variant", "width", "s / step", "s / evaluation", "trial s"], []
+    )
+    for cell in cells:
+        t = timing(cell)
+        lines.append(
+            f"| {cell.base} | {cell.variant} | {cell.width} | {t.step_s:.4f} | {t.eval_s:.3f} "
+            f"| {cell.seconds:.0f} |"
+        )
+    total = sum(cell.seconds for cell in cells)
+    lines += ["", f"Total: {total / 3600:.2f} worker-hours over {len(cells)} trials."]
+    if estimate is not None:
+        lines += ["", *_estimate_lines(*estimate)]
+    return "\n".join(lines) + "\n"
+
+
+def write_grid_report(
+    study: optuna.Study,
+    space: SearchSpace,
+    study_name: str,
+    out_dir: Path,
+    *,
+    extrapolate_to: Path | None = None,
+) -> dict[str, str]:
+    """Write grid.md and its plots into out_dir; returns their paths by key."""
+    cells = load_cells(study, space)
+    files: dict[str, str] = {}
+    if cells:
+        files["accuracy_width"] = str(
+            plot_accuracy_against(
+                cells, out_dir / "accuracy_width.png", x="width", title="accuracy against width"
+            )
+        )
+        files["accuracy_state"] = str(
+            plot_accuracy_against(
+                cells,
+                out_dir / "accuracy_state.png",
+                x="decode_state_bytes",
+                title=f"accuracy against decode state at T = {eval_length(space)}",
+            )
+        )
+        files["curves"] = str(plot_curves(cells, out_dir / "curves.png"))
+    estimate = None
+    if extrapolate_to is not None:
+        target = load_space(extrapolate_to)
+        estimate = (extrapolate(cells, target), target, extrapolate_to.as_posix())
+    text = grid_markdown(study_name, space, cells, files, out_dir, estimate)
+    files["grid_md"] = str(out_dir / "grid.md")
+    Path(files["grid_md"]).write_text(text, encoding="utf-8")
+    return files
