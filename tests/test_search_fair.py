@@ -427,3 +427,12 @@ def test_the_pilot_times_the_paper_studys_own_candidates_data_and_model():
     assert pilot.mqar == paper.mqar and widths(pilot) == widths(paper)
     same = ("batch_size", "layers")
     assert {k: getattr(pilot.train, k) for k in same} == {k: getattr(paper.train, k) for k in same}
+
+
+def test_the_needle_study_has_the_paper_studys_candidates_and_training():
+    paper = parse_space(PAPER.read_text(encoding="utf-8"), str(PAPER))
+    path = REPO / "search" / "paper_niah_cpu.yaml"
+    niah = parse_space(path.read_text(encoding="utf-8"), str(path))
+    assert niah.task == "niah" and niah.train == paper.train
+    assert [p for p, _ in grid_specs(niah)] == [p for p, _ in grid_specs(paper)]
+    assert objective.eval_length(niah) > niah.data.train[0].seq_len

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mcgen.search import study as studies
 from mcgen.search.errors import SearchError
-from mcgen.search.objective import Run, eval_length, runs_in, test_keys
+from mcgen.search.objective import Run, eval_length, runs_in, short_slice, test_keys
 from mcgen.search.space import SearchSpace, grid_specs, load_space
 
 ATTENTION = "attention"
@@ -111,7 +111,7 @@ def _fmt_bytes(value: float) -> str:
 
 def cells_table(cells: Sequence[Cell], slices: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     header = ["base", "variant", "width", "accuracy (mean +- std)", "seeds", "best lr", "lr range"]
-    header += ["runs ended (best lr)", "decode state bytes", *slices, "trial"]
+    header += ["runs ended (best lr)", "decode state bytes", *map(short_slice, slices), "trial"]
     rows = []
     for cell in cells:
         row = [cell.base, cell.variant, str(cell.width)]

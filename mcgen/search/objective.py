@@ -129,6 +129,13 @@ def test_keys(space: SearchSpace) -> list[str]:
     return [slice_key(s.num_pairs, s.seq_len) for s in space.data.test]
 
 
+def short_slice(key: str) -> str:
+    """num_pairs=16,seq_len=128 -> P16 T128; seq_len=512 (the needle probe) -> T512."""
+    parts = dict(item.split("=") for item in key.split(","))
+    length = f"T{parts.get('seq_len', '?')}"
+    return f"P{parts['num_pairs']} {length}" if "num_pairs" in parts else length
+
+
 def load_task_data(
     space: SearchSpace, cache_dir: Path | None
 ) -> tuple[list[LabelledSplit], list[LabelledSplit]]:

@@ -25,7 +25,7 @@ from mcgen.passes.cost import BF16, FP32
 from mcgen.search import study as studies
 from mcgen.search.grid_report import write_grid_report
 from mcgen.search.journal import torn_bytes
-from mcgen.search.objective import eval_length, test_keys
+from mcgen.search.objective import eval_length, short_slice, test_keys
 from mcgen.search.space import SearchSpace, parse_space
 from mcgen.spec import parse_spec
 from mcgen.spec.rules import resolve
@@ -284,18 +284,11 @@ def _fmt_lr(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def _short_slice(key: str) -> str:
-    """num_pairs=16,seq_len=128 -> P16 T128; seq_len=512 (the needle probe) -> T512."""
-    parts = dict(item.split("=") for item in key.split(","))
-    length = f"T{parts.get('seq_len', '?')}"
-    return f"P{parts['num_pairs']} {length}" if "num_pairs" in parts else length
-
-
 def table_rows(report: StudyReport) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the report's table: the front, then the reference points."""
     header = ["trial", "role", "accuracy", report.cost, "aggregation", "segments", "init"]
     header += ["top_k", "recurrence", "width", "best lr"]
-    header += [_short_slice(key) for key in report.slices]
+    header += [short_slice(key) for key in report.slices]
     shown = list(report.pareto)
     shown += [r for r in report.rows if r.role != "candidate" and not r.pareto]
     out = []
