@@ -250,10 +250,13 @@ def _score(
     space: SearchSpace,
     d_model: int,
     factory: MixerFactory,
+    cost: float,
+    spec_text: str,
     data_cache: Path | None,
     done_runs: Mapping[str, dict] | None,
     on_run: OnRun | None,
-) -> tuple[float, dict[str, float], float, dict[float, float], float, str, list[Run]]:
+) -> Evaluation:
+    """Train a model of this mixer over the space's sweep and seeds; its Evaluation."""
     data = load_task_data(space, data_cache)
 
     def train_one(lr: float, seed: int) -> Run:
@@ -265,13 +268,21 @@ def _score(
     for run in runs:
         by_lr.setdefault(run.lr, []).append(run)
     best_runs = by_lr[best]
-    per_slice = {
-        key: _mean([run.per_slice.get(key, 0.0) for run in best_runs])
-        for key in best_runs[0].per_slice
-    }
     accuracies = [run.accuracy for run in best_runs]
-    means = {lr: _mean([r.accuracy for r in group]) for lr, group in sorted(by_lr.items())}
-    return _mean(accuracies), per_slice, best, means, _spread(accuracies), status, runs
+    return Evaluation(
+        accuracy=_mean(accuracies),
+        per_slice={
+            key: _mean([run.per_slice.get(key, 0.0) for run in best_runs])
+            for key in best_runs[0].per_slice
+        },
+        cost=cost,
+        best_lr=best,
+        spec_text=spec_text,
+        by_lr={lr: _mean([r.accuracy for r in group]) for lr, group in sorted(by_lr.items())},
+        spread=_spread(accuracies),
+        lr_status=status,
+        runs=runs,
+    )
 
 
 def model_cost(spec_text: str, space: SearchSpace, key: str) -> float:
@@ -353,10 +364,7 @@ def evaluate(
         cost = layer_latency_ms(factory, d_model, space)
     else:
         cost = spec_cost(text, space)
-    accuracy, per_slice, lr, by_lr, spread, status, runs = _score(
-        space, d_model, factory, data_cache, done_runs, on_run
-    )
-    return Evaluation(accuracy, per_slice, cost, lr, text, by_lr, spread, status, runs)
+    return _score(space, d_model, factory, cost, text, data_cache, done_runs, on_run)
 
 
 def base_rnn_spec(space: SearchSpace, *, d_model: int | None = None) -> dict:
@@ -395,7 +403,4 @@ def attention_baseline(
         value = layer_latency_ms(factory, width, space)
     else:
         value = attention_model_cost(space, space.objectives.cost, d_model)
-    accuracy, per_slice, lr, by_lr, spread, status, runs = _score(
-        space, width, factory, data_cache, done_runs, on_run
-    )
-    return Evaluation(accuracy, per_slice, value, lr, "", by_lr, spread, status, runs)
+    return _score(space, width, factory, value, "", data_cache, done_runs, on_run)
