@@ -224,6 +224,26 @@ def test_cached_read_cost_reads_each_state_once_per_block_that_sees_it(monkeypat
     assert spills.flops == fits.flops
 
 
+def test_attention_read_cost_counts_every_key_up_to_the_last_segment_end(monkeypatch):
+    """Brute force over the tokens: token t reads every key before the last end <= t, and
+    the gate of every memory it sees. DRAM bytes: k and v once while a head's fit in L2,
+    else once per query chunk that reads them."""
+    p = problem(seq_len=1000, segment=96)
+    ends = range(96, p.seq_len, 96)
+    keys = sum(max((e for e in ends if e <= t), default=0) for t in range(p.seq_len))
+    visible = sum(sum(1 for e in ends if e <= t) for t in range(p.seq_len))
+    assert p.key_pairs == p.batch * p.heads * keys
+    assert p.visible_pairs == p.batch * p.heads * visible
+    tensors = {"q": ((6, 16, 64, 32), 2), "k": ((6, 16, 64, 32), 2), "v": ((6, 16, 64, 16), 2)}
+    fits = kernel_cost("_read_attention_fwd_kernel", p, launch("x", tensors, C=64))
+    assert fits.flops == p.key_pairs * 2 * (32 + 16) + p.visible_pairs * 2 * 32
+    assert fits.bytes == 6 * 16 * 64 * (32 + 32 + 16) * 2
+    monkeypatch.setattr(cost_module, "L2_RESIDENT_BYTES", 0)
+    spills = kernel_cost("_read_attention_fwd_kernel", p, launch("x", tensors, C=64))
+    assert spills.bytes == 6 * 16 * 64 * 32 * 2 + p.key_pairs // 64 * (32 + 16) * 2
+    assert spills.flops == fits.flops
+
+
 def test_unknown_kernels_and_changed_arguments_have_no_cost():
     p = problem()
     assert kernel_cost("_a_kernel_nobody_wrote", p, launch("x", {})) is None
@@ -439,3 +459,17 @@ def test_kernels_compile_for_sm90_on_tensor_cores_without_spills(spec: str):
     problems = report.problems()
     assert not problems, f"{spec}'s kernels fail the sm_90 compile check:\n" + "\n".join(problems)
     assert math.isfinite(report.totals[1].roofline)
+
+
+@pytest.mark.slow
+def test_attention_form_kernels_compile_for_sm90_on_tensor_cores_without_spills(tmp_path: Path):
+    """The attention form (chosen for segments shorter than about V / 2 tokens) passes the
+    same check, at segments of 32 tokens, and every kernel it launches has a cost."""
+    text = (ROOT / "specs/grm.yaml").read_text().replace("length: 256", "length: 32")
+    spec = tmp_path / "grm_attention.yaml"
+    spec.write_text(text + "compute:\n  read_form: attention\n")
+    report = kernel_report(spec, arch="sm_90", dtype="bfloat16")
+    assert any("read_attention" in row.kernel for row in report.rows), "no attention kernel ran"
+    problems = report.problems()
+    assert not problems, "the attention form fails the sm_90 compile check:\n" + "\n".join(problems)
+    assert all(row.cost is not None for row in report.rows), "a kernel without a cost formula"

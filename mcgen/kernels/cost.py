@@ -99,6 +99,18 @@ class Problem:
         sums = SegmentSums.of(self.ends, self.seq_len, block, self.top_k)
         return self.batch * self.heads * sums.chunk_read
 
+    @property
+    def key_pairs(self) -> int:
+        """(query token, cached key) pairs the attention form reads, over every sequence and
+        head: each token reads every key up to the last segment end before it."""
+        return self.batch * self.heads * self.ends.keys_before(self.seq_len)
+
+    @property
+    def visible_pairs(self) -> int:
+        """(token, cached memory it can see) pairs over every sequence and head."""
+        sums = SegmentSums.of(self.ends, self.seq_len, self.seq_len, None)
+        return self.batch * self.heads * sums.visible
+
     def to_json(self) -> dict[str, Any]:
         return {
             "batch": self.batch,
@@ -173,6 +185,19 @@ def _memory_major_read(p: Problem, launch: LaunchFacts, flops_per_row_pair: int)
     return Cost(flops, launch.all_bytes() + rows * per_row)
 
 
+def _key_read(p: Problem, launch: LaunchFacts, flops_per_key: int, flops_per_memory: int) -> Cost:
+    """A read of the cached segments' keys and values by query chunks (the attention form):
+    `flops_per_key` per (query token, visible key), `flops_per_memory` per (token, visible
+    memory) for its gate. DRAM bytes: every tensor once while a head's keys and values fit
+    in L2_RESIDENT_BYTES, else each query chunk's loads of the keys it reads."""
+    flops = flops_per_key * p.key_pairs + flops_per_memory * p.visible_pairs
+    per_key = p.key_dim * launch.itemsize("k") + p.value_dim * launch.itemsize("v")
+    if p.batch * p.seq_len * per_key <= L2_RESIDENT_BYTES:
+        return Cost(flops, launch.all_bytes())
+    key_loads = p.key_pairs // launch.const("C")  # each query chunk loads each key once
+    return Cost(flops, launch.all_bytes(exclude=("k", "v")) + key_loads * per_key)
+
+
 # One entry per kernel name: FLOPs from the problem's sizes, bytes from the launch's tensors.
 FORMULAS: dict[str, Formula] = {
     # S += k^T v per chunk; the memory after every chunk written.
@@ -195,6 +220,19 @@ FORMULAS: dict[str, Formula] = {
     ),
     # Per (row, state): dS_i += (w do)^T q (2KV).
     "_read_state_bwd_memory_kernel": lambda p, launch: _memory_major_read(p, launch, 2 * p.state),
+    # Per (row, visible key): the score q k (2K) and the weighted value (2V); per (row,
+    # memory) the gate logit (2K).
+    "_read_attention_fwd_kernel": lambda p, launch: _key_read(
+        p, launch, 2 * (p.key_dim + p.value_dim), 2 * p.key_dim
+    ),
+    # Per (row, visible key): the score, <do, v> and X += c <do, v> k (2K + 2V + 2K).
+    "_read_attention_bwd_query_kernel": lambda p, launch: _key_read(
+        p, launch, 2 * (2 * p.key_dim + p.value_dim), 2 * p.key_dim
+    ),
+    # Per (key, reading row): the score and <do, v> again, then dk and dv (2 (2K + 2V)).
+    "_read_attention_bwd_key_kernel": lambda p, launch: _key_read(
+        p, launch, 4 * (p.key_dim + p.value_dim), 0
+    ),
 }
 
 
