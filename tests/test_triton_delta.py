@@ -1,0 +1,248 @@
+"""The Triton kernels of the delta rules (templates/package/triton_delta.py.jinja) against a
+plain torch loop over tokens.
+
+The template is rendered for specs/grm_delta.yaml and specs/grm_gated_delta.yaml into a
+temporary package and its recurrence_fwd / recurrence_bwd run under Triton's interpreter
+(conftest sets TRITON_INTERPRET). The reference walks the same chunk table token by token in
+fp64; autograd through it gives every gradient (dbeta and dg included).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mcgen import __version__
+from mcgen.codegen.package import render_package
+from mcgen.codegen.templates import environment
+from mcgen.packages import import_package
+from mcgen.passes.pipeline import compile_spec
+from mcgen.spec import load_spec, spec_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = {"delta": "grm_delta", "gated_delta": "grm_gated_delta"}
+CHUNK = 64  # the specs' chunk size
+
+
+def render_kernels(spec_name: str, out_dir: Path) -> Path:
+    """The spec's package with the delta template rendered as its triton_recurrence.py."""
+    spec = load_spec(ROOT / f"specs/{spec_name}.yaml").spec
+    plan = compile_spec(spec).plan
+    command = f"mcgen build specs/{spec_name}.yaml"
+    package_dir = render_package(spec, plan, command=command).write(out_dir)
+    context = {
+        "spec": spec,
+        "plan": plan,
+        "spec_hash": spec_hash(spec),
+        "mcgen_version": __version__,
+        "command": command,
+    }
+    text = environment().get_template("package/triton_delta.py.jinja").render(context)
+    (package_dir / "triton_recurrence.py").write_text(text, encoding="utf-8")
+    return package_dir
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    """recurrence -> the rendered triton_recurrence module of its spec."""
+    modules = {}
+
+    def get(recurrence: str):
+        if recurrence not in modules:
+            root = tmp_path_factory.mktemp(recurrence)
+            package = import_package(render_kernels(SPECS[recurrence], root))
+            modules[recurrence] = importlib.import_module(package.__name__ + ".triton_recurrence")
+        return modules[recurrence]
+
+    return get
+
+
+def reference(q, k, v, g, beta, h0, table, scale):
+    """o [B, T, H, V], the memory before each chunk [BH, NC, V, K] and after each slotted
+    chunk [BH, num_slots, V, K] of S_t = exp(g_t) S_{t-1} (I - beta_t k_t k_t^T) +
+    beta_t v_t k_t^T (no exp(g_t) when g is None), o_t = scale S_t q_t, token by token."""
+    batch, seq_len, heads, key_dim = q.shape
+    value_dim = v.shape[-1]
+    zeros = q.new_zeros(batch, heads, value_dim, key_dim)
+    memory = zeros if h0 is None else h0.unflatten(0, (batch, heads))  # [B, H, V, K]
+    outs, befores = {}, []
+    slots = [None] * table.num_slots
+    for n, (first, count) in enumerate(table.chunks):
+        if table.resets[n]:
+            memory = zeros
+        befores.append(memory)
+        for t in range(first, first + count):
+            k_t, b_t = k[:, t, :, None, :], beta[:, t, :, None, None]  # [B, H, 1, K], [B, H, 1, 1]
+            if g is not None:
+                memory = g[:, t, :, None, None].exp() * memory
+            recalled = memory @ k_t.transpose(-1, -2)  # [B, H, V, 1]
+            memory = memory + b_t * (v[:, t, :, :, None] - recalled) @ k_t
+            outs[t] = scale * (memory @ q[:, t, :, :, None])[..., 0]  # [B, H, V]
+        if table.state_slot[n] >= 0:
+            slots[table.state_slot[n]] = memory
+    o = torch.stack([outs[t] for t in range(seq_len)], dim=1)
+    return o, torch.stack(befores, dim=2).flatten(0, 1), torch.stack(slots, dim=2).flatten(0, 1)
+
+
+class Table:
+    """A chunk table as the glue makes it: chunks never longer than CHUNK, `resets` where
+    the memory restarts, `state_slot` where a chunk's end memory is kept."""
+
+    def __init__(self, chunks, resets, state_slot):
+        self.chunks, self.resets, self.state_slot = chunks, resets, state_slot
+        self.num_slots = max(state_slot) + 1
+        self.seq_len = chunks[-1][0] + chunks[-1][1]
+
+    def tensors(self):
+        as_int = lambda x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+        return as_int(self.chunks), as_int(self.resets), as_int(self.state_slot)
+
+
+TABLES = {
+    # one stream from h0, the last chunk short; slots at the last and the first chunk
+    "stream": Table([(0, 64), (64, 64), (128, 22)], [0, 0, 0], [1, -1, 0]),
+    # checkpoint segments of 40 tokens: each segment end kept, the memory carried over
+    "segments": Table([(0, 40), (40, 40), (80, 40), (120, 30)], [1, 0, 0, 0], [0, 1, 2, 3]),
+    # init: independent: the memory restarts at every segment
+    "independent": Table([(0, 40), (40, 40), (80, 40), (120, 30)], [1, 1, 1, 1], [0, 1, 2, 3]),
+    # packed sequences of 70, 50 and 3 tokens: each restarts, each one's end kept
+    "packed": Table([(0, 64), (64, 6), (70, 50), (120, 3)], [1, 0, 1, 1], [-1, 0, 1, 2]),
+}
+
+
+def make_inputs(recurrence, table, *, batch=2, heads=2, key_dim=12, value_dim=20, seed=0):
+    """fp64 inputs: unit keys (as MCLayer makes them), beta in (0, 1), g = logsigmoid(x + 1)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    seq_len = table.seq_len
+    q = randn(batch, seq_len, heads, key_dim)
+    k = F.normalize(randn(batch, seq_len, heads, key_dim), dim=-1)
+    v = randn(batch, seq_len, heads, value_dim)
+    beta = torch.sigmoid(randn(batch, seq_len, heads))
+    g = F.logsigmoid(randn(batch, seq_len, heads) + 1) if recurrence == "gated_delta" else None
+    h0 = randn(batch * heads, value_dim, key_dim) / 4
+    do = randn(batch, seq_len, heads, value_dim)
+    dh_slots = randn(batch * heads, table.num_slots, value_dim, key_dim)
+    return q, k, v, g, beta, h0, do, dh_slots
+
+
+def rel(out, ref) -> float:
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+@contextmanager
+def poisoned(module):
+    """Every tensor that `module` allocates (new_empty, empty_like) starts as NaN, so a slot
+    that no kernel writes shows up."""
+    real_new_empty, real_empty_like = torch.Tensor.new_empty, torch.empty_like
+
+    def from_module() -> bool:
+        return sys._getframe(2).f_globals.get("__name__") == module.__name__
+
+    def new_empty(self, *size, **kwargs):
+        out = real_new_empty(self, *size, **kwargs)
+        return out.fill_(float("nan")) if from_module() and out.is_floating_point() else out
+
+    def empty_like(x, **kwargs):
+        out = real_empty_like(x, **kwargs)
+        return out.fill_(float("nan")) if from_module() and out.is_floating_point() else out
+
+    torch.Tensor.new_empty, torch.empty_like = new_empty, empty_like
+    try:
+        yield
+    finally:
+        torch.Tensor.new_empty, torch.empty_like = real_new_empty, real_empty_like
+
+
+def check(
+    kernels,
+    recurrence,
+    table,
+    *,
+    dtype=torch.float32,
+    use_h0=True,
+    use_dh_slots=True,
+    tol=1e-5,
+    **shape,
+):
+    module = kernels(recurrence)
+    q, k, v, g, beta, h0, do, dh_slots = make_inputs(recurrence, table, **shape)
+    scale = q.shape[-1] ** -0.5
+    # The reference sees the inputs as the kernels do (rounded to `dtype`; gates in fp32).
+    q, k, v = (x.to(dtype).double().requires_grad_() for x in (q, k, v))
+    beta = beta.float().double().requires_grad_()
+    h0 = h0.float().double().requires_grad_() if use_h0 else None
+    g = g.float().double().requires_grad_() if g is not None else None
+    o_ref, before_ref, slots_ref = reference(q, k, v, g, beta, h0, table, scale)
+    loss = (o_ref * do).sum() + ((slots_ref * dh_slots).sum() if use_dh_slots else 0)
+    leaves = {"q": q, "k": k, "v": v, "beta": beta, "h0": h0, "g": g}
+    leaves = {name: x for name, x in leaves.items() if x is not None}
+    found = torch.autograd.grad(loss, list(leaves.values()), materialize_grads=True)
+    grads = dict(zip(leaves, found, strict=True))
+
+    inputs = [q.detach().to(dtype), k.detach().to(dtype), v.detach().to(dtype)]
+    inputs += [g.detach().float()] if g is not None else []
+    inputs += [beta.detach().float(), h0.detach().float() if use_h0 else None]
+    chunks, resets, state_slot = table.tensors()
+    with poisoned(module):
+        o, h_chunks, h_slots = module.recurrence_fwd(
+            *inputs, chunks, resets, state_slot, table.num_slots, scale
+        )
+    assert o.dtype == h_slots.dtype == torch.float32 and h_chunks.dtype == dtype
+    assert not o.isnan().any() and not h_chunks.isnan().any() and not h_slots.isnan().any()
+    assert rel(o, o_ref) <= tol, rel(o, o_ref)
+    assert rel(h_chunks, before_ref) <= tol, rel(h_chunks, before_ref)
+    assert rel(h_slots, slots_ref) <= tol, rel(h_slots, slots_ref)
+
+    with poisoned(module):
+        found = module.recurrence_bwd(
+            *inputs,
+            chunks,
+            resets,
+            h_chunks,
+            do.float(),
+            dh_slots.float() if use_dh_slots else None,
+            state_slot,
+            scale,
+        )
+    names = ["q", "k", "v"] + (["g"] if g is not None else []) + ["beta", "h0"]
+    assert len(found) == len(names)
+    for name, grad in zip(names, found, strict=True):
+        assert grad.dtype == torch.float32 and not grad.isnan().any(), name
+        if name == "h0" and not use_h0:
+            continue  # dh0 still comes back: the gradient of the zero memory
+        want = grads[name]
+        if name == "h0" and table.resets[0]:
+            assert not grad.any(), "dh0 after a reset at chunk 0 must be zero"
+            continue
+        assert rel(grad, want) <= tol, (name, rel(grad, want))
+
+
+@pytest.mark.parametrize("recurrence", ["delta", "gated_delta"])
+@pytest.mark.parametrize("table", list(TABLES))
+def test_fp32_matches_the_token_loop(kernels, recurrence, table):
+    check(kernels, recurrence, TABLES[table])
+
+
+@pytest.mark.parametrize("recurrence", ["delta", "gated_delta"])
+def test_without_h0_and_injected_gradients(kernels, recurrence):
+    check(kernels, recurrence, TABLES["stream"], use_h0=False, use_dh_slots=False)
+
+
+def test_batch_of_one_and_power_of_two_sizes(kernels):
+    check(kernels, "gated_delta", TABLES["segments"], batch=1, heads=3, key_dim=32, value_dim=16)
+
+
+@pytest.mark.parametrize("recurrence", ["delta", "gated_delta"])
+def test_bf16_inputs_within_loose_tolerance(kernels, recurrence):
+    check(kernels, recurrence, TABLES["packed"], dtype=torch.bfloat16, tol=2e-2)
