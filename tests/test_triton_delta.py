@@ -10,6 +10,9 @@ fp64; autograd through it gives every gradient (dbeta and dg included).
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from mcgen import __version__
 from mcgen.codegen.package import render_package
 from mcgen.codegen.templates import environment
+from mcgen.kernels.compile import ARCHS, Compiled
 from mcgen.packages import import_package
 from mcgen.passes.pipeline import compile_spec
 from mcgen.spec import load_spec, spec_hash
@@ -229,20 +233,137 @@ def check(
 
 
 @pytest.mark.parametrize("recurrence", ["delta", "gated_delta"])
-@pytest.mark.parametrize("table", list(TABLES))
+def test_fp32_stream_matches_the_token_loop(kernels, recurrence):
+    check(kernels, recurrence, TABLES["stream"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recurrence", ["delta", "gated_delta"])
+@pytest.mark.parametrize("table", ["segments", "independent", "packed"])
 def test_fp32_matches_the_token_loop(kernels, recurrence, table):
     check(kernels, recurrence, TABLES[table])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recurrence", ["delta", "gated_delta"])
 def test_without_h0_and_injected_gradients(kernels, recurrence):
     check(kernels, recurrence, TABLES["stream"], use_h0=False, use_dh_slots=False)
 
 
+@pytest.mark.slow
 def test_batch_of_one_and_power_of_two_sizes(kernels):
     check(kernels, "gated_delta", TABLES["segments"], batch=1, heads=3, key_dim=32, value_dim=16)
 
 
 @pytest.mark.parametrize("recurrence", ["delta", "gated_delta"])
+def test_no_chunks_gives_empty_results_and_a_zero_dh0(kernels, recurrence):
+    module = kernels(recurrence)
+    q, k, v, g, beta, h0, do, _ = make_inputs(recurrence, TABLES["stream"])
+    q, k, v, do = (x[:, :0].float() for x in (q, k, v, do))
+    gates = [g[:, :0].float()] if g is not None else []
+    beta, h0 = beta[:, :0].float(), h0.float()
+    chunks, empty = torch.zeros(0, 2, dtype=torch.int32), torch.zeros(0, dtype=torch.int32)
+    o, h_chunks, h_slots = module.recurrence_fwd(
+        q, k, v, *gates, beta, h0, chunks, empty, empty, 0, 0.5
+    )
+    assert o.shape == (2, 0, 2, 20) and h_chunks.shape == (4, 0, 20, 12) == h_slots.shape
+    grads = module.recurrence_bwd(
+        q, k, v, *gates, beta, h0, chunks, empty, h_chunks, do, None, empty, 0.5
+    )
+    assert [x.shape[1] for x in grads[:-1]] == [0] * (len(grads) - 1)
+    assert grads[-1].shape == h0.shape and not grads[-1].any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recurrence", ["delta", "gated_delta"])
 def test_bf16_inputs_within_loose_tolerance(kernels, recurrence):
     check(kernels, recurrence, TABLES["packed"], dtype=torch.bfloat16, tol=2e-2)
+
+
+# ---------------------------------------------------------------------------------------
+# The compile gate: sm_90, K = V = 128, bf16
+
+
+COMPILE_SCRIPT = """
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+from mcgen.kernels.capture import Recorder, recording
+from mcgen.kernels.compile import ARCHS, compile_launch, use_arch
+from mcgen.packages import import_package
+
+package_dir, recurrence = Path(sys.argv[1]), sys.argv[2]
+B, T, H, K, V = (int(x) for x in sys.argv[3].split("x"))
+CHUNK = 64
+use_arch(ARCHS["sm_90"])
+triton.knobs.runtime.interpret = False
+package = import_package(package_dir)
+module = importlib.import_module(package.__name__ + ".triton_recurrence")
+
+# Never touched: the launches are recorded, not run.
+q, k = torch.empty(B, T, H, K, dtype=torch.bfloat16), torch.empty(B, T, H, K, dtype=torch.bfloat16)
+v = torch.empty(B, T, H, V, dtype=torch.bfloat16)
+gates = [torch.empty(B, T, H)] if recurrence == "gated_delta" else []
+beta, h0 = torch.empty(B, T, H), torch.empty(B * H, V, K)
+NC = T // CHUNK
+chunks = torch.tensor([(n * CHUNK, CHUNK) for n in range(NC)], dtype=torch.int32)
+resets = torch.zeros(NC, dtype=torch.int32)
+slots = NC // 4  # a segment end every 256 tokens
+state_slot = torch.tensor([n // 4 if n % 4 == 3 else -1 for n in range(NC)], dtype=torch.int32)
+recorder = Recorder()
+with recording(recorder):
+    recorder.phase = "forward"
+    module.recurrence_fwd(q, k, v, *gates, beta, h0, chunks, resets, state_slot, slots, 0.1)
+    recorder.phase = "backward"
+    h_chunks = torch.empty(B * H, NC, V, K, dtype=torch.bfloat16)
+    do, dh_slots = torch.empty(B, T, H, V), torch.empty(B * H, slots, V, K)
+    module.recurrence_bwd(
+        q, k, v, *gates, beta, h0, chunks, resets, h_chunks, do, dh_slots, state_slot, 0.1
+    )
+results = {}
+for launch in recorder.launches:
+    compiled = compile_launch(launch.kernel, launch.args, launch.grid, launch.options)
+    results[f"{launch.phase} {launch.name}"] = compiled.to_json()
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recurrence", ["delta", "gated_delta"])
+def test_kernels_compile_for_sm90_on_tensor_cores_without_spills(tmp_path, recurrence):
+    """At K = V = 128 in bf16 (1 x 4096 tokens x 16 heads, C = 64: lengths are not
+    specialised, so this is the benchmark's compile): every dot a wgmma, spills <= 512
+    bytes, shared memory within sm_90's 227 KB."""
+    package_dir = render_kernels(SPECS[recurrence], tmp_path / "package")
+    script = tmp_path / "compile_delta.py"
+    script.write_text(COMPILE_SCRIPT, encoding="utf-8")
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    child = subprocess.run(
+        [sys.executable, str(script), str(package_dir), recurrence, "1x4096x16x128x128"],
+        capture_output=True,
+        text=True,
+        env={**env, "TRITON_CACHE_DIR": str(tmp_path / "cache")},
+        cwd=ROOT,
+        timeout=900,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    results = {name: Compiled.from_json(r) for name, r in json.loads(child.stdout).items()}
+    assert len(results) == 6, list(results)  # three kernels per pass
+    for name, compiled in results.items():
+        print(
+            f"{name}: {compiled.registers} registers, {compiled.spill_stores} B spilled, "
+            f"{compiled.shared} B shared, {len(compiled.dots)} dots, {compiled.seconds:.0f} s"
+        )
+    for name, compiled in results.items():
+        assert compiled.error is None, (name, compiled.error)
+        assert compiled.dots and all(d.kind == "wgmma" for d in compiled.dots), (
+            name,
+            compiled.dots,
+        )
+        assert compiled.spill_stores <= 512, (name, compiled.spill_stores)
+        assert compiled.shared <= ARCHS["sm_90"].shared_limit, (name, compiled.shared)
