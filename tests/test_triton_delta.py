@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from spec_helpers import make_spec
 
 from mcgen import __version__
 from mcgen.codegen.package import render_package
@@ -27,18 +28,17 @@ from mcgen.codegen.templates import environment
 from mcgen.kernels.compile import ARCHS, Compiled
 from mcgen.packages import import_package
 from mcgen.passes.pipeline import compile_spec
-from mcgen.spec import load_spec, spec_hash
+from mcgen.spec import Spec, load_spec, spec_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = {"delta": "grm_delta", "gated_delta": "grm_gated_delta"}
 CHUNK = 64  # the specs' chunk size
 
 
-def render_kernels(spec_name: str, out_dir: Path) -> Path:
+def render_kernels(spec: Spec, out_dir: Path) -> Path:
     """The spec's package with the delta template rendered as its triton_recurrence.py."""
-    spec = load_spec(ROOT / f"specs/{spec_name}.yaml").spec
     plan = compile_spec(spec).plan
-    command = f"mcgen build specs/{spec_name}.yaml"
+    command = f"mcgen build {spec.name}.yaml"
     package_dir = render_package(spec, plan, command=command).write(out_dir)
     context = {
         "spec": spec,
@@ -60,7 +60,8 @@ def kernels(tmp_path_factory):
     def get(recurrence: str):
         if recurrence not in modules:
             root = tmp_path_factory.mktemp(recurrence)
-            package = import_package(render_kernels(SPECS[recurrence], root))
+            spec = load_spec(ROOT / f"specs/{SPECS[recurrence]}.yaml").spec
+            package = import_package(render_kernels(spec, root))
             modules[recurrence] = importlib.import_module(package.__name__ + ".triton_recurrence")
         return modules[recurrence]
 
@@ -294,6 +295,85 @@ def test_bf16_inputs_within_loose_tolerance(kernels, recurrence):
 
 
 # ---------------------------------------------------------------------------------------
+# The chunk tables of the package's own torch backend
+
+
+def layout_table(layout, seq_len: int):
+    """(chunks, resets, state_slot, num_slots) for a backend_torch.ChunkLayout: slot i holds
+    cached memory i (its segment's closing chunk), then each piece that ends inside a segment
+    gets a slot for its final memory."""
+    chunks = [(row[0], sum(t < seq_len for t in row)) for row in layout.index]
+    state_slot = [-1] * len(chunks)
+    closing = [n for n, closes in enumerate(layout.closes) if closes]
+    for memory, n in enumerate(closing):
+        state_slot[n] = memory
+    num_slots = len(closing)
+    for last, *_ in layout.pieces:
+        if state_slot[last] < 0:
+            state_slot[last] = num_slots
+            num_slots += 1
+    as_int = lambda x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+    return as_int(chunks), as_int(layout.resets), as_int(state_slot), num_slots
+
+
+def cached_reads(q, states, layout, scale):
+    """[B, T, H, V]: each token's sum of scale C_i q_t over the memories its chunk sees."""
+    reads = torch.zeros(*q.shape[:-1], states.shape[-2], dtype=q.dtype)
+    for row, lo, hi in zip(layout.index, layout.visible_lo, layout.visible_hi, strict=True):
+        tokens = [t for t in row if t < q.shape[1]]
+        visible = states[:, :, lo:hi].sum(dim=2)  # [B, H, V, K]
+        reads[:, tokens] = scale * torch.einsum("bhvk,bthk->bthv", visible, q[:, tokens])
+    return reads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recurrence", ["delta", "gated_delta"])
+@pytest.mark.parametrize("init", ["checkpoint", "independent"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_torch_backends_chunk_layout_gives_its_results(tmp_path, recurrence, init, packed):
+    """The table the glue will build from backend_torch.chunk_layout (chunks cut at segment
+    ends, resets, segment-end slots, packed pieces) gives the torch backend's cached
+    memories, final memories and online output (its residual output less the cached reads)."""
+    spec = make_spec(
+        recurrence=recurrence,
+        init=init,
+        aggregation="residual",
+        segments="{kind: constant, length: 12}",
+        chunk_size=8,
+        key_dim=12,
+        value_dim=20,
+    )
+    package = import_package(render_kernels(spec, tmp_path))
+    module = importlib.import_module(package.__name__ + ".triton_recurrence")
+    backend = importlib.import_module(package.__name__ + ".backend_torch")
+    table = Table([(0, 30)], [1], [0])  # only its length and slot count matter to make_inputs
+    q, k, v, g, beta, _, _, _ = make_inputs(recurrence, table, batch=1 if packed else 2)
+    cu_seqlens = [0, 13, 30] if packed else None
+    gates = {} if g is None else {"g": g}
+    out, caches = package.mc_forward(
+        q, k, v, beta=beta, **gates, backend="torch", output_cache=True, cu_seqlens=cu_seqlens
+    )
+    caches = caches if packed else [caches]
+    # (offset, length, stream position, memories cached before), as backend_torch.forward
+    ends = cu_seqlens or [0, 30]
+    pieces = tuple((a, b - a, 0, 0) for a, b in zip(ends[:-1], ends[1:], strict=True))
+    layout = backend.chunk_layout(pieces, 30)
+    chunks, resets, state_slot, num_slots = layout_table(layout, 30)
+    scale = q.shape[-1] ** -0.5
+    gates32 = [] if g is None else [g.float()]
+    o_on, _, h_slots = module.recurrence_fwd(
+        q.float(), k.float(), v.float(), *gates32, beta.float(), None,
+        chunks, resets, state_slot, num_slots, scale,
+    )  # fmt: skip
+    states = torch.cat([cache.states for cache in caches], dim=2)  # [B, H, N, V, K]
+    assert states.shape[2] == layout.num_memories > 0
+    assert rel(h_slots[:, : states.shape[2]], states.flatten(0, 1)) <= 1e-5
+    for (last, *_), cache in zip(layout.pieces, caches, strict=True):
+        assert rel(h_slots[:, state_slot[last]], cache.state.flatten(0, 1)) <= 1e-5
+    assert rel(o_on, out - cached_reads(q, states, layout, scale)) <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------
 # The compile gate: sm_90, K = V = 128, bf16
 
 
@@ -352,7 +432,8 @@ def test_kernels_compile_for_sm90_on_tensor_cores_without_spills(tmp_path, recur
     """At K = V = 128 in bf16 (1 x 4096 tokens x 16 heads, C = 64: lengths are not
     specialised, so this is the benchmark's compile): every dot a wgmma, spills <= 512
     bytes, shared memory within sm_90's 227 KB."""
-    package_dir = render_kernels(SPECS[recurrence], tmp_path / "package")
+    spec = load_spec(ROOT / f"specs/{SPECS[recurrence]}.yaml").spec
+    package_dir = render_kernels(spec, tmp_path / "package")
     script = tmp_path / "compile_delta.py"
     script.write_text(COMPILE_SCRIPT, encoding="utf-8")
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
