@@ -362,16 +362,19 @@ def test_generated_package_runs_its_selftest_without_mcgen() -> None:
 
 
 @pytest.mark.parametrize("name", SPEC_NAMES)
-def test_triton_files_are_generated_for_linear_and_decay_memories(at_root: Path, name: str) -> None:
+def test_triton_files_are_generated_for_matrix_memories(at_root: Path, name: str) -> None:
     plan = compile_spec(load_spec(f"specs/{name}.yaml").spec).plan
     files = rendered(name)
     triton_files = {f for f in files if f.startswith("triton_") or f == "backend_triton.py"}
     assert set(PACKAGE_FILES) <= set(files)
     backends = "('torch', 'triton')" if has_triton(plan) else "('torch',)"
     assert f"BACKENDS = {backends}\n" in files["ops.py"]
-    if plan.recurrence not in ("linear", "decay"):
+    if plan.deep is not None:  # deep memories (dla, titans) run on torch only
         assert not has_triton(plan) and not triton_files
         return
+    # The delta rules' recurrence is their own kernel module (WY form), under the same name.
+    delta = "_delta_wy_kernel" in files["triton_recurrence.py"]
+    assert delta == (plan.recurrence in ("delta", "gated_delta"))
     expected = {"triton_recurrence.py", "backend_triton.py"}
     if plan.caches:  # state form always: it reads memories cached by an earlier call
         expected.add("triton_read_state.py")

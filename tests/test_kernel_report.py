@@ -1,5 +1,5 @@
 """The compiled-kernel report (mcgen inspect SPEC --kernels): its pieces, and the CI check
-that grm's and ssc's kernels compile for sm_90 onto tensor cores without spills.
+that grm's, ssc's and gated delta's kernels compile for sm_90 onto tensor cores without spills.
 
 Compiling needs a process where Triton's interpreter is off (conftest turns it on for
 the suite), so compiles run in child processes, as the report itself does.
@@ -439,9 +439,9 @@ def test_inspect_kernels_json_reports_every_kernel_and_exits_by_the_check(tmp_pa
 
 
 def test_a_spec_without_triton_kernels_is_refused():
-    result = CliRunner().invoke(app, ["inspect", str(ROOT / "specs/grm_delta.yaml"), "--kernels"])
+    result = CliRunner().invoke(app, ["inspect", str(ROOT / "specs/titans_grm.yaml"), "--kernels"])
     assert result.exit_code == 2, result.output
-    assert "has no Triton kernels (delta memory)" in result.output
+    assert "has no Triton kernels (titans memory)" in result.output
 
 
 # ---------------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ def test_a_spec_without_triton_kernels_is_refused():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["grm", "ssc"])
+@pytest.mark.parametrize("spec", ["grm", "ssc", "grm_gated_delta"])
 def test_kernels_compile_for_sm90_on_tensor_cores_without_spills(spec: str):
     """At the benchmark shape in bf16: every dot on tensor cores, spills <= 512 bytes,
     shared memory within sm_90's 227 KB, every kernel compiled."""

@@ -266,9 +266,9 @@ def test_clear_errors_for_bad_calls(build_tiny):
         package.mc_forward(**{**x, "g": x["g"][:, :4]})
     with pytest.raises(ValueError, match="q must be"):
         package.mc_forward(**{**x, "q": x["q"][0]})
-    delta = build_tiny(recurrence="delta")  # Triton kernels exist for linear and decay only
+    deep = build_tiny(recurrence="titans", deep="{minibatch: 2}")  # no Triton kernels
     with pytest.raises(NotImplementedError, match="no triton kernels"):
-        delta.mc_forward(**_inputs(delta, batch=1, seq_len=5), backend="triton")
+        deep.mc_forward(**_inputs(deep, batch=1, seq_len=5), backend="triton")
     with pytest.raises(ValueError, match="backend must be"):
         package.mc_forward(**x, backend="cuda")
     _, cache = package.mc_forward(**x, output_cache=True)

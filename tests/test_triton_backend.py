@@ -149,13 +149,15 @@ def _assert_within(errors: dict[str, float], dtype=torch.float32) -> None:
     assert not bad, f"{dtype}: {bad} (all: {errors})"
 
 
-# -- every linear and decay spec of specs/, shrunk ------------------------------------------
+# -- every matrix-memory spec of specs/, shrunk ---------------------------------------------
 
 
-def test_the_specs_with_triton_kernels_are_the_linear_and_decay_ones() -> None:
+def test_the_specs_with_triton_kernels_are_the_matrix_memory_ones() -> None:
     assert TRITON_SPECS == [
         "grm",
         "grm_decay",
+        "grm_delta",
+        "grm_gated_delta",
         "grm_independent",
         "grm_log",
         "none",
@@ -199,6 +201,12 @@ def test_every_spec_matches_the_reference_fp32_and_bf16(build_text, name: str) -
             (1, 21, 2, 8, 8),
         ),
         ({"aggregation": "none", "segments": "{kind: none}"}, (2, 13, 2, 6, 10)),
+        # The delta rules: an ssc read, and independent segments (the scan restarts).
+        (
+            {"recurrence": "delta", "aggregation": "ssc", "aggregation_extra": ", top_k: 2"},
+            (1, 45, 2, 6, 10),
+        ),
+        ({"recurrence": "gated_delta", "init": "independent"}, (2, 23, 2, 8, 8)),
     ],
     ids=[
         "linear-odd",
@@ -209,6 +217,8 @@ def test_every_spec_matches_the_reference_fp32_and_bf16(build_text, name: str) -
         "explicit-residual",
         "query-sum",
         "none",
+        "delta-ssc",
+        "gated-delta-independent",
     ],
 )
 def test_extra_shapes(build_tiny, fields: dict, shape: tuple) -> None:
@@ -311,8 +321,9 @@ def _compare(package, run, inputs) -> dict[str, float]:
         {},
         {"recurrence": "decay", "init": "independent"},
         {"aggregation": "ssc", "aggregation_extra": ", top_k: 2", "read_form": "attention"},
+        {"recurrence": "gated_delta"},
     ],
-    ids=["grm", "decay-independent", "ssc-attention"],
+    ids=["grm", "decay-independent", "ssc-attention", "gated-delta"],
 )
 def test_pieces_with_caches_equal_the_whole_call(build_tiny, fields: dict) -> None:
     package = build_tiny(**fields)
@@ -334,7 +345,13 @@ def _packed(package, backend, leaves, cu_seqlens=(0, 9, 9, 25, 30)):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "fields", [{}, {"recurrence": "decay", "read_form": "attention"}], ids=["grm", "decay-attn"]
+    "fields",
+    [
+        {},
+        {"recurrence": "decay", "read_form": "attention"},
+        {"recurrence": "delta", "init": "independent"},
+    ],
+    ids=["grm", "decay-attn", "delta-independent"],
 )
 def test_packed_sequences(build_tiny, fields: dict) -> None:
     package = build_tiny(**fields)
@@ -347,8 +364,9 @@ def test_packed_sequences(build_tiny, fields: dict) -> None:
     assert _rel(out[0][:, 9:25], alone) <= 1e-5
 
 
-def test_prefill_then_decode_with_mc_step(build_tiny) -> None:
-    package = build_tiny(recurrence="decay")
+@pytest.mark.parametrize("recurrence", ["decay", "gated_delta"])
+def test_prefill_then_decode_with_mc_step(build_tiny, recurrence: str) -> None:
+    package = build_tiny(recurrence=recurrence)
     selftest = _module(package, "selftest")
     checks = selftest.check_streaming("triton", torch.float32, (2, 21, 2, 8, 8))
     assert {c.quantity for c in checks} == {"pieces", "decode"}

@@ -216,7 +216,7 @@ def check(
 
     with poisoned(module):
         found = module.recurrence_bwd(
-            *inputs,
+            *inputs[:-1],  # no h0: h_chunks holds the memory before every chunk
             chunks,
             resets,
             h_chunks,
@@ -282,7 +282,7 @@ def test_no_chunks_gives_empty_results_and_a_zero_dh0(kernels, recurrence):
     )
     assert o.shape == (2, 0, 2, 20) and h_chunks.shape == (4, 0, 20, 12) == h_slots.shape
     grads = module.recurrence_bwd(
-        q, k, v, *gates, beta, h0, chunks, empty, h_chunks, do, None, empty, 0.5
+        q, k, v, *gates, beta, chunks, empty, h_chunks, do, None, empty, 0.5
     )
     assert [x.shape[1] for x in grads[:-1]] == [0] * (len(grads) - 1)
     assert grads[-1].shape == h0.shape and not grads[-1].any()
@@ -416,7 +416,7 @@ with recording(recorder):
     h_chunks = torch.empty(B * H, NC, V, K, dtype=torch.bfloat16)
     do, dh_slots = torch.empty(B, T, H, V), torch.empty(B * H, slots, V, K)
     module.recurrence_bwd(
-        q, k, v, *gates, beta, h0, chunks, resets, h_chunks, do, dh_slots, state_slot, 0.1
+        q, k, v, *gates, beta, chunks, resets, h_chunks, do, dh_slots, state_slot, 0.1
     )
 results = {}
 for launch in recorder.launches:

@@ -2,8 +2,9 @@
 # regenerate with `mcgen build specs/grm_gated_delta.yaml`.
 """The public ops: mc_forward (whole sequences or pieces of a stream) and mc_step (decode).
 
-Backends: "torch". "auto" picks the fastest one generated for
-the tensors' device;
+Backends: "torch", "triton". "auto" picks the fastest one generated for
+the tensors' device (triton for CUDA tensors, torch for CPU ones and for float64;
+backend="triton" on CPU tensors runs Triton's interpreter and needs TRITON_INTERPRET=1);
 every backend agrees with `reference` within the tolerances of mcgen's correctness ladder.
 mc_step (decode, one token) computes with torch whatever the backend.
 """
@@ -19,7 +20,7 @@ from . import backend_torch
 from .cache import DESCRIBED, MCCache
 from .spec import HEADS, KEY_DIM, VALUE_DIM
 
-BACKENDS = ('torch',)
+BACKENDS = ('torch', 'triton')
 # Inputs this spec reads, beyond q, k and v.
 USES_U = True
 USES_G = True
@@ -70,8 +71,12 @@ def mc_forward(
         out, cache = backend_torch.forward(
             q, k, v, u, g, beta, scale=scale, initial_cache=initial_cache, cu_seqlens=cu_seqlens
         )
-    else:  # pragma: no cover - only reachable once kernels for a new backend are generated
-        raise AssertionError(chosen)
+    else:
+        from . import backend_triton  # imports triton and the kernels on first use only
+
+        out, cache = backend_triton.forward(
+            q, k, v, u, g, beta, scale=scale, initial_cache=initial_cache, cu_seqlens=cu_seqlens
+        )
     return (out, cache) if output_cache else out
 
 

@@ -8,10 +8,10 @@ packed sequence), its inputs are gathered into the layout every kernel shares
 ([B * H, NC, C, D] in the inputs' dtype, zero in padding slots; the kernels apply the
 read scale), and then:
 
-1. triton_recurrence: the online read o_on and the memory after every chunk (h_out);
+1. triton_recurrence: the online read o_on and the memories at this call's segment ends
+   and at the end of each packed sequence (h_slots);
 2. torch: the segment descriptors and the online gate logit (prefix sums of the keys),
-   and the cached states: the initial cache's, then h_out at each chunk that closes a
-   segment;
+   and the cached states: the initial cache's, then this call's segment ends;
 3. triton_read_state: the cached reads, mixed with o_on.
 
 Forward and backward are torch custom ops (torch.library), so that torch.compile sees
@@ -148,6 +148,7 @@ def _layout_tensors(layout: ChunkLayout, device: torch.device) -> dict[str, obje
         "dh_slot": tensor([slot.get(n, -1) for n in range(num_chunks)], torch.int32),  # [NC]
         "injected": len(slot),
         "piece_slot": [slot.get(last_chunk, -1) for last_chunk, *_ in layout.pieces],
+        "slot_chunk": tensor(sorted(slot, key=slot.get)),  # [slots] the chunk of each slot
         "closed_length": tensor([layout.closed_length[n] for n in closing], torch.float32),
         # Segment-end memories made in this call: chunks mem_first[i]..mem_last[i] wrote them.
         "mem_first": tensor([first[n] for n in closing], torch.int32),  # [M]
@@ -189,18 +190,10 @@ def _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces) -> Si
     p = SimpleNamespace(layout=layout, t=t, batch=batch, heads=heads, key_dim=key_dim)
     p.value_dim, p.num_chunks, p.chunk, p.scale = v.shape[-1], num_chunks, chunk, scale
 
-    def chunked(x):  # [B, T, H, ...] -> [B * H, NC, C, ...], zero in padding slots
-        # One gather from the heads-first view writes the layout (no other copy).
-        gathered = x.movedim(2, 1).index_select(2, t["gather"])  # [B, H, NC * C, ...]
-        if t["padded"]:
-            pad = t["padding"].view(-1, *[1] * (x.dim() - 3))
-            gathered = gathered.masked_fill_(pad, 0)
-        return gathered.flatten(0, 1).unflatten(1, (num_chunks, chunk))
-
-    p.q = chunked(q)  # [BH, NC, C, K] unscaled: scaling a 16-bit q would round it
-    p.k = chunked(k)  # [BH, NC, C, K]
-    p.v = chunked(v)  # [BH, NC, C, V]
-    p.g = chunked(g.float()) if USES_G else None  # [BH, NC, C] log decay per token, fp32
+    p.q = _chunked(p, q)  # [BH, NC, C, K] unscaled: scaling a 16-bit q would round it
+    p.k = _chunked(p, k)  # [BH, NC, C, K]
+    p.v = _chunked(p, v)  # [BH, NC, C, V]
+    p.g = _chunked(p, g.float()) if USES_G else None  # [BH, NC, C] log decay per token, fp32
     p.h0 = state.float().flatten(0, 1).contiguous()  # [BH, V, K]
     # Key sums over each segment at chunk granularity, in fp64: a sum over the whole call
     # minus the sum at the segment's start must not cancel.
@@ -219,7 +212,7 @@ def _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces) -> Si
     p.descriptors = torch.cat(
         [descriptors.float().flatten(0, 1), new_descriptors], dim=1
     ).contiguous()  # [BH, N, K]
-    p.conn = chunked(u)  # [BH, NC, C, K]
+    p.conn = _chunked(p, u)  # [BH, NC, C, K]
     # The online logit: <u_t, keys of the segment up to t> = <u_t, key_sum_in> + sum over
     # j <= t in the chunk of <u_t, k_j>; two matmuls, no [BH, NC, C, K] prefix sum.
     conn = p.conn.float()  # [BH, NC, C, K]
@@ -236,6 +229,17 @@ def _logit_factor(p):
     return GATE_SCALE / p.t["seen"]  # [NC, C]
 
 
+def _chunked(p, x):
+    """[B, T, H, ...] -> [B * H, NC, C, ...], zero in padding slots: one gather from the
+    heads-first view writes the layout (no other copy)."""
+    t = p.t
+    gathered = x.movedim(2, 1).index_select(2, t["gather"])  # [B, H, NC * C, ...]
+    if t["padded"]:
+        pad = t["padding"].view(-1, *[1] * (x.dim() - 3))
+        gathered = gathered.masked_fill_(pad, 0)
+    return gathered.flatten(0, 1).unflatten(1, (p.num_chunks, p.chunk))
+
+
 def _unchunk(p, x_b):
     """[B * H, NC, C, ...] -> [B, T, H, ...] (a view without padding): the token slots."""
     x = x_b.view(p.batch, p.heads, p.num_chunks * p.chunk, *x_b.shape[3:])
@@ -244,10 +248,12 @@ def _unchunk(p, x_b):
     return x.transpose(1, 2)
 
 
-def _all_states(p, states, h_out):
-    """Every memory cached so far: the initial cache's, then this call's segment ends."""
+def _all_states(p, states, h_slots):
+    """Every memory cached so far: the initial cache's, then this call's segment ends (the
+    first slots)."""
+    made = len(p.t["closing"])
     return torch.cat(
-        [states.float().flatten(0, 1), h_out.index_select(1, p.t["closing"])], dim=1
+        [states.float().flatten(0, 1), h_slots[:, :made]], dim=1
     ).contiguous()  # [BH, N, V, K] fp32, as the cache keeps them
 
 
@@ -265,16 +271,17 @@ def _state_args(p, o_on, states_all):
     return (p.q, o_on, *gate, states, p.layout.visible_lo, p.layout.visible_hi)
 
 
-def _outputs(p, dtype, b_o, h_out, states_all) -> list[torch.Tensor]:
+def _outputs(p, dtype, b_o, h_slots, states_all) -> list[torch.Tensor]:
     """o [B, T, H, V] in the inputs' dtype, then CACHE_TENSORS for each packed sequence."""
     batch, heads = p.batch, p.heads
     outputs = [_unchunk(p, b_o).to(dtype, memory_format=torch.contiguous_format)]
-    for last_chunk, lo, hi, _ in p.layout.pieces:
+    for i, (last_chunk, lo, hi, _) in enumerate(p.layout.pieces):
         if last_chunk < 0:  # an empty packed sequence
             empty = MCCache.empty(batch, heads, p.key_dim, p.value_dim, device=b_o.device)
             outputs += [getattr(empty, name) for name in CACHE_TENSORS]
             continue
-        outputs.append(h_out[:, last_chunk].unflatten(0, (batch, heads)))  # [B, H, V, K]
+        final = h_slots[:, p.t["piece_slot"][i]]  # [BH, V, K] the memory after the piece
+        outputs.append(final.unflatten(0, (batch, heads)))  # [B, H, V, K]
         outputs.append(states_all[:, lo:hi].unflatten(0, (batch, heads)))  # [B, H, n, V, K]
         outputs.append(p.descriptors[:, lo:hi].unflatten(0, (batch, heads)))  # [B, H, n, K]
         # The running key sum restarts after a segment end.
@@ -284,20 +291,30 @@ def _outputs(p, dtype, b_o, h_out, states_all) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------
+# The online recurrence
+
+
+def _recurrence_fwd(p, q, k, v, g):
+    """(o_on [BH, NC, C, V] fp32, h_chunks [BH, NC, V, K] fp32: the memory after each chunk,
+    h_slots [BH, slots, V, K]: those after the chunks of t["slot_chunk"])."""
+    o_on, h_chunks = triton_recurrence.recurrence_fwd(
+        p.q, p.k, p.v, p.g, p.h0, p.t["resets"], p.scale
+    )
+    return o_on, h_chunks, h_chunks.index_select(1, p.t["slot_chunk"])
+
+
+# ---------------------------------------------------------------------------------------
 # Forward and backward
 
 
 def _forward_impl(q, k, v, u, g, state, states, descriptors, prefix_sum, scale, pieces):
     p = _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces)
-    o_on, h_out = triton_recurrence.recurrence_fwd(
-        p.q, p.k, p.v, p.g, p.h0, p.t["resets"], scale
-    )
-    # o_on: [BH, NC, C, V], h_out: [BH, NC, V, K] the memory after each chunk
-    states_all = _all_states(p, states, h_out)
+    o_on, _, h_slots = _recurrence_fwd(p, q, k, v, g)
+    states_all = _all_states(p, states, h_slots)
     b_o, lse = _read(p, o_on, states_all, pieces)
     empty = o_on.new_zeros(0)  # SAVED holds tensors only: empty stands for "none"
     saved = [empty if b_o is o_on else b_o, empty if lse is None else lse]
-    outputs = _outputs(p, q.dtype, b_o, h_out, states_all)
+    outputs = _outputs(p, q.dtype, b_o, h_slots, states_all)
     inputs = (q, k, v, u, g, state, states, descriptors, prefix_sum)
     return _owned([*outputs, *saved], inputs)
 
@@ -309,7 +326,7 @@ def _backward_impl(
     p = _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces)
     t, layout = p.t, p.layout
     # The online read and every chunk's state, again: cheaper than keeping them.
-    o_on, h_out = triton_recurrence.recurrence_fwd(p.q, p.k, p.v, p.g, p.h0, t["resets"], scale)
+    o_on, h_chunks, h_slots = _recurrence_fwd(p, q, k, v, g)
     bh, num_cached = p.batch * p.heads, states.shape[2]
 
     # The outputs' gradients, in the chunked layout.
@@ -323,8 +340,8 @@ def _backward_impl(
     d_b_o = d_b_o.view(bh, p.num_chunks, p.chunk, p.value_dim)  # [BH, NC, C, V]
     # Gradients of the chunk states that something outside the recurrence read (the slots of
     # t["dh_slot"]): the cached ones, and each piece's final state.
-    dh_out = h_out.new_zeros(bh, t["injected"], p.value_dim, p.key_dim)  # [BH, slots, V, K]
-    d_states_all = h_out.new_zeros(bh, layout.num_memories, p.value_dim, p.key_dim)
+    dh_out = p.h0.new_zeros(bh, t["injected"], p.value_dim, p.key_dim)  # [BH, slots, V, K]
+    d_states_all = p.h0.new_zeros(bh, layout.num_memories, p.value_dim, p.key_dim)
     d_descriptors_all = torch.zeros_like(p.descriptors)  # [BH, N, K]
     d_key_sum_out = torch.zeros_like(p.key_sum_out)  # [BH, NC, K]
     per_piece = len(CACHE_TENSORS)
@@ -340,7 +357,7 @@ def _backward_impl(
 
     # The cached reads.
     d_q_b = d_k_b = d_v_b = d_g_b = None
-    states_all = _all_states(p, states, h_out)
+    states_all = _all_states(p, states, h_slots)
     if layout.num_memories == 0:
         d_o_on = d_b_o
     else:
@@ -352,13 +369,13 @@ def _backward_impl(
         )
         d_states_all += d_states
         d_descriptors_all += d_descriptors
-    # Cached states: the initial cache's, and h_out at the chunks that close a segment.
+    # Cached states: the initial cache's, and the first slots (the chunks that close a segment).
     dh_out[:, : layout.num_memories - num_cached] += d_states_all[:, num_cached:]
     d_states = d_states_all[:, :num_cached].unflatten(0, (p.batch, p.heads))
 
     # The recurrence.
     dq_r, dk_r, dv_r, dg_r, dh0 = triton_recurrence.recurrence_bwd(
-        p.q, p.k, p.v, p.g, p.h0, t["resets"], h_out, d_o_on.contiguous(),
+        p.q, p.k, p.v, p.g, p.h0, t["resets"], h_chunks, d_o_on.contiguous(),
         dh_out if t["injected"] else None, t["dh_slot"] if t["injected"] else None, scale,
     )
     d_q_b = dq_r if d_q_b is None else d_q_b + dq_r

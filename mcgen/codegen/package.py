@@ -27,8 +27,11 @@ PACKAGE_FILES = (
     "layer.py",
     "selftest.py",
 )
-# Triton kernels and their glue, for the recurrences that have them (linear, decay).
-TRITON_RECURRENCES = ("linear", "decay")
+# Triton kernels and their glue, for the recurrences that have them.
+TRITON_RECURRENCES = ("linear", "decay", "delta", "gated_delta")
+# The delta rules' chunked recurrence is its own template (WY form), rendered under the
+# same file name: the glue and the read kernels do not care how the states were made.
+DELTA_RECURRENCES = ("delta", "gated_delta")
 # Files a deep memory (dla, titans) renders from templates/package/deep/ instead.
 DEEP_FILES = frozenset({"cache.py", "reference.py", "backend_torch.py", "ops.py", "layer.py"})
 # What the generated code needs at run time (it never imports mcgen).
@@ -63,7 +66,7 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
     }
     env = environment()
     files = {
-        name: env.get_template(_template_name(name, deep=plan.deep is not None)).render(context)
+        name: env.get_template(_template_name(name, plan)).render(context)
         for name in package_files(plan)
     }
     manifest = {
@@ -97,10 +100,13 @@ def package_files(plan: Plan) -> tuple[str, ...]:
     return (*PACKAGE_FILES, *kernels, "backend_triton.py")
 
 
-def _template_name(file_name: str, *, deep: bool) -> str:
-    """Deep memories have their own versions of some files (templates/package/deep/)."""
-    if deep and file_name in DEEP_FILES:
+def _template_name(file_name: str, plan: Plan) -> str:
+    """Deep memories have their own versions of some files (templates/package/deep/), the
+    delta rules their own recurrence kernels."""
+    if plan.deep is not None and file_name in DEEP_FILES:
         return f"package/deep/{file_name}.jinja"
+    if file_name == "triton_recurrence.py" and plan.recurrence in DELTA_RECURRENCES:
+        return "package/triton_delta.py.jinja"
     return f"package/{file_name}.jinja"
 
 

@@ -233,6 +233,25 @@ FORMULAS: dict[str, Formula] = {
     "_read_attention_bwd_key_kernel": lambda p, launch: _key_read(
         p, launch, 4 * (p.key_dim + p.value_dim), 0
     ),
+    # The delta rules (WY form, chunk C): per token, A = beta K K^T (2CK), the triangular
+    # solve (about 2C^2), w = T K and u = T V (2CK + 2CV).
+    "_delta_wy_kernel": lambda p, launch: Cost(
+        2 * p.rows * p.chunk * (2 * p.key_dim + p.value_dim + p.chunk), launch.all_bytes()
+    ),
+    # v_new = u - w S^T (2KV), then S += k^T v_new (2KV), per token.
+    "_delta_state_fwd_kernel": lambda p, launch: Cost(4 * p.rows * p.state, launch.all_bytes()),
+    # o = q S^T + causal(q k^T) v_new: as the linear memory's output.
+    "_delta_output_fwd_kernel": lambda p, launch: Cost(
+        2 * p.rows * (p.state + p.chunk * (p.key_dim + p.value_dim)), launch.all_bytes()
+    ),
+    # Backwards: dS += q^T do - w^T dv_new, dv_new = k dS (three state-sized dots per token).
+    "_delta_state_bwd_kernel": lambda p, launch: Cost(6 * p.rows * p.state, launch.all_bytes()),
+    # dq, dk, dv, dbeta (and dg): four state-sized dots and the chunk's [C, C] products
+    # through the output and the WY transform, about four per side.
+    "_delta_chunk_bwd_kernel": lambda p, launch: Cost(
+        2 * p.rows * (4 * p.state + 4 * p.chunk * (p.key_dim + p.value_dim + p.chunk)),
+        launch.all_bytes(),
+    ),
 }
 
 

@@ -138,7 +138,7 @@ def build_variant(
     if not has_triton(plan):
         raise KernelReportError(
             f"{spec_path}: {spec.name} has no Triton kernels ({plan.recurrence} memory); "
-            f"--kernels needs a linear or decay memory"
+            f"--kernels needs a matrix memory (linear, decay, delta or gated_delta)"
         )
     package = render_package(spec, plan, command=f"mcgen inspect {spec_path} --kernels")
     return spec, plan, package.write(out_dir / "package")
