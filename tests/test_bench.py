@@ -257,6 +257,29 @@ def test_unavailable_providers_are_skipped_with_a_reason(tmp_path, monkeypatch):
     assert rows["fla"]["spec"] is None  # a baseline: not tied to the spec
 
 
+def test_fla_gated_delta_runs_for_gated_delta_targets_only(tmp_path):
+    cpu = torch.device("cpu")
+    linear = build_target(write_spec(tmp_path, "tiny_linear"), tmp_path / "out")
+    refused = providers.make_provider("fla-gated-delta", linear, cpu)
+    assert isinstance(refused, providers.Unavailable) and "gated_delta" in refused.reason
+    gated_spec = write_spec(tmp_path, "tiny_gd", recurrence="gated_delta")
+    gated = build_target(gated_spec, tmp_path / "out")
+    found = providers.make_provider("fla-gated-delta", gated, cpu)
+    assert isinstance(found, providers.Unavailable)  # fla needs CUDA (or is not installed)
+
+
+def test_the_gated_delta_reference_is_the_spec_without_caches(tmp_path):
+    """fla-gated-delta's fp64 truth equals mcgen's own reference of a gated_delta memory
+    with nothing cached (aggregation none)."""
+    spec = write_spec(
+        tmp_path, "tiny_gd", recurrence="gated_delta", aggregation="none", segments="{kind: none}"
+    )
+    target = build_target(spec, tmp_path / "out")
+    inputs = target.selftest.make_inputs(2, 19, 2, 8, 6, dtype=torch.float64)
+    expected = target.package.reference(**inputs)
+    assert rel_error(providers.gated_delta_reference(inputs), expected) <= 1e-12
+
+
 @pytest.mark.slow
 def test_generated_triton_is_checked_and_timed_under_the_interpreter(tmp_path, monkeypatch):
     """The Triton provider on CPU (TRITON_INTERPRET=1, set by conftest): checked against

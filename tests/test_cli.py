@@ -61,7 +61,7 @@ def run(*args: str) -> Result:
 
 def contract_files(spec_path: str) -> set[str]:
     """The files a build of the spec writes: the package's for its plan (Triton kernels for
-    linear and decay memories), and the manifest."""
+    matrix memories), and the manifest."""
     return {*package_files(compile_spec(load_spec(spec_path).spec).plan), MANIFEST}
 
 

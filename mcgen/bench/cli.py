@@ -36,7 +36,8 @@ def bench(
         list[str] | None,
         typer.Option(
             "--provider",
-            help="generated-triton, generated-torch, naive, sdpa or fla (repeat). Default: "
+            help="generated-triton, generated-torch, naive, sdpa, fla or fla-gated-delta (repeat). "
+            "Default: "
             + _defaults("providers"),
         ),
     ] = None,

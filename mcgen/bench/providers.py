@@ -7,6 +7,7 @@
 | `naive` | the spec as plain einsums (`naive_linear_mc`) | its fp64 `reference` |
 | `sdpa` | causal softmax attention (`scaled_dot_product_attention`) | fp64 attention |
 | `fla` | flash-linear-attention's `chunk_linear_attn`, unnormalised | fp64 linear attention |
+| `fla-gated-delta` | fla's `chunk_gated_delta_rule` (gated_delta specs) | fp64 gated delta |
 
 `naive` is the implementation a user writes first (docs/performance.md): every cached
 state is materialised, and every (token, cached segment) read is one slice of a
@@ -15,7 +16,9 @@ either init, every aggregation (none, residual, grm, soup, ssc), both pools and 
 connectors; other specs are skipped with that reason.
 
 `sdpa` and `fla` compute other functions (attention, plain linear attention): they are
-the baselines the targets compare with, and take q, k and v only.
+the baselines the targets compare with, and take q, k and v only. `fla-gated-delta` is the
+base recurrence of a gated_delta spec without its caches (Gated DeltaNet): it takes the
+target's q, k, v, g and beta, so it runs for gated_delta targets only.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ Forward = Callable[[Inputs], torch.Tensor]
 # Providers that compute the spec's own function (and depend on its segment length), and
 # the baselines, which do not.
 MC_PROVIDERS = ("generated-triton", "generated-torch", "naive")
-BASELINES = ("sdpa", "fla")
+BASELINES = ("sdpa", "fla", "fla-gated-delta")
 ALL_PROVIDERS = MC_PROVIDERS + BASELINES
 # The provider whose output anchors the check at the benchmark's own shape, where the
 # per-token fp64 reference is too slow.
@@ -81,17 +84,22 @@ def attention_flops(heads: int, key_dim: int, value_dim: int) -> Callable[[int, 
 
 
 LINEAR_ATTENTION_SPEC = """name: linear_attention
-memory: {{recurrence: linear, heads: {heads}, key_dim: {key_dim}, value_dim: {value_dim}}}
+memory: {{recurrence: {recurrence}, heads: {heads}, key_dim: {key_dim}, value_dim: {value_dim}}}
 cache: {{segments: {{kind: none}}}}
 aggregation: {{kind: none}}
 layer: {{d_model: 64}}
 """
 
 
-def linear_attention_flops(heads: int, key_dim: int, value_dim: int) -> Callable[[int, int], float]:
-    """Plain chunked causal linear attention (chunk 64, as fla's kernels), from the cost model."""
-    text = LINEAR_ATTENTION_SPEC.format(heads=heads, key_dim=key_dim, value_dim=value_dim)
-    spec = parse_spec(text, "<linear attention>")
+def linear_attention_flops(
+    heads: int, key_dim: int, value_dim: int, recurrence: str = "linear"
+) -> Callable[[int, int], float]:
+    """A plain chunked recurrence without caches (chunk 64, as fla's kernels): linear
+    attention, or another `recurrence`, from the cost model."""
+    text = LINEAR_ATTENTION_SPEC.format(
+        recurrence=recurrence, heads=heads, key_dim=key_dim, value_dim=value_dim
+    )
+    spec = parse_spec(text, f"<{recurrence} recurrence>")
 
     def flops(batch: int, seq_len: int) -> float:
         return float(compile_spec(spec, seq_len).after.graph["cost"]["flops"]) * batch
@@ -317,6 +325,53 @@ def fla(dims: tuple[int, int, int], device: torch.device) -> Provider | Unavaila
     )
 
 
+def fla_gated_delta(target: Target, device: torch.device) -> Provider | Unavailable:
+    name = "fla-gated-delta"
+    if target.spec.memory.recurrence != "gated_delta":
+        return Unavailable(name, "it reads g and beta: gated_delta specs only", True)
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    except Exception as exc:  # not installed, or installed but broken
+        return Unavailable(
+            name, f"flash-linear-attention is not importable ({type(exc).__name__})", True
+        )
+    if device.type != "cuda":
+        return Unavailable(name, "flash-linear-attention's kernels need CUDA", True)
+    params = inspect.signature(chunk_gated_delta_rule).parameters
+    options: dict[str, object] = {"head_first": False} if "head_first" in params else {}
+
+    def forward(inputs: Inputs) -> torch.Tensor:
+        q, k, v, g, beta = (inputs[n] for n in ("q", "k", "v", "g", "beta"))
+        scale = q.shape[-1] ** -0.5
+        out = chunk_gated_delta_rule(q, k, v, g.float(), beta, scale=scale, **options)
+        return out[0] if isinstance(out, tuple) else out
+
+    return Provider(
+        name,
+        forward,
+        gated_delta_reference,
+        linear_attention_flops(*target.dims, recurrence="gated_delta"),
+        baseline=True,
+        reference_name="fp64 gated delta rule",
+    )
+
+
+def gated_delta_reference(inputs: Inputs) -> torch.Tensor:
+    """S_t = exp(g_t) S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T, o_t = scale S_t q_t,
+    token by token in fp64 (docs/method.md)."""
+    q, k, v, g, beta = (inputs[n].double() for n in ("q", "k", "v", "g", "beta"))
+    batch, seq_len, heads, key_dim = q.shape
+    state = q.new_zeros(batch, heads, v.shape[-1], key_dim)  # [B, H, V, K]
+    out = []
+    for t in range(seq_len):
+        k_t, b_t = k[:, t], beta[:, t, :, None]  # [B, H, K], [B, H, 1]
+        state = state * g[:, t, :, None, None].exp()
+        error = v[:, t] - torch.einsum("bhvk,bhk->bhv", state, k_t)  # [B, H, V]
+        state = state + torch.einsum("bhv,bhk->bhvk", b_t * error, k_t)
+        out.append(torch.einsum("bhvk,bhk->bhv", state, q[:, t]) * key_dim**-0.5)
+    return torch.stack(out, dim=1)
+
+
 # name -> factory(target, device). Tests may add entries (a provider made to disagree).
 PROVIDERS: dict[str, Callable[[Target, torch.device], Provider | Unavailable]] = {
     "generated-triton": lambda target, device: generated(target, "triton", device),
@@ -324,6 +379,7 @@ PROVIDERS: dict[str, Callable[[Target, torch.device], Provider | Unavailable]] =
     "naive": naive,
     "sdpa": lambda target, device: sdpa(target.dims, device),
     "fla": lambda target, device: fla(target.dims, device),
+    "fla-gated-delta": fla_gated_delta,
 }
 
 
