@@ -1,7 +1,8 @@
 """backend="triton": the generated kernels and their glue against the fp64 reference.
 
 Under Triton's interpreter (conftest.py sets TRITON_INTERPRET=1), on tiny shapes: every
-matrix-memory spec of specs/ (linear, decay, delta, gated_delta) shrunk to tiny sizes with its structure kept, extra
+matrix-memory spec of specs/ (linear, decay, delta, gated_delta) shrunk to tiny sizes with
+its structure kept, extra
 shapes (T not a multiple of the chunk or segment, K != V, sizes that are not powers of
 two, one segment, more and fewer segments than top_k, both read forms), streams in
 pieces, packed sequences, the dispatch rules and torch.compile. Every buffer the
