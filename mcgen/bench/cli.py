@@ -37,8 +37,7 @@ def bench(
         typer.Option(
             "--provider",
             help="generated-triton, generated-torch, naive, sdpa, fla or fla-gated-delta (repeat). "
-            "Default: "
-            + _defaults("providers"),
+            "Default: " + _defaults("providers"),
         ),
     ] = None,
     mode: Annotated[
