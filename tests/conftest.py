@@ -10,6 +10,7 @@ from pathlib import Path
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+import torch
 from spec_helpers import spec_text
 
 from mcgen.codegen.package import render_package
@@ -36,3 +37,12 @@ def build_tiny(tmp_path_factory):
         return built[text]
 
     return build
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and CI shares its cores between workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

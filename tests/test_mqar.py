@@ -36,15 +36,6 @@ def split(**fields) -> MQARSplit:
 
 
 @pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread, and CI shares its cores between workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def loaded_machine(monkeypatch):
     """A busy machine, made certain: each reading of the trainer's clock is 100 s after the last.
 

@@ -20,14 +20,6 @@ def split(**fields) -> NIAHSplit:
     return NIAHSplit(**{**defaults, **fields})
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("value_len", [1, 3])
 def test_exactly_one_needle_and_the_question_at_the_end(value_len):
     data = generate(split(value_len=value_len))
