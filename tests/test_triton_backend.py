@@ -311,8 +311,9 @@ def _compare(package, run, inputs) -> dict[str, float]:
         {},
         {"recurrence": "decay", "init": "independent"},
         {"aggregation": "ssc", "aggregation_extra": ", top_k: 2", "read_form": "attention"},
+        {"aggregation": "ssc", "aggregation_extra": ", top_k: 2"},
     ],
-    ids=["grm", "decay-independent", "ssc-attention"],
+    ids=["grm", "decay-independent", "ssc-attention", "ssc"],
 )
 def test_pieces_with_caches_equal_the_whole_call(build_tiny, fields: dict) -> None:
     package = build_tiny(**fields)
@@ -334,7 +335,13 @@ def _packed(package, backend, leaves, cu_seqlens=(0, 9, 9, 25, 30)):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "fields", [{}, {"recurrence": "decay", "read_form": "attention"}], ids=["grm", "decay-attn"]
+    "fields",
+    [
+        {},
+        {"recurrence": "decay", "read_form": "attention"},
+        {"aggregation": "ssc", "aggregation_extra": ", top_k: 2"},
+    ],
+    ids=["grm", "decay-attn", "ssc"],
 )
 def test_packed_sequences(build_tiny, fields: dict) -> None:
     package = build_tiny(**fields)
