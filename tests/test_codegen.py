@@ -377,7 +377,9 @@ def test_triton_files_are_generated_for_matrix_memories(at_root: Path, name: str
     assert delta == (plan.recurrence in ("delta", "gated_delta"))
     expected = {"triton_recurrence.py", "backend_triton.py"}
     if plan.caches:  # state form always: it reads memories cached by an earlier call
-        expected.add("triton_read_state.py")
+        expected.add(
+            "triton_read_sparse.py" if plan.aggregation == "ssc" else "triton_read_state.py"
+        )
     if plan.read_form == "attention":
         expected.add("triton_read_attention.py")
     assert triton_files == expected

@@ -244,6 +244,24 @@ def test_attention_read_cost_counts_every_key_up_to_the_last_segment_end(monkeyp
     assert spills.flops == fits.flops
 
 
+def test_grouped_read_cost_counts_each_chosen_pair_and_gathers_rows_from_l2(monkeypatch):
+    """ssc's sparse read: 2KV per (token, chosen memory) pair (brute force: min(visible,
+    top_k) per token); the gathered query rows once from DRAM while a head's rows fit in L2,
+    else once per pair."""
+    p = problem(seq_len=1000, segment=96, top_k=2)
+    visible = [sum(1 for e in range(96, 1000, 96) if e <= t) for t in range(1000)]
+    pairs = p.batch * p.heads * sum(min(v, 2) for v in visible)
+    tensors = {"q": ((6, 1000, 32), 2), "states": ((6, 10, 16, 32), 2), "reads": ((pairs, 16), 4)}
+    others = 6 * 10 * 16 * 32 * 2 + pairs * 16 * 4
+    fits = kernel_cost("_grouped_read_fwd_kernel", p, launch("x", tensors))
+    assert fits == Cost(pairs * 2 * 32 * 16, 6 * 1000 * 32 * 2 + others)
+    monkeypatch.setattr(cost_module, "L2_RESIDENT_BYTES", 0)
+    spills = kernel_cost("_grouped_read_fwd_kernel", p, launch("x", tensors))
+    assert spills == Cost(fits.flops, pairs * 32 * 2 + others)
+    route = kernel_cost("_route_kernel", p, launch("x", {"conn": ((6, 1000, 32), 2)}))
+    assert route == Cost(2 * 32 * p.batch * p.heads * sum(visible), 6 * 1000 * 32 * 2)
+
+
 def test_unknown_kernels_and_changed_arguments_have_no_cost():
     p = problem()
     assert kernel_cost("_a_kernel_nobody_wrote", p, launch("x", {})) is None
@@ -385,6 +403,33 @@ def test_capture_records_real_launches_of_forward_and_backward(tmp_path: Path):
     dtypes = {t["dtype"] for x in launches for t in x["tensors"].values()}
     assert "bfloat16" in dtypes
     assert captured["compiles"] <= len(launches)
+
+
+def test_capture_records_ssc_sparse_read_with_a_cost_for_every_kernel(tmp_path: Path):
+    """ssc reads through triton_read_sparse; every kernel it launches has a cost formula."""
+    shape = (1, 600, 2, 32, 16)
+    _, plan, package_dir = build_variant(ROOT / "specs/ssc.yaml", shape, tmp_path)
+    job = {
+        "package": str(package_dir),
+        "shape": list(shape),
+        "dtype": "bfloat16",
+        "arch": "sm_90",
+        "compile": False,
+    }
+    captured, _ = run_worker(job, tmp_path, None)
+    launches = captured["launches"]
+    assert {x["module"] for x in launches} == {"triton_recurrence", "triton_read_sparse"}
+    sparse = {x["kernel"] for x in launches if x["module"] == "triton_read_sparse"}
+    assert sparse == {
+        "_route_kernel",
+        "_grouped_read_fwd_kernel",
+        "_mix_fwd_kernel",
+        "_grouped_read_bwd_kernel",
+        "_mix_bwd_kernel",
+        "_memory_bwd_kernel",
+    }
+    p = Problem.of(plan, shape)
+    assert all(kernel_cost(x["kernel"], p, x) is not None for x in launches)
 
 
 def test_a_stand_in_specialises_like_its_tensor():

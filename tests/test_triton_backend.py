@@ -322,9 +322,10 @@ def _compare(package, run, inputs) -> dict[str, float]:
         {},
         {"recurrence": "decay", "init": "independent"},
         {"aggregation": "ssc", "aggregation_extra": ", top_k: 2", "read_form": "attention"},
+        {"aggregation": "ssc", "aggregation_extra": ", top_k: 2"},
         {"recurrence": "gated_delta"},
     ],
-    ids=["grm", "decay-independent", "ssc-attention", "gated-delta"],
+    ids=["grm", "decay-independent", "ssc-attention", "ssc", "gated-delta"],
 )
 def test_pieces_with_caches_equal_the_whole_call(build_tiny, fields: dict) -> None:
     package = build_tiny(**fields)
@@ -350,9 +351,10 @@ def _packed(package, backend, leaves, cu_seqlens=(0, 9, 9, 25, 30)):
     [
         {},
         {"recurrence": "decay", "read_form": "attention"},
+        {"aggregation": "ssc", "aggregation_extra": ", top_k: 2"},
         {"recurrence": "delta", "init": "independent"},
     ],
-    ids=["grm", "decay-attn", "delta-independent"],
+    ids=["grm", "decay-attn", "ssc", "delta-independent"],
 )
 def test_packed_sequences(build_tiny, fields: dict) -> None:
     package = build_tiny(**fields)

@@ -2,7 +2,9 @@
 
 Each aggregation's template is rendered through a real spec (`build_tiny`) and run under the
 Triton interpreter; outputs and every gradient are compared with an fp64 torch transcription
-of the kernels' contract on the same chunked inputs (dense masks, autograd).
+of the kernels' contract on the same chunked inputs (dense masks, autograd). ssc reads in
+state form through triton_read_sparse (tests/test_triton_read_sparse.py, which shares this
+file's reference).
 """
 
 from __future__ import annotations
@@ -19,9 +21,6 @@ SPECS = {
     "residual": {"aggregation": "residual"},
     "grm": {"aggregation": "grm", "aggregation_extra": ", gate_scale: 0.75"},
     "soup": {"aggregation": "soup", "aggregation_extra": ", gate_scale: 0.75"},
-    "ssc1": {"aggregation": "ssc", "aggregation_extra": ", top_k: 1, gate_scale: 0.75"},
-    "ssc2": {"aggregation": "ssc", "aggregation_extra": ", top_k: 2, gate_scale: 0.75"},
-    "ssc3": {"aggregation": "ssc", "aggregation_extra": ", top_k: 3, gate_scale: 0.75"},
 }
 
 # Windows of 6 chunks over 8 memories, like two packed sequences: chunk 0 sees nothing
@@ -53,7 +52,7 @@ def poison(monkeypatch, kernels):
         fill = math.nan if dtype.is_floating_point else 2**30
         return torch.full(shape, fill, dtype=dtype, device=device)
 
-    for kind in ("residual", "grm", "ssc1", "ssc2", "ssc3", "soup"):
+    for kind in SPECS:
         monkeypatch.setattr(kernels(kind), "_alloc", poisoned)
 
 
@@ -167,20 +166,19 @@ def check(module, inputs, *, tol=1e-5, grad_tol=2e-5, seed=1):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["residual", "grm", "ssc1", "ssc2", "ssc3"])
+@pytest.mark.parametrize("kind", ["residual", "grm"])
 def test_fp32_packed_windows(kernels, kind):
-    """K=6 != V=10 (non-powers of two), chunks that see nothing, lo > 0, fewer and more visible
-    memories than top_k."""
+    """K=6 != V=10 (non-powers of two), chunks that see nothing, lo > 0."""
     check(kernels(kind), make_inputs())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["residual", "grm", "ssc2"])
+@pytest.mark.parametrize("kind", ["residual", "grm"])
 def test_bf16_inputs(kernels, kind):
     check(kernels(kind), make_inputs(dtype=torch.bfloat16), tol=2e-2, grad_tol=4e-2)
 
 
-@pytest.mark.parametrize("kind", ["residual", "grm", "ssc2"])
+@pytest.mark.parametrize("kind", ["residual", "grm"])
 def test_no_memories(kernels, kind):
     """N = 0: o = o_on (and lse = the online logit); dstates / ddescriptors are empty."""
     module = kernels(kind)
@@ -192,7 +190,7 @@ def test_no_memories(kernels, kind):
     assert lse is None if kind == "residual" else torch.equal(lse, inputs["logit_on"])
 
 
-@pytest.mark.parametrize("kind", ["residual", "ssc2"])
+@pytest.mark.parametrize("kind", ["residual", "grm"])
 def test_no_chunks(kernels, kind):
     """NC = 0 with memories (e.g. a call that only carries a cache): empty outputs, zero
     gradients for the memories."""
@@ -205,7 +203,7 @@ def test_no_chunks(kernels, kind):
 RUNS = ([0, 0, 0, 0, 0, 2, 2], [0, 2, 2, 2, 3, 5, 5])
 
 
-@pytest.mark.parametrize("kind", ["residual", "grm", "ssc2"])
+@pytest.mark.parametrize("kind", ["residual", "grm"])
 def test_row_blocks_of_several_chunks(kernels, kind):
     """Consecutive chunks with the same visible memories share one program (a row block), so
     each state is read once per block; a block of 3 chunks, one of 2, and blocks cut by
@@ -222,63 +220,14 @@ def test_row_blocks_of_several_chunks(kernels, kind):
     check(module, make_inputs(windows=RUNS))
 
 
-@pytest.mark.parametrize("kind", ["residual", "grm", "ssc2"])
+@pytest.mark.parametrize("kind", ["residual", "grm"])
 def test_tensor_core_path(kernels, kind):
     """C, K and V >= 16 (the dot shapes a GPU runs), V = 20 padded to 32."""
     inputs = make_inputs(bh=1, chunk=16, key_dim=16, value_dim=20, windows=([0, 0, 1], [0, 2, 4]))
     check(kernels(kind), inputs)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["ssc1", "ssc2"])
-def test_ssc_ties_choose_exactly_top_k(kernels, kind):
-    """Rows whose logits all tie (connector 0) still mix exactly TOP_K memories: the older
-    ones."""
-    module = kernels(kind)
-    inputs = make_inputs()
-    inputs["conn"][:, :, 1:3] = 0.0
-    check(module, inputs)
-    o, lse = module.read_state_fwd(*inputs.values(), scale=SCALE)
-    visible = (inputs["visible_hi"] - inputs["visible_lo"]).clamp(max=module.TOP_K)
-    expected = torch.logaddexp(
-        inputs["logit_on"][:, :, 1:3], torch.log(visible.double())[None, :, None]
-    )
-    assert torch.allclose(lse[:, :, 1:3].double(), expected, atol=1e-6)
-
-
-def test_ssc_with_enough_memories_is_grm(kernels):
-    """TOP_K >= visible memories everywhere: ssc equals grm (same gate scale)."""
-    inputs = make_inputs(windows=([0, 0, 1], [0, 2, 3]))
-    grm, ssc = kernels("grm"), kernels("ssc3")
-    o_grm, lse_grm = grm.read_state_fwd(*inputs.values(), scale=SCALE)
-    o_ssc, lse_ssc = ssc.read_state_fwd(*inputs.values(), scale=SCALE)
-    assert torch.allclose(o_grm, o_ssc, atol=1e-6) and torch.allclose(lse_grm, lse_ssc, atol=1e-6)
-
-
-def test_ssc_skips_states_no_row_chose(kernels):
-    """A memory no row of a chunk chose is never read, forward or backward: NaN in its state
-    changes nothing (its gradients stay 0)."""
-    module = kernels("ssc1")
-    inputs = make_inputs(windows=([0], [4]), bh=1, seed=3)
-    logits = torch.einsum("bnck,bik->bnci", inputs["conn"], inputs["descriptors"])
-    unchosen = sorted(set(range(4)) - set(logits.argmax(-1).flatten().tolist()))
-    assert unchosen, "pick a seed where some memory is chosen by no row"
-    do = torch.randn(inputs["o_on"].shape, generator=torch.Generator().manual_seed(1))
-
-    def run():
-        o, lse = module.read_state_fwd(*inputs.values(), scale=SCALE)
-        return (o, lse, *module.read_state_bwd(*inputs.values(), o, lse, do, scale=SCALE))
-
-    clean = run()
-    inputs["states"][:, unchosen] = math.nan
-    for a, b in zip(clean, run(), strict=True):
-        assert torch.equal(a, b)
-    assert not clean[-1][:, unchosen].any() and not clean[-2][:, unchosen].any()
-
-
 def test_templates_bake_the_plan(kernels):
-    """Constants come from the plan: the spec's gate scale and top_k; soup renders as grm."""
+    """Constants come from the plan: the spec's gate scale; soup renders as grm."""
     assert not hasattr(kernels("residual"), "GATE_SCALE")
-    assert kernels("grm").GATE_SCALE == 0.75 and not hasattr(kernels("grm"), "TOP_K")
-    assert kernels("soup").GATE_SCALE == 0.75 and not hasattr(kernels("soup"), "TOP_K")
-    assert [kernels(f"ssc{k}").TOP_K for k in (1, 2, 3)] == [1, 2, 3]
+    assert kernels("grm").GATE_SCALE == 0.75 and kernels("soup").GATE_SCALE == 0.75

@@ -41,7 +41,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Rows of one program: the forward holds a [ROWS, V] fp32 output block, the backward a
 # [ROWS, K] one per gradient it accumulates (fewer rows: it keeps three). With 8 warps these
 # compile without spills at K = V = 128 for sm_90 (`mcgen inspect --kernels` shows it).
-ROWS_FWD = 128  # ssc keeps its top-k thresholds too: fewer rows
+ROWS_FWD = 128
 ROWS_BWD = 64
 # Autotuned over pipeline depth only (every config spill-free); one config in the interpreter.
 CONFIGS = [
@@ -122,7 +122,7 @@ def _read_state_fwd_kernel(
         b_a = _logits(b_u, p_descriptors + i * K, o_k, m_k, GATE_SCALE)  # [BT]
         b_max_new = tl.maximum(b_max, b_a)  # [BT]; finite: it starts at the online logit
         b_alpha = tl.exp(b_max - b_max_new)  # [BT]
-        b_p = tl.exp(b_a - b_max_new)  # [BT]; 0 where not chosen
+        b_p = tl.exp(b_a - b_max_new)  # [BT]
         b_s = tl.load(p_states + i * V * K, mask=m_vk, other=0.0)  # [BV, BK]
         # acc * alpha + p * scale * (q S_i^T): the weight scales the query rows.
         b_qw = b_q.to(tl.float32) * (b_p * scale)[:, None]  # [BT, BK]

@@ -36,7 +36,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Rows of one program: the forward holds a [ROWS, V] fp32 output block, the backward a
 # [ROWS, K] one per gradient it accumulates (fewer rows: it keeps three). With 8 warps these
 # compile without spills at K = V = 128 for sm_90 (`mcgen inspect --kernels` shows it).
-ROWS_FWD = 128  # ssc keeps its top-k thresholds too: fewer rows
+ROWS_FWD = 128
 ROWS_BWD = 64
 # Autotuned over pipeline depth only (every config spill-free); one config in the interpreter.
 CONFIGS = [

@@ -12,7 +12,7 @@ read scale), and then:
    and at the end of each packed sequence (h_slots);
 2. torch: the segment descriptors and the online gate logit (prefix sums of the keys),
    and the cached states: the initial cache's, then this call's segment ends;
-3. triton_read_state: the cached reads, mixed with o_on.
+3. triton_read_sparse (each token reads its top-k memories only): the cached reads, mixed with o_on.
 
 Forward and backward are torch custom ops (torch.library), so that torch.compile sees
 one opaque op each way and the graph does not break. The backward recomputes the cheap
@@ -30,7 +30,7 @@ import torch
 from torch.fx.experimental.symbolic_shapes import guard_int
 
 from . import triton_recurrence
-from . import triton_read_state
+from . import triton_read_sparse
 from .backend_torch import ChunkLayout, chunk_layout
 from .cache import MCCache
 
@@ -261,14 +261,18 @@ def _read(p, o_on, states_all, pieces):
     """(o [BH, NC, C, V], lse or None): the cached reads mixed with o_on, by the kernels."""
     if p.layout.num_memories == 0:  # nothing to read: the online read is the output
         return o_on, None
-    return triton_read_state.read_state_fwd(*_state_args(p, o_on, states_all), scale=p.scale)
+    return triton_read_sparse.read_sparse_fwd(*_sparse_args(p, o_on, states_all), scale=p.scale)
 
 
-def _state_args(p, o_on, states_all):
+def _sparse_args(p, o_on, states_all):
+    """read_sparse's arguments: the chunked layout's rows in order, each slot seeing its
+    chunk's memories."""
+    rows = torch.arange(p.batch * p.heads * p.num_chunks * p.chunk, device=o_on.device)
+    slot_lo = p.t["visible_lo"].repeat_interleave(p.chunk)  # [NC * C]
+    slot_hi = p.t["visible_hi"].repeat_interleave(p.chunk)  # [NC * C]
+    states = states_all.to(p.q.dtype)  # [BH, N, V, K]: tensor-core operands for 16-bit inputs
     gate = (p.logit_on, p.conn, p.descriptors)
-    # The read kernels take the states in the inputs' dtype (16-bit: tensor-core operands).
-    states = states_all.to(p.q.dtype)  # [BH, N, V, K]
-    return (p.q, o_on, *gate, states, p.layout.visible_lo, p.layout.visible_hi)
+    return (p.q, o_on, *gate, states, rows, slot_lo, slot_hi)
 
 
 def _outputs(p, dtype, b_o, h_slots, states_all) -> list[torch.Tensor]:
@@ -363,8 +367,8 @@ def _backward_impl(
     else:
         o_read, lse = saved[0], saved[1]
         d_q_b, d_o_on, d_logit_on, d_conn, d_descriptors, d_states = (
-            triton_read_state.read_state_bwd(
-                *_state_args(p, o_on, states_all), o_read, lse, d_b_o, scale=scale
+            triton_read_sparse.read_sparse_bwd(
+                *_sparse_args(p, o_on, states_all), o_read, lse, d_b_o, scale=scale
             )
         )
         d_states_all += d_states

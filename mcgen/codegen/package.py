@@ -93,8 +93,10 @@ def package_files(plan: Plan) -> tuple[str, ...]:
     kernels = ["triton_recurrence.py"]
     if plan.caches:
         # State form always: it also reads memories cached by earlier calls, which the
-        # attention form cannot (their keys are gone).
-        kernels.append("triton_read_state.py")
+        # attention form cannot (their keys are gone). ssc reads it as a grouped sparse read.
+        kernels.append(
+            "triton_read_sparse.py" if plan.aggregation == "ssc" else "triton_read_state.py"
+        )
         if plan.read_form == "attention":
             kernels.append("triton_read_attention.py")
     return (*PACKAGE_FILES, *kernels, "backend_triton.py")

@@ -198,6 +198,25 @@ def _key_read(p: Problem, launch: LaunchFacts, flops_per_key: int, flops_per_mem
     return Cost(flops, launch.all_bytes(exclude=("k", "v")) + key_loads * per_key)
 
 
+def _token_sums(p: Problem) -> SegmentSums:
+    """Per sequence and head: visible cached memories summed over tokens, and reads (top_k)."""
+    return SegmentSums.of(p.ends, p.seq_len, p.seq_len, p.top_k)
+
+
+def _grouped_read(
+    p: Problem, launch: LaunchFacts, flops_per_pair: int, gathered: tuple[str, ...]
+) -> Cost:
+    """A kernel over ssc's (row, chosen memory) pairs grouped by (head, memory): each pair
+    gathers its row of the `gathered` tensors. A head's pairs run together, so those rows
+    come from DRAM once while one head's share of them fits in L2_RESIDENT_BYTES, else once
+    per pair; a memory's state is read once per head (its tiles are consecutive)."""
+    pairs = p.batch * p.heads * _token_sums(p).read
+    rows_bytes = sum(launch.size(name) for name in gathered)
+    if rows_bytes / (p.batch * p.heads) > L2_RESIDENT_BYTES:
+        rows_bytes = rows_bytes * pairs / p.rows
+    return Cost(flops_per_pair * pairs, launch.all_bytes(exclude=gathered) + rows_bytes)
+
+
 # One entry per kernel name: FLOPs from the problem's sizes, bytes from the launch's tensors.
 FORMULAS: dict[str, Formula] = {
     # S += k^T v per chunk; the memory after every chunk written.
@@ -251,6 +270,26 @@ FORMULAS: dict[str, Formula] = {
     "_delta_chunk_bwd_kernel": lambda p, launch: Cost(
         2 * p.rows * (4 * p.state + 4 * p.chunk * (p.key_dim + p.value_dim + p.chunk)),
         launch.all_bytes(),
+    ),
+    # ssc's grouped sparse read. Routing: the gate logit of every visible memory (2K each).
+    "_route_kernel": lambda p, launch: Cost(
+        2 * p.key_dim * p.batch * p.heads * _token_sums(p).visible, launch.all_bytes()
+    ),
+    # Per pair: r = q S^T (2KV), written weighted ([pairs, V] fp32).
+    "_grouped_read_fwd_kernel": lambda p, launch: _grouped_read(p, launch, 2 * p.state, ("q",)),
+    # Per row: the online read and its pairs' reads summed (elementwise only).
+    "_mix_fwd_kernel": lambda p, launch: Cost(0, launch.all_bytes()),
+    # Per pair: r = q S^T and do S (2KV each).
+    "_grouped_read_bwd_kernel": lambda p, launch: _grouped_read(
+        p, launch, 4 * p.state, ("q", "do")
+    ),
+    # Per pair: the connector's gradient da d (2K); the rest elementwise per row.
+    "_mix_bwd_kernel": lambda p, launch: Cost(
+        2 * p.key_dim * p.batch * p.heads * _token_sums(p).read, launch.all_bytes()
+    ),
+    # Per pair: dS += (w do)^T q (2KV) and the descriptor's gradient da u (2K).
+    "_memory_bwd_kernel": lambda p, launch: _grouped_read(
+        p, launch, 2 * p.state + 2 * p.key_dim, ("q", "conn", "do")
     ),
 }
 
