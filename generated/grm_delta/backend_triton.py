@@ -452,8 +452,8 @@ def _backward_impl(
     if USES_G:
         grads_in["g"] = _unchunk(p, d_g_b)
     grads_in["beta"] = d_beta
-    inputs = {"q": q, "k": k, "v": v, "u": u, "g": g, "beta": beta, "state": state, "states": states}
-    inputs.update(descriptors=descriptors, prefix_sum=prefix_sum)
+    inputs = {"q": q, "k": k, "v": v, "u": u, "g": g, "beta": beta}
+    inputs.update(state=state, states=states, descriptors=descriptors, prefix_sum=prefix_sum)
     result = [
         grads_in[name].to(x.dtype, memory_format=torch.contiguous_format)
         for name, x in inputs.items()

@@ -24,21 +24,21 @@ so that
 Ai comes from forward substitution on the [C, C] block (elementwise work: no small dots).
 Forward, three kernels:
 
-  _delta_wy_kernel          grid (NC, BH): Ai, w and u of one chunk.
-  _delta_state_fwd_kernel   grid (NV, BH): walks the chunks in order carrying the fp32 memory's V
-                      columns [BV, K]; stores the memory before each chunk (h_chunks), turns u into
-                      delta in place, and stores the memory after chunk n at its slot
-                      (h_slots) where state_slot[n] >= 0.
-  _delta_output_fwd_kernel  grid (NV, NC, BH): o of one chunk from h_chunks[n] and delta.
+  _delta_wy_kernel         grid (NC, BH): Ai, w and u of one chunk.
+  _delta_state_fwd_kernel  grid (NV, BH): walks the chunks in order carrying the fp32 memory's
+                           V columns [BV, K]; stores the memory before each chunk (h_chunks),
+                           turns u into delta in place, and stores the memory after chunk n
+                           at its slot (h_slots) where state_slot[n] >= 0.
+  _delta_output_fwd_kernel grid (NV, NC, BH): o of one chunk from h_chunks[n] and delta.
 
 Backward, with the memory before every chunk at hand (h_chunks), three kernels:
 
-  _delta_wy_kernel          (BACKWARD) Ai, w and delta = u - w S0^T of one chunk, all chunks at once.
-  _delta_state_bwd_kernel   grid (NV, BH): walks the chunks backwards carrying the gradient of the
-                      memory (dh_slots injected after chunk n where state_slot[n] >= 0); stores
-                      dS_end of each chunk and d_delta, the gradient of delta.
-  _delta_chunk_bwd_kernel   grid (NC, BH): dq, dk, dv, dbeta and dg of one chunk, the WY
-                      part through dA = -strictly_lower(Ai^T d_delta delta^T).
+  _delta_wy_kernel         (BACKWARD) Ai, w and delta = u - w S0^T of one chunk.
+  _delta_state_bwd_kernel  grid (NV, BH): walks the chunks backwards carrying the gradient of
+                           the memory (dh_slots injected after chunk n where state_slot[n] >=
+                           0); stores dS_end of each chunk and d_delta, the gradient of delta.
+  _delta_chunk_bwd_kernel  grid (NC, BH): dq, dk, dv, dbeta and dg of one chunk, the
+                           WY part through dA = -strictly_lower(Ai^T d_delta delta^T).
 
 Dots: with 16-bit inputs their operands are in the inputs' dtype (fp32 intermediates are cast
 right before the dot) and they accumulate in fp32, so they run on the tensor cores; with fp32
@@ -67,8 +67,10 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # row in one block (else it loops over K blocks of at most 64). The scans run one program per
 # (V block, head) through every chunk: narrow V blocks give them more programs. Checked by
 # compiling for sm_90 at K = V = 128 in bf16 with C = 64 (tests/test_triton_delta.py): every
-# dot a wgmma, spills within 512 bytes. Fixed, not autotuned: _delta_state_fwd_kernel turns u into
-# delta in place, which an autotuner's repeated trial runs would corrupt (restore_value).
+# dot a wgmma, spills within 512 bytes. The kernels that write only fresh outputs (TUNED) are
+# autotuned over pipeline depth at those warps (one config in the interpreter); the scans keep
+# one config: _delta_state_fwd_kernel turns u into delta in place, which an autotuner's trial
+# runs would corrupt, and the scans' few long programs gain little from deeper pipelines.
 LAUNCH = {
     "wy": dict(num_warps=4, num_stages=2),
     "state_fwd": dict(num_warps=8, num_stages=2),
@@ -76,9 +78,17 @@ LAUNCH = {
     "state_bwd": dict(num_warps=8, num_stages=2),
     "chunk_bwd": dict(num_warps=8, num_stages=2),
 }
+TUNED = ("wy", "output_fwd", "chunk_bwd")
+TUNING_KEY = ["K", "V", "BC", "DOT_DTYPE"]
 BLOCK_V = {"wy": 64, "state_fwd": 32, "output_fwd": 64, "state_bwd": 32, "chunk_bwd": 64}
 WHOLE_KEY = ("wy", "state_fwd", "state_bwd")
 MAX_BLOCK_K = 64
+
+
+def _configs(kernel: str) -> list[triton.Config]:
+    warps = LAUNCH[kernel]["num_warps"]
+    stages = (2,) if INTERPRET else (2, 3)
+    return [triton.Config({}, num_warps=warps, num_stages=n) for n in stages]
 
 
 @triton.jit
@@ -141,6 +151,7 @@ def _pair_decay(b_G, pairs):
     return tl.exp(tl.where(pairs, b_G[:, None] - b_G[None, :], float("-inf")))
 
 
+@triton.autotune(configs=_configs("wy"), key=[*TUNING_KEY, "BACKWARD"])
 @triton.jit(do_not_specialize=["T"])
 def _delta_wy_kernel(
     k,
@@ -256,6 +267,7 @@ def _delta_state_fwd_kernel(
             tl.store(h_slots + (i_bh * num_slots + slot) * (V * K) + o_h, b_h, mask=m_h)
 
 
+@triton.autotune(configs=_configs("output_fwd"), key=TUNING_KEY)
 @triton.jit(do_not_specialize=["T"])
 def _delta_output_fwd_kernel(
     q,
@@ -382,6 +394,7 @@ def _delta_state_bwd_kernel(
     tl.store(dh0 + i_bh * (V * K) + o_h, b_dh, mask=m_h)
 
 
+@triton.autotune(configs=_configs("chunk_bwd"), key=TUNING_KEY)
 @triton.jit(do_not_specialize=["T"])
 def _delta_chunk_bwd_kernel(
     q,
@@ -546,7 +559,8 @@ def _launch(kernel: str, meta: dict) -> dict:
     """Every keyword of one kernel's launch: meta, its blocks, warps and stages."""
     K, V = meta["K"], meta["V"]
     BK = _padded(K) if kernel in WHOLE_KEY else min(MAX_BLOCK_K, _padded(K))
-    return {**meta, "BK": BK, "BV": min(BLOCK_V[kernel], _padded(V)), **LAUNCH[kernel]}
+    launch = {} if kernel in TUNED else LAUNCH[kernel]  # the autotuner picks those
+    return {**meta, "BK": BK, "BV": min(BLOCK_V[kernel], _padded(V)), **launch}
 
 
 def _wy(q, k, v, gates, beta, chunks, h_chunks, meta, *, backward: bool):
