@@ -171,3 +171,25 @@ def test_a_committed_spec_exports_a_working_model(spec_name: str, tmp_path: Path
     )
     assert ran.returncode == 0, ran.stderr
     assert (export_dir / "my_model" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_llama_swap_example_trains_and_generates(tmp_path: Path) -> None:
+    # As the example's docstring says: export specs/grm.yaml, then run it on the export.
+    export_spec(REPO / "specs" / "grm.yaml", tmp_path / "my_grm", test=False)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "hf_llama_swap.py"), str(tmp_path / "my_grm")],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "Llama with 2 grm MCLayers in place of attention"
+    first, last = map(float, re.fullmatch(r"loss (\S+) -> (\S+) in 30 steps", lines[1]).groups())
+    assert last < first / 2
+    # Trained on counting, it counts on from the prompt 5..10.
+    assert re.fullmatch(r"continues \[5, 6, 7, 8, 9, 10\] with \[11, 12, 13, 14, .*\]", lines[2])
