@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_export import (
     expected_files,
     load_toml,
@@ -193,3 +194,38 @@ def test_the_llama_swap_example_trains_and_generates(tmp_path: Path) -> None:
     assert last < first / 2
     # Trained on counting, it counts on from the prompt 5..10.
     assert re.fullmatch(r"continues \[5, 6, 7, 8, 9, 10\] with \[11, 12, 13, 14, .*\]", lines[2])
+
+
+def test_a_deep_layer_takes_the_hf_call_with_padding_and_decoding(build_tiny) -> None:
+    """What the deep-memory model's generate() relies on, on the layer itself: left padding
+    is as if absent, and decoding from the cache equals recomputing the prefix."""
+    package = build_tiny(recurrence="titans", deep="{minibatch: 4}", chunk_size=None)
+    torch.manual_seed(0)
+    layer = package.MCLayer(16, layer_idx=0).double()
+    with torch.no_grad():  # a last MLP layer of zeros would make every memory read v itself
+        for weight in layer.memory_init:
+            weight.normal_(0.0, 0.3)
+    lengths = [11, 19, 4]
+    width = max(lengths)
+    x = torch.randn(len(lengths), width, 16, dtype=torch.float64)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for b, length in enumerate(lengths):
+        mask[b, width - length :] = 1
+    out, attentions, cache = layer(hidden_states=x, attention_mask=mask, use_cache=True)
+    assert attentions is None and isinstance(cache, package.MCStateCache)
+    for b, length in enumerate(lengths):
+        alone = layer(x[b : b + 1, width - length :])
+        assert torch.allclose(out[b : b + 1, width - length :], alone, rtol=0, atol=1e-9), b
+
+    new = torch.randn(len(lengths), 6, 16, dtype=torch.float64)
+    for t in range(new.shape[1]):  # crosses segment ends (8) and mini-batch ends (4)
+        mask = torch.cat([mask, torch.ones(len(lengths), 1, dtype=torch.long)], dim=1)
+        step, _, cache = layer(
+            hidden_states=new[:, t : t + 1],
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        whole, _, _ = layer(hidden_states=torch.cat([x, new[:, : t + 1]], 1), attention_mask=mask)
+        assert torch.allclose(step[:, 0], whole[:, -1], rtol=0, atol=1e-9), t
+    assert cache.get_seq_length(0) == width + new.shape[1]
