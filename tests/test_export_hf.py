@@ -9,6 +9,7 @@ exported HF tests and README example, as a user would after `pip install DIR[hf,
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import re
 import shutil
@@ -30,6 +31,7 @@ from test_export import (
 )
 
 from mcgen.export import class_prefix, export_spec
+from mcgen.packages import import_package
 
 pytest.importorskip("transformers", minversion="5.24")
 
@@ -114,6 +116,22 @@ def run_hf_tests(export_dir: Path, name: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_cached_generation_equals_recomputing_in_process(model_export: Path) -> None:
+    """The fast tier's check of the model (the exported tests, slow, check the rest)."""
+    package = import_package(model_export / "tiny_grm")
+    hf = importlib.import_module(f"{package.__name__}.hf")
+    config = hf.TinyGrmConfig(vocab_size=17, hidden_size=16, num_hidden_layers=2, pad_token_id=0)
+    torch.manual_seed(0)
+    model = hf.TinyGrmForCausalLM(config).double().eval()
+    ids = torch.tensor([[0, 0, 0, 0, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7]])  # crosses 8 when decoding
+    options = {"attention_mask": (ids != 0).long(), "max_new_tokens": 5, "pad_token_id": 0}
+    cached = model.generate(ids, use_cache=True, **options)
+    assert torch.equal(cached, model.generate(ids, use_cache=False, **options))
+    alone = model.generate(ids[:1, 4:], use_cache=True, max_new_tokens=5, pad_token_id=0)
+    assert torch.equal(cached[0, -5:], alone[0, -5:])  # the padding is as if absent
+
+
+@pytest.mark.slow
 def test_the_exported_hf_tests_pass(model_export: Path) -> None:
     done = run_hf_tests(model_export, "tiny_grm")
     assert done.returncode == 0, done.stdout + done.stderr
