@@ -351,6 +351,14 @@ def export(
     no_test: Annotated[
         bool, typer.Option("--no-test", help="Skip the quick ladder (tested_with: null).")
     ] = False,
+    model: Annotated[
+        bool,
+        typer.Option(
+            "--model",
+            help="Add a Hugging Face model family (NAME/hf.py: config, model, causal LM, cache; "
+            "the project's [hf] extra installs transformers) and its tests.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a standalone pip-installable project: the package, pyproject.toml, README, tests."""
@@ -358,7 +366,12 @@ def export(
         try:
             with _progress(as_json) as make_task:
                 result = export_spec(
-                    spec_path, out_dir, name=name, test=not no_test, progress=make_task
+                    spec_path,
+                    out_dir,
+                    name=name,
+                    test=not no_test,
+                    progress=make_task,
+                    model=model,
                 )
         except ExportTestFailed as exc:
             failed = [] if exc.report is None else [c for c in exc.report.checks if not c.passed]

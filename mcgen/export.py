@@ -5,6 +5,10 @@
       README.md            install, use, test, and where the package came from
       NAME/                the generated package; its manifest.json gains an "export" section
       tests/test_NAME.py   pytest tests that use the package alone
+    and with model=True (`--model`), a Hugging Face model family for the spec:
+      NAME/hf.py           <Name>Config, <Name>Model, <Name>ForCausalLM, <Name>Cache, registered
+                           with the Auto classes; needs transformers, the project's [hf] extra
+      tests/test_NAME_hf.py  training, generate() against recomputing, save/load, bf16 decode
 
 Nothing in DIR imports mcgen. Every file is rendered in memory, written to a staging
 folder beside DIR, checked there (the package's quick float32 ladder, unless asked not
@@ -101,17 +105,21 @@ class ExportResult:
             "package": str(self.package_dir),
             "files": sorted(self.files),
             "command": self.manifest[EXPORT_SECTION]["command"],
+            "model": self.manifest[EXPORT_SECTION]["model"],
             "tested_with": self.manifest[EXPORT_SECTION]["tested_with"],
             "checks": checks,
             "replaced": self.replaced,
         }
 
 
-def export_command(spec_path: str | Path, out_dir: str | Path, name: str) -> str:
+def export_command(
+    spec_path: str | Path, out_dir: str | Path, name: str, *, model: bool = False
+) -> str:
     """The command that makes this export again, as its files' headers state it."""
-    return (
+    command = (
         f"mcgen export {Path(spec_path).as_posix()} --out {Path(out_dir).as_posix()} --name {name}"
     )
+    return f"{command} --model" if model else command
 
 
 def check_name(name: str) -> str:
@@ -132,8 +140,21 @@ def project_test_file(name: str) -> str:
     return f"tests/test_{name}.py"
 
 
-def render_export(spec: Spec, plan: Plan, *, name: str, command: str) -> dict[str, str]:
-    """Every file of the export, path relative to DIR -> text; "tested_with" is still None."""
+def model_files(name: str) -> tuple[str, str]:
+    """Where `--model` puts the Hugging Face module and its tests, relative to DIR."""
+    return f"{name}/hf.py", f"tests/test_{name}_hf.py"
+
+
+def class_prefix(name: str) -> str:
+    """The model classes' prefix: tiny_grm -> TinyGrm (TinyGrmConfig, TinyGrmForCausalLM)."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
+
+
+def render_export(
+    spec: Spec, plan: Plan, *, name: str, command: str, model: bool = False
+) -> dict[str, str]:
+    """Every file of the export, path relative to DIR -> text; "tested_with" is still None.
+    With `model`, the Hugging Face model family and its tests too."""
     package = render_package(spec, plan, command=command)
     digest = spec_hash(spec)
     gated = spec.aggregation.kind in GATED_AGGREGATIONS
@@ -155,6 +176,9 @@ def render_export(spec: Spec, plan: Plan, *, name: str, command: str) -> dict[st
         "uses_beta": plan.uses_beta,
         "extras": [input_name for input_name, used in read.items() if used],
         "has_triton": has_triton(plan),
+        "model": model,
+        "prefix": class_prefix(name),
+        "model_type": f"mc_{name}",
     }
     env = environment()
     project = {
@@ -162,11 +186,16 @@ def render_export(spec: Spec, plan: Plan, *, name: str, command: str) -> dict[st
         "README.md": env.get_template("export/README.md.jinja").render(context),
         project_test_file(name): env.get_template("export/test_package.py.jinja").render(context),
     }
+    if model:
+        module, tests = model_files(name)
+        project[module] = env.get_template("export/hf.py.jinja").render(context)
+        project[tests] = env.get_template("export/test_hf.py.jinja").render(context)
     manifest = json.loads(package.files[MANIFEST])
     manifest[EXPORT_SECTION] = {
         "name": name,
         "mcgen_version": __version__,
         "command": context["command"],
+        "model": model,
         "files": {path: _sha256(text.encode()) for path, text in sorted(project.items())},
         "tested_with": None,
     }
@@ -222,8 +251,10 @@ def export_spec(
     name: str | None = None,
     test: bool = True,
     progress: Progress | None = None,
+    model: bool = False,
 ) -> ExportResult:
-    """Export the package of the spec at spec_path into out_dir as a standalone project.
+    """Export the package of the spec at spec_path into out_dir as a standalone project
+    (with `model`, a Hugging Face model family for it too: NAME/hf.py and its tests).
 
     Raises SpecError for a bad spec and ExportError for a bad name or an out_dir that
     holds anything but a previous export of the same name (nothing written then), and
@@ -234,7 +265,8 @@ def export_spec(
     name = check_name(spec.name if name is None else name)
     replaced = _check_target(out_dir, name)
     plan = compile_spec(spec).plan
-    files = render_export(spec, plan, name=name, command=export_command(spec_path, out_dir, name))
+    command = export_command(spec_path, out_dir, name, model=model)
+    files = render_export(spec, plan, name=name, command=command, model=model)
 
     target = Path(os.path.abspath(out_dir))
     try:

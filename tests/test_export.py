@@ -638,7 +638,7 @@ def test_a_deep_memory_exports_with_working_tests_and_readme(tmp_path: Path) -> 
     tests = run_exported_pytest(export_dir)
     assert tests.returncode == 0, tests.stdout + tests.stderr
     readme = (export_dir / "README.md").read_text()
-    assert "weights" in readme and "MCStateCache" not in readme  # no HF cache for deep yet
+    assert "weights" in readme and "MCStateCache" in readme  # the HF-style call, deep too
     [example] = re.findall(r"```python\n(.*?)```", readme, re.S)
     done = subprocess.run(
         [sys.executable, "-c", example],
