@@ -81,14 +81,14 @@ class MCStateCache:
 
     For each layer_idx it holds that layer's MCCache (online state, cached states and
     their descriptors), or one MCCache per sequence once a padding mask gave the
-    sequences of a batch different lengths.
+    sequences of a batch different lengths (None for a sequence with no token yet).
     """
 
     def __init__(self) -> None:
-        self.layers: dict[int, MCCache | list[MCCache]] = {}
+        self.layers: dict[int, MCCache | list[MCCache | None]] = {}
         self.lengths: dict[int, int] = {}  # tokens each layer has seen, padding included
 
-    def __getitem__(self, layer_idx: int) -> MCCache | list[MCCache]:
+    def __getitem__(self, layer_idx: int) -> MCCache | list[MCCache | None]:
         return self.layers[layer_idx]
 
     def __contains__(self, layer_idx: int) -> bool:
@@ -97,7 +97,9 @@ class MCStateCache:
     def __len__(self) -> int:
         return len(self.layers)
 
-    def update(self, layer_idx: int, cache: MCCache | list[MCCache], new_tokens: int) -> None:
+    def update(
+        self, layer_idx: int, cache: MCCache | list[MCCache | None], new_tokens: int
+    ) -> None:
         self.layers[layer_idx] = cache
         self.lengths[layer_idx] = self.lengths.get(layer_idx, 0) + new_tokens
 
@@ -108,5 +110,6 @@ class MCStateCache:
         """Numbers held by every layer: what decoding keeps in memory."""
         total = 0
         for cache in self.layers.values():
-            total += sum(c.numel() for c in cache) if isinstance(cache, list) else cache.numel()
+            caches = cache if isinstance(cache, list) else [cache]
+            total += sum(c.numel() for c in caches if c is not None)
         return total

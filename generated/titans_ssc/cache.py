@@ -65,6 +65,21 @@ class MCCache:
             tensors += self.anchor
         return sum(t.numel() for t in tensors)
 
+    def split(self) -> list[MCCache]:
+        """One cache per batch element (sequences that go on with different lengths)."""
+        return [
+            replace(
+                self,
+                weights=[w[b : b + 1] for w in self.weights],
+                anchor=[w[b : b + 1] for w in self.anchor],
+                momentum=[m[b : b + 1] for m in self.momentum],
+                states=[s[b : b + 1] for s in self.states],
+                descriptors=self.descriptors[b : b + 1],
+                prefix_sum=self.prefix_sum[b : b + 1],
+            )
+            for b in range(self.descriptors.shape[0])
+        ]
+
     def detach(self) -> MCCache:
         """Cut the autograd history (truncated backpropagation through time)."""
         return replace(
@@ -76,3 +91,42 @@ class MCCache:
             descriptors=self.descriptors.detach(),
             prefix_sum=self.prefix_sum.detach(),
         )
+
+
+class MCStateCache:
+    """`past_key_values` for a model built from MCLayers (the FLA / Hugging Face convention).
+
+    For each layer_idx it holds that layer's MCCache (online state, cached states and
+    their descriptors), or one MCCache per sequence once a padding mask gave the
+    sequences of a batch different lengths (None for a sequence with no token yet).
+    """
+
+    def __init__(self) -> None:
+        self.layers: dict[int, MCCache | list[MCCache | None]] = {}
+        self.lengths: dict[int, int] = {}  # tokens each layer has seen, padding included
+
+    def __getitem__(self, layer_idx: int) -> MCCache | list[MCCache | None]:
+        return self.layers[layer_idx]
+
+    def __contains__(self, layer_idx: int) -> bool:
+        return layer_idx in self.layers
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def update(
+        self, layer_idx: int, cache: MCCache | list[MCCache | None], new_tokens: int
+    ) -> None:
+        self.layers[layer_idx] = cache
+        self.lengths[layer_idx] = self.lengths.get(layer_idx, 0) + new_tokens
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.lengths.get(layer_idx, 0)
+
+    def numel(self) -> int:
+        """Numbers held by every layer: what decoding keeps in memory."""
+        total = 0
+        for cache in self.layers.values():
+            caches = cache if isinstance(cache, list) else [cache]
+            total += sum(c.numel() for c in caches if c is not None)
+        return total
