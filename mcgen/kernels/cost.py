@@ -111,6 +111,13 @@ class Problem:
         sums = SegmentSums.of(self.ends, self.seq_len, self.seq_len, None)
         return self.batch * self.heads * sums.visible
 
+    @property
+    def read_pairs(self) -> int:
+        """(token, cached memory it reads) pairs over every sequence and head: the visible
+        ones, at most top_k per token."""
+        sums = SegmentSums.of(self.ends, self.seq_len, self.seq_len, self.top_k)
+        return self.batch * self.heads * sums.read
+
     def to_json(self) -> dict[str, Any]:
         return {
             "batch": self.batch,
@@ -198,11 +205,6 @@ def _key_read(p: Problem, launch: LaunchFacts, flops_per_key: int, flops_per_mem
     return Cost(flops, launch.all_bytes(exclude=("k", "v")) + key_loads * per_key)
 
 
-def _token_sums(p: Problem) -> SegmentSums:
-    """Per sequence and head: visible cached memories summed over tokens, and reads (top_k)."""
-    return SegmentSums.of(p.ends, p.seq_len, p.seq_len, p.top_k)
-
-
 def _grouped_read(
     p: Problem, launch: LaunchFacts, flops_per_pair: int, gathered: tuple[str, ...]
 ) -> Cost:
@@ -210,7 +212,7 @@ def _grouped_read(
     gathers its row of the `gathered` tensors. A head's pairs run together, so those rows
     come from DRAM once while one head's share of them fits in L2_RESIDENT_BYTES, else once
     per pair; a memory's state is read once per head (its tiles are consecutive)."""
-    pairs = p.batch * p.heads * _token_sums(p).read
+    pairs = p.read_pairs
     rows_bytes = sum(launch.size(name) for name in gathered)
     if rows_bytes / (p.batch * p.heads) > L2_RESIDENT_BYTES:
         rows_bytes = rows_bytes * pairs / p.rows
@@ -272,9 +274,7 @@ FORMULAS: dict[str, Formula] = {
         launch.all_bytes(),
     ),
     # ssc's grouped sparse read. Routing: the gate logit of every visible memory (2K each).
-    "_route_kernel": lambda p, launch: Cost(
-        2 * p.key_dim * p.batch * p.heads * _token_sums(p).visible, launch.all_bytes()
-    ),
+    "_route_kernel": lambda p, launch: Cost(2 * p.key_dim * p.visible_pairs, launch.all_bytes()),
     # Per pair: r = q S^T (2KV), written weighted ([pairs, V] fp32).
     "_grouped_read_fwd_kernel": lambda p, launch: _grouped_read(p, launch, 2 * p.state, ("q",)),
     # Per row: the online read and its pairs' reads summed (elementwise only).
@@ -284,9 +284,7 @@ FORMULAS: dict[str, Formula] = {
         p, launch, 4 * p.state, ("q", "do")
     ),
     # Per pair: the connector's gradient da d (2K); the rest elementwise per row.
-    "_mix_bwd_kernel": lambda p, launch: Cost(
-        2 * p.key_dim * p.batch * p.heads * _token_sums(p).read, launch.all_bytes()
-    ),
+    "_mix_bwd_kernel": lambda p, launch: Cost(2 * p.key_dim * p.read_pairs, launch.all_bytes()),
     # Per pair: dS += (w do)^T q (2KV) and the descriptor's gradient da u (2K).
     "_memory_bwd_kernel": lambda p, launch: _grouped_read(
         p, launch, 2 * p.state + 2 * p.key_dim, ("q", "conn", "do")
