@@ -3,7 +3,9 @@
 Checked against an fp64 torch reference of the same contract that builds every cached state
 C_i explicitly from k, v, g (the recurrence of docs/method.md section 3) and reads it in
 state form, forward and gradients of every input, under Triton's interpreter. The kernels take
-the unscaled query and apply the read scale themselves.
+the unscaled query and apply the read scale themselves. The reference works on chunked inputs
+[BH, NC, C, ...] with padding slots; the kernels get the same tokens in place, [B, T, H, ...]
+with a chunk table (first token, count).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def make_inputs(layout: Layout, *, decay: bool, gated: bool, dtype, seed: int = 
     return inputs, do
 
 
-# read_attention_fwd's arguments, in order.
+# read_attention_fwd's arguments, in order ("chunks": the chunk table).
 ARGS = (
     "q",
     "k",
@@ -96,11 +98,13 @@ ARGS = (
     "logit_on",
     "conn",
     "descriptors",
+    "chunks",
     "visible_lo",
     "visible_hi",
     "mem_first",
     "mem_last",
 )
+PER_TOKEN = ("q", "k", "v", "g", "o_on", "logit_on", "conn")
 # Inputs with a gradient, in the order read_attention_bwd returns them.
 DIFFERENTIABLE = ("q", "k", "v", "g", "o_on", "logit_on", "conn", "descriptors")
 
@@ -164,6 +168,30 @@ def rel_err(out, ref) -> float:
     return float(diff / scale) if scale > 0 else float(diff)
 
 
+class TokenLayout:
+    """The kernels' view of a Layout: its valid slots, in order, as tokens [B, T, H, ...]
+    (B * H = HEADS_BATCH) and the chunk table."""
+
+    def __init__(self, layout: Layout, batch: int):
+        self.valid = torch.tensor(layout.valid, dtype=torch.bool)  # [NC, C]
+        self.batch = batch
+        counts = self.valid.sum(1)
+        firsts = counts.cumsum(0) - counts
+        self.chunks = torch.stack([firsts, counts], dim=1).to(torch.int32)  # [NC, 2]
+
+    def tokens(self, x):
+        """[BH, NC, C, ...] -> [B, T, H, ...]"""
+        x = x[:, self.valid]  # [BH, T, ...]
+        return x.unflatten(0, (self.batch, -1)).transpose(1, 2).contiguous()
+
+    def chunked(self, x):
+        """[B, T, H, ...] -> [BH, NC, C, ...], zero in padding slots."""
+        x = x.transpose(1, 2).flatten(0, 1)  # [BH, T, ...]
+        out = x.new_zeros(x.shape[0], *self.valid.shape, *x.shape[2:])
+        out[:, self.valid] = x
+        return out
+
+
 def check_case(
     pkg,
     layout: Layout,
@@ -172,19 +200,34 @@ def check_case(
     decay: bool,
     dtype=torch.float32,
     top_k: int | None = None,
+    batch: int = 1,
     monkeypatch,
 ):
-    """Run fwd + bwd of the kernels and compare o, lse and every gradient with the reference."""
+    """Run fwd + bwd of the kernels and compare o, lse and every gradient with the reference;
+    returns o and the gradients laid out as the reference's inputs (zero in padding slots)."""
     mod = importlib.import_module(pkg.__name__ + ".triton_read_attention")
     monkeypatch.setattr(mod, "_alloc", poisoned)
     gated = aggregation != "residual"
     gate_scale = getattr(mod, "GATE_SCALE", None)
     assert getattr(mod, "TOP_K", None) == top_k
     inputs, do = make_inputs(layout, decay=decay, gated=gated, dtype=dtype)
-    args = [inputs[name] for name in ARGS]
+    view = TokenLayout(layout, batch)
+    args = {name: inputs.get(name) for name in ARGS}
+    args = {
+        name: view.tokens(x) if name in PER_TOKEN and x is not None else x
+        for name, x in args.items()
+    }
+    args["chunks"] = view.chunks
 
-    o, lse = mod.read_attention_fwd(*args, scale=SCALE)
-    grads = mod.read_attention_bwd(*args, o, lse, do, scale=SCALE)
+    o, lse = mod.read_attention_fwd(*args.values(), scale=SCALE)
+    grads = mod.read_attention_bwd(*args.values(), o, lse, view.tokens(do), scale=SCALE)
+    o = view.chunked(o)
+    lse = None if lse is None else view.chunked(lse)
+    grads = [
+        view.chunked(grad) if name in PER_TOKEN and grad is not None else grad
+        for name, grad in zip(DIFFERENTIABLE, grads, strict=True)
+    ]
+    valid = view.valid  # compared where the kernels wrote: the tokens
 
     ref_inputs = {
         name: (x.double().requires_grad_() if name in DIFFERENTIABLE else x)
@@ -203,9 +246,9 @@ def check_case(
 
     tol, grad_tol = (1e-5, 2e-5) if dtype == torch.float32 else (2e-2, 4e-2)
     assert o.dtype == torch.float32 and torch.isfinite(o).all()
-    assert rel_err(o, ref_o) <= tol
+    assert rel_err(o[:, valid], ref_o[:, valid]) <= tol
     if gated:
-        assert torch.isfinite(lse).all() and rel_err(lse, ref_lse) <= tol
+        assert torch.isfinite(lse).all() and rel_err(lse[:, valid], ref_lse[:, valid]) <= tol
     else:
         assert lse is None
     for name, grad in zip(DIFFERENTIABLE, grads, strict=True):
@@ -214,7 +257,10 @@ def check_case(
             continue
         assert grad.shape == inputs[name].shape, name
         assert torch.isfinite(grad).all(), name
-        err = rel_err(grad, ref_grads[name])
+        ref = ref_grads[name]
+        if name in PER_TOKEN:
+            grad, ref = grad[:, valid], ref[:, valid]
+        err = rel_err(grad, ref)
         assert err <= grad_tol, f"d{name}: relative error {err:.3g}"
     return o, grads
 
@@ -321,6 +367,7 @@ def test_packed_sequences(build_tiny, monkeypatch, name, recurrence, init):
         aggregation=aggregation,
         decay=recurrence == "decay",
         top_k=top_k,
+        batch=2,  # two batch rows of one head each
         monkeypatch=monkeypatch,
     )
     unread = layout.mem_last[2]  # memory 2 closes the first sequence: its keys get no gradient
@@ -417,31 +464,22 @@ def test_forward_matches_package_reference(build_tiny, fields):
         if segments.segment_end(t) == t + 1:
             descriptors.append(key_sum / seen)
 
-    num_chunks, chunk = len(layout.index), len(layout.index[0])
-    index = torch.tensor(layout.index).view(-1)
-
-    def chunked(x):  # [B, T, H, ...] -> [B*H, NC, C, ...] in fp32, zero in padding slots
-        padded = torch.cat([x, x.new_zeros(batch, 1, *x.shape[2:])], dim=1)
-        out = padded.index_select(1, index).unflatten(1, (num_chunks, chunk)).movedim(3, 1)
-        return out.flatten(0, 1).float()
-
+    chunks = [(row[0], sum(t < seq_len for t in row)) for row in layout.index]
     mem_last = [n for n, closes in enumerate(layout.closes) if closes][: layout.num_memories]
     mem_first = [max(j for j in range(last + 1) if layout.resets[j]) for last in mem_last]
     o, _ = mod.read_attention_fwd(
-        chunked(q),
-        chunked(k),
-        chunked(v),
-        chunked(g) if decay else None,
-        chunked(o_on),
-        chunked(logit_on),
-        chunked(u),
+        *(x.float().contiguous() for x in (q, k, v)),
+        g.float() if decay else None,
+        o_on.float(),
+        logit_on.float(),
+        u.float().contiguous(),
         torch.stack(descriptors[: len(mem_last)], dim=2).flatten(0, 1).float(),
+        torch.tensor(chunks, dtype=torch.int32),
         torch.tensor(layout.visible_lo, dtype=torch.int32),
         torch.tensor(layout.visible_hi, dtype=torch.int32),
         torch.tensor(mem_first, dtype=torch.int32),
         torch.tensor(mem_last, dtype=torch.int32),
         scale=scale,
     )
-    o = o.view(batch, heads, -1, VALUE_DIM)[:, :, layout.flat].transpose(1, 2)
     assert len(mem_last) >= 3
     assert rel_err(o, pkg.reference(q, k, v, u, g if decay else None)) <= 1e-5

@@ -13,7 +13,15 @@ import math
 
 import pytest
 import torch
-from test_triton_read_state import NAMES, SCALE, make_inputs, reference, rel_err
+from test_triton_read_state import (
+    NAMES,
+    PER_TOKEN,
+    SCALE,
+    make_inputs,
+    reference,
+    rel_err,
+    token_layout,
+)
 
 # kind -> spec fields of build_tiny; gate_scale is not the default K^-1/2, so the tests see
 # that the value baked into the kernels is the spec's.
@@ -185,8 +193,14 @@ def test_with_enough_memories_it_is_grm(kernels, build_tiny):
     """TOP_K >= visible memories everywhere: ssc equals grm (same gate scale)."""
     grm = importlib.import_module(build_tiny(**GRM).__name__ + ".triton_read_state")
     inputs = make_inputs(windows=([0, 0, 1], [0, 2, 3]))
-    o_grm, lse_grm = grm.read_state_fwd(*inputs.values(), scale=SCALE)
+    tokens = token_layout(torch.ones(3, 4, dtype=torch.bool), 1)  # [BH, NC, C] -> [1, T, BH]
+    args = {name: tokens(x) if name in PER_TOKEN else x for name, x in inputs.items()}
+    lo, hi = args.pop("visible_lo").tolist(), args.pop("visible_hi").tolist()
+    o_grm, lse_grm = grm.read_state_fwd(
+        *args.values(), [(0, 4), (4, 4), (8, 4)], lo, hi, scale=SCALE
+    )
     o_ssc, lse_ssc = kernels("ssc3").read_sparse_fwd(*sparse_args(inputs).values(), scale=SCALE)
+    o_ssc, lse_ssc = tokens(o_ssc), tokens(lse_ssc)
     assert torch.allclose(o_grm, o_ssc, atol=1e-6) and torch.allclose(lse_grm, lse_ssc, atol=1e-6)
 
 

@@ -2,7 +2,9 @@
 
 Each aggregation's template is rendered through a real spec (`build_tiny`) and run under the
 Triton interpreter; outputs and every gradient are compared with an fp64 torch transcription
-of the kernels' contract on the same chunked inputs (dense masks, autograd). ssc reads in
+of the kernels' contract (dense masks, autograd). The reference works on chunked inputs
+[BH, NC, C, ...]; the kernels get the same tokens in place, [B, T, H, ...] with a chunk table
+(first token, count), chunks shorter than C keeping their first slots only. ssc reads in
 state form through triton_read_sparse (tests/test_triton_read_sparse.py, which shares this
 file's reference).
 """
@@ -131,27 +133,50 @@ NAMES = ("q", "o_on", "logit_on", "conn", "descriptors", "states")
 SCALE = 0.75  # not 1: the kernels apply the read scale themselves
 
 
-def check(module, inputs, *, tol=1e-5, grad_tol=2e-5, seed=1):
-    """Run fwd + bwd of `module` on `inputs`, compare o, lse and every gradient with fp64."""
+PER_TOKEN = ("q", "o_on", "logit_on", "conn")
+
+
+def token_layout(valid, batch: int):
+    """[BH, NC, C, ...] -> [B, T, H, ...]: the slots where valid [NC, C], in order."""
+
+    def convert(x):
+        x = x[:, valid]  # [BH, T, ...]
+        return x.unflatten(0, (batch, -1)).transpose(1, 2).contiguous()
+
+    return convert
+
+
+def check(module, inputs, *, counts=None, batch=1, tol=1e-5, grad_tol=2e-5, seed=1):
+    """Run fwd + bwd of `module` on `inputs` laid out as tokens (chunk n keeping its first
+    counts[n] slots; BH = batch * heads), compare o, lse and every gradient with fp64."""
     kind = aggregation_of(module)
-    args = dict(inputs)
+    num_chunks, chunk = inputs["q"].shape[1:3]
+    counts = [chunk] * num_chunks if counts is None else counts
+    valid = torch.tensor([[s < n for s in range(chunk)] for n in counts], dtype=torch.bool)
+    tokens = token_layout(valid.view(num_chunks, chunk), batch)
+    firsts = [sum(counts[:n]) for n in range(num_chunks)]
+    table = list(zip(firsts, counts, strict=True))
+    lo, hi = inputs["visible_lo"], inputs["visible_hi"]
+    args = {name: tokens(x) if name in PER_TOKEN else x for name, x in inputs.items()}
+    del args["visible_lo"], args["visible_hi"]
     if kind == "residual":
         args.update(logit_on=None, conn=None, descriptors=None)
-    o, lse = module.read_state_fwd(*args.values(), scale=SCALE)
+    o, lse = module.read_state_fwd(*args.values(), table, lo.tolist(), hi.tolist(), scale=SCALE)
     leaves = {
-        name: (None if args[name] is None else args[name].double().requires_grad_())
+        name: (None if args[name] is None else inputs[name].double().requires_grad_())
         for name in NAMES
     }
-    lo, hi = inputs["visible_lo"].long(), inputs["visible_hi"].long()
-    ref_o, ref_lse = reference(module, *leaves.values(), lo, hi)
-    errors = {"o": rel_err(o, ref_o)}
+    ref_o, ref_lse = reference(module, *leaves.values(), lo.long(), hi.long())
+    errors = {"o": rel_err(o, tokens(ref_o))}
     if kind == "residual":
         assert lse is None
     else:
-        errors["lse"] = rel_err(lse, ref_lse)
+        errors["lse"] = rel_err(lse, tokens(ref_lse))
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed))
-    grads = module.read_state_bwd(*args.values(), o, lse, do, scale=SCALE)
-    (ref_o * do.double()).sum().backward()
+    grads = module.read_state_bwd(
+        *args.values(), table, lo.tolist(), hi.tolist(), o, lse, do, scale=SCALE
+    )
+    (tokens(ref_o) * do.double()).sum().backward()
     for name, grad in zip(NAMES, grads, strict=True):
         if args[name] is None:
             assert grad is None, name
@@ -159,7 +184,7 @@ def check(module, inputs, *, tol=1e-5, grad_tol=2e-5, seed=1):
         ref = leaves[name].grad
         if ref is None:  # no path from the input to o (e.g. no memory is visible)
             ref = torch.zeros_like(leaves[name])
-        errors["d" + name] = rel_err(grad, ref)
+        errors["d" + name] = rel_err(grad, tokens(ref) if name in PER_TOKEN else ref)
     worst = {k: v for k, v in errors.items() if v > (tol if k in ("o", "lse") else grad_tol)}
     assert not worst, f"{kind}: {errors}"
     return errors
@@ -168,8 +193,16 @@ def check(module, inputs, *, tol=1e-5, grad_tol=2e-5, seed=1):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["residual", "grm"])
 def test_fp32_packed_windows(kernels, kind):
-    """K=6 != V=10 (non-powers of two), chunks that see nothing, lo > 0."""
-    check(kernels(kind), make_inputs())
+    """K=6 != V=10 (non-powers of two), chunks that see nothing, lo > 0; two batch rows of
+    one head."""
+    check(kernels(kind), make_inputs(), batch=2)
+
+
+@pytest.mark.parametrize("kind", ["residual", "grm"])
+def test_short_chunks(kernels, kind):
+    """Chunks cut short (segment ends, packed sequences): a block's tokens run on past a short
+    chunk into the next one; no token of another block is read or written."""
+    check(kernels(kind), make_inputs(), counts=[4, 2, 4, 1, 3, 4])
 
 
 @pytest.mark.slow
@@ -185,9 +218,13 @@ def test_no_memories(kernels, kind):
     inputs = make_inputs(windows=([0, 0, 0], [0, 0, 0]))
     assert inputs["states"].shape[1] == 0
     check(module, inputs)
-    o, lse = module.read_state_fwd(*inputs.values(), scale=SCALE)
-    assert torch.equal(o, inputs["o_on"])
-    assert lse is None if kind == "residual" else torch.equal(lse, inputs["logit_on"])
+    tokens = token_layout(torch.ones(3, 4, dtype=torch.bool), 1)
+    o_on, logit_on, lo = tokens(inputs["o_on"]), tokens(inputs["logit_on"]), [0, 0, 0]
+    args = [tokens(inputs["q"]), o_on, logit_on, tokens(inputs["conn"])]
+    args += [inputs["descriptors"], inputs["states"], [(0, 4), (4, 4), (8, 4)], lo, lo]
+    o, lse = module.read_state_fwd(*args, scale=SCALE)
+    assert torch.equal(o, o_on)
+    assert lse is None if kind == "residual" else torch.equal(lse, logit_on)
 
 
 @pytest.mark.parametrize("kind", ["residual", "grm"])
@@ -209,14 +246,18 @@ def test_row_blocks_of_several_chunks(kernels, kind):
     each state is read once per block; a block of 3 chunks, one of 2, and blocks cut by
     ROWS."""
     module = kernels(kind)
-    blocks = module._row_blocks(tuple(RUNS[0]), tuple(RUNS[1]), 4, torch.device("cpu"))
-    # (first chunk, chunks, lo, hi), heaviest first; ties keep their order
-    assert blocks.tolist() == [[4, 1, 0, 3], [5, 2, 2, 5], [1, 3, 0, 2], [0, 1, 0, 0]]
-    assert module._row_blocks((0,) * 5, (1,) * 5, 2, torch.device("cpu")).tolist() == [
-        [0, 2, 0, 1],
-        [2, 2, 0, 1],
-        [4, 1, 0, 1],
-    ]
+    cpu = torch.device("cpu")
+    chunks = tuple((4 * n, 4) for n in range(7))
+    blocks, windows = module._row_blocks(chunks, *map(tuple, RUNS), 4, cpu)
+    # (first token, tokens) and (lo, hi), heaviest first; ties keep their order
+    assert blocks.tolist() == [[16, 4], [20, 8], [4, 12], [0, 4]]
+    assert windows.tolist() == [[0, 3], [2, 5], [0, 2], [0, 0]]
+    short = ((0, 4), (4, 2), (6, 4), (10, 4), (14, 1))
+    blocks, windows = module._row_blocks(short, (0,) * 5, (1,) * 5, 2, cpu)
+    assert blocks.tolist() == [[0, 6], [6, 8], [14, 1]] and windows.tolist() == [[0, 1]] * 3
+    # a gap between chunks (tokens no chunk covers) ends a block
+    blocks, _ = module._row_blocks(((0, 2), (4, 4)), (0, 0), (1, 1), 2, cpu)
+    assert blocks.tolist() == [[0, 2], [4, 4]]
     check(module, make_inputs(windows=RUNS))
 
 
