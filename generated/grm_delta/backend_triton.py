@@ -4,14 +4,15 @@
 
 The glue around the generated kernels. A call is cut into chunks exactly as the torch
 backend cuts it (`backend_torch.chunk_layout`: chunks never cross a segment end or a
-packed sequence), its inputs are gathered into the layout every kernel shares
-([B * H, NC, C, D] in the inputs' dtype, zero in padding slots; the kernels apply the
-read scale), and then:
+packed sequence). Every kernel reads the call's own [B, T, H, D] tensors in place (scale
+and casts in-kernel) and writes its outputs in place: a chunk is a run of consecutive
+tokens, given to the kernels as a small table (first token, count). Then:
 
 1. triton_recurrence: the online read o_on and the memories at this call's segment ends
    and at the end of each packed sequence (h_slots);
-2. torch: the segment descriptors and the online gate logit (prefix sums of the keys),
-   and the cached states: the initial cache's, then this call's segment ends;
+2. torch: the segment descriptors and the online gate logit (prefix sums of the keys over
+   the tokens, differenced at segment starts), and the cached states: the initial cache's,
+   then this call's segment ends;
 3. triton_read_state: the cached reads, mixed with o_on.
 
 Forward and backward are torch custom ops (torch.library), so that torch.compile sees
@@ -115,18 +116,18 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
 @lru_cache(maxsize=64)
 def _layout_tensors(layout: ChunkLayout, device: torch.device) -> dict[str, object]:
     """What the kernels and the torch parts need of a layout, on the device (once per layout)."""
-    num_chunks = len(layout.index)
+    seq_len, num_chunks = len(layout.flat), len(layout.index)
+    # (first token, count) of each chunk: its slots hold consecutive tokens, then padding.
+    chunks = [(row[0], sum(1 for i in row if i < seq_len)) for row in layout.index]
     closing = [n for n in range(num_chunks) if layout.closes[n]]
-    opened, anchor, reset, first = -1, [], -1, []
+    reset, first = -1, []
     for n in range(num_chunks):
-        opened = n if layout.opens[n] else opened
         reset = n if layout.resets[n] else reset
-        anchor.append(opened)
         first.append(reset)
 
-    # The reverse state scan's injected gradients, one slot each: every segment end (its
-    # cached state's, in `closing` order), then every piece's last chunk that closes no
-    # segment (its cache's running state).
+    # The memories the recurrence hands out, one slot each: every segment end (its cached
+    # state, in `closing` order), then every piece's last chunk that closes no segment (its
+    # cache's running state). The reverse state scan takes their gradients at the same slots.
     slot = {n: i for i, n in enumerate(closing)}
     for last_chunk, *_ in layout.pieces:
         if last_chunk >= 0:
@@ -135,38 +136,57 @@ def _layout_tensors(layout: ChunkLayout, device: torch.device) -> dict[str, obje
     def tensor(values, dtype=torch.int64):
         return torch.tensor(values, dtype=dtype, device=device)
 
-    return {
-        "index": tensor(layout.index).view(-1),  # [NC * C] token of each slot; T: padding
-        # The same, padding slots pointing at token 0 (zeroed after the gather), and where.
-        "gather": tensor([min(i, len(layout.flat) - 1) for row in layout.index for i in row]),
-        "padding": tensor([i >= len(layout.flat) for row in layout.index for i in row], torch.bool),
-        "padded": any(i >= len(layout.flat) for row in layout.index for i in row),
-        "flat": tensor(layout.flat),  # [T] slot of each token
+    t = {
+        "chunk_runs": tuple(chunks),  # on the host, for the state-form read's row blocks
+        "chunks": tensor(chunks, torch.int32).view(-1, 2),  # [NC, 2]
         "resets": tensor(layout.resets, torch.int32),  # [NC]
         "visible_lo": tensor(layout.visible_lo, torch.int32),  # [NC]
         "visible_hi": tensor(layout.visible_hi, torch.int32),  # [NC]
-        "closing": tensor(closing),  # [M] chunks that close a segment, in order
-        "dh_slot": tensor([slot.get(n, -1) for n in range(num_chunks)], torch.int32),  # [NC]
-        "injected": len(slot),
+        "state_slot": tensor([slot.get(n, -1) for n in range(num_chunks)], torch.int32),  # [NC]
+        "num_slots": len(slot),
         "piece_slot": [slot.get(last_chunk, -1) for last_chunk, *_ in layout.pieces],
-        "slot_chunk": tensor(sorted(slot, key=slot.get)),  # [slots] the chunk of each slot
-        # (first token, token count) of each chunk: the delta kernels read tokens in place.
-        "chunks": tensor([_token_run(row, len(layout.flat)) for row in layout.index], torch.int32),
-        "closed_length": tensor([layout.closed_length[n] for n in closing], torch.float32),
         # Segment-end memories made in this call: chunks mem_first[i]..mem_last[i] wrote them.
         "mem_first": tensor([first[n] for n in closing], torch.int32),  # [M]
         "mem_last": tensor(closing, torch.int32),  # [M]
-        "seen": tensor(layout.seen, torch.float32),  # [NC, C] tokens of the segment so far
-        # The chunk that opened each chunk's segment in this call (-1: before the call).
-        "anchor": tensor([max(a, 0) for a in anchor]),  # [NC]
-        "anchored": tensor([a >= 0 for a in anchor], torch.bool),  # [NC]
     }
+    t.update(_segment_tables(layout, chunks, closing, tensor))
+    return t
 
 
-def _token_run(row: tuple[int, ...], seq_len: int) -> tuple[int, int]:
-    """(first token, count) of a chunk's slots: consecutive tokens, then padding (index T)."""
-    count = sum(1 for i in row if i < seq_len)
-    return (row[0] if count else 0, count)
+def _segment_tables(layout: ChunkLayout, chunks, closing, tensor) -> dict[str, object]:
+    """Per token, where its segment lies in the call, for the key sums (prefix sums over the
+    tokens, differenced at segment starts): `start`, the segment's first token, `stop`, one
+    past its last in the call; `carried`, how many leading tokens belong to a segment begun
+    before the call (they add the cache's running key sum)."""
+    start, stop, seen, window = [], [], [], []
+    segment_start, carried, opened = 0, 0, False
+    for n, (first, count) in enumerate(chunks):
+        if layout.opens[n]:
+            segment_start, opened = first, True
+        if not opened:  # the call began inside this segment
+            carried += count
+        start += [segment_start] * count
+        seen += layout.seen[n][:count]
+        window += [(layout.visible_lo[n], layout.visible_hi[n])] * count
+    # A segment ends in the call at a closing chunk, before a chunk that opens one, or at the end.
+    chunk_stop, end = [], len(layout.flat)
+    for n in reversed(range(len(chunks))):
+        first, count = chunks[n]
+        if layout.closes[n] or n + 1 == len(chunks) or layout.opens[n + 1]:
+            end = first + count
+        chunk_stop.append(end)
+    for (_, count), end in zip(chunks, reversed(chunk_stop)):
+        stop += [end] * count
+    return {
+        "start": tensor(start),  # [T]
+        "stop": tensor(stop),  # [T]
+        "carried": carried,
+        "seen": tensor(seen, torch.float32),  # [T] tokens of the segment so far, inclusive
+        "token_lo": tensor([lo for lo, _ in window], torch.int32),  # [T] visible memories
+        "token_hi": tensor([hi for _, hi in window], torch.int32),  # [T]
+        "ends": tensor([chunks[n][0] + chunks[n][1] - 1 for n in closing]),  # [M] last tokens
+        "closed_length": tensor([layout.closed_length[n] for n in closing], torch.float32),
+    }
 
 
 def _layout(q: torch.Tensor, pieces: list[int]) -> ChunkLayout:
@@ -189,83 +209,82 @@ def _attention_form(pieces: list[int]) -> bool:
 # The torch parts around the kernels
 
 
-def _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces) -> SimpleNamespace:
-    """Everything before the kernels: the layout, the chunked inputs, the descriptors and
-    the online logit. The backward calls it again (cheaper than saving it)."""
+def _prepare(q, k, v, u, g, beta, state, descriptors, prefix_sum, scale, pieces) -> SimpleNamespace:
+    """Everything before the kernels: the layout, the inputs as the kernels read them (in
+    place: contiguous [B, T, H, ...], no copy for the usual call), the key sums, the
+    descriptors and the online logit. The backward calls it again (cheaper than
+    saving it)."""
     layout = _layout(q, pieces)
-    t = _layout_tensors(layout, q.device)
-    batch, _, heads, key_dim = q.shape
-    num_chunks, chunk = len(layout.index), len(layout.index[0])
-    p = SimpleNamespace(layout=layout, t=t, batch=batch, heads=heads, key_dim=key_dim)
-    p.value_dim, p.num_chunks, p.chunk, p.scale = v.shape[-1], num_chunks, chunk, scale
-
-    p.q = _chunked(p, q)  # [BH, NC, C, K] unscaled: scaling a 16-bit q would round it
-    p.k = _chunked(p, k)  # [BH, NC, C, K]
+    batch, seq_len, heads, key_dim = q.shape
+    p = SimpleNamespace(layout=layout, t=_layout_tensors(layout, q.device), scale=scale)
+    p.batch, p.seq_len, p.heads, p.key_dim = batch, seq_len, heads, key_dim
+    p.value_dim = v.shape[-1]
+    p.q, p.k, p.v = q.contiguous(), k.contiguous(), v.contiguous()  # q unscaled: kernels scale
+    p.g = g.float().contiguous() if USES_G else None  # [B, T, H] log decay per token, fp32
+    # The recurrence's inputs, in its arguments' order.
+    p.inputs = (p.q, p.k, p.v, *((p.g,) if USES_G else ()), beta.contiguous())
     p.h0 = state.float().flatten(0, 1).contiguous()  # [BH, V, K]
-    # Key sums over each segment at chunk granularity, in fp64: a sum over the whole call
-    # minus the sum at the segment's start must not cancel.
-    keys = p.k.float()  # [BH, NC, C, K]
-    key_total = keys.sum(dim=-2).double()  # [BH, NC, K]
-    before = key_total.cumsum(dim=1) - key_total  # [BH, NC, K] keys of the call before chunk n
-    base = torch.where(
-        t["anchored"][:, None],
-        before.index_select(1, t["anchor"]),
-        -prefix_sum.double().flatten(0, 1)[:, None],
-    )  # [BH, NC, K]
-    p.key_sum_in = (before - base).float()  # [BH, NC, K] keys of the segment before chunk n
-    p.key_sum_out = p.key_sum_in + key_total.float()  # [BH, NC, K] ... and up to its end
-    new_descriptors = p.key_sum_out.index_select(1, t["closing"])  # [BH, M, K]
+    p.conn = u.contiguous()  # [B, T, H, K]
+    t = p.t
+    # The keys of each token's segment up to it: prefix sums over the call in fp64 (a sum over
+    # the whole call minus the sum at the segment's start must not cancel), then the cache's
+    # running sum for a segment begun before the call.
+    sums = k.new_zeros(batch, seq_len + 1, heads, key_dim, dtype=torch.float64)
+    sums[:, 1:] = torch.cumsum(k, 1, dtype=torch.float64)
+    key_prefix = sums[:, 1:] - sums.index_select(1, t["start"])  # [B, T, H, K]
+    key_prefix[:, : t["carried"]] += prefix_sum.double()[:, None]
+    p.key_prefix = key_prefix.float()
+    new_descriptors = p.key_prefix.index_select(1, t["ends"]).transpose(1, 2)  # [B, H, M, K]
     new_descriptors = new_descriptors / t["closed_length"][:, None]
     p.descriptors = torch.cat(
-        [descriptors.float().flatten(0, 1), new_descriptors], dim=1
+        [descriptors.float().flatten(0, 1), new_descriptors.flatten(0, 1)], dim=1
     ).contiguous()  # [BH, N, K]
-    p.conn = _chunked(p, u)  # [BH, NC, C, K]
-    # The online logit: <u_t, keys of the segment up to t> = <u_t, key_sum_in> + sum over
-    # j <= t in the chunk of <u_t, k_j>; two matmuls, no [BH, NC, C, K] prefix sum.
-    conn = p.conn.float()  # [BH, NC, C, K]
-    scores = conn @ keys.transpose(-1, -2)  # [BH, NC, C, C] <u_t, k_j>
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril_()
-    within = torch.where(causal, scores, 0.0).sum(-1)  # [BH, NC, C]; a later NaN stays out
-    before_chunk = (conn @ p.key_sum_in[..., None]).squeeze(-1)  # [BH, NC, C]
-    p.logit_on = (before_chunk + within) * _logit_factor(p)  # [BH, NC, C]
+    # The online logit: <u_t, keys of the segment up to t> (prefix sums: a later token's NaN
+    # stays out).
+    p.logit_on = (p.conn.float() * p.key_prefix).sum(-1) * _logit_factor(p)  # [B, T, H]
     return p
 
 
 def _logit_factor(p):
     """d(online logit) / d<u, key prefix sum>: the gate scale, over the count (mean pooling)."""
-    return GATE_SCALE / p.t["seen"]  # [NC, C]
+    return GATE_SCALE / p.t["seen"][:, None]  # [T, 1]
 
 
-def _chunked(p, x):
-    """[B, T, H, ...] -> [B * H, NC, C, ...], zero in padding slots: one gather from the
-    heads-first view writes the layout (no other copy)."""
+def _key_sums_bwd(p, d_conn, d_logit_on, d_new, d_running):
+    """(dk [B, T, H, K], the connector's gradient, d prefix_sum [B, H, K]) through the key sums
+    and the online logit, given the gradients of the logit (None: unused), of the
+    descriptors made in this call ([BH, M, K]) and of each piece's running key sum."""
     t = p.t
-    gathered = x.movedim(2, 1).index_select(2, t["gather"])  # [B, H, NC * C, ...]
-    if t["padded"]:
-        pad = t["padding"].view(-1, *[1] * (x.dim() - 3))
-        gathered = gathered.masked_fill_(pad, 0)
-    return gathered.flatten(0, 1).unflatten(1, (p.num_chunks, p.chunk))
-
-
-def _unchunk(p, x_b):
-    """[B * H, NC, C, ...] -> [B, T, H, ...] (a view without padding): the token slots."""
-    x = x_b.view(p.batch, p.heads, p.num_chunks * p.chunk, *x_b.shape[3:])
-    if p.t["padded"]:
-        x = x.index_select(2, p.t["flat"])
-    return x.transpose(1, 2)
+    d_key_prefix = torch.zeros_like(p.key_prefix, dtype=torch.float64)  # [B, T, H, K]
+    if d_logit_on is not None:
+        d_scaled = (d_logit_on * _logit_factor(p))[..., None]  # [B, T, H, 1]
+        d_conn = d_conn + d_scaled * p.key_prefix
+        d_key_prefix += d_scaled * p.conn.float()
+    d_new = d_new / t["closed_length"][:, None]
+    d_new = d_new.unflatten(0, (p.batch, p.heads)).transpose(1, 2)  # [B, M, H, K]
+    d_key_prefix.index_add_(1, t["ends"], d_new.double())  # the segment ends: unique tokens
+    for token, d in d_running:
+        d_key_prefix[:, token] += d.double()
+    # key_prefix[t] sums the keys from its segment's start: token j gets the gradients of
+    # the tokens from j to its segment's stop (a reverse prefix sum, differenced).
+    after = d_key_prefix.new_zeros(p.batch, p.seq_len + 1, p.heads, p.key_dim)
+    after[:, :-1] = d_key_prefix.flip(1).cumsum(1).flip(1)
+    dk = (after[:, :-1] - after.index_select(1, t["stop"])).float()
+    d_prefix_sum = (after[:, 0] - after[:, t["carried"]]).float()  # [B, H, K]
+    return dk, d_conn, d_prefix_sum
 
 
 def _all_states(p, states, h_slots):
     """Every memory cached so far: the initial cache's, then this call's segment ends (the
     first slots)."""
-    made = len(p.t["closing"])
+    made = len(p.t["mem_last"])
     return torch.cat(
         [states.float().flatten(0, 1), h_slots[:, :made]], dim=1
     ).contiguous()  # [BH, N, V, K] fp32, as the cache keeps them
 
 
 def _read(p, o_on, states_all, pieces):
-    """(o [BH, NC, C, V], lse or None): the cached reads mixed with o_on, by the kernels."""
+    """(o [B, T, H, V], lse or None): the cached reads mixed with o_on, by the kernels."""
     if p.layout.num_memories == 0:  # nothing to read: the online read is the output
         return o_on, None
     return triton_read_state.read_state_fwd(*_state_args(p, o_on, states_all), scale=p.scale)
@@ -275,16 +294,17 @@ def _state_args(p, o_on, states_all):
     gate = (p.logit_on, p.conn, p.descriptors)
     # The read kernels take the states in the inputs' dtype (16-bit: tensor-core operands).
     states = states_all.to(p.q.dtype)  # [BH, N, V, K]
-    return (p.q, o_on, *gate, states, p.layout.visible_lo, p.layout.visible_hi)
+    window = (p.t["chunk_runs"], p.layout.visible_lo, p.layout.visible_hi)
+    return (p.q, o_on, *gate, states, *window)
 
 
-def _outputs(p, dtype, b_o, h_slots, states_all) -> list[torch.Tensor]:
+def _outputs(p, dtype, o, h_slots, states_all) -> list[torch.Tensor]:
     """o [B, T, H, V] in the inputs' dtype, then CACHE_TENSORS for each packed sequence."""
     batch, heads = p.batch, p.heads
-    outputs = [_unchunk(p, b_o).to(dtype, memory_format=torch.contiguous_format)]
+    outputs = [o.to(dtype)]
     for i, (last_chunk, lo, hi, _) in enumerate(p.layout.pieces):
         if last_chunk < 0:  # an empty packed sequence
-            empty = MCCache.empty(batch, heads, p.key_dim, p.value_dim, device=b_o.device)
+            empty = MCCache.empty(batch, heads, p.key_dim, p.value_dim, device=o.device)
             outputs += [getattr(empty, name) for name in CACHE_TENSORS]
             continue
         final = h_slots[:, p.t["piece_slot"][i]]  # [BH, V, K] the memory after the piece
@@ -292,43 +312,39 @@ def _outputs(p, dtype, b_o, h_slots, states_all) -> list[torch.Tensor]:
         outputs.append(states_all[:, lo:hi].unflatten(0, (batch, heads)))  # [B, H, n, V, K]
         outputs.append(p.descriptors[:, lo:hi].unflatten(0, (batch, heads)))  # [B, H, n, K]
         # The running key sum restarts after a segment end.
-        key_sum = p.key_sum_out[:, last_chunk] * (not p.layout.closes[last_chunk])
-        outputs.append(key_sum.unflatten(0, (batch, heads)))  # [B, H, K]
+        key_sum = p.key_prefix[:, _last_token(p, last_chunk)] * (not p.layout.closes[last_chunk])
+        outputs.append(key_sum)  # [B, H, K]
     return outputs
+
+
+def _last_token(p, chunk: int) -> int:
+    first, count = p.t["chunk_runs"][chunk]
+    return first + count - 1
 
 
 # ---------------------------------------------------------------------------------------
 # The online recurrence
 
 
-def _token_inputs(q, k, v, g, beta):
-    """The delta kernels' inputs, read in place: contiguous [B, T, H, ...] (no copy for
-    the usual call), the log decay in fp32."""
-    return q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous()
-
-
-def _recurrence_fwd(p, q, k, v, g, beta):
-    """(o_on [BH, NC, C, V] fp32, h_chunks: the memory before each chunk, h_slots [BH, slots,
-    V, K] fp32: the memory after each chunk of t["slot_chunk"]), by the delta kernels."""
+def _recurrence_fwd(p):
+    """(o_on [B, T, H, V] fp32, h_chunks: what the backward needs of every chunk, h_slots
+    [BH, slots, V, K] fp32: the memory after each chunk with a slot in t["state_slot"])."""
     t = p.t
-    o_on, h_chunks, h_slots = triton_recurrence.recurrence_fwd(
-        *_token_inputs(q, k, v, g, beta), p.h0, t["chunks"], t["resets"], t["dh_slot"],
-        t["injected"], p.scale,
+    return triton_recurrence.recurrence_fwd(
+        *p.inputs, p.h0, t["chunks"], t["resets"], t["state_slot"], t["num_slots"], p.scale
     )
-    return _chunked(p, o_on), h_chunks, h_slots
 
 
-def _recurrence_bwd(p, q, k, v, g, beta, h_chunks, d_o_on, dh_slots):
-    """(dq, dk, dv, dg or None [BH, NC, C, ...], dbeta [B, T, H], dh0) of the delta
-    recurrence, given the gradients of o_on (chunked) and of h_slots."""
+def _recurrence_bwd(p, h_chunks, d_o_on, dh_slots):
+    """(dq, dk, dv [B, T, H, ...], dg [B, T, H] or None, dbeta [B, T, H] or None, dh0), given
+    the gradients of o_on and of h_slots."""
     t = p.t
-    d_o = _unchunk(p, d_o_on).contiguous()  # [B, T, H, V]
-    grads = triton_recurrence.recurrence_bwd(
-        *_token_inputs(q, k, v, g, beta), t["chunks"], t["resets"], h_chunks, d_o, dh_slots,
-        t["dh_slot"], p.scale,
+    dq, dk, dv, *rest, dh0 = triton_recurrence.recurrence_bwd(
+        *p.inputs, t["chunks"], t["resets"], h_chunks, d_o_on, dh_slots, t["state_slot"], p.scale
     )
-    dq, dk, dv, d_beta, dh0 = grads
-    return _chunked(p, dq), _chunked(p, dk), _chunked(p, dv), None, d_beta, dh0
+    dg = rest.pop(0) if USES_G else None
+    d_beta = rest.pop(0) if rest else None
+    return dq, dk, dv, dg, d_beta, dh0
 
 
 # ---------------------------------------------------------------------------------------
@@ -336,13 +352,13 @@ def _recurrence_bwd(p, q, k, v, g, beta, h_chunks, d_o_on, dh_slots):
 
 
 def _forward_impl(q, k, v, u, g, beta, state, states, descriptors, prefix_sum, scale, pieces):
-    p = _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces)
-    o_on, _, h_slots = _recurrence_fwd(p, q, k, v, g, beta)
+    p = _prepare(q, k, v, u, g, beta, state, descriptors, prefix_sum, scale, pieces)
+    o_on, _, h_slots = _recurrence_fwd(p)
     states_all = _all_states(p, states, h_slots)
-    b_o, lse = _read(p, o_on, states_all, pieces)
+    o, lse = _read(p, o_on, states_all, pieces)
     empty = o_on.new_zeros(0)  # SAVED holds tensors only: empty stands for "none"
-    saved = [empty if b_o is o_on else b_o, empty if lse is None else lse]
-    outputs = _outputs(p, q.dtype, b_o, h_slots, states_all)
+    saved = [empty if o is o_on else o, empty if lse is None else lse]
+    outputs = _outputs(p, q.dtype, o, h_slots, states_all)
     inputs = (q, k, v, u, g, beta, state, states, descriptors, prefix_sum)
     return _owned([*outputs, *saved], inputs)
 
@@ -351,106 +367,80 @@ def _backward_impl(
     q, k, v, u, g, beta, state, states, descriptors, prefix_sum, scale, pieces, saved, grads
 ):
     """The chain rule through the forward, by hand: outputs, reads, recurrence, torch parts."""
-    p = _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces)
+    p = _prepare(q, k, v, u, g, beta, state, descriptors, prefix_sum, scale, pieces)
     t, layout = p.t, p.layout
-    # The online read and every chunk's state, again: cheaper than keeping them.
-    o_on, h_chunks, h_slots = _recurrence_fwd(p, q, k, v, g, beta)
-    bh, num_cached = p.batch * p.heads, states.shape[2]
+    bh = p.batch * p.heads
+    # The online read and every chunk's memory, again: cheaper than keeping them.
+    o_on, h_chunks, h_slots = _recurrence_fwd(p)
 
-    # The outputs' gradients, in the chunked layout.
-    d_out = grads[0].transpose(1, 2)  # [B, H, T, V]
-    if t["padded"]:
-        slots = p.num_chunks * p.chunk
-        d_b_o = d_out.new_zeros(p.batch, p.heads, slots, p.value_dim, dtype=torch.float32)
-        d_b_o[:, :, t["flat"]] = d_out.float()
-    else:  # the slots are the tokens
-        d_b_o = d_out.to(torch.float32, memory_format=torch.contiguous_format)
-    d_b_o = d_b_o.view(bh, p.num_chunks, p.chunk, p.value_dim)  # [BH, NC, C, V]
-    # Gradients of the chunk states that something outside the recurrence read (the slots of
-    # t["dh_slot"]): the cached ones, and each piece's final state.
-    dh_out = p.h0.new_zeros(bh, t["injected"], p.value_dim, p.key_dim)  # [BH, slots, V, K]
+    d_o = grads[0].float().contiguous()  # [B, T, H, V]; a non-contiguous gradient is copied
+    # Gradients of the memories the recurrence handed out (h_slots): the cached ones, and
+    # each piece's final memory.
+    dh_slots = p.h0.new_zeros(bh, t["num_slots"], p.value_dim, p.key_dim)
+    num_cached = states.shape[2]
     d_states_all = p.h0.new_zeros(bh, layout.num_memories, p.value_dim, p.key_dim)
     d_descriptors_all = torch.zeros_like(p.descriptors)  # [BH, N, K]
-    d_key_sum_out = torch.zeros_like(p.key_sum_out)  # [BH, NC, K]
+    d_running = []  # (last token, gradient [B, H, K]) of each piece's running key sum
     per_piece = len(CACHE_TENSORS)
     for i, (last_chunk, lo, hi, _) in enumerate(layout.pieces):
         if last_chunk < 0:
             continue
         d = dict(zip(CACHE_TENSORS, grads[1 + i * per_piece : 1 + (i + 1) * per_piece]))
-        dh_out[:, t["piece_slot"][i]] += d["state"].float().flatten(0, 1)
+        dh_slots[:, t["piece_slot"][i]] += d["state"].float().flatten(0, 1)
         d_states_all[:, lo:hi] += d["states"].float().flatten(0, 1)
         d_descriptors_all[:, lo:hi] += d["descriptors"].float().flatten(0, 1)
         if not layout.closes[last_chunk]:
-            d_key_sum_out[:, last_chunk] += d["prefix_sum"].float().flatten(0, 1)
+            d_running.append((_last_token(p, last_chunk), d["prefix_sum"].float()))
 
     # The cached reads.
-    d_q_b = d_k_b = d_v_b = d_g_b = None
+    dq = dk = dv = dg = None
+    d_conn = d_logit_on = None
     states_all = _all_states(p, states, h_slots)
     if layout.num_memories == 0:
-        d_o_on = d_b_o
+        d_o_on = d_o
     else:
         o_read, lse = saved[0], saved[1]
-        d_q_b, d_o_on, d_logit_on, d_conn, d_descriptors, d_states = (
-            triton_read_state.read_state_bwd(
-                *_state_args(p, o_on, states_all), o_read, lse, d_b_o, scale=scale
-            )
+        read_grads = triton_read_state.read_state_bwd(
+            *_state_args(p, o_on, states_all), o_read, lse, d_o, scale=scale
         )
+        dq, d_o_on, d_logit_on, d_conn, d_descriptors, d_states = read_grads
         d_states_all += d_states
         d_descriptors_all += d_descriptors
-    # Cached states: the initial cache's, and the first slots (the chunks that close a segment).
-    dh_out[:, : layout.num_memories - num_cached] += d_states_all[:, num_cached:]
+    # Cached states: the initial cache's, and the first slots (the segment ends of this call).
+    dh_slots[:, : layout.num_memories - num_cached] += d_states_all[:, num_cached:]
     d_states = d_states_all[:, :num_cached].unflatten(0, (p.batch, p.heads))
 
     # The recurrence.
     dq_r, dk_r, dv_r, dg_r, d_beta, dh0 = _recurrence_bwd(
-        p, q, k, v, g, beta, h_chunks, d_o_on, dh_out if t["injected"] else None
+        p, h_chunks, d_o_on, dh_slots if t["num_slots"] else None
     )
-    d_q_b = dq_r if d_q_b is None else d_q_b + dq_r
-    d_k_b = dk_r if d_k_b is None else d_k_b + dk_r
-    d_v_b = dv_r if d_v_b is None else d_v_b + dv_r
+    dq = dq_r if dq is None else dq + dq_r
+    dk = dk_r if dk is None else dk + dk_r
+    dv = dv_r if dv is None else dv + dv_r
     if USES_G:
-        d_g_b = dg_r if d_g_b is None else d_g_b + dg_r
+        dg = dg_r if dg is None else dg + dg_r
 
-    # Descriptors and the online logit, back to the keys, the connector and the cache.
-    d_new = d_descriptors_all[:, num_cached:]  # [BH, M, K]
-    d_new = d_new / t["closed_length"][:, None]
-    d_key_sum_out.index_add_(1, t["closing"], d_new)
-    d_descriptors = d_descriptors_all[:, :num_cached].unflatten(0, (p.batch, p.heads))
-    d_scaled = d_logit_on * _logit_factor(p) if layout.num_memories else None
-    d_k_b = d_k_b.float()
-    if d_scaled is not None:  # else the online logit had no effect (nothing to read)
-        # The online descriptor (times its count): the segment's keys before the chunk,
-        # then the chunk's own up to each slot.
-        key_prefix = p.key_sum_in[:, :, None] + p.k.float().cumsum(dim=-2)  # [BH, NC, C, K]
-        d_conn = d_conn + d_scaled[..., None] * key_prefix
-        d_key_prefix = d_scaled[..., None] * p.conn.float()  # [BH, NC, C, K]
-        # key_prefix = key_sum_in + cumsum over the chunk: a reversed cumsum goes back.
-        d_k_b = d_k_b + d_key_prefix.flip(2).cumsum(2).flip(2)
-        d_key_sum_in = d_key_sum_out + d_key_prefix.sum(2)
-    else:
+    # The descriptors and the online logit, back to the keys, the connector and the cache.
+    if d_conn is None:  # nothing was read: the connector had no effect
         d_conn = torch.zeros_like(p.conn, dtype=torch.float32)
-        d_key_sum_in = d_key_sum_out
-    # key_sum_in = before - base, before = exclusive cumsum of key_total over chunks.
-    d_key_sum_in = d_key_sum_in.double()
-    anchored = t["anchored"][:, None]
-    d_before = d_key_sum_in.index_add(1, t["anchor"], -(d_key_sum_in * anchored))
-    d_prefix_sum = (d_key_sum_in * ~anchored).sum(1).unflatten(0, (p.batch, p.heads))
-    d_key_total = d_key_sum_out.double() + d_before.sum(1, keepdim=True) - d_before.cumsum(1)
-    d_k_b = d_k_b + d_key_total.float()[:, :, None]
+    dk_sums, d_conn, d_prefix_sum = _key_sums_bwd(
+        p, d_conn, d_logit_on, d_descriptors_all[:, num_cached:], d_running
+    )
+    dk = dk + dk_sums
+    d_descriptors = d_descriptors_all[:, :num_cached].unflatten(0, (p.batch, p.heads))
 
-    # Back from the chunked layout to [B, T, H, ...].
     grads_in = {
-        "q": _unchunk(p, d_q_b),
-        "k": _unchunk(p, d_k_b),
-        "v": _unchunk(p, d_v_b),
+        "q": dq,
+        "k": dk,
+        "v": dv,
         "state": dh0.reshape(p.batch, p.heads, p.value_dim, p.key_dim),
         "states": d_states,
         "descriptors": d_descriptors,
         "prefix_sum": d_prefix_sum,
     }
-    grads_in["u"] = _unchunk(p, d_conn)
+    grads_in["u"] = d_conn
     if USES_G:
-        grads_in["g"] = _unchunk(p, d_g_b)
+        grads_in["g"] = dg
     grads_in["beta"] = d_beta
     inputs = {"q": q, "k": k, "v": v, "u": u, "g": g, "beta": beta}
     inputs.update(state=state, states=states, descriptors=descriptors, prefix_sum=prefix_sum)
@@ -466,7 +456,6 @@ def _forward_fake(q, k, v, u, g, beta, state, states, descriptors, prefix_sum, s
     layout = _layout(q, pieces)
     batch, _, heads, key_dim = q.shape
     seq_len, value_dim = len(layout.flat), v.shape[-1]
-    bh, num_chunks, chunk = batch * heads, len(layout.index), len(layout.index[0])
 
     def fp32(*shape):
         return q.new_empty(shape, dtype=torch.float32)
@@ -484,8 +473,8 @@ def _forward_fake(q, k, v, u, g, beta, state, states, descriptors, prefix_sum, s
     if layout.num_memories == 0:
         outputs += [fp32(0), fp32(0)]
     else:
-        outputs.append(fp32(bh, num_chunks, chunk, value_dim))
-        outputs.append(fp32(bh, num_chunks, chunk))
+        outputs.append(fp32(batch, seq_len, heads, value_dim))
+        outputs.append(fp32(batch, seq_len, heads))
     return outputs
 
 

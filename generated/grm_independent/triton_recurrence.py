@@ -2,19 +2,31 @@
 # regenerate with `mcgen build specs/grm_independent.yaml`.
 """Triton kernels of the chunked online recurrence: linear memory.
 
+Contract (the same as triton_delta's, the glue calls both alike):
+recurrence_fwd(q, k, v, [g,] h0, chunks, resets, state_slot, num_slots, scale) -> (o_on
+[B, T, H, V] fp32, h_chunks [BH, NC, V, K] in the inputs' dtype: the memory BEFORE each chunk,
+h_slots [BH, num_slots, V, K] fp32: the memory after each chunk with state_slot >= 0);
+recurrence_bwd(q, k, v, [g,] chunks, resets, h_chunks, do, dh_slots, state_slot, scale) ->
+(dq, dk, dv, [dg,] dh0). The memory before each chunk (not after) is what the output and
+chunk-backward kernels read, so they need neither h0 nor the resets.
+
 The memory is a [V, K] matrix updated token by token as S_t = S_{t-1} + v_t k_t^T
-and read online, after the update, as o_t = scale * S_t q_t. The glue (backend_triton.py) cuts
-a call into NC chunks of C slots, padded with zeros, and hands the kernels contiguous tensors
-[BH, NC, C, D] in the inputs' dtype. Four kernels, each one program per block:
+and read online, after the update, as o_t = scale * S_t q_t. The kernels read q, k, v
+[B, T, H, D] in place and write their outputs in place. A chunk is a run of at most
+CHUNK_SIZE consecutive tokens, given by the int32 table `chunks` [NC, 2] = (first token,
+count), the same for every batch row; a program of head i_bh = b * H + h finds a chunk's rows
+with _chunk_rows. Four kernels, each one program per block:
 
   _state_fwd_kernel    grid (NK, NV, BH): walks the chunks in order carrying the fp32 state
-                       block [BV, BK] and stores the memory after each chunk (h_out).
+                       block [BV, BK]; stores the memory before each chunk (h_chunks, in the
+                       inputs' dtype), and the memory after chunk n, in fp32, at its slot of
+                       h_slots where state_slot[n] >= 0 (segment ends, each piece's end).
   _output_fwd_kernel   grid (NV, NC, BH): o = scale q h_in^T + causal(scale q k^T) v inside one
-                       chunk, h_in being the memory before the chunk (zero after a reset).
+                       chunk, h_in = h_chunks[n] being the memory before the chunk.
   _state_bwd_kernel    grid (NK, NV, BH): walks the chunks backwards carrying the gradient of
-                       the memory; stores dh[n], the gradient of the memory after chunk n (in
-                       the inputs' dtype: a dot operand only), and dh0, the gradient of the
-                       memory before chunk 0.
+                       the memory (dh_slots injected after chunk n where state_slot[n] >= 0);
+                       stores dh[n], the gradient of the memory after chunk n (in the inputs'
+                       dtype: a dot operand only), and dh0, that of the memory before chunk 0.
   _chunk_bwd_kernel    grid (NC, BH): dq, dk, dv of one chunk from h_in, dh and do.
 
 Dots: with 16-bit inputs their operands are in the inputs' dtype (fp32 intermediates such as
@@ -32,6 +44,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .spec import CHUNK_SIZE
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Widest K and V block of one program; K and V are padded up to powers of two (at least 16,
 # the smallest tl.dot operand) and masked.
 MAX_BLOCK_K = 64
@@ -52,126 +67,118 @@ LAUNCH_WIDE_CHUNK = {
     "output_fwd": dict(num_warps=8, num_stages=3),
     "chunk_bwd": dict(num_warps=8, num_stages=2),
 }
-# Read once: triton decides at import whether kernels are compiled or interpreted.
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-DOT_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-
-
-def _block(size: int, cap: int) -> int:
-    return max(16, min(cap, triton.next_power_of_2(size)))
-
-
-def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
-    """The dots' operand dtype: the inputs' own, but fp32 under the interpreter."""
-    if dtype not in DOT_DTYPES:
-        raise ValueError(f"q, k and v must be float32, bfloat16 or float16, got {dtype}")
-    return tl.float32 if INTERPRETED else DOT_DTYPES[dtype]
 
 
 @triton.jit
-def _load_h_in(
-    h0,
-    h_out,
-    i_bh,
-    i_n,
-    NC,
-    reset,
-    o_v,
-    o_k,
-    m_h,
-    K: tl.constexpr,
-    V: tl.constexpr,
-    USE_H0: tl.constexpr,
-):
-    """The fp32 memory block [BV, BK] before chunk i_n: zero after a reset, else
-    h_out[i_n - 1] (or h0 before chunk 0)."""
-    m_in = tl.where(reset == 0, m_h, False)  # (m_h & (reset == 0) breaks the interpreter)
-    if i_n > 0:
-        p_h = h_out + (i_bh * NC + i_n - 1) * (V * K) + o_v[:, None] * K + o_k[None, :]
-        b_h = tl.load(p_h, mask=m_in, other=0.0)  # [BV, BK]
-    else:
-        if USE_H0:
-            p_h = h0 + i_bh * (V * K) + o_v[:, None] * K + o_k[None, :]
-            b_h = tl.load(p_h, mask=m_in, other=0.0)  # [BV, BK]
-        else:
-            b_h = tl.zeros([o_v.shape[0], o_k.shape[0]], dtype=tl.float32)  # [BV, BK]
-    return b_h
+def _dot(a, b, acc, DOT_DTYPE: tl.constexpr):
+    """acc + a @ b with operands in DOT_DTYPE (16-bit: tensor cores; fp32: exact "ieee")."""
+    return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision="ieee")
 
 
-@triton.jit(do_not_specialize=["NC"])
+@triton.jit
+def _chunk_rows(chunks, i_bh, i_n, T, H, BC: tl.constexpr):
+    """Chunk i_n of head i_bh = b * H + h: the rows of its slots in a [B, T, H, D] tensor
+    (int64 [BC]; times D for the element offset) and the mask of the slots that hold a token.
+
+    chunks: int32 [NC, 2], (first token, count) of each chunk, the same for every batch row.
+    """
+    first = tl.load(chunks + 2 * i_n)
+    count = tl.load(chunks + 2 * i_n + 1)
+    o_c = tl.arange(0, BC)
+    rows = ((i_bh // H).to(tl.int64) * T + first + o_c) * H + i_bh % H
+    return rows, o_c < count
+
+
+def _dot_dtype(dtype: torch.dtype):
+    """The dots' operand type: the inputs' 16-bit type on a GPU, fp32 otherwise (and always in
+    the interpreter, which multiplies 16-bit dots wrongly)."""
+    if INTERPRET or dtype == torch.float32:
+        return tl.float32
+    return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+
+
+def _padded(size: int) -> int:
+    """A block side: a power of two, at least 16 (the smallest tl.dot operand)."""
+    return max(16, triton.next_power_of_2(size))
+
+
+def _block(size: int, cap: int) -> int:
+    return min(cap, _padded(size))
+
+
+@triton.jit(do_not_specialize=["T", "NC", "NS"])
 def _state_fwd_kernel(
     k,
     v,
     h0,
+    chunks,
     resets,
-    h_out,
+    state_slot,
+    h_chunks,
+    h_slots,
+    T,
     NC,
+    NS,
+    H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
-    C: tl.constexpr,
     BC: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
     USE_H0: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_bh = i_bh.to(tl.int64)
-    o_c = tl.arange(0, BC)
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_c, m_k, m_v = o_c < C, o_k < K, o_v < V
+    m_k, m_v = o_k < K, o_v < V
     m_h = m_v[:, None] & m_k[None, :]
-
-    # Pointers at chunk 0, moved on by one chunk per step.
-    p_k = k + i_bh * NC * (C * K) + o_c[:, None] * K + o_k[None, :]  # [BC, BK]
-    p_v = v + i_bh * NC * (C * V) + o_c[:, None] * V + o_v[None, :]  # [BC, BV]
-    p_h = h_out + i_bh * NC * (V * K) + o_v[:, None] * K + o_k[None, :]  # [BV, BK]
+    o_h = o_v[:, None] * K + o_k[None, :]  # [BV, BK] offsets in one [V, K] memory
 
     b_h = tl.zeros([BV, BK], dtype=tl.float32)  # [BV, BK]
     if USE_H0:
-        p_h0 = h0 + i_bh * (V * K) + o_v[:, None] * K + o_k[None, :]
-        b_h = tl.load(p_h0, mask=m_h, other=0.0)
+        b_h = tl.load(h0 + i_bh * (V * K) + o_h, mask=m_h, other=0.0)
     for i_n in range(NC):
         reset = tl.load(resets + i_n)
         b_h = tl.where(reset != 0, 0.0, b_h)
+        p_h = h_chunks + (i_bh * NC + i_n) * (V * K) + o_h
+        tl.store(p_h, b_h.to(h_chunks.dtype.element_ty), mask=m_h)
+        rows, m_c = _chunk_rows(chunks, i_bh, i_n, T, H, BC)
+        p_k = k + rows[:, None] * K + o_k[None, :]
+        p_v = v + rows[:, None] * V + o_v[None, :]
         b_k = tl.load(p_k, mask=m_c[:, None] & m_k[None, :], other=0.0)  # [BC, BK]
         b_v = tl.load(p_v, mask=m_c[:, None] & m_v[None, :], other=0.0)  # [BC, BV]
-        b_v = tl.trans(b_v.to(DOT_DTYPE))  # [BV, BC]
-        b_h = tl.dot(b_v, b_k.to(DOT_DTYPE), b_h, input_precision="ieee")  # [BV, BK]
-        tl.store(p_h, b_h, mask=m_h)
-        p_k += C * K
-        p_v += C * V
-        p_h += V * K
+        b_h = _dot(tl.trans(b_v), b_k, b_h, DOT_DTYPE)  # [BV, BK]
+        slot = tl.load(state_slot + i_n)
+        if slot >= 0:
+            tl.store(h_slots + (i_bh * NS + slot) * (V * K) + o_h, b_h, mask=m_h)
 
 
-@triton.jit(do_not_specialize=["NC"])
+@triton.jit(do_not_specialize=["T", "NC"])
 def _output_fwd_kernel(
     q,
     k,
     v,
-    h0,
-    h_out,
-    resets,
+    h_chunks,
+    chunks,
     o,
     scale,
+    T,
     NC,
+    H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
-    C: tl.constexpr,
     BC: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
-    USE_H0: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
-    i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_bh = i_bh.to(tl.int64)
-    i_chunk = i_bh * NC + i_n  # int64 index of the chunk in [BH * NC]
+    i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    rows, m_c = _chunk_rows(chunks, i_bh, i_n, T, H, BC)
     o_c = tl.arange(0, BC)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_c, m_v = o_c < C, o_v < V
-    reset = tl.load(resets + i_n)
+    m_v = o_v < V
+    p_h = h_chunks + (i_bh * NC + i_n) * (V * K)  # the memory before the chunk
 
     b_o = tl.zeros([BC, BV], dtype=tl.float32)  # [BC, BV] q h_in^T
     b_A = tl.zeros([BC, BC], dtype=tl.float32)  # [BC, BC] q k^T
@@ -179,53 +186,49 @@ def _output_fwd_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_ck = m_c[:, None] & m_k[None, :]
-        p_q = q + i_chunk * (C * K) + o_c[:, None] * K + o_k[None, :]
-        p_k = k + i_chunk * (C * K) + o_c[:, None] * K + o_k[None, :]
-        b_q = tl.load(p_q, mask=m_ck, other=0.0).to(DOT_DTYPE)  # [BC, BK]
-        b_k = tl.load(p_k, mask=m_ck, other=0.0).to(DOT_DTYPE)  # [BC, BK]
-        b_h = _load_h_in(
-            h0, h_out, i_bh, i_n, NC, reset, o_v, o_k, m_v[:, None] & m_k[None, :], K, V, USE_H0
-        )  # [BV, BK]
-        b_A = tl.dot(b_q, tl.trans(b_k), b_A, input_precision="ieee")
-        b_o = tl.dot(b_q, tl.trans(b_h.to(DOT_DTYPE)), b_o, input_precision="ieee")
+        b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_ck, other=0.0)  # [BC, BK]
+        b_k = tl.load(k + rows[:, None] * K + o_k[None, :], mask=m_ck, other=0.0)  # [BC, BK]
+        p_hk = p_h + o_v[:, None] * K + o_k[None, :]
+        b_h = tl.load(p_hk, mask=m_v[:, None] & m_k[None, :], other=0.0)  # [BV, BK]
+        b_A = _dot(b_q, tl.trans(b_k), b_A, DOT_DTYPE)
+        b_o = _dot(b_q, tl.trans(b_h), b_o, DOT_DTYPE)
 
     causal = o_c[:, None] >= o_c[None, :]  # [BC, BC]
     b_o = b_o * scale
     b_A = tl.where(causal, b_A * scale, 0.0)
-    p_v = v + i_chunk * (C * V) + o_c[:, None] * V + o_v[None, :]
-    b_v = tl.load(p_v, mask=m_c[:, None] & m_v[None, :], other=0.0)  # [BC, BV]
-    b_o = tl.dot(b_A.to(DOT_DTYPE), b_v.to(DOT_DTYPE), b_o, input_precision="ieee")
-    p_o = o + i_chunk * (C * V) + o_c[:, None] * V + o_v[None, :]
-    tl.store(p_o, b_o, mask=m_c[:, None] & m_v[None, :])
+    m_cv = m_c[:, None] & m_v[None, :]
+    b_v = tl.load(v + rows[:, None] * V + o_v[None, :], mask=m_cv, other=0.0)  # [BC, BV]
+    b_o = _dot(b_A, b_v, b_o, DOT_DTYPE)
+    tl.store(o + rows[:, None] * V + o_v[None, :], b_o, mask=m_cv)
 
 
-@triton.jit(do_not_specialize=["NC", "M"])
+@triton.jit(do_not_specialize=["T", "NC", "NS"])
 def _state_bwd_kernel(
     q,
     do,
-    dh_out,
-    dh_slot,
+    dh_slots,
+    state_slot,
+    chunks,
     resets,
     dh,
     dh0,
     scale,
+    T,
     NC,
-    M,
+    NS,
+    H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
-    C: tl.constexpr,
     BC: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
-    HAS_DH_OUT: tl.constexpr,
+    HAS_DH_SLOTS: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_bh = i_bh.to(tl.int64)
-    o_c = tl.arange(0, BC)
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_c, m_k, m_v = o_c < C, o_k < K, o_v < V
+    m_k, m_v = o_k < K, o_v < V
     m_h = m_v[:, None] & m_k[None, :]
     o_h = o_v[:, None] * K + o_k[None, :]  # [BV, BK]
 
@@ -233,63 +236,57 @@ def _state_bwd_kernel(
     b_carry = tl.zeros([BV, BK], dtype=tl.float32)  # [BV, BK]
     for i_step in range(NC):
         i_n = NC - 1 - i_step
-        i_chunk = i_bh * NC + i_n
         b_dh = b_carry  # [BV, BK] gradient of the memory after chunk i_n
-        if HAS_DH_OUT:
-            slot = tl.load(dh_slot + i_n)  # where chunk i_n's injected gradient is, or -1
+        if HAS_DH_SLOTS:
+            slot = tl.load(state_slot + i_n)  # where chunk i_n's injected gradient is, or -1
             if slot >= 0:
-                p_dh_out = dh_out + (i_bh * M + slot) * (V * K) + o_h
-                b_dh += tl.load(p_dh_out, mask=m_h, other=0.0)
-        tl.store(dh + i_chunk * (V * K) + o_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
+                b_dh += tl.load(dh_slots + (i_bh * NS + slot) * (V * K) + o_h, mask=m_h, other=0.0)
+        tl.store(dh + (i_bh * NC + i_n) * (V * K) + o_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
 
-        p_q = q + i_chunk * (C * K) + o_c[:, None] * K + o_k[None, :]
-        p_do = do + i_chunk * (C * V) + o_c[:, None] * V + o_v[None, :]
+        rows, m_c = _chunk_rows(chunks, i_bh, i_n, T, H, BC)
+        p_q = q + rows[:, None] * K + o_k[None, :]
+        p_do = do + rows[:, None] * V + o_v[None, :]
         b_q = tl.load(p_q, mask=m_c[:, None] & m_k[None, :], other=0.0)  # [BC, BK]
         b_do = tl.load(p_do, mask=m_c[:, None] & m_v[None, :], other=0.0)  # [BC, BV] fp32
         # dS_in = dS_end + scale sum_t do_t q_t^T
         b_do = b_do * scale
-        b_do = tl.trans(b_do.to(DOT_DTYPE))  # [BV, BC]
-        b_dh = tl.dot(b_do, b_q.to(DOT_DTYPE), b_dh, input_precision="ieee")  # [BV, BK]
+        b_dh = _dot(tl.trans(b_do), b_q, b_dh, DOT_DTYPE)  # [BV, BK]
         reset = tl.load(resets + i_n)
         b_carry = tl.where(reset != 0, 0.0, b_dh)
     tl.store(dh0 + i_bh * (V * K) + o_h, b_carry, mask=m_h)
 
 
-@triton.jit(do_not_specialize=["NC"])
+@triton.jit(do_not_specialize=["T", "NC"])
 def _chunk_bwd_kernel(
     q,
     k,
     v,
-    h0,
-    h_out,
+    h_chunks,
     dh,
     do,
-    resets,
+    chunks,
     dq,
     dk,
     dv,
     scale,
+    T,
     NC,
+    H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
-    C: tl.constexpr,
     BC: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
-    USE_H0: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
-    i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    i_bh = i_bh.to(tl.int64)
-    i_chunk = i_bh * NC + i_n
+    i_n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    rows, m_c = _chunk_rows(chunks, i_bh, i_n, T, H, BC)
     o_c = tl.arange(0, BC)
-    m_c = o_c < C
-    reset = tl.load(resets + i_n)
-    p_q0 = q + i_chunk * (C * K) + o_c[:, None] * K  # [BC, 1] add the K offsets
-    p_k0 = k + i_chunk * (C * K) + o_c[:, None] * K
-    p_v0 = v + i_chunk * (C * V) + o_c[:, None] * V  # [BC, 1] add the V offsets
-    p_do0 = do + i_chunk * (C * V) + o_c[:, None] * V
-    p_h0 = i_chunk * (V * K)  # offset of this chunk's [V, K] block in h_out and dh
+    p_q0 = q + rows[:, None] * K  # [BC, 1] add the K offsets
+    p_k0 = k + rows[:, None] * K
+    p_v0 = v + rows[:, None] * V  # [BC, 1] add the V offsets
+    p_do0 = do + rows[:, None] * V
+    p_h0 = (i_bh * NC + i_n) * (V * K)  # offset of this chunk's [V, K] block in h_chunks and dh
 
     # Intra-chunk scores: b_A = q k^T, b_dA = do v^T, masked (and decayed) causally.
     b_A = tl.zeros([BC, BC], dtype=tl.float32)  # [BC, BC]
@@ -298,14 +295,14 @@ def _chunk_bwd_kernel(
         m_ck = m_c[:, None] & (o_k < K)[None, :]
         b_q = tl.load(p_q0 + o_k[None, :], mask=m_ck, other=0.0)  # [BC, BK]
         b_k = tl.load(p_k0 + o_k[None, :], mask=m_ck, other=0.0)  # [BC, BK]
-        b_A = tl.dot(b_q.to(DOT_DTYPE), tl.trans(b_k.to(DOT_DTYPE)), b_A, input_precision="ieee")
+        b_A = _dot(b_q, tl.trans(b_k), b_A, DOT_DTYPE)
     b_dA = tl.zeros([BC, BC], dtype=tl.float32)  # [BC, BC]
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_cv = m_c[:, None] & (o_v < V)[None, :]
         b_do = tl.load(p_do0 + o_v[None, :], mask=m_cv, other=0.0)  # [BC, BV] fp32
         b_v = tl.load(p_v0 + o_v[None, :], mask=m_cv, other=0.0)  # [BC, BV]
-        b_dA = tl.dot(b_do.to(DOT_DTYPE), tl.trans(b_v.to(DOT_DTYPE)), b_dA, input_precision="ieee")
+        b_dA = _dot(b_do, tl.trans(b_v), b_dA, DOT_DTYPE)
     causal = o_c[:, None] >= o_c[None, :]  # [BC, BC]
     b_A = tl.where(causal, b_A * scale, 0.0)  # the forward's weights
     b_dA = tl.where(causal, b_dA * scale, 0.0)
@@ -326,18 +323,18 @@ def _chunk_bwd_kernel(
             m_v = o_v < V
             m_cv = m_c[:, None] & m_v[None, :]
             m_h = m_v[:, None] & m_k[None, :]
+            o_h = p_h0 + o_v[:, None] * K + o_k[None, :]
             b_do = tl.load(p_do0 + o_v[None, :], mask=m_cv, other=0.0)  # [BC, BV] fp32
             b_v = tl.load(p_v0 + o_v[None, :], mask=m_cv, other=0.0)  # [BC, BV]
-            b_h = _load_h_in(h0, h_out, i_bh, i_n, NC, reset, o_v, o_k, m_h, K, V, USE_H0)
-            b_dh = tl.load(dh + p_h0 + o_v[:, None] * K + o_k[None, :], mask=m_h, other=0.0)
-            b_dq = tl.dot(b_do.to(DOT_DTYPE), b_h.to(DOT_DTYPE), b_dq, input_precision="ieee")
-            b_dk = tl.dot(b_v.to(DOT_DTYPE), b_dh.to(DOT_DTYPE), b_dk, input_precision="ieee")
+            b_h = tl.load(h_chunks + o_h, mask=m_h, other=0.0)  # [BV, BK]
+            b_dh = tl.load(dh + o_h, mask=m_h, other=0.0)  # [BV, BK]
+            b_dq = _dot(b_do, b_h, b_dq, DOT_DTYPE)
+            b_dk = _dot(b_v, b_dh, b_dk, DOT_DTYPE)
         b_dq = b_dq * scale
-        b_dq = tl.dot(b_dA, b_k.to(DOT_DTYPE), b_dq, input_precision="ieee")  # [BC, BK]
-        b_dk = tl.dot(tl.trans(b_dA), b_q.to(DOT_DTYPE), b_dk, input_precision="ieee")
-        o_dqk = i_chunk * (C * K) + o_c[:, None] * K + o_k[None, :]
-        tl.store(dq + o_dqk, b_dq, mask=m_ck)
-        tl.store(dk + o_dqk, b_dk, mask=m_ck)
+        b_dq = _dot(b_dA, b_k, b_dq, DOT_DTYPE)  # [BC, BK]
+        b_dk = _dot(tl.trans(b_dA), b_q, b_dk, DOT_DTYPE)
+        tl.store(dq + rows[:, None] * K + o_k[None, :], b_dq, mask=m_ck)
+        tl.store(dk + rows[:, None] * K + o_k[None, :], b_dk, mask=m_ck)
 
     # dv = A^T do + k dh^T (decayed).
     for i_v in range(tl.cdiv(V, BV)):
@@ -351,152 +348,153 @@ def _chunk_bwd_kernel(
             m_h = m_v[:, None] & m_k[None, :]
             b_k = tl.load(p_k0 + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
             b_dh = tl.load(dh + p_h0 + o_v[:, None] * K + o_k[None, :], mask=m_h, other=0.0)
-            b_dh = tl.trans(b_dh.to(DOT_DTYPE))  # [BK, BV]
-            b_dv = tl.dot(b_k.to(DOT_DTYPE), b_dh, b_dv, input_precision="ieee")
+            b_dv = _dot(b_k, tl.trans(b_dh), b_dv, DOT_DTYPE)
         b_do = tl.load(p_do0 + o_v[None, :], mask=m_cv, other=0.0)  # [BC, BV] fp32
-        b_dv = tl.dot(tl.trans(b_A), b_do.to(DOT_DTYPE), b_dv, input_precision="ieee")
-        p_dv = dv + i_chunk * (C * V) + o_c[:, None] * V + o_v[None, :]
-        tl.store(p_dv, b_dv, mask=m_cv)
+        b_dv = _dot(tl.trans(b_A), b_do, b_dv, DOT_DTYPE)
+        tl.store(dv + rows[:, None] * V + o_v[None, :], b_dv, mask=m_cv)
 
 
-def _check(q, k, v, h0, resets):
-    BH, NC, C, K = q.shape
+def _check(q, k, v, gates, chunks, resets):
+    """Shapes of a call: (B, T, H, K, V, NC)."""
+    B, T, H, K = q.shape
     V = v.shape[-1]
-    assert k.shape == q.shape and v.shape == (BH, NC, C, V), (q.shape, k.shape, v.shape)
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"q, k and v must be float32, bfloat16 or float16, got {q.dtype}")
+    assert k.shape == q.shape and v.shape == (B, T, H, V), (q.shape, k.shape, v.shape)
     assert k.dtype == q.dtype == v.dtype, (q.dtype, k.dtype, v.dtype)
+    assert all(x.shape == (B, T, H) for x in gates), [x.shape for x in gates]
+    assert all(x.is_contiguous() for x in (q, k, v, *gates)), "inputs must be contiguous"
+    NC = chunks.shape[0]
+    assert chunks.shape == (NC, 2) and chunks.dtype == torch.int32, (chunks.shape, chunks.dtype)
     assert resets.shape == (NC,), resets.shape
-    assert h0 is None or h0.shape == (BH, V, K), h0.shape
-    assert C & (C - 1) == 0, f"chunk size {C} is not a power of two"
-    return BH, NC, C, K, V
+    return B, T, H, K, V, NC
 
 
-def _launch(kernel: str, C: int) -> dict:
-    """num_warps and num_stages of one kernel for chunks of C slots."""
-    if C >= 128 and kernel in LAUNCH_WIDE_CHUNK:
+def _launch(kernel: str) -> dict:
+    """num_warps and num_stages of one kernel."""
+    if CHUNK_SIZE >= 128 and kernel in LAUNCH_WIDE_CHUNK:
         return LAUNCH_WIDE_CHUNK[kernel]
     return LAUNCH[kernel]
 
 
-def _meta(q: torch.Tensor, K: int, V: int, C: int) -> dict:
+def _meta(q: torch.Tensor, H: int, K: int, V: int) -> dict:
     """Constexprs shared by the four kernels."""
     return dict(
+        H=H,
         K=K,
         V=V,
-        C=C,
-        BC=max(16, C),
+        BC=_padded(CHUNK_SIZE),
         BK=_block(K, MAX_BLOCK_K),
         BV=_block(V, MAX_BLOCK_V),
         DOT_DTYPE=_dot_dtype(q.dtype),
     )
 
 
-def recurrence_fwd(q, k, v, g, h0, resets, scale: float):
+def recurrence_fwd(q, k, v, h0, chunks, resets, state_slot, num_slots: int, scale: float):
     """Chunked online recurrence, forward.
 
-    q, k: [BH, NC, C, K], v: [BH, NC, C, V], all float32, bfloat16 or float16 (zero in padding
-    slots; q unscaled: `scale` multiplies the scores in the kernels);
-    g: ignored (None; the linear memory has no decay);
-    h0: [BH, V, K] fp32 memory before chunk 0 (None: zeros); resets: int32 [NC], 1 where the
-    memory restarts from zero before chunk n.
+    q, k: [B, T, H, K], v: [B, T, H, V], all float32, bfloat16 or float16, contiguous (q
+    unscaled: `scale` multiplies the scores in the kernels);
+    h0: [BH, V, K] fp32 memory before chunk 0 (None: zeros); chunks: int32 [NC, 2] (first
+    token, count) per chunk, count <= CHUNK_SIZE; resets: int32 [NC], 1 where the memory
+    restarts from zero before chunk n; state_slot: int32 [NC], where the memory after chunk n
+    goes in h_slots, -1 for nowhere.
 
-    Returns o [BH, NC, C, V] fp32, o_t = scale S_t q_t after the update at t, and
-    h_out [BH, NC, V, K] fp32, the memory after each chunk's last slot.
+    Returns o [B, T, H, V] fp32, o_t = scale S_t q_t after the update at t (written at the
+    chunks' tokens only); h_chunks [BH, NC, V, K] in the inputs' dtype, the memory BEFORE each
+    chunk (what recurrence_bwd needs); h_slots [BH, num_slots, V, K] fp32, the memory after
+    each chunk n with state_slot[n] >= 0.
     """
-    BH, NC, C, K, V = _check(q, k, v, h0, resets)
-    o = q.new_empty(BH, NC, C, V, dtype=torch.float32)
-    h_out = q.new_empty(BH, NC, V, K, dtype=torch.float32)
-    if BH * NC == 0:
-        return o, h_out
-    q, k, v, resets = q.contiguous(), k.contiguous(), v.contiguous(), resets.contiguous()
     gates = ()  # no decay
-    use_h0 = h0 is not None
-    h0 = h0.contiguous() if use_h0 else None
-    meta = _meta(q, K, V, C)
+    B, T, H, K, V, NC = _check(q, k, v, gates, chunks, resets)
+    o = q.new_empty(B, T, H, V, dtype=torch.float32)
+    h_chunks = q.new_empty(B * H, NC, V, K)
+    h_slots = q.new_empty(B * H, num_slots, V, K, dtype=torch.float32)
+    if B * H * NC == 0:
+        return o, h_chunks, h_slots
+    meta = _meta(q, H, K, V)
     NK, NV = triton.cdiv(K, meta["BK"]), triton.cdiv(V, meta["BV"])
-    _state_fwd_kernel[(NK, NV, BH)](
-        k, v, *gates, h0, resets, h_out, NC, USE_H0=use_h0, **_launch("state_fwd", C), **meta
-    )
-    _output_fwd_kernel[(NV, NC, BH)](
-        q,
+    _state_fwd_kernel[(NK, NV, B * H)](
         k,
         v,
         *gates,
         h0,
-        h_out,
+        chunks,
         resets,
-        o,
-        scale,
+        state_slot,
+        h_chunks,
+        h_slots,
+        T,
         NC,
-        USE_H0=use_h0,
-        **_launch("output_fwd", C),
+        num_slots,
+        USE_H0=h0 is not None,
+        **_launch("state_fwd"),
         **meta,
     )
-    return o, h_out
+    _output_fwd_kernel[(NV, NC, B * H)](
+        q, k, v, *gates, h_chunks, chunks, o, scale, T, NC, **_launch("output_fwd"), **meta
+    )
+    return o, h_chunks, h_slots
 
 
-def recurrence_bwd(q, k, v, g, h0, resets, h_out, do, dh_out, dh_slot, scale: float):
-    """Chunked online recurrence, backward (arguments as in recurrence_fwd, plus its h_out).
+def recurrence_bwd(q, k, v, chunks, resets, h_chunks, do, dh_slots, state_slot, scale: float):
+    """Chunked online recurrence, backward (arguments as in recurrence_fwd, plus its h_chunks).
 
-    do: [BH, NC, C, V] fp32 gradient of o; dh_out: [BH, M, V, K] fp32 gradients of h_out at
-    the M chunks where one is injected (segment ends, a piece's last chunk), dh_slot int32
-    [NC]: each chunk's index into dh_out, -1 for none; or both None (zeros). Returns (dq, dk, dv, dg, dh0): dq (with respect to the unscaled q), dk
-    [BH, NC, C, K] fp32, dv [BH, NC, C, V] fp32, dg [BH, NC, C] fp32 (None: no decay),
-    dh0 [BH, V, K] fp32 (zeros if resets[0]).
+    do: [B, T, H, V] fp32 gradient of o, contiguous; dh_slots: [BH, num_slots, V, K] fp32
+    gradients of h_slots (injected after the chunks of state_slot), or None (zeros).
+    Returns (dq, dk, dv, dh0): dq (with respect to the unscaled q) and dk [B, T, H, K],
+    dv [B, T, H, V], all fp32 and written at the chunks' tokens only; dh0 [BH, V, K]
+    fp32 (zeros if resets[0]).
     """
-    BH, NC, C, K, V = _check(q, k, v, h0, resets)
-    dq = q.new_empty(BH, NC, C, K, dtype=torch.float32)
-    dk = q.new_empty(BH, NC, C, K, dtype=torch.float32)
-    dv = q.new_empty(BH, NC, C, V, dtype=torch.float32)
-    dg = None
-    dh0 = q.new_empty(BH, V, K, dtype=torch.float32)
-    if BH * NC == 0:
-        return dq, dk, dv, dg, dh0.zero_()
-    q, k, v, resets = q.contiguous(), k.contiguous(), v.contiguous(), resets.contiguous()
-    h_out, do = h_out.contiguous(), do.contiguous()
-    gates, gate_grads = (), ()  # no decay
-    use_h0 = h0 is not None
-    h0 = h0.contiguous() if use_h0 else None
-    has_dh_out = dh_out is not None
-    dh_out = dh_out.contiguous() if has_dh_out else None
-    dh_slot = dh_slot.contiguous() if has_dh_out else None
+    gates = ()  # no decay
+    B, T, H, K, V, NC = _check(q, k, v, gates, chunks, resets)
+    assert do.shape == (B, T, H, V) and do.is_contiguous(), "do must be contiguous [B, T, H, V]"
+    dq = q.new_empty(B, T, H, K, dtype=torch.float32)
+    dk = q.new_empty(B, T, H, K, dtype=torch.float32)
+    dv = q.new_empty(B, T, H, V, dtype=torch.float32)
+    gate_grads = ()
+    dh0 = q.new_empty(B * H, V, K, dtype=torch.float32)
+    if B * H * NC == 0:
+        return dq, dk, dv, *gate_grads, dh0.zero_()
     # dh[n]: gradient of the memory after chunk n, kept in the inputs' dtype (a dot operand).
-    dh = q.new_empty(BH, NC, V, K)
-    meta = _meta(q, K, V, C)
+    dh = q.new_empty(B * H, NC, V, K)
+    meta = _meta(q, H, K, V)
     NK, NV = triton.cdiv(K, meta["BK"]), triton.cdiv(V, meta["BV"])
-    _state_bwd_kernel[(NK, NV, BH)](
+    _state_bwd_kernel[(NK, NV, B * H)](
         q,
         *gates,
         do,
-        dh_out,
-        dh_slot,
+        dh_slots,
+        state_slot,
+        chunks,
         resets,
         dh,
         dh0,
         scale,
+        T,
         NC,
-        dh_out.shape[1] if has_dh_out else 0,
-        HAS_DH_OUT=has_dh_out,
-        **_launch("state_bwd", C),
+        0 if dh_slots is None else dh_slots.shape[1],
+        HAS_DH_SLOTS=dh_slots is not None,
+        **_launch("state_bwd"),
         **meta,
     )
-    _chunk_bwd_kernel[(NC, BH)](
+    _chunk_bwd_kernel[(NC, B * H)](
         q,
         k,
         v,
         *gates,
-        h0,
-        h_out,
+        h_chunks,
         dh,
         do,
-        resets,
+        chunks,
         dq,
         dk,
         dv,
         *gate_grads,
         scale,
+        T,
         NC,
-        USE_H0=use_h0,
-        **_launch("chunk_bwd", C),
+        **_launch("chunk_bwd"),
         **meta,
     )
-    return dq, dk, dv, dg, dh0
+    return dq, dk, dv, *gate_grads, dh0

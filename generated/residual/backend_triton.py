@@ -4,9 +4,9 @@
 
 The glue around the generated kernels. A call is cut into chunks exactly as the torch
 backend cuts it (`backend_torch.chunk_layout`: chunks never cross a segment end or a
-packed sequence), its inputs are gathered into the layout every kernel shares
-([B * H, NC, C, D] in the inputs' dtype, zero in padding slots; the kernels apply the
-read scale), and then:
+packed sequence). Every kernel reads the call's own [B, T, H, D] tensors in place (scale
+and casts in-kernel) and writes its outputs in place: a chunk is a run of consecutive
+tokens, given to the kernels as a small table (first token, count). Then:
 
 1. triton_recurrence: the online read o_on and the memories at this call's segment ends
    and at the end of each packed sequence (h_slots);
@@ -112,18 +112,18 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
 @lru_cache(maxsize=64)
 def _layout_tensors(layout: ChunkLayout, device: torch.device) -> dict[str, object]:
     """What the kernels and the torch parts need of a layout, on the device (once per layout)."""
-    num_chunks = len(layout.index)
+    seq_len, num_chunks = len(layout.flat), len(layout.index)
+    # (first token, count) of each chunk: its slots hold consecutive tokens, then padding.
+    chunks = [(row[0], sum(1 for i in row if i < seq_len)) for row in layout.index]
     closing = [n for n in range(num_chunks) if layout.closes[n]]
-    opened, anchor, reset, first = -1, [], -1, []
+    reset, first = -1, []
     for n in range(num_chunks):
-        opened = n if layout.opens[n] else opened
         reset = n if layout.resets[n] else reset
-        anchor.append(opened)
         first.append(reset)
 
-    # The reverse state scan's injected gradients, one slot each: every segment end (its
-    # cached state's, in `closing` order), then every piece's last chunk that closes no
-    # segment (its cache's running state).
+    # The memories the recurrence hands out, one slot each: every segment end (its cached
+    # state, in `closing` order), then every piece's last chunk that closes no segment (its
+    # cache's running state). The reverse state scan takes their gradients at the same slots.
     slot = {n: i for i, n in enumerate(closing)}
     for last_chunk, *_ in layout.pieces:
         if last_chunk >= 0:
@@ -132,30 +132,20 @@ def _layout_tensors(layout: ChunkLayout, device: torch.device) -> dict[str, obje
     def tensor(values, dtype=torch.int64):
         return torch.tensor(values, dtype=dtype, device=device)
 
-    return {
-        "index": tensor(layout.index).view(-1),  # [NC * C] token of each slot; T: padding
-        # The same, padding slots pointing at token 0 (zeroed after the gather), and where.
-        "gather": tensor([min(i, len(layout.flat) - 1) for row in layout.index for i in row]),
-        "padding": tensor([i >= len(layout.flat) for row in layout.index for i in row], torch.bool),
-        "padded": any(i >= len(layout.flat) for row in layout.index for i in row),
-        "flat": tensor(layout.flat),  # [T] slot of each token
+    t = {
+        "chunk_runs": tuple(chunks),  # on the host, for the state-form read's row blocks
+        "chunks": tensor(chunks, torch.int32).view(-1, 2),  # [NC, 2]
         "resets": tensor(layout.resets, torch.int32),  # [NC]
         "visible_lo": tensor(layout.visible_lo, torch.int32),  # [NC]
         "visible_hi": tensor(layout.visible_hi, torch.int32),  # [NC]
-        "closing": tensor(closing),  # [M] chunks that close a segment, in order
-        "dh_slot": tensor([slot.get(n, -1) for n in range(num_chunks)], torch.int32),  # [NC]
-        "injected": len(slot),
+        "state_slot": tensor([slot.get(n, -1) for n in range(num_chunks)], torch.int32),  # [NC]
+        "num_slots": len(slot),
         "piece_slot": [slot.get(last_chunk, -1) for last_chunk, *_ in layout.pieces],
-        "slot_chunk": tensor(sorted(slot, key=slot.get)),  # [slots] the chunk of each slot
-        "closed_length": tensor([layout.closed_length[n] for n in closing], torch.float32),
         # Segment-end memories made in this call: chunks mem_first[i]..mem_last[i] wrote them.
         "mem_first": tensor([first[n] for n in closing], torch.int32),  # [M]
         "mem_last": tensor(closing, torch.int32),  # [M]
-        "seen": tensor(layout.seen, torch.float32),  # [NC, C] tokens of the segment so far
-        # The chunk that opened each chunk's segment in this call (-1: before the call).
-        "anchor": tensor([max(a, 0) for a in anchor]),  # [NC]
-        "anchored": tensor([a >= 0 for a in anchor], torch.bool),  # [NC]
     }
+    return t
 
 
 def _layout(q: torch.Tensor, pieces: list[int]) -> ChunkLayout:
@@ -179,52 +169,33 @@ def _attention_form(pieces: list[int]) -> bool:
 
 
 def _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces) -> SimpleNamespace:
-    """Everything before the kernels: the layout, the chunked inputs. The backward calls it again (cheaper than saving it)."""
+    """Everything before the kernels: the layout, the inputs as the kernels read them (in
+    place: contiguous [B, T, H, ...], no copy for the usual call). The backward calls it again (cheaper than
+    saving it)."""
     layout = _layout(q, pieces)
-    t = _layout_tensors(layout, q.device)
-    batch, _, heads, key_dim = q.shape
-    num_chunks, chunk = len(layout.index), len(layout.index[0])
-    p = SimpleNamespace(layout=layout, t=t, batch=batch, heads=heads, key_dim=key_dim)
-    p.value_dim, p.num_chunks, p.chunk, p.scale = v.shape[-1], num_chunks, chunk, scale
-
-    p.q = _chunked(p, q)  # [BH, NC, C, K] unscaled: scaling a 16-bit q would round it
-    p.k = _chunked(p, k)  # [BH, NC, C, K]
-    p.v = _chunked(p, v)  # [BH, NC, C, V]
-    p.g = _chunked(p, g.float()) if USES_G else None  # [BH, NC, C] log decay per token, fp32
+    batch, seq_len, heads, key_dim = q.shape
+    p = SimpleNamespace(layout=layout, t=_layout_tensors(layout, q.device), scale=scale)
+    p.batch, p.seq_len, p.heads, p.key_dim = batch, seq_len, heads, key_dim
+    p.value_dim = v.shape[-1]
+    p.q, p.k, p.v = q.contiguous(), k.contiguous(), v.contiguous()  # q unscaled: kernels scale
+    p.g = g.float().contiguous() if USES_G else None  # [B, T, H] log decay per token, fp32
+    # The recurrence's inputs, in its arguments' order.
+    p.inputs = (p.q, p.k, p.v, *((p.g,) if USES_G else ()))
     p.h0 = state.float().flatten(0, 1).contiguous()  # [BH, V, K]
     return p
-
-
-def _chunked(p, x):
-    """[B, T, H, ...] -> [B * H, NC, C, ...], zero in padding slots: one gather from the
-    heads-first view writes the layout (no other copy)."""
-    t = p.t
-    gathered = x.movedim(2, 1).index_select(2, t["gather"])  # [B, H, NC * C, ...]
-    if t["padded"]:
-        pad = t["padding"].view(-1, *[1] * (x.dim() - 3))
-        gathered = gathered.masked_fill_(pad, 0)
-    return gathered.flatten(0, 1).unflatten(1, (p.num_chunks, p.chunk))
-
-
-def _unchunk(p, x_b):
-    """[B * H, NC, C, ...] -> [B, T, H, ...] (a view without padding): the token slots."""
-    x = x_b.view(p.batch, p.heads, p.num_chunks * p.chunk, *x_b.shape[3:])
-    if p.t["padded"]:
-        x = x.index_select(2, p.t["flat"])
-    return x.transpose(1, 2)
 
 
 def _all_states(p, states, h_slots):
     """Every memory cached so far: the initial cache's, then this call's segment ends (the
     first slots)."""
-    made = len(p.t["closing"])
+    made = len(p.t["mem_last"])
     return torch.cat(
         [states.float().flatten(0, 1), h_slots[:, :made]], dim=1
     ).contiguous()  # [BH, N, V, K] fp32, as the cache keeps them
 
 
 def _read(p, o_on, states_all, pieces):
-    """(o [BH, NC, C, V], lse or None): the cached reads mixed with o_on, by the kernels."""
+    """(o [B, T, H, V], lse or None): the cached reads mixed with o_on, by the kernels."""
     if p.layout.num_memories == 0:  # nothing to read: the online read is the output
         return o_on, None
     return triton_read_state.read_state_fwd(*_state_args(p, o_on, states_all), scale=p.scale)
@@ -234,16 +205,17 @@ def _state_args(p, o_on, states_all):
     gate = (None, None, None)  # residual: no gate
     # The read kernels take the states in the inputs' dtype (16-bit: tensor-core operands).
     states = states_all.to(p.q.dtype)  # [BH, N, V, K]
-    return (p.q, o_on, *gate, states, p.layout.visible_lo, p.layout.visible_hi)
+    window = (p.t["chunk_runs"], p.layout.visible_lo, p.layout.visible_hi)
+    return (p.q, o_on, *gate, states, *window)
 
 
-def _outputs(p, dtype, b_o, h_slots, states_all) -> list[torch.Tensor]:
+def _outputs(p, dtype, o, h_slots, states_all) -> list[torch.Tensor]:
     """o [B, T, H, V] in the inputs' dtype, then CACHE_TENSORS for each packed sequence."""
     batch, heads = p.batch, p.heads
-    outputs = [_unchunk(p, b_o).to(dtype, memory_format=torch.contiguous_format)]
+    outputs = [o.to(dtype)]
     for i, (last_chunk, lo, hi, _) in enumerate(p.layout.pieces):
         if last_chunk < 0:  # an empty packed sequence
-            empty = MCCache.empty(batch, heads, p.key_dim, p.value_dim, device=b_o.device)
+            empty = MCCache.empty(batch, heads, p.key_dim, p.value_dim, device=o.device)
             outputs += [getattr(empty, name) for name in CACHE_TENSORS]
             continue
         final = h_slots[:, p.t["piece_slot"][i]]  # [BH, V, K] the memory after the piece
@@ -256,13 +228,25 @@ def _outputs(p, dtype, b_o, h_slots, states_all) -> list[torch.Tensor]:
 # The online recurrence
 
 
-def _recurrence_fwd(p, q, k, v, g):
-    """(o_on [BH, NC, C, V] fp32, h_chunks [BH, NC, V, K] fp32: the memory after each chunk,
-    h_slots [BH, slots, V, K]: those after the chunks of t["slot_chunk"])."""
-    o_on, h_chunks = triton_recurrence.recurrence_fwd(
-        p.q, p.k, p.v, p.g, p.h0, p.t["resets"], p.scale
+def _recurrence_fwd(p):
+    """(o_on [B, T, H, V] fp32, h_chunks: what the backward needs of every chunk, h_slots
+    [BH, slots, V, K] fp32: the memory after each chunk with a slot in t["state_slot"])."""
+    t = p.t
+    return triton_recurrence.recurrence_fwd(
+        *p.inputs, p.h0, t["chunks"], t["resets"], t["state_slot"], t["num_slots"], p.scale
     )
-    return o_on, h_chunks, h_chunks.index_select(1, p.t["slot_chunk"])
+
+
+def _recurrence_bwd(p, h_chunks, d_o_on, dh_slots):
+    """(dq, dk, dv [B, T, H, ...], dg [B, T, H] or None, dbeta [B, T, H] or None, dh0), given
+    the gradients of o_on and of h_slots."""
+    t = p.t
+    dq, dk, dv, *rest, dh0 = triton_recurrence.recurrence_bwd(
+        *p.inputs, t["chunks"], t["resets"], h_chunks, d_o_on, dh_slots, t["state_slot"], p.scale
+    )
+    dg = rest.pop(0) if USES_G else None
+    d_beta = rest.pop(0) if rest else None
+    return dq, dk, dv, dg, d_beta, dh0
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,12 +255,12 @@ def _recurrence_fwd(p, q, k, v, g):
 
 def _forward_impl(q, k, v, u, g, state, states, descriptors, prefix_sum, scale, pieces):
     p = _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces)
-    o_on, _, h_slots = _recurrence_fwd(p, q, k, v, g)
+    o_on, _, h_slots = _recurrence_fwd(p)
     states_all = _all_states(p, states, h_slots)
-    b_o, lse = _read(p, o_on, states_all, pieces)
+    o, lse = _read(p, o_on, states_all, pieces)
     empty = o_on.new_zeros(0)  # SAVED holds tensors only: empty stands for "none"
-    saved = [empty if b_o is o_on else b_o, empty if lse is None else lse]
-    outputs = _outputs(p, q.dtype, b_o, h_slots, states_all)
+    saved = [empty if o is o_on else o, empty if lse is None else lse]
+    outputs = _outputs(p, q.dtype, o, h_slots, states_all)
     inputs = (q, k, v, u, g, state, states, descriptors, prefix_sum)
     return _owned([*outputs, *saved], inputs)
 
@@ -287,71 +271,61 @@ def _backward_impl(
     """The chain rule through the forward, by hand: outputs, reads, recurrence, torch parts."""
     p = _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces)
     t, layout = p.t, p.layout
-    # The online read and every chunk's state, again: cheaper than keeping them.
-    o_on, h_chunks, h_slots = _recurrence_fwd(p, q, k, v, g)
-    bh, num_cached = p.batch * p.heads, states.shape[2]
+    bh = p.batch * p.heads
+    # The online read and every chunk's memory, again: cheaper than keeping them.
+    o_on, h_chunks, h_slots = _recurrence_fwd(p)
 
-    # The outputs' gradients, in the chunked layout.
-    d_out = grads[0].transpose(1, 2)  # [B, H, T, V]
-    if t["padded"]:
-        slots = p.num_chunks * p.chunk
-        d_b_o = d_out.new_zeros(p.batch, p.heads, slots, p.value_dim, dtype=torch.float32)
-        d_b_o[:, :, t["flat"]] = d_out.float()
-    else:  # the slots are the tokens
-        d_b_o = d_out.to(torch.float32, memory_format=torch.contiguous_format)
-    d_b_o = d_b_o.view(bh, p.num_chunks, p.chunk, p.value_dim)  # [BH, NC, C, V]
-    # Gradients of the chunk states that something outside the recurrence read (the slots of
-    # t["dh_slot"]): the cached ones, and each piece's final state.
-    dh_out = p.h0.new_zeros(bh, t["injected"], p.value_dim, p.key_dim)  # [BH, slots, V, K]
+    d_o = grads[0].float().contiguous()  # [B, T, H, V]; a non-contiguous gradient is copied
+    # Gradients of the memories the recurrence handed out (h_slots): the cached ones, and
+    # each piece's final memory.
+    dh_slots = p.h0.new_zeros(bh, t["num_slots"], p.value_dim, p.key_dim)
+    num_cached = states.shape[2]
     d_states_all = p.h0.new_zeros(bh, layout.num_memories, p.value_dim, p.key_dim)
     per_piece = len(CACHE_TENSORS)
     for i, (last_chunk, lo, hi, _) in enumerate(layout.pieces):
         if last_chunk < 0:
             continue
         d = dict(zip(CACHE_TENSORS, grads[1 + i * per_piece : 1 + (i + 1) * per_piece]))
-        dh_out[:, t["piece_slot"][i]] += d["state"].float().flatten(0, 1)
+        dh_slots[:, t["piece_slot"][i]] += d["state"].float().flatten(0, 1)
         d_states_all[:, lo:hi] += d["states"].float().flatten(0, 1)
 
     # The cached reads.
-    d_q_b = d_k_b = d_v_b = d_g_b = None
+    dq = dk = dv = dg = None
     states_all = _all_states(p, states, h_slots)
     if layout.num_memories == 0:
-        d_o_on = d_b_o
+        d_o_on = d_o
     else:
         o_read, lse = saved[0], None
-        d_q_b, d_o_on, d_logit_on, d_conn, d_descriptors, d_states = (
-            triton_read_state.read_state_bwd(
-                *_state_args(p, o_on, states_all), o_read, lse, d_b_o, scale=scale
-            )
+        read_grads = triton_read_state.read_state_bwd(
+            *_state_args(p, o_on, states_all), o_read, lse, d_o, scale=scale
         )
+        dq, d_o_on, _, _, _, d_states = read_grads
         d_states_all += d_states
-    # Cached states: the initial cache's, and the first slots (the chunks that close a segment).
-    dh_out[:, : layout.num_memories - num_cached] += d_states_all[:, num_cached:]
+    # Cached states: the initial cache's, and the first slots (the segment ends of this call).
+    dh_slots[:, : layout.num_memories - num_cached] += d_states_all[:, num_cached:]
     d_states = d_states_all[:, :num_cached].unflatten(0, (p.batch, p.heads))
 
     # The recurrence.
-    dq_r, dk_r, dv_r, dg_r, dh0 = triton_recurrence.recurrence_bwd(
-        p.q, p.k, p.v, p.g, p.h0, t["resets"], h_chunks, d_o_on.contiguous(),
-        dh_out if t["injected"] else None, t["dh_slot"] if t["injected"] else None, scale,
+    dq_r, dk_r, dv_r, dg_r, d_beta, dh0 = _recurrence_bwd(
+        p, h_chunks, d_o_on, dh_slots if t["num_slots"] else None
     )
-    d_q_b = dq_r if d_q_b is None else d_q_b + dq_r
-    d_k_b = dk_r if d_k_b is None else d_k_b + dk_r
-    d_v_b = dv_r if d_v_b is None else d_v_b + dv_r
+    dq = dq_r if dq is None else dq + dq_r
+    dk = dk_r if dk is None else dk + dk_r
+    dv = dv_r if dv is None else dv + dv_r
     if USES_G:
-        d_g_b = dg_r if d_g_b is None else d_g_b + dg_r
+        dg = dg_r if dg is None else dg + dg_r
 
-    # Back from the chunked layout to [B, T, H, ...].
     grads_in = {
-        "q": _unchunk(p, d_q_b),
-        "k": _unchunk(p, d_k_b),
-        "v": _unchunk(p, d_v_b),
+        "q": dq,
+        "k": dk,
+        "v": dv,
         "state": dh0.reshape(p.batch, p.heads, p.value_dim, p.key_dim),
         "states": d_states,
         "descriptors": torch.zeros_like(descriptors),
         "prefix_sum": torch.zeros_like(prefix_sum),
     }
     if USES_G:
-        grads_in["g"] = _unchunk(p, d_g_b)
+        grads_in["g"] = dg
     inputs = {"q": q, "k": k, "v": v, "u": u, "g": g}
     inputs.update(state=state, states=states, descriptors=descriptors, prefix_sum=prefix_sum)
     result = [
@@ -366,7 +340,6 @@ def _forward_fake(q, k, v, u, g, state, states, descriptors, prefix_sum, scale, 
     layout = _layout(q, pieces)
     batch, _, heads, key_dim = q.shape
     seq_len, value_dim = len(layout.flat), v.shape[-1]
-    bh, num_chunks, chunk = batch * heads, len(layout.index), len(layout.index[0])
 
     def fp32(*shape):
         return q.new_empty(shape, dtype=torch.float32)
@@ -384,7 +357,7 @@ def _forward_fake(q, k, v, u, g, state, states, descriptors, prefix_sum, scale, 
     if layout.num_memories == 0:
         outputs += [fp32(0), fp32(0)]
     else:
-        outputs.append(fp32(bh, num_chunks, chunk, value_dim))
+        outputs.append(fp32(batch, seq_len, heads, value_dim))
         outputs.append(fp32(0))
     return outputs
 

@@ -2,13 +2,15 @@
 # regenerate with `mcgen build specs/residual.yaml`.
 """Triton kernels: cached reads in state form fused with the residual aggregation.
 
-Chunk n of the chunked layout (backend_triton.py builds it) reads the cached memories
-visible_lo[n] <= i < visible_hi[n]; token t of the chunk reads r_i = scale * states[i] q_t.
+The kernels read q, conn, o_on and logit_on in place from the call's [B, T, H, ...] tensors
+and write o (and what the backward needs) in place. Chunk n, a run of tokens given by the
+table `chunks` (first token, count), reads the cached memories visible_lo[n] <= i <
+visible_hi[n]; token t of the chunk reads r_i = scale * states[i] q_t.
 residual: o_t = o_on_t + sum_i r_i.
 
-Programs work on row blocks: runs of up to R consecutive chunks that see the same memories
-(ROWS_FWD / ROWS_BWD rows), so each cached state is read once per block, not once per
-chunk. Blocks are launched heaviest first (most visible memories), those of one head
+Programs work on row blocks: runs of consecutive chunks that see the same memories (up to
+ROWS_FWD / ROWS_BWD rows), so each cached state is read once per block, not once per
+chunk. A block's tokens are consecutive too: _chunk_rows finds its rows as a chunk's. Blocks are launched heaviest first (most visible memories), those of one head
 together, so a head's states stay in L2 while its blocks read them.
 
 Forward: one program per (block, batch*head) loops over the visible memories; each read is a
@@ -32,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .spec import CHUNK_SIZE
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Rows of one program: the forward holds a [ROWS, V] fp32 output block, the backward a
 # [ROWS, K] one per gradient it accumulates (fewer rows: it keeps three). With 8 warps these
@@ -42,13 +46,27 @@ ROWS_BWD = 64
 CONFIGS = [
     triton.Config({}, num_warps=8, num_stages=stages) for stages in ((2,) if INTERPRET else (2, 3))
 ]
-TUNING_KEY = ["K", "V", "C", "BT", "DOT_DTYPE"]
+TUNING_KEY = ["K", "V", "BT", "DOT_DTYPE"]
 
 
 @triton.jit
 def _dot(a, b, acc, DOT_DTYPE: tl.constexpr):
     """acc + a @ b with operands in DOT_DTYPE (16-bit: tensor cores; fp32: exact "ieee")."""
     return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision="ieee")
+
+
+@triton.jit
+def _chunk_rows(chunks, i_bh, i_n, T, H, BC: tl.constexpr):
+    """Chunk i_n of head i_bh = b * H + h: the rows of its slots in a [B, T, H, D] tensor
+    (int64 [BC]; times D for the element offset) and the mask of the slots that hold a token.
+
+    chunks: int32 [NC, 2], (first token, count) of each chunk, the same for every batch row.
+    """
+    first = tl.load(chunks + 2 * i_n)
+    count = tl.load(chunks + 2 * i_n + 1)
+    o_c = tl.arange(0, BC)
+    rows = ((i_bh // H).to(tl.int64) * T + first + o_c) * H + i_bh % H
+    return rows, o_c < count
 
 
 def _dot_dtype(dtype: torch.dtype):
@@ -65,30 +83,27 @@ def _padded(size: int) -> int:
 
 
 @triton.jit
-def _block_rows(blocks, i_b, i_bh, NC, C: tl.constexpr, BT: tl.constexpr):
-    """(rows [BT] of the chunked layout, their mask, lo, hi) of row block i_b of head i_bh."""
-    first = tl.load(blocks + i_b * 4)
-    count = tl.load(blocks + i_b * 4 + 1)
-    lo = tl.load(blocks + i_b * 4 + 2).to(tl.int64)  # int64: the loop index makes offsets
-    hi = tl.load(blocks + i_b * 4 + 3).to(tl.int64)
-    o_t = tl.arange(0, BT)
-    rows = (i_bh.to(tl.int64) * NC + first) * C + o_t  # [BT] consecutive chunks: one run
-    return rows, o_t < count * C, lo, hi
+def _window(windows, i_b):
+    """(lo, hi): row block i_b reads the memories lo <= i < hi."""
+    lo = tl.load(windows + i_b * 2).to(tl.int64)  # int64: the loop index makes offsets
+    hi = tl.load(windows + i_b * 2 + 1).to(tl.int64)
+    return lo, hi
 
 
 @triton.autotune(configs=CONFIGS, key=TUNING_KEY)
-@triton.jit(do_not_specialize=["NC", "N"])
+@triton.jit(do_not_specialize=["T", "N"])
 def _read_state_fwd_kernel(
     q, o_on,
-    states, blocks,
+    states, blocks, windows,
     o,
-    NC, N, scale,
-    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BT: tl.constexpr,
+    T, N, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
-    i_b, i_bh = tl.program_id(0), tl.program_id(1)
-    rows, m_t, lo, hi = _block_rows(blocks, i_b, i_bh, NC, C, BT)
+    i_b, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    rows, m_t = _chunk_rows(blocks, i_bh, i_b, T, H, BT)
+    lo, hi = _window(windows, i_b)
     o_k = tl.arange(0, BK)
     o_v = tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -97,7 +112,7 @@ def _read_state_fwd_kernel(
     m_vk = m_v[:, None] & m_k[None, :]  # [BV, BK]
     b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [BT, BK]
     p_o_on = o_on + rows[:, None] * V + o_v[None, :]  # [BT, BV]
-    p_states = states + i_bh.to(tl.int64) * N * V * K + o_v[:, None] * K + o_k[None, :]
+    p_states = states + i_bh * N * V * K + o_v[:, None] * K + o_k[None, :]
     # sum_i q S_i^T, scaled once at the end (scaling a 16-bit query would round it again)
     b_acc = tl.zeros([BT, BV], dtype=tl.float32)  # [BT, BV]
     for i in range(lo, hi):
@@ -108,17 +123,18 @@ def _read_state_fwd_kernel(
 
 
 @triton.autotune(configs=CONFIGS, key=TUNING_KEY)
-@triton.jit(do_not_specialize=["NC", "N"])
+@triton.jit(do_not_specialize=["T", "N"])
 def _read_state_bwd_rows_kernel(
-    states, blocks, do,
+    states, blocks, windows, do,
     dq, do_on,
-    NC, N, scale,
-    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BT: tl.constexpr,
+    T, N, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
-    i_b, i_bh = tl.program_id(0), tl.program_id(1)
-    rows, m_t, lo, hi = _block_rows(blocks, i_b, i_bh, NC, C, BT)
+    i_b, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    rows, m_t = _chunk_rows(blocks, i_bh, i_b, T, H, BT)
+    lo, hi = _window(windows, i_b)
     o_k = tl.arange(0, BK)
     o_v = tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -127,7 +143,7 @@ def _read_state_bwd_rows_kernel(
     m_vk = m_v[:, None] & m_k[None, :]  # [BV, BK]
     p_tv = rows[:, None] * V + o_v[None, :]  # [BT, BV]
     b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)  # [BT, BV] fp32
-    p_states = states + i_bh.to(tl.int64) * N * V * K + o_v[:, None] * K + o_k[None, :]
+    p_states = states + i_bh * N * V * K + o_v[:, None] * K + o_k[None, :]
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # [BT, BK]
     tl.store(do_on + p_tv, b_do, mask=m_tv)
     for i in range(lo, hi):
@@ -138,29 +154,30 @@ def _read_state_bwd_rows_kernel(
 
 
 @triton.autotune(configs=CONFIGS, key=TUNING_KEY)
-@triton.jit(do_not_specialize=["NC", "N", "NB"])
+@triton.jit(do_not_specialize=["T", "N", "NB"])
 def _read_state_bwd_memory_kernel(
-    q, blocks, do,
+    q, blocks, windows, do,
     dstates,
-    NC, N, NB, scale,
-    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BT: tl.constexpr,
+    T, N, NB, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
-    i, i_bh = tl.program_id(0), tl.program_id(1)
+    i, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_k = tl.arange(0, BK)
     o_v = tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     b_ds = tl.zeros([BV, BK], dtype=tl.float32)  # [BV, BK] dstates[i] / scale
     for i_b in range(0, NB):
-        rows, m_t, lo, hi = _block_rows(blocks, i_b, i_bh, NC, C, BT)
+        lo, hi = _window(windows, i_b)
         if (lo <= i) & (i < hi):  # the block sees memory i
+            rows, m_t = _chunk_rows(blocks, i_bh, i_b, T, H, BT)
             p_q = q + rows[:, None] * K + o_k[None, :]  # [BT, BK]
             b_q = tl.load(p_q, mask=m_t[:, None] & m_k[None, :], other=0.0)
             p_do = do + rows[:, None] * V + o_v[None, :]  # [BT, BV]
             b_do = tl.load(p_do, mask=m_t[:, None] & m_v[None, :], other=0.0)
             b_ds = _dot(tl.trans(b_do), b_q, b_ds, DOT_DTYPE)  # [BV, BK]
-    p_ds = dstates + (i_bh.to(tl.int64) * N + i) * V * K + o_v[:, None] * K + o_k[None, :]
+    p_ds = dstates + (i_bh * N + i) * V * K + o_v[:, None] * K + o_k[None, :]
     tl.store(p_ds, b_ds * scale, mask=m_v[:, None] & m_k[None, :])
 
 
@@ -171,28 +188,41 @@ def _alloc(shape, device, dtype=torch.float32):
 
 @lru_cache(maxsize=64)
 def _row_blocks(
-    visible_lo: tuple[int, ...], visible_hi: tuple[int, ...], per_block: int, device: torch.device
-) -> torch.Tensor:
-    """[NB, 4] int32 (first chunk, chunks, lo, hi): runs of at most `per_block` consecutive
-    chunks with the same visible memories, those that see the most first."""
-    runs: list[list[int]] = []
-    for n, (lo, hi) in enumerate(zip(visible_lo, visible_hi)):
+    chunks: tuple[tuple[int, int], ...],
+    visible_lo: tuple[int, ...],
+    visible_hi: tuple[int, ...],
+    per_block: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(blocks [NB, 2] int32 (first token, tokens), windows [NB, 2] int32 (lo, hi)): runs of
+    at most `per_block` consecutive chunks (their tokens consecutive) with the same visible
+    memories, those that see the most first."""
+    runs: list[list[int]] = []  # (first token, tokens, chunks, lo, hi)
+    for (first, count), lo, hi in zip(chunks, visible_lo, visible_hi):
         last = runs[-1] if runs else None
-        if last and last[2:] == [lo, hi] and last[0] + last[1] == n and last[1] < per_block:
-            last[1] += 1
+        if (
+            last
+            and last[3:] == [lo, hi]
+            and last[0] + last[1] == first
+            and last[2] < per_block
+        ):
+            last[1] += count
+            last[2] += 1
         else:
-            runs.append([n, 1, lo, hi])
-    runs.sort(key=lambda run: run[2] - run[3])  # stable: ties keep their order
-    return torch.tensor(runs, dtype=torch.int32, device=device).view(-1, 4)
+            runs.append([first, count, 1, lo, hi])
+    runs.sort(key=lambda run: run[3] - run[4])  # stable: ties keep their order
+    table = torch.tensor(runs, dtype=torch.int32, device=device).view(-1, 5)
+    return table[:, :2].contiguous(), table[:, 3:].contiguous()
 
 
-def _layout(q, o_on, visible_lo, visible_hi, rows: int):
-    """(row blocks, chunks per block, BK, BV) of a call."""
-    chunk, key_dim, value_dim = q.shape[-2], q.shape[-1], o_on.shape[-1]
+def _layout(q, o_on, chunks, visible_lo, visible_hi, rows: int):
+    """(blocks, windows, BT, BK, BV) of a call: blocks of whole chunks, up to `rows` rows."""
+    chunk = _padded(CHUNK_SIZE)
     per_block = max(1, rows // chunk)
+    chunks = tuple((int(first), int(count)) for first, count in chunks)
     lo, hi = tuple(int(x) for x in visible_lo), tuple(int(x) for x in visible_hi)
-    blocks = _row_blocks(lo, hi, per_block, q.device)
-    return blocks, per_block, _padded(key_dim), _padded(value_dim)
+    blocks, windows = _row_blocks(chunks, lo, hi, per_block, q.device)
+    return blocks, windows, per_block * chunk, _padded(q.shape[-1]), _padded(o_on.shape[-1])
 
 
 def _nonempty(x):
@@ -200,36 +230,41 @@ def _nonempty(x):
     return x.contiguous() if x.numel() else x.new_zeros(1)
 
 
-def read_state_fwd(q, o_on, logit_on, conn, descriptors, states, visible_lo, visible_hi, *, scale):
+def read_state_fwd(
+    q, o_on, logit_on, conn, descriptors, states, chunks, visible_lo, visible_hi, *, scale
+):
     """Cached reads of every chunk mixed with the online read.
 
-    q [BH, NC, C, K] (the unscaled query, in the inputs' dtype), o_on [BH, NC, C, V] fp32 (online
-    read), states [BH, N, V, K] (N may be 0; the inputs' dtype for 16-bit inputs), visible_lo /
-    visible_hi: NC ints on the host (the tokens of chunk n read memories lo <= i < hi); scale:
-    the read scale.
+    q [B, T, H, K] (the unscaled query, in the inputs' dtype), o_on [B, T, H, V] fp32 (online
+    read), states [BH, N, V, K] (N may be 0; the inputs' dtype for 16-bit inputs), all
+    contiguous; chunks: NC (first token, count) pairs, visible_lo / visible_hi: NC ints, on
+    the host (the tokens of chunk n read memories lo <= i < hi); scale: the read scale.
     logit_on, conn and descriptors are unused (None for residual).
-    Returns (o [BH, NC, C, V] fp32, None).
+    Returns (o [B, T, H, V] fp32 written at the chunks' tokens only, None).
     """
-    batch_heads, num_chunks, chunk, key_dim = q.shape
+    batch, seq_len, heads, key_dim = q.shape
     value_dim, num_memories = o_on.shape[-1], states.shape[1]
-    o = _alloc((batch_heads, num_chunks, chunk, value_dim), q.device)
+    o = _alloc((batch, seq_len, heads, value_dim), q.device)
     lse = None
-    if o.numel() == 0:
+    if o.numel() == 0 or not len(chunks):
         return o, lse
-    blocks, per_block, block_k, block_v = _layout(q, o_on, visible_lo, visible_hi, ROWS_FWD)
-    _read_state_fwd_kernel[(blocks.shape[0], batch_heads)](
-        q.contiguous(),
-        o_on.contiguous(),
+    blocks, windows, rows, block_k, block_v = _layout(
+        q, o_on, chunks, visible_lo, visible_hi, ROWS_FWD
+    )
+    _read_state_fwd_kernel[(blocks.shape[0], batch * heads)](
+        q,
+        o_on,
         _nonempty(states),
         blocks,
+        windows,
         o,
-        num_chunks,
+        seq_len,
         num_memories,
         float(scale),
+        H=heads,
         K=key_dim,
         V=value_dim,
-        C=chunk,
-        BT=per_block * chunk,
+        BT=rows,
         BK=block_k,
         BV=block_v,
         DOT_DTYPE=_dot_dtype(q.dtype),
@@ -238,38 +273,54 @@ def read_state_fwd(q, o_on, logit_on, conn, descriptors, states, visible_lo, vis
 
 
 def read_state_bwd(
-    q, o_on, logit_on, conn, descriptors, states, visible_lo, visible_hi, o, lse, do, *, scale
+    q,
+    o_on,
+    logit_on,
+    conn,
+    descriptors,
+    states,
+    chunks,
+    visible_lo,
+    visible_hi,
+    o,
+    lse,
+    do,
+    *,
+    scale,
 ):
-    """Gradients of read_state_fwd given do [BH, NC, C, V] fp32 (o, lse: what it returned).
+    """Gradients of read_state_fwd given do [B, T, H, V] fp32 (o, lse: what it returned).
 
-    Returns (dq, do_on, None, None, None, dstates), fp32 with the shapes of the inputs; dq is
-    the gradient of the unscaled query.
+    Returns (dq, do_on, None, None, None, dstates), fp32 with the shapes of the inputs (those
+    per token written at the chunks' tokens only); dq is the gradient of the unscaled query.
     """
-    batch_heads, num_chunks, chunk, key_dim = q.shape
-    value_dim, num_memories = o_on.shape[-1], states.shape[1]
+    batch, seq_len, heads, key_dim = q.shape
+    batch_heads, value_dim, num_memories = batch * heads, o_on.shape[-1], states.shape[1]
     device = q.device
     dq = _alloc(q.shape, device)
     do_on = _alloc(o_on.shape, device)
     dstates = _alloc(states.shape, device)
-    if not (num_chunks and batch_heads):
+    if not (len(chunks) and batch_heads):
         dstates.zero_()
         return dq, do_on, None, None, None, dstates
-    q, do, states = q.contiguous(), do.contiguous(), _nonempty(states)
-    blocks, per_block, block_k, block_v = _layout(q, o_on, visible_lo, visible_hi, ROWS_BWD)
+    states = _nonempty(states)
+    blocks, windows, rows, block_k, block_v = _layout(
+        q, o_on, chunks, visible_lo, visible_hi, ROWS_BWD
+    )
     dot_dtype = _dot_dtype(q.dtype)
     _read_state_bwd_rows_kernel[(blocks.shape[0], batch_heads)](
         states,
         blocks,
+        windows,
         do,
         dq,
         do_on,
-        num_chunks,
+        seq_len,
         num_memories,
         float(scale),
+        H=heads,
         K=key_dim,
         V=value_dim,
-        C=chunk,
-        BT=per_block * chunk,
+        BT=rows,
         BK=block_k,
         BV=block_v,
         DOT_DTYPE=dot_dtype,
@@ -278,16 +329,17 @@ def read_state_bwd(
         _read_state_bwd_memory_kernel[(num_memories, batch_heads)](
             q,
             blocks,
+            windows,
             do,
             dstates,
-            num_chunks,
+            seq_len,
             num_memories,
             blocks.shape[0],
             float(scale),
+            H=heads,
             K=key_dim,
             V=value_dim,
-            C=chunk,
-            BT=per_block * chunk,
+            BT=rows,
             BK=block_k,
             BV=block_v,
             DOT_DTYPE=dot_dtype,
