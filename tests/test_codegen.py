@@ -376,6 +376,8 @@ def test_triton_files_are_generated_for_matrix_memories(at_root: Path, name: str
     delta = "_delta_wy_kernel" in files["triton_recurrence.py"]
     assert delta == (plan.recurrence in ("delta", "gated_delta"))
     expected = {"triton_recurrence.py", "backend_triton.py"}
+    if plan.aggregation in ("grm", "ssc"):  # the gate's key sums and online logit
+        expected.add("triton_key_sums.py")
     if plan.caches:  # state form always: it reads memories cached by an earlier call
         expected.add(
             "triton_read_sparse.py" if plan.aggregation == "ssc" else "triton_read_state.py"
@@ -383,3 +385,19 @@ def test_triton_files_are_generated_for_matrix_memories(at_root: Path, name: str
     if plan.read_form == "attention":
         expected.add("triton_read_attention.py")
     assert triton_files == expected
+
+
+def test_the_custom_ops_namespace_follows_the_templates(at_root: Path, monkeypatch) -> None:
+    """A rebuild after the templates changed names its custom ops anew (torch.compile's caches
+    key graphs on op names, not on the code behind them); the same templates, the same name."""
+    spec = load_spec("specs/grm.yaml").spec
+    plan = compile_spec(spec).plan
+
+    def namespace() -> str:
+        text = render_package(spec, plan, command="mcgen build").files["backend_triton.py"]
+        return re.search(r"^NAMESPACE = '(\w+)'$", text, re.M).group(1)
+
+    now = namespace()
+    assert now == namespace() and now.startswith("mcgen_grm_")
+    monkeypatch.setattr("mcgen.codegen.package.templates_digest", lambda: "0" * 64)
+    assert namespace() != now

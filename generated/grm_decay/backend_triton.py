@@ -30,6 +30,7 @@ from types import SimpleNamespace
 import torch
 from torch.fx.experimental.symbolic_shapes import guard_int
 
+from . import triton_key_sums
 from . import triton_recurrence
 from . import triton_read_state
 from .backend_torch import ChunkLayout, chunk_layout
@@ -38,9 +39,10 @@ from .cache import MCCache
 # Triton reads this when the kernels are defined (their modules' import, just above):
 # set, they run in its interpreter on the CPU; unset, they need CUDA tensors.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# The custom ops' namespace: one per spec, so two specs' packages never clash, and a
-# second import of the same code (another build of the same spec) reuses the ops.
-NAMESPACE = 'mcgen_grm_decay_3d3fab871b4d'
+# The custom ops' namespace: one per spec and version of mcgen's templates, so two specs'
+# packages never clash, a rebuild after the templates changed never meets graphs that
+# torch.compile cached for the old code, and a second import of the same code reuses the ops.
+NAMESPACE = 'mcgen_grm_decay_2a30b2532d37'
 USES_G = True
 GATE_SCALE = 0.125
 # What the forward op returns per packed sequence: the cache after its last token.
@@ -153,37 +155,34 @@ def _layout_tensors(layout: ChunkLayout, device: torch.device) -> dict[str, obje
 
 
 def _segment_tables(layout: ChunkLayout, chunks, closing, tensor) -> dict[str, object]:
-    """Per token, where its segment lies in the call, for the key sums (prefix sums over the
-    tokens, differenced at segment starts): `start`, the segment's first token, `stop`, one
-    past its last in the call; `carried`, how many leading tokens belong to a segment begun
-    before the call (they add the cache's running key sum)."""
-    start, stop, seen, window = [], [], [], []
+    """Where each token's segment lies in the call, for the key sums: `runs`, (first token,
+    one past the last) of each segment's tokens in the call; `carried`, how many leading
+    tokens belong to a segment begun before the call (they add the cache's running key sum);
+    `end_runs`, the run each segment closed in the call ends; `run_ending_at`, the run that
+    ends at a token (on the host)."""
+    runs, seen, window = [], [], []
     segment_start, carried, opened = 0, 0, False
     for n, (first, count) in enumerate(chunks):
         if layout.opens[n]:
             segment_start, opened = first, True
         if not opened:  # the call began inside this segment
             carried += count
-        start += [segment_start] * count
+        if runs and runs[-1][0] == segment_start:
+            runs[-1][1] = first + count
+        else:
+            runs.append([segment_start, first + count])
         seen += layout.seen[n][:count]
         window += [(layout.visible_lo[n], layout.visible_hi[n])] * count
-    # A segment ends in the call at a closing chunk, before a chunk that opens one, or at the end.
-    chunk_stop, end = [], len(layout.flat)
-    for n in reversed(range(len(chunks))):
-        first, count = chunks[n]
-        if layout.closes[n] or n + 1 == len(chunks) or layout.opens[n + 1]:
-            end = first + count
-        chunk_stop.append(end)
-    for (_, count), end in zip(chunks, reversed(chunk_stop)):
-        stop += [end] * count
+    run_ending_at = {hi - 1: r for r, (_, hi) in enumerate(runs)}
+    ends = [chunks[n][0] + chunks[n][1] - 1 for n in closing]  # the closed segments' last tokens
     return {
-        "start": tensor(start),  # [T]
-        "stop": tensor(stop),  # [T]
+        "runs": tensor(runs, torch.int32).view(-1, 2),  # [S, 2]
+        "run_ending_at": run_ending_at,
+        "end_runs": tensor([run_ending_at[token] for token in ends]),  # [M]
         "carried": carried,
         "seen": tensor(seen, torch.float32),  # [T] tokens of the segment so far, inclusive
         "token_lo": tensor([lo for lo, _ in window], torch.int32),  # [T] visible memories
         "token_hi": tensor([hi for _, hi in window], torch.int32),  # [T]
-        "ends": tensor([chunks[n][0] + chunks[n][1] - 1 for n in closing]),  # [M] last tokens
         "closed_length": tensor([layout.closed_length[n] for n in closing], torch.float32),
     }
 
@@ -225,52 +224,33 @@ def _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces) -> Si
     p.h0 = state.float().flatten(0, 1).contiguous()  # [BH, V, K]
     p.conn = u.contiguous()  # [B, T, H, K]
     t = p.t
-    # The keys of each token's segment up to it: prefix sums over the call in fp64 (a sum over
-    # the whole call minus the sum at the segment's start must not cancel), then the cache's
-    # running sum for a segment begun before the call.
-    sums = k.new_zeros(batch, seq_len + 1, heads, key_dim, dtype=torch.float64)
-    sums[:, 1:] = torch.cumsum(k, 1, dtype=torch.float64)
-    key_prefix = sums[:, 1:] - sums.index_select(1, t["start"])  # [B, T, H, K]
-    key_prefix[:, : t["carried"]] += prefix_sum.double()[:, None]
-    p.key_prefix = key_prefix.float()
-    new_descriptors = p.key_prefix.index_select(1, t["ends"]).transpose(1, 2)  # [B, H, M, K]
+    # The online logit and each segment's key sum in the call, by the key-sum kernel.
+    p.prefix_sum = prefix_sum.float().contiguous()  # [B, H, K] the cache's running key sum
+    p.logit_on, p.run_sums = triton_key_sums.key_sums_fwd(
+        p.k, p.conn, t["seen"], t["runs"], p.prefix_sum, t["carried"]
+    )  # [B, T, H], [B, H, S, K]
+    new_descriptors = p.run_sums.index_select(2, t["end_runs"])  # [B, H, M, K]
     new_descriptors = new_descriptors / t["closed_length"][:, None]
     p.descriptors = torch.cat(
         [descriptors.float().flatten(0, 1), new_descriptors.flatten(0, 1)], dim=1
     ).contiguous()  # [BH, N, K]
-    # The online logit: <u_t, keys of the segment up to t> (prefix sums: a later token's NaN
-    # stays out).
-    p.logit_on = (p.conn.float() * p.key_prefix).sum(-1) * _logit_factor(p)  # [B, T, H]
     return p
 
 
-def _logit_factor(p):
-    """d(online logit) / d<u, key prefix sum>: the gate scale, over the count (mean pooling)."""
-    return GATE_SCALE / p.t["seen"][:, None]  # [T, 1]
-
-
-def _key_sums_bwd(p, d_conn, d_logit_on, d_new, d_running):
-    """(dk [B, T, H, K], the connector's gradient, d prefix_sum [B, H, K]) through the key sums
-    and the online logit, given the gradients of the logit (None: unused), of the
-    descriptors made in this call ([BH, M, K]) and of each piece's running key sum."""
+def _key_sums_bwd(p, dk, d_conn, d_logit_on, d_new, d_running):
+    """d prefix_sum [B, H, K]; dk and d_conn [B, T, H, K] fp32 gain, in place, the gradients
+    through the key sums, given those of the online logit (None: unused), of the descriptors
+    made in this call ([BH, M, K]) and of each piece's running key sum."""
     t = p.t
-    d_key_prefix = torch.zeros_like(p.key_prefix, dtype=torch.float64)  # [B, T, H, K]
-    if d_logit_on is not None:
-        d_scaled = (d_logit_on * _logit_factor(p))[..., None]  # [B, T, H, 1]
-        d_conn = d_conn + d_scaled * p.key_prefix
-        d_key_prefix += d_scaled * p.conn.float()
+    d_run_sums = dk.new_zeros(p.run_sums.shape)  # [B, H, S, K]
     d_new = d_new / t["closed_length"][:, None]
-    d_new = d_new.unflatten(0, (p.batch, p.heads)).transpose(1, 2)  # [B, M, H, K]
-    d_key_prefix.index_add_(1, t["ends"], d_new.double())  # the segment ends: unique tokens
+    d_run_sums.index_add_(2, t["end_runs"], d_new.unflatten(0, (p.batch, p.heads)))
     for token, d in d_running:
-        d_key_prefix[:, token] += d.double()
-    # key_prefix[t] sums the keys from its segment's start: token j gets the gradients of
-    # the tokens from j to its segment's stop (a reverse prefix sum, differenced).
-    after = d_key_prefix.new_zeros(p.batch, p.seq_len + 1, p.heads, p.key_dim)
-    after[:, :-1] = d_key_prefix.flip(1).cumsum(1).flip(1)
-    dk = (after[:, :-1] - after.index_select(1, t["stop"])).float()
-    d_prefix_sum = (after[:, 0] - after[:, t["carried"]]).float()  # [B, H, K]
-    return dk, d_conn, d_prefix_sum
+        d_run_sums[:, :, t["run_ending_at"][token]] += d
+    return triton_key_sums.key_sums_bwd(
+        p.k, p.conn, t["seen"], t["runs"], p.prefix_sum, t["carried"],
+        d_logit_on, d_run_sums, dk, d_conn,
+    )
 
 
 def _all_states(p, states, h_slots):
@@ -311,7 +291,8 @@ def _outputs(p, dtype, o, h_slots, states_all) -> list[torch.Tensor]:
         outputs.append(states_all[:, lo:hi].unflatten(0, (batch, heads)))  # [B, H, n, V, K]
         outputs.append(p.descriptors[:, lo:hi].unflatten(0, (batch, heads)))  # [B, H, n, K]
         # The running key sum restarts after a segment end.
-        key_sum = p.key_prefix[:, _last_token(p, last_chunk)] * (not p.layout.closes[last_chunk])
+        key_sum = p.run_sums[:, :, p.t["run_ending_at"][_last_token(p, last_chunk)]]
+        key_sum = key_sum * (not p.layout.closes[last_chunk])
         outputs.append(key_sum)  # [B, H, K]
     return outputs
 
@@ -422,10 +403,10 @@ def _backward_impl(
     # The descriptors and the online logit, back to the keys, the connector and the cache.
     if d_conn is None:  # nothing was read: the connector had no effect
         d_conn = torch.zeros_like(p.conn, dtype=torch.float32)
-    dk_sums, d_conn, d_prefix_sum = _key_sums_bwd(
-        p, d_conn, d_logit_on, d_descriptors_all[:, num_cached:], d_running
+    dk, d_conn = dk.float().contiguous(), d_conn.float().contiguous()  # accumulated in place
+    d_prefix_sum = _key_sums_bwd(
+        p, dk, d_conn, d_logit_on, d_descriptors_all[:, num_cached:], d_running
     )
-    dk = dk + dk_sums
     d_descriptors = d_descriptors_all[:, :num_cached].unflatten(0, (p.batch, p.heads))
 
     grads_in = {

@@ -33,9 +33,10 @@ from .cache import MCCache
 # Triton reads this when the kernels are defined (their modules' import, just above):
 # set, they run in its interpreter on the CPU; unset, they need CUDA tensors.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# The custom ops' namespace: one per spec, so two specs' packages never clash, and a
-# second import of the same code (another build of the same spec) reuses the ops.
-NAMESPACE = 'mcgen_none_6e882685442b'
+# The custom ops' namespace: one per spec and version of mcgen's templates, so two specs'
+# packages never clash, a rebuild after the templates changed never meets graphs that
+# torch.compile cached for the old code, and a second import of the same code reuses the ops.
+NAMESPACE = 'mcgen_none_e29d0c6bb689'
 USES_G = False
 # What the forward op returns per packed sequence: the cache after its last token.
 CACHE_TENSORS = ('state',)

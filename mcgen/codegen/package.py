@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from mcgen import __version__
 from mcgen.codegen.literals import py_literal
-from mcgen.codegen.templates import environment
+from mcgen.codegen.templates import environment, templates_digest
 from mcgen.ir.plan import Plan
 from mcgen.packages import MANIFEST, write_package
 from mcgen.spec import Spec, spec_hash
@@ -57,6 +57,8 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
         "spec": spec,
         "plan": plan,
         "spec_hash": digest,
+        # Names the package's custom ops: the spec and the templates that wrote its code.
+        "ops_key": hashlib.sha256((digest + templates_digest()).encode()).hexdigest(),
         "spec_literal": py_literal(spec.model_dump(mode="json")),
         "mcgen_version": __version__,
         "command": header_command(command),
@@ -91,6 +93,8 @@ def package_files(plan: Plan) -> tuple[str, ...]:
     if not has_triton(plan):
         return PACKAGE_FILES
     kernels = ["triton_recurrence.py"]
+    if plan.aggregation in GATED_AGGREGATIONS:
+        kernels.append("triton_key_sums.py")  # the gate's online logit and descriptors
     if plan.caches:
         # State form always: it also reads memories cached by earlier calls, which the
         # attention form cannot (their keys are gone). ssc reads it as a grouped sparse read.

@@ -273,6 +273,15 @@ FORMULAS: dict[str, Formula] = {
         2 * p.rows * (4 * p.state + 4 * p.chunk * (p.key_dim + p.value_dim + p.chunk)),
         launch.all_bytes(),
     ),
+    # The gate's key sums: a running sum (K adds per row) and the online logit (2K per row);
+    # the backward makes the sums again for the connector's gradient (3K) and the suffix sums
+    # for the keys' (4K). dk and d_conn are read and written in place; conn is read by both
+    # walks over a run.
+    "_key_sums_fwd_kernel": lambda p, launch: Cost(3 * p.rows * p.key_dim, launch.all_bytes()),
+    "_key_sums_bwd_kernel": lambda p, launch: Cost(
+        7 * p.rows * p.key_dim,
+        launch.all_bytes() + launch.size("dk") + launch.size("d_conn") + launch.size("conn"),
+    ),
     # ssc's grouped sparse read. Routing: the gate logit of every visible memory (2K each).
     "_route_kernel": lambda p, launch: Cost(2 * p.key_dim * p.visible_pairs, launch.all_bytes()),
     # Per pair: r = q S^T (2KV), written weighted ([pairs, V] fp32).
