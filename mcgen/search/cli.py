@@ -1,4 +1,4 @@
-"""`mcgen search`: a thin command layer over mcgen.search.study and .report.
+"""`mcgen search`: a thin command layer over mcgen.search.local_run and .report.
 
     mcgen search SPACE.yaml [--study NAME] [--trials N] [--workers N] [--storage URL]
                             [--timeout S] [--json]       (same as `mcgen search run ...`)
@@ -180,21 +180,20 @@ def run(
 ) -> None:
     """Run a study (or continue it: the same command resumes) until it has --trials done."""
     _quiet_optuna()
-    from mcgen.search.study import run_study
+    from mcgen.search.local_run import RunOptions, run_study
 
     with _reported_errors():
         try:
+            options = RunOptions(
+                trials=trials,
+                study=study,
+                workers=workers,
+                storage=storage,
+                timeout=timeout,
+                runs_dir=runs,
+            )
             with _progress_display(as_json) as on_update:
-                summary = run_study(
-                    space,
-                    study=study,
-                    trials=trials,
-                    workers=workers,
-                    storage=storage,
-                    timeout=timeout,
-                    runs_dir=runs,
-                    on_update=on_update,
-                )
+                summary = run_study(space, options, on_update=on_update)
         except KeyboardInterrupt:
             err.print("interrupted: rerun the same command to continue the study")
             raise typer.Exit(130) from None
