@@ -1,28 +1,31 @@
 """The `mcgen` command line: a thin layer over mcgen.build, .validate, .export and
-.inspect_report."""
+.inspect_report, with `mcgen bench` (mcgen.bench.cli) and `mcgen search` (mcgen.search.cli)
+registered on it. Consoles, error reports and progress bars: mcgen.console."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperGroup
 
 from mcgen import __version__
 from mcgen.bench.cli import bench as bench_command
 from mcgen.build import DEFAULT_OUT, build_command, render_spec
+from mcgen.console import (
+    CommandError,
+    err,
+    json_errors,
+    out,
+    progress_bars,
+    report_error,
+    reported_errors,
+)
 from mcgen.export import (
-    ExportError,
     ExportTestFailed,
     export_drift,
     export_spec,
@@ -31,10 +34,10 @@ from mcgen.export import (
 from mcgen.inspect_report import inspect_spec, render_report
 from mcgen.kernels.report import render_kernel_report
 from mcgen.kernels.run import KernelReportError, report_from_options
-from mcgen.packages import PackageError, check_replaceable
+from mcgen.packages import check_replaceable
 from mcgen.passes.pipeline import DEFAULT_SEQ_LEN
 from mcgen.search.cli import search_app
-from mcgen.spec import SpecError, SpecProblem, load_spec
+from mcgen.spec import SpecError, load_spec
 from mcgen.tables import print_table
 from mcgen.validate import (
     DEFAULT_DTYPES,
@@ -46,18 +49,6 @@ from mcgen.validate import (
     validate_package,
 )
 
-# Whether the command running prints JSON (--json among its arguments): its errors too.
-_json_output: ContextVar[bool] = ContextVar("mcgen_json_output", default=False)
-
-
-class CommandError(Exception):
-    """Input a command refuses: its message (one line or more) and exit code, reported by
-    _reported_errors as plain text on stderr, or with --json as a JSON object on stdout."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
-
 
 class _Commands(TyperGroup):
     """mcgen's commands. With --json, every error is one JSON object on stdout, usage
@@ -65,16 +56,15 @@ class _Commands(TyperGroup):
 
     def invoke(self, ctx: typer.Context) -> Any:
         # ctx.args: the arguments after the command's name, before click consumes them.
-        token = _json_output.set("--json" in ctx.args)
-        try:
-            return super().invoke(ctx)
-        except Exception as exc:
-            if not (_json_output.get() and _is_usage_error(exc)):
-                raise
-            _report(exc.format_message(), exc.exit_code)  # type: ignore[attr-defined]
-            raise typer.Exit(exc.exit_code) from None  # type: ignore[attr-defined]
-        finally:
-            _json_output.reset(token)
+        as_json = "--json" in ctx.args
+        with json_errors(as_json):
+            try:
+                return super().invoke(ctx)
+            except Exception as exc:
+                if not (as_json and _is_usage_error(exc)):
+                    raise
+                report_error(exc.format_message(), exc.exit_code)  # type: ignore[attr-defined]
+                raise typer.Exit(exc.exit_code) from None  # type: ignore[attr-defined]
 
 
 def _is_usage_error(exc: Exception) -> bool:
@@ -92,8 +82,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
 app.add_typer(search_app, name="search")
 
 SpecArg = Annotated[Path, typer.Argument(help="A spec file (YAML), e.g. specs/grm.yaml.")]
@@ -122,37 +110,6 @@ def main(
     pass
 
 
-@contextmanager
-def _reported_errors(*also: type[Exception]) -> Iterator[None]:
-    """Bad input ends the command with its message and exit code 2 (a CommandError's own
-    code), never a traceback; with --json, as a JSON object on stdout.
-
-    `also`: a subcommand's own errors of bad input, reported the same way."""
-    try:
-        yield
-    except SpecError as exc:
-        _report(str(exc), 2, exc.problems)
-        raise typer.Exit(2) from None
-    except CommandError as exc:
-        _report(str(exc), exc.exit_code)
-        raise typer.Exit(exc.exit_code) from None
-    except (PackageError, ExportError, *also) as exc:
-        _report(str(exc), 2)
-        raise typer.Exit(2) from None
-
-
-def _report(message: str, exit_code: int, problems: Sequence[SpecProblem] = ()) -> None:
-    """An error: {"error": {message, exit_code[, problems]}} on stdout with --json, else its
-    lines on stderr, never wrapped (editors and scripts parse `file:line:col:` lines)."""
-    if not _json_output.get():
-        err.print(message, markup=False, highlight=False, soft_wrap=True)
-        return
-    error: dict[str, Any] = {"message": message, "exit_code": exit_code}
-    if problems:
-        error["problems"] = [asdict(problem) for problem in problems]
-    out.print_json(json.dumps({"error": error}))
-
-
 @app.command()
 def build(
     specs: Annotated[list[Path], typer.Argument(help="One or more spec files.")],
@@ -162,7 +119,7 @@ def build(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate each spec's package in OUT/<name>/ (all specs are checked before any is written)."""
-    with _reported_errors():
+    with reported_errors():
         rendered = []
         problems = []
         for spec_path in specs:
@@ -245,7 +202,7 @@ def validate(
     if exported is not None:
         _validate_exported(exported, spec_path, as_json)
         return
-    with _reported_errors():
+    with reported_errors():
         if spec_path is None:
             raise CommandError(
                 "give a SPEC to validate its package, or --exported DIR for an export"
@@ -267,7 +224,7 @@ def validate(
             for warning in shape_warnings(package, quick=quick, shapes=shapes):
                 err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
         steps = ladder_steps(package, backends=backend, dtypes=dtypes, quick=quick, shapes=shapes)
-        with _progress(as_json) as make_task:
+        with progress_bars(as_json) as make_task:
             advance = make_task(f"validating {spec.name}", steps)
             report = validate_package(
                 package,
@@ -308,7 +265,7 @@ def validate(
 
 def _validate_exported(export_dir: Path, spec_path: Path | None, as_json: bool) -> None:
     """Drift first (exit 2, each edited file named), then the export's tests (exit 1)."""
-    with _reported_errors():
+    with reported_errors():
         spec = load_spec(spec_path).spec if spec_path is not None else None
         problems = export_drift(export_dir, spec)
         if problems:
@@ -362,9 +319,9 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a standalone pip-installable project: the package, pyproject.toml, README, tests."""
-    with _reported_errors():
+    with reported_errors():
         try:
-            with _progress(as_json) as make_task:
+            with progress_bars(as_json) as make_task:
                 result = export_spec(
                     spec_path,
                     out_dir,
@@ -453,7 +410,7 @@ def inspect(
 ) -> None:
     """Show the IR before and after the passes, their rewrites, and the cost against attention."""
     if kernels or any(o is not None for o in (arch, shape, kernel_dtype, card)):
-        with _reported_errors(KernelReportError), _progress(as_json) as make_task:
+        with reported_errors(KernelReportError), progress_bars(as_json) as make_task:
             kernel_report = report_from_options(
                 spec_path, kernels=kernels, arch=arch, shape=shape, dtype=kernel_dtype,
                 card=card, progress=make_task,
@@ -465,7 +422,7 @@ def inspect(
         if kernel_report.problems():
             raise typer.Exit(1)
         return
-    with _reported_errors():
+    with reported_errors():
         spec = load_spec(spec_path).spec
         report = inspect_spec(spec, seq_len, batch)
     if as_json:
@@ -477,48 +434,3 @@ def inspect(
 
 
 app.command(name="bench")(bench_command)
-
-
-@contextmanager
-def _progress(quiet: bool):
-    """A progress bar on a terminal, plain lines elsewhere, nothing with --json."""
-    if quiet or not err.is_terminal:
-
-        def make_plain(description: str, total: int):
-            count = [0]
-
-            def advance(step: str) -> None:
-                count[0] += 1
-                if not quiet:
-                    line = f"[{count[0]}/{total}] {description}: {step}"
-                    err.print(line, markup=False, highlight=False, soft_wrap=True)
-
-            return advance
-
-        yield make_plain
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[step]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err, transient=False) as progress:
-
-        def make_bar(description: str, total: int):
-            task = progress.add_task(description, total=total, step="")
-            started = [False]
-
-            def advance(step: str) -> None:
-                # Called as a step starts: complete the previous one.
-                if started[0]:
-                    progress.advance(task)
-                started[0] = True
-                progress.update(task, step=step)
-
-            return advance
-
-        yield make_bar
-        for task in progress.tasks:
-            progress.update(task.id, completed=task.total, step="done")

@@ -50,7 +50,7 @@ def _held(train: Callable[..., Any]) -> Callable[..., Any]:
 
 def _install() -> None:
     import mcgen.search.database as database
-    import mcgen.search.study as study
+    import mcgen.search.local_run as local_run
     import mcgen.search.worker as worker
 
     say = database.notify
@@ -62,13 +62,13 @@ def _install() -> None:
     database.notify = notify
     worker.evaluate = _held(worker.evaluate)
     worker.attention_baseline = _held(worker.attention_baseline)
-    start = study.worker_command
+    start = local_run.worker_command
 
     def worker_command(*args: Any, **kwargs: Any) -> list[str]:
         python, _, _, *rest = start(*args, **kwargs)  # python -m mcgen.search.worker ...
         return [python, str(HERE), "--worker", *rest]
 
-    study.worker_command = worker_command
+    local_run.worker_command = worker_command
 
 
 def main() -> int:

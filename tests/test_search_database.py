@@ -27,6 +27,7 @@ from mcgen.cli import app
 from mcgen.search import database
 from mcgen.search import study as studies
 from mcgen.search.study import SearchError, locate, study_lock
+from mcgen.search.trials import FAILURE, WORKER
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "search" / "tiny.yaml"
@@ -135,7 +136,7 @@ def test_storage_calls_and_the_study_lock_wait_for_a_restarted_server(server, mo
 def worker_pids(runs: Path, study: str) -> set[int]:
     found, _, _ = studies.load_study(locate(study, storage=POSTGRES, runs_dir=runs))
     return {
-        t.user_attrs[studies.WORKER]["pid"]
+        t.user_attrs[WORKER]["pid"]
         for t in found.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     }
 
@@ -178,5 +179,5 @@ def test_a_search_rides_out_a_server_restart(server, tmp_path):
     trials = found.get_trials(deepcopy=False)
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 5
     assert not [t for t in trials if t.state != TrialState.COMPLETE], [
-        (t.number, t.state, t.user_attrs.get(studies.FAILURE)) for t in trials
+        (t.number, t.state, t.user_attrs.get(FAILURE)) for t in trials
     ]

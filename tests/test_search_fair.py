@@ -20,6 +20,7 @@ from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
 from mcgen.mqar.train import train
 from mcgen.search import study as studies
 from mcgen.search.grid_report import Cell, extrapolate
+from mcgen.search.local_run import RunOptions, run_study
 from mcgen.search.objective import Run, evaluate, run_key, sweep
 from mcgen.search.report import report_study
 from mcgen.search.space import (
@@ -31,6 +32,7 @@ from mcgen.search.space import (
     widths,
 )
 from mcgen.search.study import locate, open_study
+from mcgen.search.trials import GRID, REFERENCE, RETRY_OF
 from mcgen.search.worker import RUNS_OF, run_worker
 from mcgen.spec import parse_spec
 
@@ -192,7 +194,7 @@ def test_a_retried_trial_trains_only_the_runs_its_killed_try_did_not_finish(tmp_
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 1 and len(objective.runs_in(failed[0].user_attrs)) == 3
     # The first reference trial was killed after 3 of its 4 runs: its retry trained one.
-    retry = next(t for t in trials if t.user_attrs.get(studies.RETRY_OF) == failed[0].number)
+    retry = next(t for t in trials if t.user_attrs.get(RETRY_OF) == failed[0].number)
     assert retry.user_attrs[RUNS_OF] == failed[0].user_attrs[RUNS_OF]
     assert retry.state == optuna.trial.TrialState.COMPLETE
     # 3 trials x 4 runs, each trained exactly once over both attempts.
@@ -251,9 +253,9 @@ def test_a_grid_study_enqueues_every_point_and_attention_at_every_width(tmp_path
     location = locate("grid", runs_dir=tmp_path)
     study, _ = open_study(location, space, "", target=10)
     waiting = study.get_trials(deepcopy=False)
-    references = [t.user_attrs.get(studies.REFERENCE) for t in waiting]
+    references = [t.user_attrs.get(REFERENCE) for t in waiting]
     assert references.count("attention") == 2 and "base_rnn" not in references
-    assert sum(studies.GRID in t.user_attrs for t in waiting) == 8
+    assert sum(GRID in t.user_attrs for t in waiting) == 8
     assert study.user_attrs["grid_points"] == 8
     # Opening it again enqueues nothing more.
     study, _ = open_study(location, space, "", target=10)
@@ -375,7 +377,7 @@ def test_the_grid_report_gives_each_cell_its_mean_and_spread_plots_and_cost(tmp_
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
     runs = tmp_path / "runs"
-    summary = studies.run_study(path, trials=10, runs_dir=runs, in_process=True)
+    summary = run_study(path, RunOptions(trials=10, runs_dir=runs, in_process=True))
     assert summary.finished and summary.counts.complete == 10
     report = report_study("tiny", runs_dir=runs, extrapolate=path)
     text = Path(report.files["grid_md"]).read_text(encoding="utf-8")

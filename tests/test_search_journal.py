@@ -20,6 +20,7 @@ from mcgen.search import study as studies
 from mcgen.search.report import report_study
 from mcgen.search.space import load_space
 from mcgen.search.study import SearchError, locate, open_study
+from mcgen.search.trials import REFERENCE
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "search" / "tiny.yaml"
@@ -57,7 +58,7 @@ def copies_of(journal: Path) -> list[Path]:
 
 def reference_kinds(runs: Path) -> list[str]:
     study, _, _ = studies.load_study(locate("tiny", runs_dir=runs))
-    return sorted(t.user_attrs[studies.REFERENCE] for t in study.get_trials(deepcopy=False))
+    return sorted(t.user_attrs[REFERENCE] for t in study.get_trials(deepcopy=False))
 
 
 def test_resume_cuts_a_torn_last_record_keeps_a_copy_and_says_so(space_file, tmp_path, capsys):

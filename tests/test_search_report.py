@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from mcgen.build import build
 from mcgen.cli import app
+from mcgen.search.local_run import RunOptions, run_study
 from mcgen.search.report import (
     COST_LABELS,
     Row,
@@ -22,7 +23,7 @@ from mcgen.search.report import (
     report_study,
     table_rows,
 )
-from mcgen.search.study import Counts, run_study
+from mcgen.search.trials import Counts
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "search" / "tiny.yaml"
@@ -122,7 +123,7 @@ def test_the_report_says_how_it_counts_bytes():
 
 def test_report_of_a_tiny_study_writes_table_plot_and_buildable_specs(tmp_path):
     runs = tmp_path / "runs"
-    run_study(TINY, trials=5, runs_dir=runs, in_process=True)
+    run_study(TINY, RunOptions(trials=5, runs_dir=runs, in_process=True))
     report = report_study("tiny", runs_dir=runs)
     front = report.pareto
     assert front and all(r.role != "attention" and r.feasible for r in front)
@@ -156,7 +157,7 @@ def test_html_is_written_only_with_plotly(tmp_path, monkeypatch):
     import builtins
 
     runs = tmp_path / "runs"
-    run_study(TINY, trials=3, runs_dir=runs, in_process=True)
+    run_study(TINY, RunOptions(trials=3, runs_dir=runs, in_process=True))
     real_import = builtins.__import__
 
     def no_plotly(name, *args, **kwargs):
@@ -191,7 +192,7 @@ def test_search_command_group(tmp_path):
 
 def test_report_command_json(tmp_path):
     runs = tmp_path / "runs"
-    run_study(TINY, trials=3, runs_dir=runs, in_process=True)
+    run_study(TINY, RunOptions(trials=3, runs_dir=runs, in_process=True))
     result = CliRunner().invoke(app, ["search", "report", "tiny", "--runs", str(runs), "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)

@@ -26,9 +26,11 @@ import mcgen.search.worker as worker_module
 from mcgen.cli import app
 from mcgen.search import study as studies
 from mcgen.search.database import PatientStorage
+from mcgen.search.local_run import RunOptions, run_study
 from mcgen.search.objective import CostUnavailable
 from mcgen.search.space import load_space
-from mcgen.search.study import SearchError, locate, open_study, run_study
+from mcgen.search.study import SearchError, locate, open_study
+from mcgen.search.trials import DONE_STATES, REFERENCE, RETRY_OF, WIDTH, WORKER
 from mcgen.search.worker import run_worker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +69,7 @@ def trials_of(runs: Path, study: str, storage: str | None = None):
 
 
 def done(trials) -> list:
-    return [t for t in trials if t.state in studies.DONE_STATES]
+    return [t for t in trials if t.state in DONE_STATES]
 
 
 def assert_exact_and_unique(trials, target: int) -> None:
@@ -75,9 +77,7 @@ def assert_exact_and_unique(trials, target: int) -> None:
     finished = done(trials)
     assert len(finished) == target
     assert len({t.number for t in trials}) == len(trials)
-    references = Counter(
-        t.user_attrs[studies.REFERENCE] for t in finished if studies.REFERENCE in t.user_attrs
-    )
+    references = Counter(t.user_attrs[REFERENCE] for t in finished if REFERENCE in t.user_attrs)
     assert references == {"base_rnn": 1, "attention": 1}
     for trial in finished:
         assert trial.state == TrialState.COMPLETE
@@ -110,8 +110,8 @@ def test_open_study_enqueues_references_once_and_refuses_another_space(tmp_path)
     assert recovered == []
     again, _ = open_study(location, space, text)  # a rerun: nothing enqueued twice
     waiting = again.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    assert sorted(t.user_attrs[studies.REFERENCE] for t in waiting) == ["attention", "base_rnn"]
-    assert all(t.user_attrs[studies.WIDTH] == 16 for t in waiting)
+    assert sorted(t.user_attrs[REFERENCE] for t in waiting) == ["attention", "base_rnn"]
+    assert all(t.user_attrs[WIDTH] == 16 for t in waiting)
     assert study.user_attrs["space_yaml"] == text
     other = write_space(tmp_path, train={"steps": 5})
     with pytest.raises(SearchError, match=r"another search space \(it differs in: train\)"):
@@ -138,14 +138,14 @@ def test_a_varied_width_gets_references_at_every_width(tmp_path):
 
 def test_a_run_then_a_longer_run_continues_the_study(tmp_path):
     path, runs = write_space(tmp_path), tmp_path / "runs"
-    first = run_study(path, trials=3, runs_dir=runs, in_process=True)
+    first = run_study(path, RunOptions(trials=3, runs_dir=runs, in_process=True))
     assert first.finished and first.counts.done == 3
-    second = run_study(path, trials=5, runs_dir=runs, in_process=True)
+    second = run_study(path, RunOptions(trials=5, runs_dir=runs, in_process=True))
     assert second.finished and second.counts.done == 5 and second.counts.failed == 0
     trials = trials_of(runs, "tiny")
     assert_exact_and_unique(trials, 5)
     # Asking for fewer than are done runs nothing.
-    third = run_study(path, trials=4, runs_dir=runs, in_process=True)
+    third = run_study(path, RunOptions(trials=4, runs_dir=runs, in_process=True))
     assert third.counts.done == 5 and len(trials_of(runs, "tiny")) == len(trials)
 
 
@@ -163,17 +163,17 @@ def test_a_stale_running_trial_is_failed_and_run_again(tmp_path):
     )
     trial = study.ask()
     token = studies.worker_token(0) | {"pid": int(gone.stdout), "start": ""}
-    trial.set_user_attr(studies.WORKER, token)
+    trial.set_user_attr(WORKER, token)
     assert studies.worker_alive(token) is False
     assert studies.worker_alive(studies.worker_token(0)) is True
-    summary = run_study(path, trials=4, runs_dir=runs, in_process=True)
+    summary = run_study(path, RunOptions(trials=4, runs_dir=runs, in_process=True))
     assert summary.recovered == [trial.number] and summary.finished
     trials = trials_of(runs, "tiny")
     stale = next(t for t in trials if t.number == trial.number)
     assert stale.state == TrialState.FAIL and "worker process ended" in stale.user_attrs["failure"]
-    retry = [t for t in trials if t.user_attrs.get(studies.RETRY_OF) == trial.number]
+    retry = [t for t in trials if t.user_attrs.get(RETRY_OF) == trial.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
-    assert retry[0].user_attrs[studies.REFERENCE] == "base_rnn"
+    assert retry[0].user_attrs[REFERENCE] == "base_rnn"
     assert_exact_and_unique(trials, 4)
 
 
@@ -189,7 +189,7 @@ def test_a_failing_candidate_is_recorded_and_replaced(tmp_path, monkeypatch):
         return real(mapping, *args, **kwargs)
 
     monkeypatch.setattr(worker_module, "evaluate", flaky)
-    summary = run_study(path, trials=4, runs_dir=runs, in_process=True)
+    summary = run_study(path, RunOptions(trials=4, runs_dir=runs, in_process=True))
     assert summary.finished and summary.counts.failed == 1
     trials = trials_of(runs, "tiny")
     failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -205,7 +205,7 @@ def test_three_failures_in_a_row_stop_a_worker(tmp_path, monkeypatch):
 
     monkeypatch.setattr(worker_module, "evaluate", broken)
     monkeypatch.setattr(worker_module, "attention_baseline", broken)
-    summary = run_study(path, trials=4, runs_dir=runs, in_process=True)
+    summary = run_study(path, RunOptions(trials=4, runs_dir=runs, in_process=True))
     assert not summary.finished and summary.workers[0].returncode == 1
     assert summary.counts.failed == worker_module.MAX_FAILURES_IN_A_ROW
 
@@ -222,7 +222,7 @@ def test_the_state_budget_prunes_candidates_before_training(tmp_path, monkeypatc
         return real(mapping, *args, **kwargs)
 
     monkeypatch.setattr(worker_module, "evaluate", spy)
-    summary = run_study(path, trials=8, runs_dir=runs, in_process=True)
+    summary = run_study(path, RunOptions(trials=8, runs_dir=runs, in_process=True))
     assert summary.finished
     trials = trials_of(runs, "tiny")
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
@@ -260,7 +260,7 @@ def test_a_surplus_trial_is_given_back(tmp_path):
 def test_gpu_latency_without_a_gpu_is_a_clear_error(tmp_path):
     path = write_space(tmp_path, objectives={"cost": "gpu_latency_ms"})
     with pytest.raises(CostUnavailable, match="CUDA GPU.*decode_state_bytes"):
-        run_study(path, trials=2, runs_dir=tmp_path / "runs", in_process=True)
+        run_study(path, RunOptions(trials=2, runs_dir=tmp_path / "runs", in_process=True))
     assert not (tmp_path / "runs").exists()  # nothing was created
     result = CliRunner().invoke(app, ["search", str(path), "--runs", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "gpu_latency_ms" in result.output
@@ -278,8 +278,8 @@ def check_parallel_run(runs: Path, study: str, target: int, workers: int, storag
     trials = trials_of(runs, study, storage)
     assert_exact_and_unique(trials, target)
     assert not [t for t in trials if t.state == TrialState.FAIL]
-    indices = {t.user_attrs[studies.WORKER]["index"] for t in done(trials)}
-    pids = {t.user_attrs[studies.WORKER]["pid"] for t in done(trials)}
+    indices = {t.user_attrs[WORKER]["index"] for t in done(trials)}
+    pids = {t.user_attrs[WORKER]["pid"] for t in done(trials)}
     assert indices == set(range(workers)), "every worker contributed"
     assert len(pids) == workers and os.getpid() not in pids
 
@@ -287,7 +287,7 @@ def check_parallel_run(runs: Path, study: str, target: int, workers: int, storag
 @pytest.mark.slow
 def test_two_worker_processes_share_a_journal(tmp_path):
     runs = tmp_path / "runs"
-    summary = run_study(slow_space(tmp_path), trials=6, workers=2, runs_dir=runs)
+    summary = run_study(slow_space(tmp_path), RunOptions(trials=6, workers=2, runs_dir=runs))
     assert summary.finished and [w.returncode for w in summary.workers] == [0, 0]
     check_parallel_run(runs, "par", 6, 2)
     for index in range(2):
@@ -306,7 +306,8 @@ POSTGRES = os.environ.get("MCGEN_TEST_POSTGRES_URL")
 def test_two_worker_processes_share_a_postgres_study(tmp_path):
     runs, study = tmp_path / "runs", f"pg_{uuid.uuid4().hex[:12]}"
     summary = run_study(
-        slow_space(tmp_path), study=study, trials=6, workers=2, storage=POSTGRES, runs_dir=runs
+        slow_space(tmp_path),
+        RunOptions(study=study, trials=6, workers=2, storage=POSTGRES, runs_dir=runs),
     )
     assert summary.finished and [w.returncode for w in summary.workers] == [0, 0]
     storage = locate(study, storage=POSTGRES).open(create=False)
@@ -330,7 +331,7 @@ def test_a_killed_run_resumes_to_the_requested_count(tmp_path):
         held = hub.until(lambda message: message.kind == "training")[-1]
         # The worker is held before training its first trial: that trial is running.
         (victim,) = [t for t in trials_of(runs, "killed") if t.state == TrialState.RUNNING]
-        assert victim.user_attrs[studies.WORKER]["pid"] == held.pid
+        assert victim.user_attrs[WORKER]["pid"] == held.pid
         os.kill(held.pid, signal.SIGKILL)
         output = hub.let_run()
     finally:
@@ -345,7 +346,7 @@ def test_a_killed_run_resumes_to_the_requested_count(tmp_path):
     assert f"trials {victim.number} were left running" in result.output
     trials = trials_of(runs, "killed")
     assert_exact_and_unique(trials, 4)
-    retried = [t for t in trials if t.user_attrs.get(studies.RETRY_OF) == victim.number]
+    retried = [t for t in trials if t.user_attrs.get(RETRY_OF) == victim.number]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == victim.params
 

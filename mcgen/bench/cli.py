@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mcgen.bench.harness import CPU_DEFAULTS, GPU_DEFAULTS, BenchConfig, BenchError, run_bench
+from mcgen.console import CommandError, out, progress_bars, reported_errors
 
 DEFAULT_OUT = Path("benchmarks/results")
 
@@ -87,9 +88,6 @@ def bench(
     Each provider is first checked against the fp64 reference on the same device.
     One that disagrees is refused (reported, never timed); the exit code is then 1.
     """
-    # mcgen.cli imports this module: take its consoles and helpers when the command runs.
-    from mcgen import cli
-
     config = BenchConfig(
         specs=tuple(specs),
         providers=tuple(provider) if provider else None,
@@ -104,10 +102,10 @@ def bench(
         device=device,
         threads=threads,
     )
-    with cli._reported_errors():
+    with reported_errors():
         try:
             config = config.resolved()
-            with cli._progress(as_json) as make_task:
+            with progress_bars(as_json) as make_task:
                 # Rows are written as they come (no plot): a stopped sweep keeps them.
                 result = run_bench(
                     config,
@@ -115,15 +113,15 @@ def bench(
                     checkpoint=lambda partial: partial.write(out_dir, name, plot=False),
                 )
         except BenchError as exc:
-            raise cli.CommandError(str(exc)) from None  # --json: a JSON error object
+            raise CommandError(str(exc)) from None  # --json: a JSON error object
     paths = result.write(out_dir, name, plot=not no_plot)
     if as_json:
         document = result.to_json() | {"files": {k: str(v) for k, v in paths.items()}}
-        cli.out.print_json(json.dumps(document))
+        out.print_json(json.dumps(document))
     else:
-        render(result.to_json(), cli.out)
+        render(result.to_json(), out)
         for path in paths.values():
-            cli.out.print(f"wrote {escape(str(path))}", highlight=False)
+            out.print(f"wrote {escape(str(path))}", highlight=False)
     if result.refused:
         raise typer.Exit(1)
 

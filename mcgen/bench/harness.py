@@ -341,178 +341,284 @@ def _bench_target(
     advance: Callable[[str], None],
     emit: Callable[[dict[str, Any]], None],
 ) -> None:
-    assert cfg.providers is not None and cfg.seq_lens is not None and cfg.tokens is not None
-    device = torch.device(cfg.device)
-    dtype = DTYPES[cfg.dtype or "fp32"]
-    heads, key_dim, value_dim = target.dims
-    names = [p for p in cfg.providers if p not in BASELINES] + baselines
-    made = {name: providers.make_provider(name, target, device) for name in names}
-    grads = "fwd+bwd" in cfg.modes
-    tol = check.tolerance(dtype, device)
+    """One target's providers (the spec's own, then `baselines`): each checked at the small
+    shape against its fp64 truth, then at each T checked at the bench shape and timed in
+    each mode; one row per (provider, T, mode), emitted as soon as it is done."""
+    _TargetSweep(target, baselines, cfg, advance, emit).run()
+
+
+@dataclass
+class _Anchor:
+    """The anchor (ANCHOR, the generated torch backend) in the bench-shape check: the
+    spec's other implementations are compared with its results at each shape."""
+
+    provider: Provider | Unavailable | None
+    ok: dict[str, bool]  # by mode: passed its small check, and has not failed at a bench shape
+    results: check.Evaluated | None = None  # at the shape being benchmarked
+
+    def evaluate(
+        self, inputs: dict[str, Any], *, grads: bool, seed: int, device: torch.device
+    ) -> check.Evaluated | None:
+        """Its results at this shape: computed once, and again when gradients are first
+        wanted. None if that raised (out of memory): then nothing is compared with it at
+        this shape or any later one."""
+        if self.results is not None and (self.results.grads is not None or not grads):
+            return self.results
+        assert isinstance(self.provider, Provider)
+        try:
+            self.results = check.evaluate(
+                self.provider.forward, inputs, grads=grads and self.ok["fwd+bwd"], seed=seed
+            )
+        except Exception:
+            self.ok = dict.fromkeys(MODES, False)
+            _release(device)
+            return None
+        return self.results
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """One benchmark shape of a target (its H, K and V; B = tokens // T) and its inputs."""
+
+    batch: int
+    seq_len: int
+    heads: int
+    inputs: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"B={self.batch} T={self.seq_len} H={self.heads}"
+
+
+# A row's (status, reason): status "ok", "refused", "error" or "skipped".
+Status = tuple[str, str | None]
+
+
+class _TargetSweep:
+    """The sweep over one target: its providers, and the device, dtype and tolerance
+    every check and timing of it shares."""
+
+    def __init__(
+        self,
+        target: Target,
+        baselines: list[str],
+        cfg: BenchConfig,
+        advance: Callable[[str], None],
+        emit: Callable[[dict[str, Any]], None],
+    ):
+        assert cfg.providers is not None
+        self.target = target
+        self.baselines = baselines
+        self.cfg = cfg
+        self.advance = advance
+        self.emit = emit
+        self.device = torch.device(cfg.device)
+        self.dtype = DTYPES[cfg.dtype or "fp32"]
+        names = [p for p in cfg.providers if p not in BASELINES] + baselines
+        self.made = {name: providers.make_provider(name, target, self.device) for name in names}
+        self.tol = check.tolerance(self.dtype, self.device)
+
+    def run(self) -> None:
+        assert self.cfg.seq_lens is not None
+        verdicts, anchor = self._small_checks()
+        for seq_len in self.cfg.seq_lens:
+            self._bench_length(seq_len, verdicts, anchor)
 
     # 1. The small-shape check against the fp64 truth.
-    check_heads = min(heads, cfg.check_heads)
-    own_len = check_len(target, cfg.check_max_len)
-    verdicts: dict[str, Verdict] = {}
-    truths: dict[tuple[str, int], check.Evaluated] = {}  # the fp64 truths, computed once each
-    for name, provider in made.items():
-        advance(f"{target.label}: checking {name}")
-        verdicts[name] = _small_check(
-            provider, target, own_len, check_heads, dtype, device, grads, cfg.seed, tol, truths
-        )
-    anchor = made.get(ANCHOR)
-    if anchor is None and any(
-        isinstance(p, Provider) and not p.baseline for p in made.values()
-    ):  # the bench-shape check needs the anchor, checked like the rest
-        anchor = providers.make_provider(ANCHOR, target, device)
-        verdicts[ANCHOR] = _small_check(
-            anchor, target, own_len, check_heads, dtype, device, grads, cfg.seed, tol, truths
-        )
-    del truths
-    anchor_ok = {
-        mode: isinstance(anchor, Provider) and verdicts[ANCHOR].for_mode(mode)[0] == "ok"
-        for mode in MODES
-    }
 
-    for seq_len in cfg.seq_lens:
-        batch = cfg.tokens // seq_len
-        inputs = target.selftest.make_inputs(
-            batch, seq_len, heads, key_dim, value_dim, dtype=dtype, seed=cfg.seed, device=device
-        )
-        anchor_eval: check.Evaluated | None = None
-        for name, provider in made.items():
-            baseline = name in baselines
-            base = dict.fromkeys(results.ROW_FIELDS) | {
-                "spec": None if baseline else target.name,
-                "segment_length": None if baseline else target.segment_length,
-                "provider": name,
-                "dtype": cfg.dtype,
-                "batch": batch,
-                "seq_len": seq_len,
-                "heads": heads,
-                "key_dim": key_dim,
-                "value_dim": value_dim,
-                **verdicts[name].fields(),
-            }
-            status = {mode: verdicts[name].for_mode(mode) for mode in cfg.modes}
-            live = [m for m in cfg.modes if status[m][0] == "ok"]
-            # 2. The bench-shape check (against the anchor, or finite for anchor and baselines).
-            if live:
-                assert isinstance(provider, Provider)
-                shape = f"B={batch} T={seq_len} H={heads}"
-                want_grads = "fwd+bwd" in live
-                compare = not baseline and name != ANCHOR and anchor_ok["fwd"]
-                if compare and (anchor_eval is None or (want_grads and anchor_eval.grads is None)):
-                    assert isinstance(anchor, Provider)
-                    try:
-                        anchor_eval = check.evaluate(
-                            anchor.forward,
-                            inputs,
-                            grads=want_grads and anchor_ok["fwd+bwd"],
-                            seed=cfg.seed,
-                        )
-                    except Exception:  # out of memory: no bench-shape comparison (finite only)
-                        anchor_ok = dict.fromkeys(MODES, False)
-                        _release(device)
-                        compare = False
-                try:
-                    got = check.evaluate(provider.forward, inputs, grads=want_grads, seed=cfg.seed)
-                    if compare:
-                        assert anchor_eval is not None
-                        out_err, grad_err = check.errors(got, anchor_eval)
-                        base |= {
-                            "bench_check_error": out_err,
-                            "bench_check_grad_error": grad_err,
-                            "bench_check_tolerance": 2 * tol,
-                        }
-                        for mode in live:
-                            if not out_err <= 2 * tol:
-                                status[mode] = (
-                                    "refused",
-                                    f"output disagrees with {ANCHOR} at {shape}: "
-                                    f"rel. error {out_err:.2e} > {2 * tol:.0e}",
-                                )
-                            elif (
-                                mode == "fwd+bwd"
-                                and grad_err is not None
-                                and not (grad_err <= 4 * tol)
-                            ):
-                                status[mode] = (
-                                    "refused",
-                                    f"gradients disagree with {ANCHOR} at {shape}: "
-                                    f"rel. error {grad_err:.2e} > {4 * tol:.0e}",
-                                )
-                    elif not check.finite(got):
-                        for mode in live:
-                            status[mode] = ("refused", f"NaN or Inf in its results at {shape}")
-                    del got
-                except Exception as exc:  # out of memory, most often: report, go on
-                    for mode in live:
-                        status[mode] = ("error", f"at {shape}: {_describe(exc)}")
-                    _release(device)
-            for mode in cfg.modes:
-                where = "baseline" if baseline else target.label
-                advance(f"{where}: {name} {mode} T={seq_len}")
-                state, reason = status[mode]
-                row = base | {"mode": mode, "status": state, "reason": reason}
-                if state == "ok":
-                    assert isinstance(provider, Provider)
-                    row |= _time(provider, inputs, mode, cfg, device, batch, seq_len)
-                emit(row)
-        del inputs, anchor_eval
-        _release(device)
+    def _small_checks(self) -> tuple[dict[str, Verdict], _Anchor]:
+        """Every provider's verdict; the anchor's too when the spec's implementations need
+        it at the bench shapes and it is not among them (it is checked like the rest)."""
+        own_len = check_len(self.target, self.cfg.check_max_len)
+        heads = min(self.target.dims[0], self.cfg.check_heads)
+        grads = "fwd+bwd" in self.cfg.modes
+        truths: dict[tuple[str, int], check.Evaluated] = {}  # fp64 truths, computed once each
+        verdicts: dict[str, Verdict] = {}
+        for name, provider in self.made.items():
+            self.advance(f"{self.target.label}: checking {name}")
+            verdicts[name] = self._small_check(provider, own_len, heads, grads, truths)
+        anchor = self.made.get(ANCHOR)
+        if anchor is None and any(
+            isinstance(p, Provider) and not p.baseline for p in self.made.values()
+        ):
+            anchor = providers.make_provider(ANCHOR, self.target, self.device)
+            verdicts[ANCHOR] = self._small_check(anchor, own_len, heads, grads, truths)
+        anchor_ok = {
+            mode: isinstance(anchor, Provider) and verdicts[ANCHOR].for_mode(mode)[0] == "ok"
+            for mode in MODES
+        }
+        return verdicts, _Anchor(anchor, anchor_ok)
 
-
-def _small_check(
-    provider: Provider | Unavailable,
-    target: Target,
-    own_len: int,
-    heads: int,
-    dtype: torch.dtype,
-    device: torch.device,
-    grads: bool,
-    seed: int,
-    tol: float,
-    truths: dict[tuple[str, int], check.Evaluated],
-) -> Verdict:
-    """Check one provider at B = 1 against its fp64 truth (cached in `truths` by the
-    truth's name and length: the spec's providers share the package's reference)."""
-    if isinstance(provider, Unavailable):
-        return Verdict("skipped", provider.reason)
-    _, key_dim, value_dim = target.dims
-    seq_len = min(own_len, BASELINE_CHECK_LEN) if provider.baseline else own_len
-    shape = f"B=1 T={seq_len} H={heads}"
-    verdict = Verdict("ok", against=provider.reference_name, shape=shape, tolerance=tol)
-    try:
-        # Inputs in the benchmark's dtype; the truth sees the same (rounded) numbers in fp64.
-        inputs = target.selftest.make_inputs(
-            1, seq_len, heads, key_dim, value_dim, dtype=dtype, seed=seed, device=device
-        )
-        key = (provider.reference_name, seq_len)
-        if key not in truths:
-            truths[key] = check.evaluate(
-                provider.reference, inputs, grads=grads, seed=seed, dtype=torch.float64
+    def _small_check(
+        self,
+        provider: Provider | Unavailable,
+        own_len: int,
+        heads: int,
+        grads: bool,
+        truths: dict[tuple[str, int], check.Evaluated],
+    ) -> Verdict:
+        """Check one provider at B = 1 against its fp64 truth (cached in `truths` by the
+        truth's name and length: the spec's providers share the package's reference)."""
+        if isinstance(provider, Unavailable):
+            return Verdict("skipped", provider.reason)
+        _, key_dim, value_dim = self.target.dims
+        seed, device = self.cfg.seed, self.device
+        seq_len = min(own_len, BASELINE_CHECK_LEN) if provider.baseline else own_len
+        shape = f"B=1 T={seq_len} H={heads}"
+        verdict = Verdict("ok", against=provider.reference_name, shape=shape, tolerance=self.tol)
+        try:
+            # Inputs in the benchmark's dtype; the truth sees the same (rounded) numbers in fp64.
+            inputs = self.target.selftest.make_inputs(
+                1, seq_len, heads, key_dim, value_dim, dtype=self.dtype, seed=seed, device=device
             )
-        truth = truths[key]
-        got = check.evaluate(provider.forward, inputs, grads=grads, seed=seed)
-    except Exception as exc:
-        _release(device)
-        reason = f"raised while checked at {shape}: {_describe(exc)}"
-        return Verdict("refused", reason, against=provider.reference_name, shape=shape)
-    verdict.out_error, verdict.grad_error = check.errors(got, truth)
-    return verdict
+            key = (provider.reference_name, seq_len)
+            if key not in truths:
+                truths[key] = check.evaluate(
+                    provider.reference, inputs, grads=grads, seed=seed, dtype=torch.float64
+                )
+            truth = truths[key]
+            got = check.evaluate(provider.forward, inputs, grads=grads, seed=seed)
+        except Exception as exc:
+            _release(device)
+            reason = f"raised while checked at {shape}: {_describe(exc)}"
+            return Verdict("refused", reason, against=provider.reference_name, shape=shape)
+        verdict.out_error, verdict.grad_error = check.errors(got, truth)
+        return verdict
+
+    # 2. Each T: the bench-shape check, then the timing.
+
+    def _bench_length(self, seq_len: int, verdicts: dict[str, Verdict], anchor: _Anchor) -> None:
+        """Every provider's rows at one T, in order."""
+        assert self.cfg.tokens is not None
+        heads, key_dim, value_dim = self.target.dims
+        batch = self.cfg.tokens // seq_len
+        inputs = self.target.selftest.make_inputs(
+            batch,
+            seq_len,
+            heads,
+            key_dim,
+            value_dim,
+            dtype=self.dtype,
+            seed=self.cfg.seed,
+            device=self.device,
+        )
+        shape = _Shape(batch, seq_len, heads, inputs)
+        del inputs
+        for name, provider in self.made.items():
+            fields = self._row_fields(name, shape) | verdicts[name].fields()
+            status = {mode: verdicts[name].for_mode(mode) for mode in self.cfg.modes}
+            if any(state == "ok" for state, _ in status.values()):
+                fields |= self._bench_shape_check(name, provider, shape, status, anchor)
+            self._emit_rows(name, provider, shape, fields, status)
+        del shape
+        anchor.results = None
+        _release(self.device)
+
+    def _row_fields(self, name: str, shape: _Shape) -> dict[str, Any]:
+        """What every row of a provider at a shape says, its check's fields aside."""
+        baseline = name in self.baselines
+        _, key_dim, value_dim = self.target.dims
+        return dict.fromkeys(results.ROW_FIELDS) | {
+            "spec": None if baseline else self.target.name,
+            "segment_length": None if baseline else self.target.segment_length,
+            "provider": name,
+            "dtype": self.cfg.dtype,
+            "batch": shape.batch,
+            "seq_len": shape.seq_len,
+            "heads": shape.heads,
+            "key_dim": key_dim,
+            "value_dim": value_dim,
+        }
+
+    def _bench_shape_check(
+        self,
+        name: str,
+        provider: Provider | Unavailable,
+        shape: _Shape,
+        status: dict[str, Status],
+        anchor: _Anchor,
+    ) -> dict[str, Any]:
+        """One provider at a bench shape, in the modes still ok: a spec's implementation
+        against the anchor's results, the anchor and the baselines for finite results.
+        A mode that fails is refused in `status` (an error, if the call raised); returns the
+        row's bench_check fields (none without the anchor's comparison)."""
+        assert isinstance(provider, Provider)
+        live = [mode for mode, (state, _) in status.items() if state == "ok"]
+        grads, seed = "fwd+bwd" in live, self.cfg.seed
+        compare = name not in self.baselines and name != ANCHOR and anchor.ok["fwd"]
+        truth = (
+            anchor.evaluate(shape.inputs, grads=grads, seed=seed, device=self.device)
+            if compare
+            else None
+        )
+        try:
+            got = check.evaluate(provider.forward, shape.inputs, grads=grads, seed=seed)
+            if truth is not None:
+                return self._against_anchor(got, truth, live, status, shape)
+            if not check.finite(got):
+                for mode in live:
+                    status[mode] = ("refused", f"NaN or Inf in its results at {shape.label}")
+        except Exception as exc:  # out of memory, most often: report, go on
+            for mode in live:
+                status[mode] = ("error", f"at {shape.label}: {_describe(exc)}")
+            _release(self.device)
+        return {}
+
+    def _against_anchor(
+        self,
+        got: check.Evaluated,
+        truth: check.Evaluated,
+        live: list[str],
+        status: dict[str, Status],
+        shape: _Shape,
+    ) -> dict[str, Any]:
+        """Refuse the live modes whose outputs (at twice the tolerance) or, with fwd+bwd,
+        gradients (at four times) disagree with the anchor's; the bench_check fields."""
+        out_err, grad_err = check.errors(got, truth)
+        tol = self.tol
+        for mode in live:
+            if not out_err <= 2 * tol:
+                status[mode] = (
+                    "refused",
+                    f"output disagrees with {ANCHOR} at {shape.label}: "
+                    f"rel. error {out_err:.2e} > {2 * tol:.0e}",
+                )
+            elif mode == "fwd+bwd" and grad_err is not None and not (grad_err <= 4 * tol):
+                status[mode] = (
+                    "refused",
+                    f"gradients disagree with {ANCHOR} at {shape.label}: "
+                    f"rel. error {grad_err:.2e} > {4 * tol:.0e}",
+                )
+        return {
+            "bench_check_error": out_err,
+            "bench_check_grad_error": grad_err,
+            "bench_check_tolerance": 2 * tol,
+        }
+
+    def _emit_rows(
+        self,
+        name: str,
+        provider: Provider | Unavailable,
+        shape: _Shape,
+        fields: dict[str, Any],
+        status: dict[str, Status],
+    ) -> None:
+        """One row per mode, timed where the checks passed."""
+        where = "baseline" if name in self.baselines else self.target.label
+        for mode in self.cfg.modes:
+            self.advance(f"{where}: {name} {mode} T={shape.seq_len}")
+            state, reason = status[mode]
+            row = fields | {"mode": mode, "status": state, "reason": reason}
+            if state == "ok":
+                assert isinstance(provider, Provider)
+                row |= _time(provider, shape, mode, self.cfg, self.device)
+            self.emit(row)
 
 
 def _time(
-    provider: Provider,
-    inputs: dict[str, Any],
-    mode: str,
-    cfg: BenchConfig,
-    device: torch.device,
-    batch: int,
-    seq_len: int,
+    provider: Provider, shape: _Shape, mode: str, cfg: BenchConfig, device: torch.device
 ) -> dict[str, Any]:
-    call = _call(provider, inputs, mode, device, cfg.seed)
+    call = _call(provider, shape.inputs, mode, device, cfg.seed)
     try:
         timing = time_call(
             call, device, warmup=cfg.warmup, repeats=cfg.repeats, min_time_s=cfg.min_time_s
@@ -521,7 +627,8 @@ def _time(
     except Exception as exc:
         _release(device)
         return {"status": "error", "reason": f"while timing: {_describe(exc)}"}
-    flops = provider.flops(batch, seq_len) * (BWD_FLOP_FACTOR if mode == "fwd+bwd" else 1)
+    factor = BWD_FLOP_FACTOR if mode == "fwd+bwd" else 1
+    flops = provider.flops(shape.batch, shape.seq_len) * factor
     return {
         "time_ms": timing.median_ms,
         "timer": timing.method,

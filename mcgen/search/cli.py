@@ -1,4 +1,4 @@
-"""`mcgen search`: a thin command layer over mcgen.search.study and .report.
+"""`mcgen search`: a thin command layer over mcgen.search.local_run and .report.
 
     mcgen search SPACE.yaml [--study NAME] [--trials N] [--workers N] [--storage URL]
                             [--timeout S] [--json]       (same as `mcgen search run ...`)
@@ -22,8 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-out = Console()
-err = Console(stderr=True)
+from mcgen.console import CommandError, err, out, reported_errors
 
 
 class _SearchGroup(TyperGroup):
@@ -62,19 +61,17 @@ RunsOpt = Annotated[Path, typer.Option("--runs", help="The folder of studies (ru
 
 @contextmanager
 def _reported_errors() -> Iterator[None]:
-    """mcgen.cli's: spec problems and the search's own errors of bad input, exit code 2;
-    a database that stayed out past the retries, its one line and exit code 1."""
-    # mcgen.cli imports this module: take its helper when a command runs.
-    from mcgen import cli
+    """mcgen.console's: spec problems and the search's own errors of bad input, exit code
+    2; a database that stayed out past the retries, its one line and exit code 1."""
     from mcgen.search.database import DatabaseUnavailable
+    from mcgen.search.errors import SearchError
     from mcgen.search.objective import CostUnavailable
-    from mcgen.search.study import SearchError
 
-    with cli._reported_errors(SearchError, CostUnavailable):
+    with reported_errors(SearchError, CostUnavailable):
         try:
             yield
         except DatabaseUnavailable as exc:
-            raise cli.CommandError(str(exc), exit_code=1) from None  # JSON too with --json
+            raise CommandError(str(exc), exit_code=1) from None  # JSON too with --json
 
 
 def _quiet_optuna() -> None:
@@ -183,21 +180,20 @@ def run(
 ) -> None:
     """Run a study (or continue it: the same command resumes) until it has --trials done."""
     _quiet_optuna()
-    from mcgen.search.study import run_study
+    from mcgen.search.local_run import RunOptions, run_study
 
     with _reported_errors():
         try:
+            options = RunOptions(
+                trials=trials,
+                study=study,
+                workers=workers,
+                storage=storage,
+                timeout=timeout,
+                runs_dir=runs,
+            )
             with _progress_display(as_json) as on_update:
-                summary = run_study(
-                    space,
-                    study=study,
-                    trials=trials,
-                    workers=workers,
-                    storage=storage,
-                    timeout=timeout,
-                    runs_dir=runs,
-                    on_update=on_update,
-                )
+                summary = run_study(space, options, on_update=on_update)
         except KeyboardInterrupt:
             err.print("interrupted: rerun the same command to continue the study")
             raise typer.Exit(130) from None

@@ -23,6 +23,7 @@ from mcgen.search import study as studies
 from mcgen.search.errors import SearchError
 from mcgen.search.objective import Run, eval_length, runs_in, short_slice, test_keys
 from mcgen.search.space import SearchSpace, grid_specs, load_space
+from mcgen.search.trials import REFERENCE, WIDTH
 
 ATTENTION = "attention"
 
@@ -72,8 +73,8 @@ def _variant(trial: FrozenTrial, space: SearchSpace) -> str:
 def _cell(trial: FrozenTrial, space: SearchSpace) -> Cell:
     attrs = trial.user_attrs
     runs = [Run.from_json(run) for run in runs_in(attrs).values()]
-    if attrs.get(studies.REFERENCE) == ATTENTION:
-        base, variant, width = ATTENTION, "-", int(attrs[studies.WIDTH])
+    if attrs.get(REFERENCE) == ATTENTION:
+        base, variant, width = ATTENTION, "-", int(attrs[WIDTH])
     else:
         spec = yaml.safe_load(attrs["spec"])
         base, variant = spec["memory"]["recurrence"], _variant(trial, space)
@@ -211,7 +212,7 @@ def _target_keys(space: SearchSpace) -> list[tuple[str, str, int]]:
     for params, spec in grid_specs(space):
         variant = " ".join(f"{v}" for n, v in params.items() if n not in skip) or "-"
         keys.append((spec["memory"]["recurrence"], variant, int(spec["layer"]["d_model"])))
-    widths = [a[studies.WIDTH] for a in studies.reference_points(space)]
+    widths = [a[WIDTH] for a in studies.reference_points(space)]
     return keys + [(ATTENTION, "-", w) for w in dict.fromkeys(widths)]
 
 

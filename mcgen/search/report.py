@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mcgen.passes.cost import BF16, FP32
 from mcgen.search import study as studies
+from mcgen.search import trials
 from mcgen.search.grid_report import write_grid_report
 from mcgen.search.journal import torn_bytes
 from mcgen.search.objective import eval_length, short_slice, test_keys
@@ -73,7 +74,7 @@ class StudyReport:
     test_length: int
     budget: float | None  # max decode state bytes
     target: int | None
-    counts: studies.Counts
+    counts: trials.Counts
     rows: list[Row]  # every complete trial, by number
     slices: list[str]  # test slice keys
     files: dict[str, Any] = field(default_factory=dict)
@@ -117,7 +118,7 @@ class StudyReport:
 
 def _row(trial: FrozenTrial, space: SearchSpace) -> Row:
     attrs = trial.user_attrs
-    reference = attrs.get(studies.REFERENCE)
+    reference = attrs.get(trials.REFERENCE)
     role = {"base_rnn": "base RNN", "attention": "attention"}.get(reference, "candidate")
     feasible = all(value <= 0 for value in trial.constraints.values())
     accuracy, cost = trial.values
@@ -132,7 +133,7 @@ def _row(trial: FrozenTrial, space: SearchSpace) -> Row:
         reused_from=attrs.get("reused_from"),
     )
     if reference == "attention":
-        width = int(attrs.get(studies.WIDTH) or 0)
+        width = int(attrs.get(trials.WIDTH) or 0)
         return Row(
             **common,
             spec_name=None,
@@ -214,7 +215,7 @@ def load_report(
         test_length=eval_length(space),
         budget=space.objectives.max_decode_state_bytes,
         target=study_obj.user_attrs.get("target"),
-        counts=studies.counts(study_obj),
+        counts=trials.counts(study_obj),
         rows=rows,
         slices=slices,
     )

@@ -1,6 +1,7 @@
 """A multi-objective Optuna study over a search space: where it lives, creating it once,
-its reference points, claiming trials so that the total is exact, stale trials, and the
-local run (N worker processes, progress).
+its reference points, claiming trials so that the total is exact, and stale trials. A
+trial's records are mcgen.search.trials; the local run (N worker processes, progress)
+is mcgen.search.local_run.
 
 Storage: a journal file runs/<study>/journal.log by default (one machine, several
 processes; a record cut short by a crash is cut back at the next write: .journal), or an
@@ -25,12 +26,9 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
-import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,9 +40,21 @@ from mcgen import __version__
 from mcgen.search.database import PatientStorage, is_outage, patiently
 from mcgen.search.errors import SearchError
 from mcgen.search.journal import SafeJournalBackend, check_journal, repair_torn_tail
-from mcgen.search.objective import require_cost
-from mcgen.search.space import SearchSpace, grid_points, load_space, parse_space
+from mcgen.search.space import SearchSpace, grid_points, parse_space
 from mcgen.search.space import widths as space_widths
+from mcgen.search.trials import (
+    DONE_STATES,
+    FAILURE,
+    GRID,
+    REFERENCE,
+    RETRY_OF,
+    WIDTH,
+    WORKER,
+    counts,
+    fail_and_requeue,
+    requeue,
+    trial_id,
+)
 
 try:  # advisory file locks (POSIX); elsewhere the rank check below keeps counts exact
     import fcntl
@@ -54,17 +64,6 @@ except ImportError:  # pragma: no cover - Windows
 DEFAULT_RUNS = Path("runs")
 JOURNAL = "journal.log"
 DIRECTIONS = ("maximize", "minimize")
-DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-
-# User attributes of a trial.
-REFERENCE = "reference"  # "base_rnn" | "attention": a reference point, not a draw
-WIDTH = "width"  # the reference point's d_model
-WORKER = "worker"  # who ran it: {"host", "pid", "index", "boot", "start"}
-RETRY_OF = "retry_of"  # the number of the trial this one re-runs
-GRID = "grid"  # an enqueued point of a grid space
-FAILURE = "failure"  # why a trial failed
-# What a re-enqueued trial keeps of the one it replaces.
-_CARRIED = (REFERENCE, WIDTH, GRID)
 
 # RDB storages: a running trial's worker writes a heartbeat this often (seconds); one
 # silent for the grace period is failed and enqueued again by the next worker to look.
@@ -297,67 +296,12 @@ def worker_alive(token: dict[str, Any]) -> bool | None:
     return not token.get("start") or fields[19] == token["start"]  # else: pid reused
 
 
-# --- trials --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Counts:
-    complete: int = 0
-    pruned: int = 0
-    running: int = 0
-    waiting: int = 0
-    failed: int = 0
-
-    @property
-    def done(self) -> int:
-        return self.complete + self.pruned
-
-
-def counts(study: optuna.Study) -> Counts:
-    tally = {state: 0 for state in TrialState}
-    for trial in study.get_trials(deepcopy=False):
-        tally[trial.state] += 1
-    return Counts(
-        complete=tally[TrialState.COMPLETE],
-        pruned=tally[TrialState.PRUNED],
-        running=tally[TrialState.RUNNING],
-        waiting=tally[TrialState.WAITING],
-        failed=tally[TrialState.FAIL],
-    )
-
-
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Enqueue a trial again: the same parameters (and reference flag), a new number."""
-    params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
-    attrs = {k: trial.user_attrs[k] for k in _CARRIED if k in trial.user_attrs}
-    attrs[RETRY_OF] = trial.number
-    study.enqueue_trial(params=params, user_attrs=attrs)
+# --- its trials: stale ones, reference points, opening, claiming -----------------------
 
 
 def _requeue_stale(study: optuna.Study, trial: FrozenTrial) -> None:
     """The RDB heartbeat's callback: a trial gone silent is failed, then run again."""
     requeue(study, trial)
-
-
-def _trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
-    study_id = storage.get_study_id_from_name(study.study_name)
-    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
-
-
-def fail_and_requeue(
-    study: optuna.Study, storage: optuna.storages.BaseStorage, trial: FrozenTrial, why: str
-) -> bool:
-    """Mark a running trial FAIL (saying why) and enqueue it again; False if it had
-    finished meanwhile."""
-    trial_id = _trial_id(storage, study, trial.number)
-    try:
-        storage.set_trial_user_attr(trial_id, FAILURE, why)
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-            return False
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    requeue(study, trial)
-    return True
 
 
 def recover_stale(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
@@ -523,7 +467,7 @@ def claim_trial(
             trial = study.ask()
         trial.set_user_attr(WORKER, token)
         if isinstance(storage, PatientStorage):
-            storage.record_heartbeat(_trial_id(storage, study, trial.number))
+            storage.record_heartbeat(trial_id(storage, study, trial.number))
     return WAIT if surplus(study, trial, target=target) else trial
 
 
@@ -544,252 +488,3 @@ def surplus(study: optuna.Study, trial: optuna.Trial, *, target: int) -> bool:
     if REFERENCE in frozen.user_attrs or RETRY_OF in frozen.user_attrs:
         requeue(study, frozen)
     return True
-
-
-# --- the local run ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrialLine:
-    """A finished trial, for progress lines."""
-
-    number: int
-    state: str
-    accuracy: float | None
-    cost: float | None
-    label: str
-    worker: int | None
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Where a run stands: for a progress bar."""
-
-    target: int
-    counts: Counts
-    best_accuracy: float | None  # of the memory-caching candidates (attention excluded)
-    attention_accuracy: float | None
-    finished: list[TrialLine]  # finished since the previous snapshot
-
-
-@dataclass(frozen=True)
-class WorkerExit:
-    index: int
-    returncode: int
-    log: Path
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    study: str
-    storage: str
-    space: str
-    target: int
-    counts: Counts
-    best_accuracy: float | None
-    attention_accuracy: float | None
-    workers: list[WorkerExit]
-    timed_out: bool
-    seconds: float
-    run_dir: Path
-    recovered: list[int] = field(default_factory=list)  # stale trials failed and re-enqueued
-
-    @property
-    def finished(self) -> bool:
-        return self.counts.done >= self.target
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "study": self.study,
-            "storage": self.storage,
-            "space": self.space,
-            "target": self.target,
-            "done": self.counts.done,
-            "complete": self.counts.complete,
-            "pruned": self.counts.pruned,
-            "failed": self.counts.failed,
-            "finished": self.finished,
-            "timed_out": self.timed_out,
-            "best_accuracy": self.best_accuracy,
-            "attention_accuracy": self.attention_accuracy,
-            "seconds": round(self.seconds, 1),
-            "run_dir": str(self.run_dir),
-            "workers": [
-                {"index": w.index, "returncode": w.returncode, "log": str(w.log)}
-                for w in self.workers
-            ],
-        }
-
-
-def trial_label(trial: FrozenTrial) -> str:
-    """A short name: the reference point, or the candidate's varied fields."""
-    if REFERENCE in trial.user_attrs:
-        kind = {"base_rnn": "base RNN", "attention": "attention"}[trial.user_attrs[REFERENCE]]
-        return f"{kind} (d_model {trial.user_attrs.get(WIDTH)})"
-    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in trial.params.items())
-
-
-def _best(study: optuna.Study) -> tuple[float | None, float | None]:
-    best = attention = None
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        accuracy = trial.values[0]
-        if trial.user_attrs.get(REFERENCE) == "attention":
-            attention = accuracy if attention is None else max(attention, accuracy)
-        else:
-            best = accuracy if best is None else max(best, accuracy)
-    return best, attention
-
-
-def _line(trial: FrozenTrial) -> TrialLine:
-    values = trial.values if trial.state == TrialState.COMPLETE else None
-    return TrialLine(
-        number=trial.number,
-        state=trial.state.name,
-        accuracy=values[0] if values else None,
-        cost=values[1] if values else None,
-        label=trial_label(trial),
-        worker=(trial.user_attrs.get(WORKER) or {}).get("index"),
-    )
-
-
-def worker_command(
-    location: StudyLocation, *, target: int, index: int, deadline: float | None
-) -> list[str]:
-    """The command line of one local worker process."""
-    command = [sys.executable, "-m", "mcgen.search.worker", location.name]
-    command += ["--runs", str(location.run_dir.parent), "--trials", str(target)]
-    command += ["--index", str(index)]
-    if location.url is not None:
-        command += ["--storage", location.url]
-    if deadline is not None:
-        command += ["--deadline", repr(deadline)]
-    return command
-
-
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # One thread per worker: tiny models run far faster on one thread than on several,
-    # and the workers share the machine's cores.
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[name] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def prepare_data(space: SearchSpace) -> None:
-    """Generate the space's MQAR data into the cache once, before workers start (the
-    needle probe's data is generated by each run: it takes milliseconds)."""
-    from mcgen.mqar.data import default_cache_dir, load_data
-
-    if space.mqar is not None:
-        load_data(space.mqar, default_cache_dir())
-
-
-def run_study(
-    space_path: str | Path,
-    *,
-    study: str | None = None,
-    trials: int,
-    workers: int = 1,
-    storage: str | None = None,
-    timeout: float | None = None,
-    runs_dir: str | Path = DEFAULT_RUNS,
-    on_update: Callable[[Snapshot], None] | None = None,
-    poll_s: float = 1.0,
-    in_process: bool = False,
-) -> RunSummary:
-    """Run the study of a space file until it has `trials` done trials (the reference
-    points included), with `workers` local processes; rerunning continues it.
-
-    in_process: run one worker in this process instead (workers must be 1)."""
-    if trials < 1 or workers < 1:
-        raise SearchError("--trials and --workers must be at least 1")
-    if in_process and workers != 1:
-        raise SearchError("in_process runs one worker")
-    space_path = Path(space_path)
-    space = load_space(space_path)
-    require_cost(space)
-    text = space_path.read_text(encoding="utf-8")
-    location = locate(study or space.name, storage=storage, runs_dir=runs_dir)
-    started = time.time()
-    study_obj, recovered = open_study(location, space, text, target=trials)
-    deadline = started + timeout if timeout is not None else None
-    prepare_data(space)
-
-    seen = {t.number for t in study_obj.get_trials(deepcopy=False) if t.state.is_finished()}
-
-    def update() -> None:
-        if on_update is None:
-            return
-        trials_now = study_obj.get_trials(deepcopy=False)
-        new = [t for t in trials_now if t.state.is_finished() and t.number not in seen]
-        seen.update(t.number for t in new)
-        best, attention = _best(study_obj)
-        on_update(Snapshot(trials, counts(study_obj), best, attention, [_line(t) for t in new]))
-
-    update()
-    exits: list[WorkerExit] = []
-    logs = location.run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    if in_process:
-        from mcgen.search.worker import run_worker
-
-        result = run_worker(location, target=trials, index=0, deadline=deadline)
-        exits.append(WorkerExit(0, result.exit_code, logs / "worker-0.log"))
-        update()
-    else:
-        processes = []
-        for index in range(workers):
-            log_path = logs / f"worker-{index}.log"
-            log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-            log.write(f"--- {datetime.now().isoformat(timespec='seconds')} worker {index}\n")
-            log.flush()
-            command = worker_command(location, target=trials, index=index, deadline=deadline)
-            process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_worker_env(),
-                start_new_session=True,  # Ctrl-C reaches the coordinator, which stops them
-            )
-            processes.append((index, process, log, log_path))
-        try:
-            while any(p.poll() is None for _, p, _, _ in processes):
-                time.sleep(poll_s)
-                update()
-        except BaseException:
-            _stop(processes)
-            raise
-        finally:
-            for _, _, log, _ in processes:
-                log.close()
-        exits = [WorkerExit(i, p.returncode, path) for i, p, _, path in processes]
-        update()
-    best, attention = _best(study_obj)
-    return RunSummary(
-        study=location.name,
-        storage=location.describe(),
-        space=str(space_path),
-        target=trials,
-        counts=counts(study_obj),
-        best_accuracy=best,
-        attention_accuracy=attention,
-        workers=exits,
-        timed_out=deadline is not None and time.time() >= deadline,
-        seconds=time.time() - started,
-        run_dir=location.run_dir,
-        recovered=recovered,
-    )
-
-
-def _stop(processes: list) -> None:
-    """SIGTERM each worker (it fails its trial and enqueues it again), then wait."""
-    for _, process, _, _ in processes:
-        if process.poll() is None:
-            process.terminate()
-    for _, process, _, _ in processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -36,6 +36,9 @@ from optuna.trial import TrialState
 
 from mcgen.mqar.data import default_cache_dir
 from mcgen.search import study as studies
+from mcgen.search import trials
+from mcgen.search.database import PatientStorage
+from mcgen.search.errors import SearchError
 from mcgen.search.objective import (
     Evaluation,
     attention_baseline,
@@ -142,8 +145,8 @@ def score_trial(
 ) -> list[float]:
     """[accuracy, cost] of one trial; raises optuna.TrialPruned for an infeasible one."""
     started = time.perf_counter()
-    reference = trial.user_attrs.get(studies.REFERENCE)
-    width = trial.user_attrs.get(studies.WIDTH)
+    reference = trial.user_attrs.get(trials.REFERENCE)
+    width = trial.user_attrs.get(trials.WIDTH)
     if reference == "attention":
         _constrain(trial, space, attention_model_cost(space, "decode_state_bytes", width))
         units = _unit_kwargs(trial, study, f"attention d_model={width}")
@@ -177,10 +180,10 @@ def _heartbeat(
     storage: optuna.storages.BaseStorage, study: optuna.Study, number: int
 ) -> Iterator[None]:
     """On a database storage, record this trial's heartbeat while it runs."""
-    if not isinstance(storage, studies.PatientStorage):
+    if not isinstance(storage, PatientStorage):
         yield
         return
-    trial_id = studies._trial_id(storage, study, number)
+    trial_id = trials.trial_id(storage, study, number)
     stop = threading.Event()
 
     def beat() -> None:
@@ -203,13 +206,13 @@ def _seed(name: str, index: int, pid: int) -> int:
 
 
 def _describe(trial: optuna.trial.FrozenTrial) -> str:
-    label = studies.trial_label(trial)
+    label = trials.trial_label(trial)
     if trial.state == TrialState.COMPLETE:
         accuracy, cost = trial.values
         reused = trial.user_attrs.get("reused_from")
         note = f" (same spec as trial {reused})" if reused is not None else ""
         return f"trial {trial.number} [{label}]: accuracy {accuracy:.4f}, cost {cost:.4g}{note}"
-    why = trial.user_attrs.get(studies.FAILURE, "")
+    why = trial.user_attrs.get(trials.FAILURE, "")
     return f"trial {trial.number} [{label}]: {trial.state.name.lower()} {why}".rstrip()
 
 
@@ -267,15 +270,15 @@ def run_worker(
             except optuna.TrialPruned:
                 study.tell(trial, state=TrialState.PRUNED)
                 ran, in_a_row = ran + 1, 0
-            except studies.SearchError:
+            except SearchError:
                 raise  # the study's storage failed, not the candidate: stop (rerun recovers)
             except (KeyboardInterrupt, SystemExit):
                 frozen = _finished(study, trial.number)
-                studies.fail_and_requeue(study, storage, frozen, "interrupted; enqueued again")
+                trials.fail_and_requeue(study, storage, frozen, "interrupted; enqueued again")
                 _say(f"worker {index}: interrupted during trial {trial.number}; enqueued again")
                 raise
             except Exception as exc:  # a candidate that breaks fails alone
-                trial.set_user_attr(studies.FAILURE, f"{type(exc).__name__}: {exc}"[:2000])
+                trial.set_user_attr(trials.FAILURE, f"{type(exc).__name__}: {exc}"[:2000])
                 traceback.print_exc()
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                     study.tell(trial, state=TrialState.FAIL)  # unless failed already as stale
@@ -316,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_worker(location, target=args.trials, index=args.index, deadline=args.deadline)
     except KeyboardInterrupt:
         return 130
-    except studies.SearchError as exc:
+    except SearchError as exc:
         print(exc, file=sys.stderr)
         return 2
     return result.exit_code

@@ -1,0 +1,86 @@
+"""A trial's records in a study, as the coordinator, the workers and the reports read
+them: the user attributes mcgen writes on trials, a trial's id in the storage, counts by
+state, a short label for people, and failing a trial to enqueue it again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+# User attributes of a trial.
+REFERENCE = "reference"  # "base_rnn" | "attention": a reference point, not a draw
+WIDTH = "width"  # the reference point's d_model
+WORKER = "worker"  # who ran it: {"host", "pid", "index", "boot", "start"}
+RETRY_OF = "retry_of"  # the number of the trial this one re-runs
+GRID = "grid"  # an enqueued point of a grid space
+FAILURE = "failure"  # why a trial failed
+# What a re-enqueued trial keeps of the one it replaces.
+_CARRIED = (REFERENCE, WIDTH, GRID)
+
+
+@dataclass(frozen=True)
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    running: int = 0
+    waiting: int = 0
+    failed: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned
+
+
+def counts(study: optuna.Study) -> Counts:
+    tally = {state: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        tally[trial.state] += 1
+    return Counts(
+        complete=tally[TrialState.COMPLETE],
+        pruned=tally[TrialState.PRUNED],
+        running=tally[TrialState.RUNNING],
+        waiting=tally[TrialState.WAITING],
+        failed=tally[TrialState.FAIL],
+    )
+
+
+def trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of the study's trial `number` (what storage calls take)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def trial_label(trial: FrozenTrial) -> str:
+    """A short name: the reference point, or the candidate's varied fields."""
+    if REFERENCE in trial.user_attrs:
+        kind = {"base_rnn": "base RNN", "attention": "attention"}[trial.user_attrs[REFERENCE]]
+        return f"{kind} (d_model {trial.user_attrs.get(WIDTH)})"
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in trial.params.items())
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue a trial again: the same parameters (and reference flag), a new number."""
+    params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+    attrs = {k: trial.user_attrs[k] for k in _CARRIED if k in trial.user_attrs}
+    attrs[RETRY_OF] = trial.number
+    study.enqueue_trial(params=params, user_attrs=attrs)
+
+
+def fail_and_requeue(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, trial: FrozenTrial, why: str
+) -> bool:
+    """Mark a running trial FAIL (saying why) and enqueue it again; False if it had
+    finished meanwhile."""
+    stored = trial_id(storage, study, trial.number)
+    try:
+        storage.set_trial_user_attr(stored, FAILURE, why)
+        if not storage.set_trial_state_values(stored, state=TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    requeue(study, trial)
+    return True
