@@ -434,3 +434,6 @@ def inspect(
 
 
 app.command(name="bench")(bench_command)
+
+if __name__ == "__main__":  # python -m mcgen.cli, as well as the `mcgen` script
+    app()

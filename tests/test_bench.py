@@ -312,6 +312,10 @@ def test_defaults_and_bad_configurations(tmp_path):
         BenchConfig(specs=(spec,), device="cpu", providers=("nope",)).resolved()
     with pytest.raises(BenchError, match="exceeds --tokens"):
         BenchConfig(specs=(spec,), device="cpu", seq_lens=(64,), tokens=32).resolved()
+    # A zero is given, not "use the default": it is refused like any other non-positive size.
+    for field, flag in (("tokens", "tokens"), ("heads", "heads"), ("key_dim", "key-dim")):
+        with pytest.raises(BenchError, match=f"--{flag} must be positive, got 0"):
+            BenchConfig(specs=(spec,), device="cpu", **{field: 0}).resolved()
     if not torch.cuda.is_available():
         with pytest.raises(BenchError, match="no CUDA"):
             BenchConfig(specs=(spec,), device="cuda").resolved()

@@ -103,17 +103,13 @@ class BenchConfig:
         if device == "cuda" and not torch.cuda.is_available():
             raise BenchError("--device cuda, but torch sees no CUDA device")
         defaults = GPU_DEFAULTS if device == "cuda" else CPU_DEFAULTS
-        filled = replace(
-            self,
-            device=device,
-            providers=self.providers or defaults["providers"],
-            tokens=self.tokens or defaults["tokens"],
-            seq_lens=self.seq_lens or defaults["seq_lens"],
-            heads=self.heads or defaults["heads"],
-            key_dim=self.key_dim or defaults["key_dim"],
-            value_dim=self.value_dim or defaults["value_dim"],
-            dtype=self.dtype or defaults["dtype"],
-        )
+
+        def given(name: str):  # None means "not given"; 0 is given, and check() refuses it
+            value = getattr(self, name)
+            return defaults[name] if value is None else value
+
+        fields = ("providers", "tokens", "seq_lens", "heads", "key_dim", "value_dim", "dtype")
+        filled = replace(self, device=device, **{name: given(name) for name in fields})
         filled.check()
         return filled
 
@@ -135,9 +131,9 @@ class BenchConfig:
             ("seq-len", self.seq_lens),
             ("tokens", (self.tokens,)),
             ("segment-length", self.segment_lengths or ()),
-            ("heads", (self.heads,) if self.heads else ()),
-            ("key-dim", (self.key_dim,) if self.key_dim else ()),
-            ("value-dim", (self.value_dim,) if self.value_dim else ()),
+            ("heads", (self.heads,) if self.heads is not None else ()),
+            ("key-dim", (self.key_dim,) if self.key_dim is not None else ()),
+            ("value-dim", (self.value_dim,) if self.value_dim is not None else ()),
             ("threads", (self.threads,) if self.threads is not None else ()),
         ):
             if any(v < 1 for v in values):
