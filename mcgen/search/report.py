@@ -21,6 +21,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from mcgen.components.registry import AGGREGATIONS
 from mcgen.passes.cost import BF16, FP32
 from mcgen.search import study as studies
 from mcgen.search.grid_report import write_grid_report
@@ -158,7 +159,7 @@ def _row(trial: FrozenTrial, space: SearchSpace) -> Row:
         aggregation=spec.aggregation.kind,
         segments=shape,
         init=spec.cache.init if segments.kind != "none" else "-",
-        top_k=spec.aggregation.top_k if spec.aggregation.kind == "ssc" else None,
+        top_k=spec.aggregation.top_k if AGGREGATIONS.of(spec).selects_top_k else None,
         recurrence=spec.memory.recurrence,
         width=spec.layer.d_model,
     )
