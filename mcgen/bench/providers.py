@@ -204,8 +204,7 @@ def naive_linear_mc(
     gate_scale = key_dim**-0.5 if gate_scale is None else gate_scale
     if connector == "query":
         u = q
-    gated = AGGREGATIONS.get(aggregation).gated
-    if gated and u is None:
+    if AGGREGATIONS.get(aggregation).gated and u is None:
         raise ValueError(f"{aggregation} with the separate connector needs u")
 
     def split(x: torch.Tensor) -> torch.Tensor:  # [B, T, H, D] -> [B, N, C, H, D]
@@ -226,14 +225,15 @@ def naive_linear_mc(
     scores = torch.einsum("bnchk,bndhk->bnhcd", qs, ks).masked_fill(~causal, 0)
     online = torch.einsum("bnhvk,bnchk->bnchv", starts, qs)
     online = online + torch.einsum("bnhcd,bndhv->bnchv", scores, vs)
-    if aggregation == "none":
+    combine = AGGREGATIONS.get(aggregation)
+    if not combine.reads_cache:
         return online.reshape(batch, n_seg * size, heads, value_dim)[:, :seq_len]
 
     # Every token reads every cached state: [B, N, C, H, N_cached, V].
     reads = torch.einsum("bihvk,bnchk->bnchiv", ends, qs)
     seg = torch.arange(n_seg, device=q.device)
     visible = (seg[None, :] < seg[:, None])[None, :, None, None, :]  # [1, N, 1, 1, N_cached]
-    if aggregation == "residual":
+    if combine.sums_reads:
         out = online + (reads * visible[..., None]).sum(dim=-2)
         return out.reshape(batch, n_seg * size, heads, value_dim)[:, :seq_len]
 
@@ -248,7 +248,7 @@ def naive_linear_mc(
     logit_online = gate_scale * (us * prefix).sum(dim=-1, keepdim=True)  # [B, N, C, H, 1]
     logits = gate_scale * torch.einsum("bnchk,bihk->bnchi", us, descriptors)
     keep = visible.expand_as(logits)
-    if AGGREGATIONS.get(aggregation).selects_top_k:
+    if combine.selects_top_k:
         assert top_k is not None
         masked = logits.masked_fill(~keep, float("-inf"))
         chosen = masked.topk(min(top_k, n_seg), dim=-1).indices  # routing: no gradient

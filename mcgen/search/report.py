@@ -21,7 +21,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from mcgen.components.registry import AGGREGATIONS
+from mcgen.components.registry import AGGREGATIONS, SEGMENTATIONS
 from mcgen.passes.cost import BF16, FP32
 from mcgen.search import study as studies
 from mcgen.search.grid_report import write_grid_report
@@ -360,7 +360,8 @@ def write_plot(report: StudyReport, path: Path) -> Path:
         for row in front:
             if row.role == "candidate":
                 label = row.aggregation
-                if row.segments.startswith(("constant", "logarithmic")):
+                kind = row.segments.split()[0]
+                if kind in (SEGMENTATIONS.owners("cache.segments.length") or ()):
                     label += f" {row.segments.split()[-1]}"
                 if row.top_k is not None:
                     label += f" k{row.top_k}"
