@@ -120,7 +120,8 @@ class RecurrenceComponent(Component):
         return {}
 
     def check_scan(self, node: str, attrs: Mapping[str, Any]) -> None:
-        """Raise IRError if a scan node's own attributes are inconsistent."""
+        """Raise IRError if a scan node's own attributes are inconsistent (a matrix scan
+        has none beyond those every scan has, which validation checks)."""
 
     @abstractmethod
     def state_per_head(self, spec: Spec) -> tuple[int, str]:
@@ -206,5 +207,6 @@ class SegmentationComponent(Component):
         memory's mini-batch must divide each (one never straddles a segment end)."""
         return []
 
+    @abstractmethod
     def check_node(self, node: str, attrs: Mapping[str, Any]) -> None:
         """Raise IRError if a segmentation node's attributes do not fit this kind."""

@@ -6,6 +6,10 @@ and the exact mean (not an asymptote) is what makes short-sequence comparisons h
 A multiply-add counts as 2 FLOPs. Small terms (softmax exponentials, l2 key norms, the
 decay's scalar multiply, which chunked forms fold into the intra-chunk weights) are left out.
 
+The driver, `annotate_cost`, runs one cost function per op (OP_COSTS); the scan's and the
+aggregate's formulas are their components' (mcgen/components/: recurrences/matrix.py and
+recurrences/deep.py, aggregations/*.py), as is the size of one memory state.
+
 Every count over the tokens or chunks of the sequence is a closed form over the segment ends
 (`SegmentSums`), so the cost of any `seq_len` takes the same little time and memory.
 
