@@ -33,6 +33,7 @@ from pathlib import Path
 from mcgen import __version__
 from mcgen.codegen.package import MANIFEST, REQUIRES, has_triton, header_command, render_package
 from mcgen.codegen.templates import environment
+from mcgen.components.registry import AGGREGATIONS
 from mcgen.ir.plan import Plan
 from mcgen.packages import (
     CACHE_FOLDERS,
@@ -47,7 +48,7 @@ from mcgen.packages import (
 from mcgen.passes.pipeline import compile_spec
 from mcgen.spec import Spec, load_spec, spec_hash
 from mcgen.spec.problems import printable_lines
-from mcgen.spec.schema import GATED_AGGREGATIONS, check_package_name
+from mcgen.spec.schema import check_package_name
 from mcgen.validate import ValidationReport, ladder_steps, validate_package
 
 # What the export's own check runs: the quick ladder in float32 (seconds, not minutes).
@@ -157,7 +158,7 @@ def render_export(
     With `model`, the Hugging Face model family and its tests too."""
     package = render_package(spec, plan, command=command)
     digest = spec_hash(spec)
-    gated = spec.aggregation.kind in GATED_AGGREGATIONS
+    gated = AGGREGATIONS.of(spec).gated
     uses_u = gated and spec.aggregation.connector == "separate"
     # The op's optional inputs this spec reads, in the order of its signature.
     read = {"u": uses_u, "g": plan.uses_g, "beta": plan.uses_beta}

@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from mcgen.components.registry import AGGREGATIONS
 from mcgen.ir.render import to_dot, to_text
 from mcgen.passes.cost import CostRow, annotate_cost, cost_table
 from mcgen.passes.pipeline import DEFAULT_SEQ_LEN, compile_spec
@@ -119,10 +120,11 @@ def describe_memory(graph: nx.DiGraph) -> str:
         f"head; mini-batch {scan.get('minibatch')}; {rates}"
     )
     agg = next((a for _, a in graph.nodes(data=True) if a.get("op") == "aggregate"), {})
-    if agg.get("kind") == "soup":
+    aggregation = AGGREGATIONS.find(agg.get("kind"))
+    if aggregation is not None and aggregation.mixes_weights:
         line += (
-            "; soup mixes the memories' weights and reads once (an MLP is not linear in its "
-            "weights, so it stays distinct from grm)"
+            f"; {aggregation.name} mixes the memories' weights and reads once (an MLP is not "
+            f"linear in its weights, so it stays distinct from {aggregation.matrix_equivalent})"
         )
     return line
 

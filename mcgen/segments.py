@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mcgen.components.registry import SEGMENTATIONS
+
 
 def segment_ends(
     kind: str, length: int | None, boundaries: Sequence[int] | None, seq_len: int
@@ -17,22 +19,10 @@ def segment_ends(
     """End positions of the segments that are complete within `seq_len` tokens.
 
     `constant` C: C, 2C, 3C, ...; `logarithmic` C: C, 2C, 4C, 8C, ... (lengths C, C,
-    2C, 4C, ...); `explicit`: the given interior boundaries; `none`: no boundary.
+    2C, 4C, ...); `explicit`: the given interior boundaries; `none`: no boundary. Each
+    segmentation's rule is its component's (mcgen/components/segmentations/).
     """
-    if kind == "none":
-        return []
-    if kind == "explicit":
-        assert boundaries is not None
-        return [b for b in boundaries if b <= seq_len]
-    if kind not in ("constant", "logarithmic"):
-        raise ValueError(f"unknown segment kind {kind!r}")
-    assert length is not None and length > 0
-    ends: list[int] = []
-    end = length
-    while end <= seq_len:
-        ends.append(end)
-        end = end + length if kind == "constant" else end * 2
-    return ends
+    return SEGMENTATIONS.get(kind).ends(length, boundaries, seq_len)
 
 
 def mean_visible(

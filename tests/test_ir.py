@@ -8,8 +8,9 @@ import networkx as nx
 import pytest
 from spec_helpers import SEGMENTS, make_spec
 
+from mcgen.components.recurrences.deep import deep_params, deep_state_shape
 from mcgen.ir.errors import IRError
-from mcgen.ir.graph import deep_params, deep_state_shape, inputs_of, lower
+from mcgen.ir.graph import inputs_of, lower
 from mcgen.ir.plan import DeepPlan, plan_from_ir
 from mcgen.ir.render import dot_quote, to_dot, to_text
 from mcgen.passes.validate import validate_ir

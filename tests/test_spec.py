@@ -915,7 +915,7 @@ def test_a_gate_scale_that_overflows_is_refused():
 
 
 def test_the_ir_can_be_imported_before_the_spec_package():
-    # mcgen.ir.graph imports the spec package, whose size rules use the IR's deep_params.
+    # mcgen.ir.graph imports the spec package, whose schema asks the component registry.
     import subprocess
     import sys
 

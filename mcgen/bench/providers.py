@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from mcgen.bench.variants import Target
+from mcgen.components.base import RecurrenceComponent, in_words
+from mcgen.components.registry import AGGREGATIONS, RECURRENCES
 from mcgen.passes.cost import attention_cost
 from mcgen.passes.pipeline import compile_spec
 from mcgen.spec import parse_spec
@@ -202,8 +204,7 @@ def naive_linear_mc(
     gate_scale = key_dim**-0.5 if gate_scale is None else gate_scale
     if connector == "query":
         u = q
-    gated = aggregation in ("grm", "soup", "ssc")
-    if gated and u is None:
+    if AGGREGATIONS.get(aggregation).gated and u is None:
         raise ValueError(f"{aggregation} with the separate connector needs u")
 
     def split(x: torch.Tensor) -> torch.Tensor:  # [B, T, H, D] -> [B, N, C, H, D]
@@ -224,14 +225,15 @@ def naive_linear_mc(
     scores = torch.einsum("bnchk,bndhk->bnhcd", qs, ks).masked_fill(~causal, 0)
     online = torch.einsum("bnhvk,bnchk->bnchv", starts, qs)
     online = online + torch.einsum("bnhcd,bndhv->bnchv", scores, vs)
-    if aggregation == "none":
+    combine = AGGREGATIONS.get(aggregation)
+    if not combine.reads_cache:
         return online.reshape(batch, n_seg * size, heads, value_dim)[:, :seq_len]
 
     # Every token reads every cached state: [B, N, C, H, N_cached, V].
     reads = torch.einsum("bihvk,bnchk->bnchiv", ends, qs)
     seg = torch.arange(n_seg, device=q.device)
     visible = (seg[None, :] < seg[:, None])[None, :, None, None, :]  # [1, N, 1, 1, N_cached]
-    if aggregation == "residual":
+    if combine.sums_reads:
         out = online + (reads * visible[..., None]).sum(dim=-2)
         return out.reshape(batch, n_seg * size, heads, value_dim)[:, :seq_len]
 
@@ -246,7 +248,7 @@ def naive_linear_mc(
     logit_online = gate_scale * (us * prefix).sum(dim=-1, keepdim=True)  # [B, N, C, H, 1]
     logits = gate_scale * torch.einsum("bnchk,bihk->bnchi", us, descriptors)
     keep = visible.expand_as(logits)
-    if aggregation == "ssc":
+    if combine.selects_top_k:
         assert top_k is not None
         masked = logits.masked_fill(~keep, float("-inf"))
         chosen = masked.topk(min(top_k, n_seg), dim=-1).indices  # routing: no gradient
@@ -327,8 +329,10 @@ def fla(dims: tuple[int, int, int], device: torch.device) -> Provider | Unavaila
 
 def fla_gated_delta(target: Target, device: torch.device) -> Provider | Unavailable:
     name = "fla-gated-delta"
-    if target.spec.memory.recurrence != "gated_delta":
-        return Unavailable(name, "it reads g and beta: gated_delta specs only", True)
+    recurrence = RECURRENCES.of(target.spec)
+    if not _gated_delta_rule(recurrence):
+        names = in_words([r.name for r in RECURRENCES if _gated_delta_rule(r)], "or")
+        return Unavailable(name, f"it reads g and beta: {names} specs only", True)
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     except Exception as exc:  # not installed, or installed but broken
@@ -350,10 +354,16 @@ def fla_gated_delta(target: Target, device: torch.device) -> Provider | Unavaila
         name,
         forward,
         gated_delta_reference,
-        linear_attention_flops(*target.dims, recurrence="gated_delta"),
+        linear_attention_flops(*target.dims, recurrence=recurrence.name),
         baseline=True,
         reference_name="fp64 gated delta rule",
     )
+
+
+def _gated_delta_rule(recurrence: RecurrenceComponent) -> bool:
+    """What fla computes: a matrix delta-rule memory that reads g and beta."""
+    reads = set(recurrence.rate_inputs({})) if recurrence.memory == "matrix" else set()
+    return recurrence.delta_rule and reads == {"g", "beta"}
 
 
 def gated_delta_reference(inputs: Inputs) -> torch.Tensor:

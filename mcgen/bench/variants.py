@@ -17,11 +17,13 @@ from types import ModuleType
 import yaml
 
 from mcgen.build import build
+from mcgen.components.fields import SEGMENT_LENGTH
+from mcgen.components.registry import SEGMENTATIONS
 from mcgen.packages import import_package
 from mcgen.spec import Spec, SpecError, load_spec
 
-# Segment kinds whose `length` field a sweep may change.
-LENGTH_KINDS = ("constant", "logarithmic")
+# Segment kinds whose `length` field a sweep may change: the segmentations that read one.
+LENGTH_KINDS = tuple(kind.name for kind in SEGMENTATIONS if SEGMENT_LENGTH in kind.fields)
 
 
 class VariantError(Exception):

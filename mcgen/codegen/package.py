@@ -11,10 +11,10 @@ from urllib.parse import quote
 from mcgen import __version__
 from mcgen.codegen.literals import py_literal
 from mcgen.codegen.templates import environment, templates_digest
+from mcgen.components.registry import AGGREGATIONS
 from mcgen.ir.plan import Plan
 from mcgen.packages import MANIFEST, write_package
 from mcgen.spec import Spec, spec_hash
-from mcgen.spec.schema import GATED_AGGREGATIONS
 
 # Rendered in this order; each becomes <name>/<file>.
 PACKAGE_FILES = (
@@ -27,11 +27,6 @@ PACKAGE_FILES = (
     "layer.py",
     "selftest.py",
 )
-# Triton kernels and their glue, for the recurrences that have them.
-TRITON_RECURRENCES = ("linear", "decay", "delta", "gated_delta")
-# The delta rules' chunked recurrence is its own template (WY form), rendered under the
-# same file name: the glue and the read kernels do not care how the states were made.
-DELTA_RECURRENCES = ("delta", "gated_delta")
 # Files a deep memory (dla, titans) renders from templates/package/deep/ instead.
 DEEP_FILES = frozenset({"cache.py", "reference.py", "backend_torch.py", "ops.py", "layer.py"})
 # What the generated code needs at run time (it never imports mcgen).
@@ -52,7 +47,7 @@ class RenderedPackage:
 def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
     """Every file of the package for `spec` (resolved), computing what `plan` says."""
     digest = spec_hash(spec)
-    gated = spec.aggregation.kind in GATED_AGGREGATIONS
+    gated = AGGREGATIONS.of(spec).gated
     context = {
         "spec": spec,
         "plan": plan,
@@ -85,7 +80,8 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
 
 
 def has_triton(plan: Plan) -> bool:
-    return plan.deep is None and plan.recurrence in TRITON_RECURRENCES
+    """Triton kernels and their glue, for the recurrences that name a kernel template."""
+    return plan.deep is None and plan.recurrence_component.triton_template is not None
 
 
 def package_files(plan: Plan) -> tuple[str, ...]:
@@ -93,26 +89,30 @@ def package_files(plan: Plan) -> tuple[str, ...]:
     if not has_triton(plan):
         return PACKAGE_FILES
     kernels = ["triton_recurrence.py"]
-    if plan.aggregation in GATED_AGGREGATIONS:
+    if plan.gated:
         kernels.append("triton_key_sums.py")  # the gate's online logit and descriptors
     if plan.caches:
         # State form always: it also reads memories cached by earlier calls, which the
-        # attention form cannot (their keys are gone). ssc reads it as a grouped sparse read.
-        kernels.append(
-            "triton_read_sparse.py" if plan.aggregation == "ssc" else "triton_read_state.py"
-        )
+        # attention form cannot (their keys are gone). A top-k gate (ssc) reads it as a
+        # grouped sparse read.
+        sparse = plan.aggregation_component.selects_top_k
+        kernels.append("triton_read_sparse.py" if sparse else "triton_read_state.py")
         if plan.read_form == "attention":
             kernels.append("triton_read_attention.py")
     return (*PACKAGE_FILES, *kernels, "backend_triton.py")
 
 
 def _template_name(file_name: str, plan: Plan) -> str:
-    """Deep memories have their own versions of some files (templates/package/deep/), the
-    delta rules their own recurrence kernels."""
+    """Deep memories have their own versions of some files (templates/package/deep/); the
+    recurrence kernel is the recurrence's own template (the delta rules' WY form is rendered
+    under the same file name: the glue and the read kernels do not care how the states were
+    made)."""
     if plan.deep is not None and file_name in DEEP_FILES:
         return f"package/deep/{file_name}.jinja"
-    if file_name == "triton_recurrence.py" and plan.recurrence in DELTA_RECURRENCES:
-        return "package/triton_delta.py.jinja"
+    if file_name == "triton_recurrence.py":
+        template = plan.recurrence_component.triton_template
+        assert template is not None  # package_files lists it only then
+        return template
     return f"package/{file_name}.jinja"
 
 

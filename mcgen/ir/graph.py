@@ -26,14 +26,8 @@ from typing import Any
 
 import networkx as nx
 
-from mcgen.spec.schema import (
-    DECAY_RECURRENCES,
-    DEEP_RECURRENCES,
-    DELTA_RECURRENCES,
-    GATED_AGGREGATIONS,
-    DeepMemory,
-    Spec,
-)
+from mcgen.components.registry import AGGREGATIONS, RECURRENCES
+from mcgen.spec.schema import Spec
 
 # The node ids lowering uses; passes look nodes up by these ids.
 INPUT_NODES = ("q", "k", "v", "u", "g", "beta", "eta", "weights")
@@ -43,47 +37,43 @@ CACHE_NODES = ("cache", "pool", "gate", "read_cached")
 ACTIVATION_DTYPE = "bf16"
 STATE_DTYPE = "fp32"
 
-# Per-token rate inputs ([B,T,H]) in the order lowering adds them, and which of a deep
-# memory's rates each one carries when that rate is "data".
+# Per-token rate inputs ([B,T,H]) in the order lowering adds them (the op's signature order).
 RATE_INPUTS = ("g", "beta", "eta")
-DEEP_RATE_INPUT = {"lr": "beta", "momentum": "eta", "decay": "g"}
 
 
 def lower(spec: Spec) -> nx.DiGraph:
     """Lower a (resolved) spec to the graph IR, one node per op the spec asks for."""
     heads, kdim, vdim = spec.memory.heads, spec.memory.key_dim, spec.memory.value_dim
-    rec = spec.memory.recurrence
+    recurrence = RECURRENCES.of(spec)
+    aggregation = AGGREGATIONS.of(spec)
     agg = spec.aggregation
     seg = spec.cache.segments
 
-    deep = _deep_attributes(spec)
+    scan_attrs = recurrence.scan_attributes(spec)
+    params = recurrence.params(spec)
+    deep = recurrence.memory == "deep"
     # Rate inputs the scan reads besides k and v: g and beta for the matrix recurrences that
     # name them; for a deep memory, one per rate that is "data".
-    if deep is None:
-        rates = {"g"} if rec in DECAY_RECURRENCES else set()
-        rates |= {"beta"} if rec in DELTA_RECURRENCES else set()
-    else:
-        rates = {name for rate, name in DEEP_RATE_INPUT.items() if deep[rate] == "data"}
+    rates = set(recurrence.rate_inputs(scan_attrs))
     # soup on a deep memory mixes weights, not reads: the reads hand the weights over.
-    mixes_weights = deep is not None and agg.kind == "soup"
+    mixes_weights = deep and aggregation.mixes_weights
 
     graph = nx.DiGraph()
     graph.graph["spec"] = spec
     graph.graph["notes"] = []
     # A matrix memory keeps a V x K matrix per head; a deep one the weights of an MLP, where
     # the matrix-only rewrites (soup -> grm) must stay off.
-    graph.graph["memory"] = "matrix" if deep is None else "deep"
+    graph.graph["memory"] = recurrence.memory
 
     _input(graph, "q", "[B,T,H,K]", {"H": heads, "K": kdim})
     _input(graph, "k", "[B,T,H,K]", {"H": heads, "K": kdim})
     _input(graph, "v", "[B,T,H,V]", {"H": heads, "V": vdim})
-    gated = agg.kind in GATED_AGGREGATIONS
-    if gated and agg.connector == "separate":
+    if aggregation.gated and agg.connector == "separate":
         _input(graph, "u", "[B,T,H,K]", {"H": heads, "K": kdim})
-    if deep is not None:
+    if params is not None:
         # The initial MLP weights per head (flattened), where every sequence starts (and,
         # with init independent, every segment).
-        _input(graph, "weights", "[H,P]", {"H": heads, "P": deep["params"]}, dtype=STATE_DTYPE)
+        _input(graph, "weights", "[H,P]", {"H": heads, "P": params}, dtype=STATE_DTYPE)
     for name in RATE_INPUTS:
         if name in rates:
             _input(graph, name, "[B,T,H]", {"H": heads})
@@ -96,17 +86,16 @@ def lower(spec: Spec) -> nx.DiGraph:
         boundaries=tuple(seg.boundaries) if seg.boundaries is not None else None,
     )
     state = {
-        "state_shape": "[V,K]" if deep is None else deep["state_shape"],
+        "state_shape": recurrence.state_shape(spec),
         "state_dims": {"V": vdim, "K": kdim},
         "state_dtype": STATE_DTYPE,
     }
-    if deep is not None:
-        state["params"] = deep["params"]
-    scan_attrs = {k: v for k, v in (deep or {}).items() if k not in state}
+    if params is not None:
+        state["params"] = params
     graph.add_node(
         "scan",
         op="recurrence_scan",
-        recurrence=rec,
+        recurrence=recurrence.name,
         init=spec.cache.init,
         **state,
         chunk_size=spec.compute.chunk_size,
@@ -114,7 +103,7 @@ def lower(spec: Spec) -> nx.DiGraph:
     )
     _flow(graph, "k", "scan", "k")
     _flow(graph, "v", "scan", "v")
-    if deep is not None:
+    if params is not None:
         _flow(graph, "weights", "scan", "weights")
     for name in RATE_INPUTS:
         if name in rates:
@@ -133,7 +122,7 @@ def lower(spec: Spec) -> nx.DiGraph:
     if mixes_weights:
         _flow(graph, "q", "aggregate", "q")  # the one read of the mixed weights
 
-    if agg.kind != "none":
+    if aggregation.reads_cache:
         graph.add_node("cache", op="segment_cache", **copy.deepcopy(state))
         _flow(graph, "scan", "cache", "states")
         _flow(graph, "segments", "cache", "segments")
@@ -143,15 +132,15 @@ def lower(spec: Spec) -> nx.DiGraph:
             _flow(graph, "q", "read_cached", "q")
         _flow(graph, "read_cached", "aggregate", "cached")
 
-    if gated:
+    if aggregation.gated:
         graph.add_node("pool", op="descriptor_pool", pool=agg.pool, dims={"K": kdim})
         _flow(graph, "k", "pool", "k")
         _flow(graph, "segments", "pool", "segments")
         graph.add_node(
             "gate",
             op="gate",
-            kind="topk_softmax" if agg.kind == "ssc" else "softmax",
-            top_k=agg.top_k if agg.kind == "ssc" else None,
+            kind=aggregation.gate,
+            top_k=agg.top_k if aggregation.selects_top_k else None,
             gate_scale=agg.gate_scale,
             connector=agg.connector,
         )
@@ -165,44 +154,6 @@ def lower(spec: Spec) -> nx.DiGraph:
     )
     _flow(graph, "aggregate", "out", "o")
     return graph
-
-
-def deep_params(depth: int, key_dim: int, hidden: int, value_dim: int) -> int:
-    """Weights per head of the MLP memory: K*V at depth 1, else K*Dh + (depth-2)*Dh*Dh + Dh*V."""
-    if depth < 1:
-        raise ValueError(f"an MLP memory has depth >= 1, got {depth}")
-    if depth == 1:
-        return key_dim * value_dim
-    return key_dim * hidden + (depth - 2) * hidden * hidden + hidden * value_dim
-
-
-def deep_state_shape(depth: int) -> str:
-    """The MLP's layer widths in symbols: `MLP K->Dh->V (depth 2)`."""
-    return "MLP " + "->".join(["K", *["Dh"] * (depth - 1), "V"]) + f" (depth {depth})"
-
-
-def _deep_attributes(spec: Spec) -> dict[str, Any] | None:
-    """The scan attributes of a deep memory (None for a matrix one).
-
-    Rates stay as the spec gives them: a float, "data" (an op input), or None for titans'
-    momentum and decay on dla, which has neither.
-    """
-    mem = spec.memory
-    if mem.recurrence not in DEEP_RECURRENCES:
-        return None
-    deep = mem.deep or DeepMemory()  # a resolved spec always has it
-    hidden = deep.expansion * mem.key_dim
-    return {
-        "state_shape": deep_state_shape(deep.depth),
-        "params": deep_params(deep.depth, mem.key_dim, hidden, mem.value_dim),
-        "depth": deep.depth,
-        "hidden": hidden,
-        "activation": deep.activation,
-        "minibatch": deep.minibatch,
-        "lr": deep.lr,
-        "momentum": deep.momentum,
-        "decay": deep.decay,
-    }
 
 
 def clone(graph: nx.DiGraph) -> nx.DiGraph:

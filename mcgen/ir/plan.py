@@ -12,8 +12,15 @@ from typing import Any, Literal
 
 import networkx as nx
 
+from mcgen.components.base import (
+    AggregationComponent,
+    RecurrenceComponent,
+    SegmentationComponent,
+)
+from mcgen.components.recurrences.deep import DeepRecurrence
+from mcgen.components.registry import AGGREGATIONS, RECURRENCES, SEGMENTATIONS
 from mcgen.ir.errors import IRError
-from mcgen.spec.schema import DECAY_RECURRENCES, DEEP_RECURRENCES, DELTA_RECURRENCES, Spec
+from mcgen.spec.schema import Spec
 
 
 @dataclass(frozen=True)
@@ -32,16 +39,19 @@ class DeepPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    recurrence: Literal["linear", "decay", "delta", "gated_delta", "dla", "titans"]
+    """The names of the components it runs, and what they read. The `*_component`
+    properties give each component itself (mcgen/components/), for facts derived from it."""
+
+    recurrence: str  # a registered recurrence's name
     init: Literal["checkpoint", "independent"]
     # Segmentation that the computation needs (after passes; "none" when nothing is cached
     # and nothing is reset).
-    segments: Literal["constant", "logarithmic", "explicit", "none"]
-    segment_length: int | None  # constant, logarithmic
+    segments: str
+    segment_length: int | None  # segmentations set by a length (constant, logarithmic)
     boundaries: tuple[int, ...] | None  # explicit
     # Aggregation after canonicalisation: soup appears only for deep memories (for a
     # matrix memory it is grm).
-    aggregation: Literal["none", "residual", "grm", "soup", "ssc"]
+    aggregation: str
     connector: Literal["separate", "query"] | None  # gated aggregations only
     pool: Literal["mean", "sum"] | None  # gated aggregations only
     top_k: int | None  # ssc only
@@ -60,9 +70,26 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
 
     @property
+    def recurrence_component(self) -> RecurrenceComponent:
+        return RECURRENCES.get(self.recurrence)
+
+    @property
+    def aggregation_component(self) -> AggregationComponent:
+        return AGGREGATIONS.get(self.aggregation)
+
+    @property
+    def segmentation_component(self) -> SegmentationComponent:
+        return SEGMENTATIONS.get(self.segments)
+
+    @property
     def caches(self) -> bool:
         """Whether segment-end states are kept and read."""
-        return self.aggregation != "none"
+        return self.aggregation_component.reads_cache
+
+    @property
+    def gated(self) -> bool:
+        """Whether the aggregation weighs the memories by a gate (reads descriptors)."""
+        return self.aggregation_component.gated
 
 
 def plan_from_ir(graph: nx.DiGraph) -> Plan:
@@ -80,18 +107,22 @@ def plan_from_ir(graph: nx.DiGraph) -> Plan:
     agg = _one(graph, "aggregate")
     gate = _maybe_one(graph, "gate")
     pool = _maybe_one(graph, "descriptor_pool")
-    rec = scan["recurrence"]
-    deep = _deep_plan(scan) if rec in DEEP_RECURRENCES else None
-    if (deep is not None) != (graph.graph.get("memory") == "deep"):
+    recurrence = RECURRENCES.find(scan["recurrence"])
+    if recurrence is None:
+        raise IRError(f"recurrence {scan['recurrence']!r} is not a registered component")
+    deep = _deep_plan(scan, recurrence) if isinstance(recurrence, DeepRecurrence) else None
+    if recurrence.memory != graph.graph.get("memory"):
         raise IRError(
-            f"graph memory {graph.graph.get('memory')!r} does not match recurrence {rec!r}"
+            f"graph memory {graph.graph.get('memory')!r} does not match recurrence "
+            f"{recurrence.name!r}"
         )
-    kinds = ("none", "residual", "grm", "ssc") + (("soup",) if deep is not None else ())
-    if agg["kind"] not in kinds:
+    aggregation = AGGREGATIONS.find(agg["kind"])
+    if aggregation is None or (deep is None and aggregation.matrix_equivalent is not None):
         raise IRError(
             f"aggregation {agg['kind']!r} has no plan for a {graph.graph.get('memory')} memory: "
             "run the passes (soup becomes grm for a matrix memory) first"
         )
+    inputs = recurrence.rate_inputs(scan)
     boundaries = seg.get("boundaries")
     return Plan(
         recurrence=scan["recurrence"],
@@ -106,11 +137,11 @@ def plan_from_ir(graph: nx.DiGraph) -> Plan:
         gate_scale=gate["gate_scale"] if gate else None,
         chunk_size=spec.compute.chunk_size,
         # A deep memory reads g, beta and eta for its data-dependent decay, lr and momentum.
-        uses_g=rec in DECAY_RECURRENCES or (deep is not None and scan.get("decay") == "data"),
-        uses_beta=rec in DELTA_RECURRENCES or (deep is not None and scan.get("lr") == "data"),
+        uses_g="g" in inputs,
+        uses_beta="beta" in inputs,
         # connector `query` reads q for the gate, so no u input is needed.
         uses_u=gate is not None and gate["connector"] == "separate",
-        uses_eta=deep is not None and scan.get("momentum") == "data",
+        uses_eta="eta" in inputs,
         deep=deep,
         read_form=_read_form(graph),
         notes=tuple(graph.graph.get("notes", [])),
@@ -124,22 +155,22 @@ def _read_form(graph: nx.DiGraph) -> Literal["state", "attention"] | None:
     return read["form"]
 
 
-def _deep_plan(scan: dict[str, Any]) -> DeepPlan:
-    """The MLP memory of a dla / titans scan; a "data" rate becomes None (an op input)."""
+def _deep_plan(scan: dict[str, Any], recurrence: DeepRecurrence) -> DeepPlan:
+    """The MLP memory of a deep scan; a "data" rate becomes None (an op input), a rate the
+    memory lacks 0."""
     try:
         depth, hidden = int(scan["depth"]), int(scan["hidden"])
         activation, minibatch = scan["activation"], int(scan["minibatch"])
     except KeyError as missing:
         raise IRError(f"a deep scan needs the attribute {missing}") from None
-    titans = scan["recurrence"] == "titans"
 
     def rate(name: str) -> float | None:
         value = scan.get(name)
         if value == "data":
             return None
         if value is None:
-            if titans or name == "lr":
-                raise IRError(f"a {scan['recurrence']} scan needs a {name} (a number or 'data')")
+            if name in recurrence.rates:
+                raise IRError(f"a {recurrence.name} scan needs a {name} (a number or 'data')")
             return 0.0  # dla: no momentum, no decay
         return float(value)
 
@@ -148,7 +179,7 @@ def _deep_plan(scan: dict[str, Any]) -> DeepPlan:
         hidden=hidden,
         activation=activation,
         minibatch=minibatch,
-        titans=titans,
+        titans=recurrence.squared_loss,
         lr=rate("lr"),
         momentum=rate("momentum"),
         decay=rate("decay"),

@@ -6,6 +6,10 @@ and the exact mean (not an asymptote) is what makes short-sequence comparisons h
 A multiply-add counts as 2 FLOPs. Small terms (softmax exponentials, l2 key norms, the
 decay's scalar multiply, which chunked forms fold into the intra-chunk weights) are left out.
 
+The driver, `annotate_cost`, runs one cost function per op (OP_COSTS); the scan's and the
+aggregate's formulas are their components' (mcgen/components/: recurrences/matrix.py and
+recurrences/deep.py, aggregations/*.py), as is the size of one memory state.
+
 Every count over the tokens or chunks of the sequence is a closed form over the segment ends
 (`SegmentSums`), so the cost of any `seq_len` takes the same little time and memory.
 
@@ -31,20 +35,22 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import networkx as nx
 
+from mcgen.components.base import FP32_BYTES, Component, CostContext, RecurrenceComponent
+from mcgen.components.registry import AGGREGATIONS, RECURRENCES, SEGMENTATIONS, Kind
 from mcgen.ir.errors import IRError
 from mcgen.ir.graph import clone
 from mcgen.segments import segment_ends
-from mcgen.spec.schema import DELTA_RECURRENCES
 
-FP32 = 4
+FP32 = FP32_BYTES
 BF16 = 2
-GATED = ("grm", "soup", "ssc")
+
+C = TypeVar("C", bound=Component)
 
 
 @dataclass(frozen=True)
@@ -101,9 +107,10 @@ class SegmentEnds:
     def of(
         cls, kind: str, length: int | None, boundaries: Sequence[int] | None, seq_len: int
     ) -> SegmentEnds:
-        if kind == "constant":
-            assert length is not None and length > 0
-            return cls(step=length)
+        step = SEGMENTATIONS.get(kind).period(length)
+        if step is not None:
+            assert step > 0
+            return cls(step=step)
         return cls(listed=tuple(segment_ends(kind, length, boundaries, seq_len)))
 
     def count(self, limit: int) -> int:
@@ -198,137 +205,187 @@ def cached_read_flops(graph: nx.DiGraph, seq_len: int) -> tuple[float, float]:
     )
 
 
+@dataclass(frozen=True)
+class _Counts:
+    """What the per-op cost functions read: the components' context and the sequence's counts
+    (zero cached memories when the graph keeps no cache)."""
+
+    ctx: CostContext
+    graph: nx.DiGraph
+    seq_len: int
+    token_heads: int  # tokens x heads x batch
+    starts: int  # times a scan starts from the initial state (deep: loads its weights)
+    cached: int  # memories complete within seq_len
+    mean_visible: float  # cached memories a token can see, averaged
+    chunk_loads: int  # cached states loaded, summed over the chunks of queries
+    chunk_descriptor_loads: int  # descriptors loaded, summed over the chunks (all visible)
+    has_cache: bool  # the graph keeps a segment cache (its descriptors count at decode)
+    recurrence: RecurrenceComponent
+
+
+NodeCost = tuple[float, float]  # (FLOPs per token and head, bytes moved in all)
+
+
+def _no_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+    return 0.0, 0.0
+
+
+def _input_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+    dims = attrs["dims"]
+    if "P" in dims:  # a deep memory's initial weights, loaded wherever a scan starts
+        return 0.0, FP32 * dims["P"] * c.starts * c.ctx.lanes
+    return 0.0, BF16 * dims.get("K", dims.get("V", 1)) * c.token_heads
+
+
+def _output_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+    return 0.0, BF16 * c.ctx.value_dim * c.token_heads
+
+
+def _scan_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+    return c.recurrence.scan_cost(c.ctx)
+
+
+def _read_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+    ctx = c.ctx
+    # Form weights (soup on a deep memory) hands the weights to the aggregate, which reads.
+    per_read = 2 * ctx.state if attrs.get("form") != "weights" else 0
+    if attrs["source"] == "online":
+        return per_read, 0.0  # fused with the scan: the state is already loaded
+    if attrs.get("form") == "attention":  # against the cached keys, reloaded per chunk
+        moved = BF16 * (ctx.key_dim + ctx.value_dim) * c.seq_len * ctx.n_chunks * ctx.lanes
+        return cached_read_flops(c.graph, c.seq_len)[1], moved
+    return per_read * ctx.mean_read, FP32 * ctx.state * c.chunk_loads * ctx.lanes
+
+
+def _cache_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+    return 0.0, FP32 * c.ctx.state * c.cached * c.ctx.lanes  # a snapshot per complete segment
+
+
+def _pool_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+    # A running prefix sum of k; mean also divides by the count.
+    kdim = c.ctx.key_dim
+    return kdim * (2 if attrs["pool"] == "mean" else 1), FP32 * kdim * c.cached * c.ctx.lanes
+
+
+def _gate_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+    # One logit (2K) per candidate: every visible segment, even for a top-k gate (it needs
+    # them all), plus the online memory.
+    kdim = c.ctx.key_dim
+    moved = FP32 * kdim * c.chunk_descriptor_loads * c.ctx.lanes
+    return 2 * kdim * (c.mean_visible + 1), moved
+
+
+def _aggregate_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+    return _component(AGGREGATIONS, attrs["kind"]).aggregate_flops(c.ctx), 0.0
+
+
+# Each op's cost; the scan's and the aggregate's formulas are their components'. An op
+# missing here costs nothing (the segmentation is bookkeeping).
+OP_COSTS: dict[str, Callable[[dict[str, Any], _Counts], NodeCost]] = {
+    "segmentation": _no_cost,
+    "input": _input_cost,
+    "output": _output_cost,
+    "recurrence_scan": _scan_cost,
+    "read": _read_cost,
+    "segment_cache": _cache_cost,
+    "descriptor_pool": _pool_cost,
+    "gate": _gate_cost,
+    "aggregate": _aggregate_cost,
+}
+
+
 def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph:
     """Return a copy of `graph` with a `cost` dict on every node and a summary in graph.graph."""
     if seq_len < 1 or batch < 1:
         raise ValueError(f"seq_len and batch must be positive, got {seq_len} and {batch}")
     out = clone(graph)
-    scan = _node(out, "recurrence_scan")
-    kdim, vdim = scan["state_dims"]["K"], scan["state_dims"]["V"]
-    deep = out.graph.get("memory") == "deep"
-    if deep and not isinstance(scan.get("params"), int):
-        raise IRError("cost: a deep memory's scan needs `params`, its weights per head")
-    heads = out.nodes["q"]["dims"]["H"] if "q" in out else 1
-    chunk = min(int(scan.get("chunk_size", 64)), seq_len)
-    seg = _node(out, "segmentation")
-    agg_kind = _node(out, "aggregate")["kind"]
-    gate = next((a for _, a in out.nodes(data=True) if a.get("op") == "gate"), None)
-    top_k = gate.get("top_k") if gate is not None and gate.get("kind") == "topk_softmax" else None
-    has_cache = any(op == "segment_cache" for _, op in out.nodes(data="op"))
-
-    ends = SegmentEnds.of(seg["kind"], seg.get("length"), seg.get("boundaries"), seq_len)
-    sums = SegmentSums.of(ends, seq_len, chunk, top_k)
-    n_cached = sums.cached if has_cache else 0
-    mean_visible = sums.visible / seq_len if has_cache else 0.0
-    mean_read = sums.read / seq_len if has_cache else 0.0
-    # States loaded per chunk of queries: all that any token of the chunk may read.
-    # (ssc: a chunk of c tokens touches at most c * top_k distinct states.)
-    chunk_loads = sums.chunk_read if has_cache else 0
-    chunk_descriptor_loads = sums.chunk_visible if has_cache else 0
-    n_chunks = math.ceil(seq_len / chunk)
-    token_heads = seq_len * heads * batch
-    lanes = heads * batch  # independent (batch, head) sequences
-    kv = kdim * vdim
-    # Numbers in one memory state: the V x K matrix, or the MLP's weights.
-    state = int(scan["params"]) if deep else kv
-    titans = deep and scan.get("recurrence") == "titans"
-    minibatch = int(scan.get("minibatch") or 1) if deep else 1
-    # titans keeps the momentum S unless it is the constant 0 (then S_t is just the step).
-    momentum_state = titans and scan.get("momentum") != 0
-    # A deep scan starts from the initial weights once, or at every segment with independent.
-    starts = 1 + sums.interior_ends if scan.get("init") == "independent" else 1
-
+    counts = _counts(out, seq_len, batch)
     for _, attrs in out.nodes(data=True):
-        op = attrs["op"]
-        per_token = 0.0
-        moved = 0.0
-        if op == "input" and "P" in attrs["dims"]:
-            moved = FP32 * attrs["dims"]["P"] * starts * lanes  # a deep memory's initial weights
-        elif op == "input":
-            width = attrs["dims"].get("K", attrs["dims"].get("V", 1))
-            moved = BF16 * width * token_heads
-        elif op == "output":
-            moved = BF16 * vdim * token_heads
-        elif op == "recurrence_scan" and deep:
-            # Inner gradient (forward + backward of the MLP at k_t), then the step.
-            per_token = 3 * 2 * state + (4 if titans else 2) * state
-            buffers = 2 if momentum_state else 1  # the weights, and titans' momentum
-            moved = 2 * FP32 * state * buffers * n_chunks * lanes
-        elif op == "recurrence_scan":
-            # Update v k^T (2KV); the chunked form adds the intra-chunk attention, about
-            # chunk * (K + V) per token; delta rules also form S k before writing (2KV).
-            per_token = 2 * kv + chunk * (kdim + vdim)
-            if attrs["recurrence"] in DELTA_RECURRENCES:
-                per_token += 2 * kv
-            moved = 2 * FP32 * kv * n_chunks * lanes  # load + store the state per chunk
-        elif op == "read" and attrs["source"] == "online":
-            # Fused with the scan: the state is already loaded. Form weights (soup on a deep
-            # memory) hands the weights to the aggregate, which reads once.
-            per_token = 2 * state if attrs.get("form") != "weights" else 0
-        elif op == "read" and attrs.get("form") == "attention":
-            per_token = cached_read_flops(out, seq_len)[1]  # against the cached keys
-            moved = BF16 * (kdim + vdim) * seq_len * n_chunks * lanes  # keys reloaded per chunk
-        elif op == "read":
-            per_token = 2 * state * mean_read if attrs.get("form") != "weights" else 0
-            moved = FP32 * state * chunk_loads * lanes
-        elif op == "segment_cache":
-            moved = FP32 * state * n_cached * lanes  # one snapshot per complete segment
-        elif op == "descriptor_pool":
-            # A running prefix sum of k; mean also divides by the count.
-            per_token = kdim * (2 if attrs["pool"] == "mean" else 1)
-            moved = FP32 * kdim * n_cached * lanes
-        elif op == "gate":
-            # One logit (2K) per candidate: every visible segment, even for ssc (top-k needs
-            # them all), plus the online memory.
-            per_token = 2 * kdim * (mean_visible + 1)
-            moved = FP32 * kdim * chunk_descriptor_loads * lanes
-        elif op == "aggregate":
-            if attrs["kind"] == "soup" and deep:
-                # Mix the weights of every visible memory and the online one, read once.
-                per_token = 2 * state * (mean_read + 1) + 2 * state
-            elif attrs["kind"] in GATED:
-                per_token = 2 * vdim * (mean_read + 1)  # weight and add every read
-            elif attrs["kind"] == "residual":
-                per_token = vdim * mean_read  # add the cached reads to the online one
+        per_token, moved = OP_COSTS.get(attrs["op"], _no_cost)(attrs, counts)
         attrs["cost"] = {
             "flops_per_token": per_token,
-            "flops": per_token * token_heads,
+            "flops": per_token * counts.token_heads,
             "bytes": moved,
         }
+    out.graph["cost"] = _summary(out, counts, batch)
+    return out
 
-    per_head = sum(a["cost"]["flops_per_token"] for _, a in out.nodes(data=True))
-    gated = agg_kind in GATED and has_cache
+
+def _counts(graph: nx.DiGraph, seq_len: int, batch: int) -> _Counts:
+    scan = _node(graph, "recurrence_scan")
+    recurrence = _component(RECURRENCES, scan.get("recurrence"))
+    heads = graph.nodes["q"]["dims"]["H"] if "q" in graph else 1
+    chunk = min(int(scan.get("chunk_size", 64)), seq_len)
+    seg = _node(graph, "segmentation")
+    gate = next((a for _, a in graph.nodes(data=True) if a.get("op") == "gate"), None)
+    top_k = gate.get("top_k") if gate is not None and gate.get("kind") == "topk_softmax" else None
+    has_cache = any(op == "segment_cache" for _, op in graph.nodes(data="op"))
+    ends = SegmentEnds.of(seg["kind"], seg.get("length"), seg.get("boundaries"), seq_len)
+    sums = SegmentSums.of(ends, seq_len, chunk, top_k)
+    n_chunks = math.ceil(seq_len / chunk)
+    ctx = CostContext(
+        key_dim=scan["state_dims"]["K"],
+        value_dim=scan["state_dims"]["V"],
+        state=recurrence.state_numbers(scan),
+        chunk=chunk,
+        n_chunks=n_chunks,
+        lanes=heads * batch,
+        mean_read=sums.read / seq_len if has_cache else 0.0,
+        deep=recurrence.memory == "deep",
+        scan=scan,
+    )
+    return _Counts(
+        ctx=ctx,
+        graph=graph,
+        seq_len=seq_len,
+        token_heads=seq_len * heads * batch,
+        starts=1 + sums.interior_ends if scan.get("init") == "independent" else 1,
+        cached=sums.cached if has_cache else 0,
+        mean_visible=sums.visible / seq_len if has_cache else 0.0,
+        # States loaded per chunk of queries: all that any token of the chunk may read
+        # (a top-k read: a chunk of c tokens touches at most c * top_k distinct states).
+        chunk_loads=sums.chunk_read if has_cache else 0,
+        chunk_descriptor_loads=sums.chunk_visible if has_cache else 0,
+        has_cache=has_cache,
+        recurrence=recurrence,
+    )
+
+
+def _summary(graph: nx.DiGraph, c: _Counts, batch: int) -> dict[str, Any]:
+    ctx = c.ctx
+    heads = ctx.lanes // batch
+    state = ctx.state
+    per_head = sum(a["cost"]["flops_per_token"] for _, a in graph.nodes(data=True))
+    aggregation = _component(AGGREGATIONS, _node(graph, "aggregate")["kind"])
     # Decode keeps the online state, every cached state and, for gated aggregations, one
     # descriptor per cache plus the prefix sum of k for the online descriptor.
-    decode = state + n_cached * state + ((n_cached + 1) * kdim if gated else 0)
-    training = n_cached * state
-    if deep:
-        # titans' momentum; the weights at the current mini-batch's start (its gradients are
-        # taken there), and in training the per-token weights of a mini-batch.
-        decode += state * (int(momentum_state) + int(minibatch > 1))
-        training += minibatch * state if minibatch > 1 else 0
-    out.graph["cost"] = {
-        "seq_len": seq_len,
+    descriptors = (c.cached + 1) * ctx.key_dim if aggregation.gated and c.has_cache else 0
+    decode = state + c.cached * state + descriptors
+    training = c.cached * state
+    held_decode, held_training = c.recurrence.held_numbers(ctx)
+    decode += held_decode
+    training += held_training
+    return {
+        "seq_len": c.seq_len,
         "batch": batch,
         "heads": heads,
-        "key_dim": kdim,
-        "value_dim": vdim,
-        "memory": "deep" if deep else "matrix",
+        "key_dim": ctx.key_dim,
+        "value_dim": ctx.value_dim,
+        "memory": c.recurrence.memory,
         "state_numbers_per_head": state,
-        "chunk_size": chunk,
-        "cached_segments": n_cached,
-        "mean_visible": mean_visible,
-        "mean_read": mean_read,
+        "chunk_size": ctx.chunk,
+        "cached_segments": c.cached,
+        "mean_visible": c.mean_visible,
+        "mean_read": ctx.mean_read,
         "flops_per_token_per_head": per_head,
         "flops_per_token": per_head * heads,
-        "flops": per_head * token_heads,
-        "bytes": sum(a["cost"]["bytes"] for _, a in out.nodes(data=True)),
+        "flops": per_head * c.token_heads,
+        "bytes": sum(a["cost"]["bytes"] for _, a in graph.nodes(data=True)),
         "training_memory_numbers_per_head": training,
-        "training_memory_bytes": FP32 * training * lanes,
+        "training_memory_bytes": FP32 * training * ctx.lanes,
         "decode_state_numbers_per_head": decode,
-        "decode_state_bytes": FP32 * decode * lanes,
+        "decode_state_bytes": FP32 * decode * ctx.lanes,
     }
-    return out
 
 
 def attention_cost(
@@ -375,6 +432,13 @@ def cost_table(graph: nx.DiGraph) -> list[CostRow]:
         ("decode state per head (numbers)", "", "decode_state_numbers_per_head"),
     ]
     return [CostRow(label, unit, float(cost[key]), float(attn[key])) for label, unit, key in rows]
+
+
+def _component(kind: Kind[C], name: object) -> C:
+    found = kind.find(name)
+    if found is None:
+        raise IRError(f"cost: unknown {kind.what} {name!r}")
+    return found
 
 
 def _node(graph: nx.DiGraph, op: str) -> dict[str, Any]:

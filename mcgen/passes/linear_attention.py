@@ -8,32 +8,47 @@ from __future__ import annotations
 
 import networkx as nx
 
+from mcgen.components.registry import (
+    AGGREGATIONS,
+    RECURRENCES,
+    uncached_aggregation,
+    unsegmented,
+)
 from mcgen.ir.graph import CACHE_NODES, clone, note, remove_nodes
 
 
 def linear_attention(graph: nx.DiGraph) -> nx.DiGraph:
-    """Rewrite residual/independent/linear to one unsegmented scan; otherwise copy unchanged."""
+    """Rewrite residual/independent/linear to one unsegmented scan; otherwise copy unchanged.
+
+    Generally: an aggregation that sums the reads unweighted, over a recurrence whose state is
+    a plain sum of v k^T (components' `sums_reads` and `additive`)."""
     out = clone(graph)
     agg, scan, seg = (out.nodes.get(n) for n in ("aggregate", "scan", "segments"))
     if agg is None or scan is None or seg is None:
         return out
+    aggregation = AGGREGATIONS.find(agg.get("kind"))
+    recurrence = RECURRENCES.find(scan.get("recurrence"))
     # Decay or delta updates make a segment's state depend on where it started, and with
     # checkpoint the caches overlap (each holds all earlier tokens): neither sums to one state.
     if not (
-        agg.get("kind") == "residual"
+        aggregation is not None
+        and aggregation.sums_reads
         and scan.get("init") == "independent"
-        and scan.get("recurrence") == "linear"
+        and recurrence is not None
+        and recurrence.additive
     ):
         return out
     removed = remove_nodes(out, CACHE_NODES)
-    agg["kind"] = "none"
+    none, single = uncached_aggregation(), unsegmented()
+    agg["kind"] = none
     scan["init"] = "checkpoint"
     old = seg.get("kind")
-    seg.update(kind="none", length=None, boundaries=None)
+    seg.update(kind=single, length=None, boundaries=None)
     note(
         out,
-        "linear_attention: residual + independent + linear -> plain causal linear attention "
-        f"(segments {old} -> none, init independent -> checkpoint, aggregation -> none; removed "
+        f"linear_attention: {aggregation.name} + independent + {recurrence.name} -> plain "
+        f"causal linear attention (segments {old} -> {single}, init independent -> "
+        f"checkpoint, aggregation -> {none}; removed "
         f"{', '.join(removed) or 'nothing'}). Each segment state is sum_j v_j k_j^T over its own "
         "tokens, so the cached states plus the online state read with the same query add up "
         "to the one running state over all tokens so far.",

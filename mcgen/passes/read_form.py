@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import networkx as nx
 
+from mcgen.components.base import in_words
+from mcgen.components.registry import RECURRENCES
 from mcgen.ir.graph import clone
 from mcgen.passes.cost import cached_read_flops
-from mcgen.spec.rules import ATTENTION_FORM_RECURRENCES
 
 
 def read_form(graph: nx.DiGraph, seq_len: int) -> nx.DiGraph:
@@ -30,9 +31,11 @@ def read_form(graph: nx.DiGraph, seq_len: int) -> nx.DiGraph:
         f"at T={seq_len}: state form {state_flops:.3g} FLOPs per token and head, "
         f"attention form {attention_flops:.3g}"
     )
-    if out.nodes["scan"]["recurrence"] not in ATTENTION_FORM_RECURRENCES:
+    recurrence = RECURRENCES.get(out.nodes["scan"]["recurrence"])
+    if not recurrence.attention_form:
+        readable = in_words([r.name for r in RECURRENCES if r.attention_form], "or")
         chosen = "state"
-        why = "the only form for a delta-rule memory (attention form needs linear or decay)"
+        why = f"the only form for a {recurrence.name} memory (attention form needs {readable})"
     elif forced != "auto":
         chosen, why = forced, f"forced by compute.read_form ({costs})"
     elif attention_flops < state_flops:

@@ -9,23 +9,29 @@ from __future__ import annotations
 
 import networkx as nx
 
+from mcgen.components.registry import AGGREGATIONS
 from mcgen.ir.graph import clone, note
 
 
 def soup_to_grm(graph: nx.DiGraph) -> nx.DiGraph:
-    """Rewrite aggregation soup to grm when the memory is a matrix; otherwise copy unchanged."""
+    """Rewrite aggregation soup to grm when the memory is a matrix; otherwise copy unchanged.
+
+    Generally: an aggregation that declares a `matrix_equivalent` becomes that one."""
     out = clone(graph)
     agg = out.nodes.get("aggregate")
+    aggregation = AGGREGATIONS.find(agg.get("kind")) if agg is not None else None
     # Only a matrix memory: deep memories (an MLP per head) read non-linearly, and there
     # soup and grm really differ.
-    if agg is None or agg.get("kind") != "soup" or out.graph.get("memory") != "matrix":
+    matrix = out.graph.get("memory") == "matrix"
+    if aggregation is None or aggregation.matrix_equivalent is None or not matrix:
         return out
-    agg["kind"] = "grm"
+    source, target = aggregation.name, aggregation.matrix_equivalent
+    agg["kind"] = target
     note(
         out,
-        "soup_to_grm: aggregation soup -> grm. Reading a matrix memory is linear in its state, "
-        "(sum_i w_i C_i) q = sum_i w_i (C_i q), so mixing the memories with the gate weights "
-        "and reading once equals reading each memory and mixing the reads; grm avoids "
-        "materialising a mixed V x K state per token.",
+        f"soup_to_grm: aggregation {source} -> {target}. Reading a matrix memory is linear in "
+        "its state, (sum_i w_i C_i) q = sum_i w_i (C_i q), so mixing the memories with the gate "
+        "weights and reading once equals reading each memory and mixing the reads; "
+        f"{target} avoids materialising a mixed V x K state per token.",
     )
     return out

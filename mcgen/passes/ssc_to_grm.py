@@ -10,27 +10,35 @@ from __future__ import annotations
 
 import networkx as nx
 
+from mcgen.components.registry import AGGREGATIONS, SEGMENTATIONS
 from mcgen.ir.graph import clone, note
 
 
 def ssc_to_grm(graph: nx.DiGraph) -> nx.DiGraph:
-    """Rewrite ssc to grm when top_k covers every cached segment; otherwise copy unchanged."""
+    """Rewrite ssc to grm when top_k covers every cached segment; otherwise copy unchanged.
+
+    Generally: an aggregation that declares a `full_selection_equivalent` becomes that one
+    when its top_k is at least the most memories the segmentation can ever cache."""
     out = clone(graph)
     agg, gate, seg = (out.nodes.get(n) for n in ("aggregate", "gate", "segments"))
-    if agg is None or gate is None or seg is None or agg.get("kind") != "ssc":
+    if agg is None or gate is None or seg is None:
         return out
-    if seg.get("kind") != "explicit" or not seg.get("boundaries"):
+    aggregation = AGGREGATIONS.find(agg.get("kind"))
+    segmentation = SEGMENTATIONS.find(seg.get("kind"))
+    if aggregation is None or segmentation is None:
         return out
-    most = len(seg["boundaries"])
+    target = aggregation.full_selection_equivalent
+    most = segmentation.most_cached(seg)
     top_k = gate.get("top_k")
-    if not isinstance(top_k, int) or top_k < most:
+    if target is None or most is None or not isinstance(top_k, int) or top_k < most:
         return out
-    agg["kind"] = "grm"
-    gate.update(kind="softmax", top_k=None)
+    agg["kind"] = target
+    gate.update(kind=AGGREGATIONS.get(target).gate, top_k=None)
     note(
         out,
-        f"ssc_to_grm: aggregation ssc -> grm. top_k={top_k} >= {most}, the most cached "
-        f"segments any token can see ({most} explicit boundaries), so the top-k selection "
-        "always keeps every segment and the softmax runs over all of them, as in grm.",
+        f"ssc_to_grm: aggregation {aggregation.name} -> {target}. top_k={top_k} >= {most}, "
+        f"the most cached segments any token can see ({most} {segmentation.name} boundaries), "
+        "so the top-k selection always keeps every segment and the softmax runs over all of "
+        f"them, as in {target}.",
     )
     return out

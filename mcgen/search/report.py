@@ -21,6 +21,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from mcgen.components.registry import AGGREGATIONS, SEGMENTATIONS
 from mcgen.passes.cost import BF16, FP32
 from mcgen.search import study as studies
 from mcgen.search import trials
@@ -159,7 +160,7 @@ def _row(trial: FrozenTrial, space: SearchSpace) -> Row:
         aggregation=spec.aggregation.kind,
         segments=shape,
         init=spec.cache.init if segments.kind != "none" else "-",
-        top_k=spec.aggregation.top_k if spec.aggregation.kind == "ssc" else None,
+        top_k=spec.aggregation.top_k if AGGREGATIONS.of(spec).selects_top_k else None,
         recurrence=spec.memory.recurrence,
         width=spec.layer.d_model,
     )
@@ -360,7 +361,8 @@ def write_plot(report: StudyReport, path: Path) -> Path:
         for row in front:
             if row.role == "candidate":
                 label = row.aggregation
-                if row.segments.startswith(("constant", "logarithmic")):
+                kind = row.segments.split()[0]
+                if kind in (SEGMENTATIONS.owners("cache.segments.length") or ()):
                     label += f" {row.segments.split()[-1]}"
                 if row.top_k is not None:
                     label += f" k{row.top_k}"

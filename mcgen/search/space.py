@@ -31,26 +31,22 @@ from pydantic import (
     model_validator,
 )
 
+from mcgen.components.registry import KINDS
 from mcgen.mqar.config import MQARDataConfig, Plateau, Seed
 from mcgen.niah.config import NIAHDataConfig
 from mcgen.spec import SpecError, SpecProblem, parse_spec
 from mcgen.spec.positioned_yaml import compose, construct, in_order, problem_at_path
 from mcgen.spec.problems import unreadable_file
-from mcgen.spec.schema import (
-    DECAY_RECURRENCES,
-    DEEP_RECURRENCES,
-    GATED_AGGREGATIONS,
-    Spec,
-    check_package_name,
-)
+from mcgen.spec.schema import Spec, check_package_name
 
 # decode_state_bytes and train_flops_per_token come from the cost model; gpu_latency_ms is
 # the generated layer's measured forward time on a CUDA GPU.
 CostKey = Literal["decode_state_bytes", "train_flops_per_token", "gpu_latency_ms"]
 Choice = Union[str, int, float, bool]  # noqa: UP007 (a runtime union for pydantic)
 
-# Fields set first when a trial builds a spec: whether the others apply depends on them.
-_DECIDING = ("aggregation.kind", "cache.segments.kind", "memory.recurrence")
+# Fields set first when a trial builds a spec (those that choose a component): whether the
+# others apply depends on them.
+_DECIDING = tuple(kind.selector for kind in KINDS)
 # Spec fields a search may not set: the search names its candidates itself.
 _NOT_SEARCHED = frozenset({"name"})
 # Room left in a package name after the space's name: "_" and 10 hex digits.
@@ -550,24 +546,13 @@ def _drop(mapping: dict, dotted: str) -> None:
 
 def applies(mapping: dict, dotted: str) -> bool:
     """Whether a spec field means anything given the deciding fields already in `mapping`
-    (top_k only with ssc, a segment length only for constant or logarithmic segments...)."""
-    agg = _get(mapping, "aggregation.kind")
-    seg = _get(mapping, "cache.segments.kind")
-    rec = _get(mapping, "memory.recurrence")
-    if dotted == "aggregation.top_k":
-        return agg in (_MISSING, "ssc")
-    if dotted in ("aggregation.connector", "aggregation.pool", "aggregation.gate_scale"):
-        return agg is _MISSING or agg in GATED_AGGREGATIONS
-    if dotted == "cache.segments.length":
-        return seg in (_MISSING, "constant", "logarithmic")
-    if dotted == "cache.segments.boundaries":
-        return seg in (_MISSING, "explicit")
-    if dotted == "layer.decay_normalizer":
-        return rec is _MISSING or rec in DECAY_RECURRENCES
-    if dotted.startswith("memory.deep"):
-        if dotted.endswith((".momentum", ".decay")):
-            return rec in (_MISSING, "titans")
-        return rec is _MISSING or rec in DEEP_RECURRENCES
+    (top_k only with ssc, a segment length only for constant or logarithmic segments...):
+    a field some components read applies where the chosen one (or a choice still open) does."""
+    for kind in KINDS:
+        owners = kind.owners(dotted)
+        if owners is not None:
+            chosen = _get(mapping, kind.selector)
+            return chosen is _MISSING or chosen in owners
     return True
 
 

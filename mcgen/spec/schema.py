@@ -2,7 +2,9 @@
 
 Pydantic checks types and ranges strictly (no "4" for 4, no unknown keys).
 Rules that tie one field to another (top_k only with ssc, ...) live in
-`mcgen.spec.rules`, so that every error can point at the field it concerns.
+`mcgen.spec.rules`, so that every error can point at the field it concerns. The names a
+recurrence, aggregation or segmentation may take are those of the registered components
+(mcgen/components/registry.py).
 """
 
 from __future__ import annotations
@@ -14,26 +16,39 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator
+from pydantic_core import PydanticCustomError
 
-Recurrence = Literal["linear", "decay", "delta", "gated_delta", "dla", "titans"]
-SegmentKind = Literal["constant", "logarithmic", "explicit", "none"]
+from mcgen.components.base import in_words
+from mcgen.components.registry import AGGREGATIONS, RECURRENCES, SEGMENTATIONS, Kind
+
+
+def _registered(kind: Kind) -> PlainValidator:
+    """A name of a registered component of `kind`, checked against the registry when a spec
+    is read (so a component added to it is a valid name), with a literal's message."""
+
+    def check(value: object) -> str:
+        names = kind.names()
+        if isinstance(value, str) and value in names:
+            return value
+        expected = in_words([repr(name) for name in names], "or")
+        raise PydanticCustomError(
+            "literal_error", "Input should be {expected}", {"expected": expected}
+        )
+
+    return PlainValidator(check)
+
+
+Recurrence = Annotated[str, _registered(RECURRENCES)]
+SegmentKind = Annotated[str, _registered(SEGMENTATIONS)]
 Init = Literal["checkpoint", "independent"]
-AggregationKind = Literal["none", "residual", "grm", "soup", "ssc"]
+AggregationKind = Annotated[str, _registered(AGGREGATIONS)]
 Connector = Literal["separate", "query"]
 Pool = Literal["mean", "sum"]
 # auto: l2 for the delta rules (their update is stable only for unit keys), none otherwise.
 KeyNorm = Literal["auto", "l2", "none"]
 
 Activation = Literal["gelu", "silu", "relu", "tanh"]
-
-# Recurrences that read a log decay g, and those that read a write strength beta.
-DECAY_RECURRENCES = frozenset({"decay", "gated_delta"})
-DELTA_RECURRENCES = frozenset({"delta", "gated_delta"})
-# Deep memories: an MLP trained inside the forward pass (docs/method.md section 6).
-DEEP_RECURRENCES = frozenset({"dla", "titans"})
-# Aggregations that compute gate logits (and so need a connector and descriptors).
-GATED_AGGREGATIONS = frozenset({"grm", "soup", "ssc"})
 
 _PACKAGE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 # A generated package must not shadow a module that it, or python, imports.
@@ -75,7 +90,7 @@ class Memory(Strict):
     heads: Annotated[int, Field(ge=1, le=1024)]
     key_dim: Annotated[int, Field(ge=1, le=4096)]
     value_dim: Annotated[int, Field(ge=1, le=4096)]
-    deep: DeepMemory | None = None  # dla and titans only
+    deep: DeepMemory | None = None  # deep memories (dla, titans) only
 
 
 class Segments(Strict):

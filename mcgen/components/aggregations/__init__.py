@@ -1,0 +1,1 @@
+"""The aggregations: how a token combines its memories' reads, one module each."""

@@ -1,0 +1,44 @@
+"""What the matrix memories (linear, decay, delta, gated_delta) share: a V x K state per head.
+
+docs/method.md section 3. A read is S q (2KV FLOPs); the chunked scan writes v k^T (2KV per
+token) and adds the intra-chunk attention, about chunk * (K + V) per token; a delta rule
+also forms S k before writing (2KV more).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mcgen.components.base import FP32_BYTES, CostContext, RecurrenceComponent
+
+if TYPE_CHECKING:
+    from mcgen.spec.schema import Spec
+
+
+class MatrixRecurrence(RecurrenceComponent):
+    memory = "matrix"
+    # The per-token rate inputs its update reads, in the op's signature order.
+    inputs: ClassVar[tuple[str, ...]] = ()
+
+    def rate_inputs(self, scan: Mapping[str, Any]) -> tuple[str, ...]:
+        return self.inputs
+
+    def state_shape(self, spec: Spec) -> str:
+        return "[V,K]"
+
+    def state_per_head(self, spec: Spec) -> tuple[int, str]:
+        mem = spec.memory
+        return mem.key_dim * mem.value_dim, f"key_dim {mem.key_dim} x value_dim {mem.value_dim}"
+
+    def state_numbers(self, scan: Mapping[str, Any]) -> int:
+        dims = scan["state_dims"]
+        return dims["K"] * dims["V"]
+
+    def scan_cost(self, ctx: CostContext) -> tuple[float, float]:
+        kv = ctx.key_dim * ctx.value_dim
+        flops = 2 * kv + ctx.chunk * (ctx.key_dim + ctx.value_dim)
+        if self.delta_rule:
+            flops += 2 * kv
+        moved = 2 * FP32_BYTES * kv * ctx.n_chunks * ctx.lanes  # load + store per chunk
+        return flops, moved

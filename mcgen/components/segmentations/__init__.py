@@ -1,0 +1,1 @@
+"""The segmentations: where segments end, one module each."""
