@@ -17,11 +17,26 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def type_checking_blocks(tree: ast.AST) -> set[ast.AST]:
+    """The bodies' statements of `if TYPE_CHECKING:`: imports there never run."""
+    return {
+        statement
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for statement in node.body
+        for statement in ast.walk(statement)
+    }
+
+
 def imported_names(tree: ast.AST) -> list[str]:
-    """Every dotted name an import statement reaches: `from a import b` may name a module
-    a.b or an attribute of a, so both a and a.b are given (the caller keeps modules)."""
+    """Every dotted name an import statement reaches (but those only type checkers read):
+    `from a import b` may name a module a.b or an attribute of a, so both a and a.b are given
+    (the caller keeps modules)."""
     names = []
+    skipped = type_checking_blocks(tree)
     for node in ast.walk(tree):
+        if node in skipped:
+            continue
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -99,6 +99,11 @@ class RecurrenceComponent(Component):
     # The template of its Triton recurrence kernel; None: no Triton backend (torch only).
     triton_template: ClassVar[str | None] = None
 
+    def segment_rules(self, spec: Spec, end_steps: list[int]) -> list[FieldProblem]:
+        """Rules between this memory and the segmentation, given the spec's segment steps
+        (the segmentation's end_steps)."""
+        return []
+
     @abstractmethod
     def rate_inputs(self, scan: Mapping[str, Any]) -> tuple[str, ...]:
         """The per-token [B,T,H] inputs (g, beta, eta) a scan with these attributes reads."""

@@ -7,9 +7,10 @@ search space leaves it out of candidates that would not read it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mcgen.components.base import SpecField, in_words
+from mcgen.components.sections import DeepMemory
 
 if TYPE_CHECKING:
     from mcgen.spec.schema import Spec
@@ -18,10 +19,7 @@ DEFAULT_TOP_K = 4
 DEFAULT_DECAY_NORMALIZER = 16.0
 
 
-def _new_deep_section(spec: Spec) -> Any:
-    # Imported here: the schema asks the registry for names, so components come first.
-    from mcgen.spec.schema import DeepMemory
-
+def _new_deep_section(spec: Spec) -> DeepMemory:
     return DeepMemory()
 
 

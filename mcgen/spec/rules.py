@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcgen.components.base import in_words
-from mcgen.components.registry import AGGREGATIONS, KINDS, RECURRENCES, Kind
+from mcgen.components.registry import AGGREGATIONS, KINDS, RECURRENCES, SEGMENTATIONS, Kind
 from mcgen.spec.schema import Spec
 
 # What a layer may hold and still run: one memory state of all heads at most 256 MiB in
@@ -34,6 +34,8 @@ def check_rules(spec: Spec) -> list[RuleViolation]:
     for kind in KINDS:
         out += _fields_elsewhere(spec, kind)
         out += [_v(path, message) for path, message in kind.of(spec).rules(spec)]
+    steps = SEGMENTATIONS.of(spec).end_steps(spec)
+    out += [_v(path, message) for path, message in RECURRENCES.of(spec).segment_rules(spec, steps)]
     out += _size_rules(spec)
 
     chunk = spec.compute.chunk_size

@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator
+from pydantic import Field, PlainValidator, field_validator
 from pydantic_core import PydanticCustomError
 
 from mcgen.components.base import in_words
 from mcgen.components.registry import AGGREGATIONS, RECURRENCES, SEGMENTATIONS, Kind
+from mcgen.components.sections import MAX_FACTOR, DeepMemory, Strict
 
 
 def _registered(kind: Kind) -> PlainValidator:
@@ -48,8 +49,6 @@ Pool = Literal["mean", "sum"]
 # auto: l2 for the delta rules (their update is stable only for unit keys), none otherwise.
 KeyNorm = Literal["auto", "l2", "none"]
 
-Activation = Literal["gelu", "silu", "relu", "tanh"]
-
 _PACKAGE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 # A generated package must not shadow a module that it, or python, imports.
 _RESERVED_NAMES = frozenset(sys.stdlib_module_names) | {"torch", "triton", "numpy", "mcgen"}
@@ -59,30 +58,6 @@ _MANIFEST = "manifest.json"
 # Token positions (segment lengths, boundaries): 2^24 tokens, far past any sequence run.
 MAX_POSITION = 1 << 24
 MAX_BOUNDARIES = 1 << 16
-# Logit and rate factors: larger ones overflow float32 activations to inf at once.
-MAX_FACTOR = 1e3
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-# A rate is a constant, or `data`: projected per token by MCLayer (an op input).
-Rate = Annotated[float, Field(ge=0, le=MAX_FACTOR, allow_inf_nan=False)] | Literal["data"]
-Fraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | Literal["data"]
-
-
-class DeepMemory(Strict):
-    """The MLP memory M(x) = x + W_L act(... act(W_1 x)) of dla and titans."""
-
-    depth: Annotated[int, Field(ge=1, le=4)] = 2
-    expansion: Annotated[int, Field(ge=1, le=16)] = 2  # hidden width = expansion * key_dim
-    activation: Activation = "gelu"
-    # Tokens whose inner gradients are taken at the same weights; divides segment lengths.
-    minibatch: Annotated[int, Field(ge=1, le=4096)] = 1
-    lr: Rate = "data"  # theta_t, the inner learning rate
-    momentum: Fraction | None = None  # eta_t, titans only (default data)
-    decay: Fraction | None = None  # alpha_t, titans only (default data): W <- (1 - alpha) W + S
 
 
 class Memory(Strict):

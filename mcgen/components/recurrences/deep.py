@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mcgen.components.base import FP32_BYTES, CostContext, FieldProblem, RecurrenceComponent
+from mcgen.components.sections import ACTIVATIONS, DeepMemory
 from mcgen.ir.errors import IRError
 
 if TYPE_CHECKING:
-    from mcgen.spec.schema import DeepMemory, Spec
+    from mcgen.spec.schema import Spec
 
-ACTIVATIONS = ("gelu", "silu", "relu", "tanh")
 # Which op input carries each rate when the spec gives it as "data" (per token, [B,T,H]):
 # theta_t is beta, titans' momentum eta_t is eta, its decay log(1 - alpha_t) is g.
 RATE_INPUT = {"lr": "beta", "momentum": "eta", "decay": "g"}
@@ -52,8 +52,6 @@ class DeepRecurrence(RecurrenceComponent):
     step_flops: ClassVar[int] = 2  # FLOPs per weight of one inner step
 
     def _deep(self, spec: Spec) -> DeepMemory:
-        from mcgen.spec.schema import DeepMemory  # the schema imports the registry
-
         return spec.memory.deep or DeepMemory()  # a resolved spec always has it
 
     def rate_inputs(self, scan: Mapping[str, Any]) -> tuple[str, ...]:
@@ -95,32 +93,31 @@ class DeepRecurrence(RecurrenceComponent):
         return deep_params(deep.depth, mem.key_dim, deep.expansion * mem.key_dim, mem.key_dim)
 
     def rules(self, spec: Spec) -> list[FieldProblem]:
-        from mcgen.components.registry import SEGMENTATIONS  # the registry imports this module
-
         mem = spec.memory
-        out: list[FieldProblem] = []
-        if mem.key_dim != mem.value_dim:
-            out.append(
-                (
-                    "memory.value_dim",
-                    f"a deep memory M(x) = x + MLP(x) maps keys to values: value_dim must equal "
-                    f"key_dim ({mem.key_dim}), got {mem.value_dim}",
-                )
+        if mem.key_dim == mem.value_dim:
+            return []
+        return [
+            (
+                "memory.value_dim",
+                f"a deep memory M(x) = x + MLP(x) maps keys to values: value_dim must equal "
+                f"key_dim ({mem.key_dim}), got {mem.value_dim}",
             )
-        if mem.deep is None:
-            return out
-        m = mem.deep.minibatch
-        steps = SEGMENTATIONS.of(spec).end_steps(spec)
-        bad = [n for n in steps if n % m]
-        if bad:
-            out.append(
-                (
-                    "memory.deep.minibatch",
-                    f"must divide the segment length{'s' if len(steps) > 1 else ''} "
-                    f"(a mini-batch never straddles a segment end): {m} does not divide {bad[0]}",
-                )
+        ]
+
+    def segment_rules(self, spec: Spec, end_steps: list[int]) -> list[FieldProblem]:
+        if spec.memory.deep is None:
+            return []
+        m = spec.memory.deep.minibatch
+        bad = [n for n in end_steps if n % m]
+        if not bad:
+            return []
+        return [
+            (
+                "memory.deep.minibatch",
+                f"must divide the segment length{'s' if len(end_steps) > 1 else ''} "
+                f"(a mini-batch never straddles a segment end): {m} does not divide {bad[0]}",
             )
-        return out
+        ]
 
     def check_scan(self, node: str, attrs: Mapping[str, Any]) -> None:
         depth, hidden, params = attrs.get("depth"), attrs.get("hidden"), attrs.get("params")
