@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import networkx as nx
@@ -430,9 +431,12 @@ PASS_FUNCTIONS: list[Callable[[nx.DiGraph], nx.DiGraph]] = [
 def test_passes_do_not_mutate_their_input(spec: Spec, fn: Callable) -> None:
     graph = lower(spec)
     before = snapshot(graph)
+    records = dict(graph.nodes(data="op"))
     result = fn(graph)
     assert result is not graph
     assert snapshot(graph) == before
+    # A rewrite replaces a record in the new graph; the input keeps its own records.
+    assert all(graph.nodes[n]["op"] is op for n, op in records.items())
     # The copy owns its notes list: appending to it leaves the input alone.
     result.graph["notes"].append("x")
     assert graph.graph["notes"] == before[2]
@@ -570,3 +574,54 @@ def test_plan_refuses_a_matrix_soup_but_not_a_deep_one() -> None:
     with pytest.raises(IRError, match="soup.*matrix memory"):
         plan_from_ir(lower(pass_spec(aggregation="soup")))
     assert plan_from_ir(lower(deep_pass_spec("titans", aggregation="soup"))).aggregation == "soup"
+
+
+# --- the plan reads the IR alone ----------------------------------------------------------
+
+PLAN_SPECS = [
+    *SPECS,
+    pass_spec(aggregation="ssc", read_form="attention", chunk_size=16),
+    deep_pass_spec("titans", "{lr: 0.1, momentum: 0.9}", aggregation="grm", init="independent"),
+]
+# Unlike every spec above in each field the plan has.
+OTHER_SPEC = make_spec(
+    name="other",
+    recurrence="decay",
+    segments=SEGMENTS["logarithmic"],
+    aggregation="ssc",
+    aggregation_extra=", top_k: 2, connector: query",
+    chunk_size=8,
+    read_form="state",
+)
+
+
+@pytest.mark.parametrize(
+    "spec", PLAN_SPECS, ids=lambda s: f"{s.memory.recurrence}-{s.aggregation.kind}"
+)
+def test_the_plan_reads_the_ir_not_the_spec_behind_it(spec: Spec) -> None:
+    graph, _ = run_passes(lower(spec), 64)
+    plan = plan_from_ir(graph)
+    graph.graph["spec"] = OTHER_SPEC
+    assert plan_from_ir(graph) == plan
+    del graph.graph["spec"]
+    assert plan_from_ir(graph) == plan
+
+
+def test_a_lowered_spec_and_its_ir_say_the_same_chunk_and_read_form() -> None:
+    # What the plan needs from compute lives in the records.
+    graph = lower(pass_spec(aggregation="ssc", read_form="attention", chunk_size=16))
+    assert graph.nodes["scan"]["op"].chunk_size == 16
+    assert graph.nodes["read_cached"]["op"].requested_form == "attention"
+
+
+@pytest.mark.parametrize(
+    "spec", PLAN_SPECS, ids=lambda s: f"{s.memory.recurrence}-{s.aggregation.kind}"
+)
+def test_passes_find_nodes_by_their_op_not_their_id(spec: Spec) -> None:
+    graph = lower(spec)
+    renamed = nx.relabel_nodes(graph, {n: f"n{i}" for i, n in enumerate(graph.nodes)})
+    plan = compile_spec(spec, 64).plan
+    # The notes name the nodes a pass removed, so they differ by the new ids only.
+    moved = plan_from_ir(run_passes(renamed, 64)[0])
+    assert replace(moved, notes=()) == replace(plan, notes=())
+    assert len(moved.notes) == len(plan.notes)

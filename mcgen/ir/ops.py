@@ -155,14 +155,6 @@ def nodes_of(graph: nx.DiGraph, kind: type[OpT]) -> Iterator[tuple[str, OpT]]:
             yield node, op
 
 
-def maybe_one(graph: nx.DiGraph, kind: type[OpT]) -> tuple[str, OpT] | None:
-    """The one node whose op is a `kind`, or None; ValueError when there are several."""
-    found = list(nodes_of(graph, kind))
-    if len(found) > 1:
-        raise ValueError(f"expected at most one {kind.kind_name} node, found {len(found)}")
-    return found[0] if found else None
-
-
 def reads_from(graph: nx.DiGraph, source: str) -> tuple[str, Read] | None:
     """The read of the online state (`online`) or of the cache (`cache`), if there is one."""
     return next(((n, r) for n, r in nodes_of(graph, Read) if r.source == source), None)
