@@ -344,6 +344,13 @@ def test_validate_catches_soup_reads_of_the_wrong_form() -> None:
         validate_ir(graph)
 
 
+def test_validate_catches_a_node_without_an_op_record() -> None:
+    graph = lower(pass_spec())
+    graph.add_node("stray", op="input", name="x")  # the untyped attributes of old
+    with pytest.raises(IRError, match="'stray': its op must be an op record"):
+        validate_ir(graph)
+
+
 def test_validate_catches_a_cycle() -> None:
     graph = lower(pass_spec())
     graph.add_edge("out", "scan", arg="k")
