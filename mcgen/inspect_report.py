@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mcgen.components.registry import AGGREGATIONS
+from mcgen.ir.ops import Aggregate, Scan, nodes_of, reads_from
 from mcgen.ir.render import to_dot, to_text
 from mcgen.passes.cost import CostRow, annotate_cost, cost_table
 from mcgen.passes.pipeline import DEFAULT_SEQ_LEN, compile_spec
@@ -97,30 +98,32 @@ def inspect_spec(spec: Spec, seq_len: int = DEFAULT_SEQ_LEN, batch: int = 1) -> 
 
 def describe_read_form(graph: nx.DiGraph) -> str:
     """The algorithm chosen for the cached reads and why (passes/read_form.py)."""
-    read = graph.nodes.get("read_cached")
-    if read is None or "form_reason" not in read:
+    found = reads_from(graph, "cache")
+    if found is None or found[1].form_reason is None:
         return ""
-    return f"{read['form']} form: {read['form_reason']}"
+    return f"{found[1].form} form: {found[1].form_reason}"
 
 
 def describe_memory(graph: nx.DiGraph) -> str:
     """One line on the memory a graph keeps per head, and how soup reads it when it stays."""
-    scan = next((a for _, a in graph.nodes(data=True) if a.get("op") == "recurrence_scan"), {})
-    dims, rec = scan.get("state_dims") or {}, scan.get("recurrence")
+    scan = next((op for _, op in nodes_of(graph, Scan)), None)
+    if scan is None:
+        return ""
+    dims, rec = scan.state_dims, scan.recurrence
     if graph.graph.get("memory") != "deep":
         return f"matrix ({rec}): one {dims.get('V')} x {dims.get('K')} state per head"
     rates = ", ".join(
-        f"{name}={scan.get(name)}"
+        f"{name}={getattr(scan, name)}"
         for name in ("lr", "momentum", "decay")
-        if scan.get(name) is not None
+        if getattr(scan, name) is not None
     )
     line = (
-        f"deep ({rec}): {scan.get('state_shape')}, K={dims.get('K')}, "
-        f"Dh={scan.get('hidden')}, {scan.get('activation')}; {scan.get('params')} weights per "
-        f"head; mini-batch {scan.get('minibatch')}; {rates}"
+        f"deep ({rec}): {scan.state_shape}, K={dims.get('K')}, "
+        f"Dh={scan.hidden}, {scan.activation}; {scan.params} weights per "
+        f"head; mini-batch {scan.minibatch}; {rates}"
     )
-    agg = next((a for _, a in graph.nodes(data=True) if a.get("op") == "aggregate"), {})
-    aggregation = AGGREGATIONS.find(agg.get("kind"))
+    agg = next((op for _, op in nodes_of(graph, Aggregate)), None)
+    aggregation = AGGREGATIONS.find(agg.kind) if agg is not None else None
     if aggregation is not None and aggregation.mixes_weights:
         line += (
             f"; {aggregation.name} mixes the memories' weights and reads once (an MLP is not "

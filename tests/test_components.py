@@ -52,14 +52,14 @@ def test_every_recurrence_is_a_spec_that_compiles_with_a_cost(recurrence: str) -
     assert spec.layer.key_norm == component.default_key_norm
     compiled = compile_spec(spec, 64)
     scan = compiled.after.nodes["scan"]
-    assert scan["recurrence"] == recurrence
+    assert scan["op"].recurrence == recurrence
     assert scan["cost"]["flops_per_token"] > 0 and scan["cost"]["bytes"] > 0
     assert compiled.after.graph["cost"]["memory"] == component.memory
     plan = compiled.plan
     assert plan.recurrence_component is component
     # What the plan reads is what the component says its scan reads.
     reads = {"g": plan.uses_g, "beta": plan.uses_beta, "eta": plan.uses_eta}
-    assert {name for name, used in reads.items() if used} == set(component.rate_inputs(scan))
+    assert {name for name, used in reads.items() if used} == set(component.rate_inputs(scan["op"]))
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS.names())
@@ -67,11 +67,11 @@ def test_every_aggregation_is_a_spec_that_compiles(aggregation: str) -> None:
     component = AGGREGATIONS.get(aggregation)
     compiled = compile_spec(parse_spec(spec_text(aggregation=aggregation)), 64)
     before = compiled.before
-    assert before.nodes["aggregate"]["kind"] == aggregation
+    assert before.nodes["aggregate"]["op"].kind == aggregation
     assert ("gate" in before) == component.gated
     assert ("cache" in before) == component.reads_cache
     if component.gated:
-        assert before.nodes["gate"]["kind"] == component.gate
+        assert before.nodes["gate"]["op"].kind == component.gate
     # On a matrix memory the plan holds what the passes made of it.
     assert compiled.plan.aggregation == (component.matrix_equivalent or aggregation)
 
@@ -81,7 +81,7 @@ def test_every_segmentation_is_a_spec_that_compiles(segmentation: str) -> None:
     component = SEGMENTATIONS.get(segmentation)
     spec = parse_spec(spec_text(segments=segments_of(component), init="independent"))
     compiled = compile_spec(spec, 64)
-    assert compiled.after.nodes["segments"]["kind"] == segmentation
+    assert compiled.after.nodes["segments"]["op"].kind == segmentation
     seg = spec.cache.segments
     assert segment_ends(segmentation, seg.length, seg.boundaries, 64) == component.ends(
         seg.length, seg.boundaries, 64
@@ -165,7 +165,7 @@ def test_a_registered_aggregation_is_a_valid_spec_name(registered: None) -> None
     loud = compile_spec(parse_spec(spec_text(aggregation="loud")), 64)
     grm = compile_spec(parse_spec(spec_text(aggregation="grm")), 64)
     assert loud.plan.aggregation == "loud" and loud.plan.gated and loud.plan.uses_u
-    assert loud.after.nodes["gate"]["kind"] == "softmax"
+    assert loud.after.nodes["gate"]["op"].kind == "softmax"
     flops = [c.after.nodes["aggregate"]["cost"]["flops"] for c in (loud, grm)]
     assert flops[0] == 2 * flops[1] > 0
     (found,) = problems(

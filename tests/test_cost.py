@@ -167,7 +167,7 @@ P = 64
 
 def test_deep_grm_by_hand() -> None:
     graph = costed(deep_cost_spec(recurrence="dla", aggregation="grm"))
-    assert graph.nodes["scan"]["params"] == P
+    assert graph.nodes["scan"]["op"].params == P
     # Inner gradient 3 * 2P, then the step W <- W - theta g: 2P.
     assert flops(graph, "scan") == 6 * P + 2 * P == 512
     assert flops(graph, "read_online") == 2 * P == 128

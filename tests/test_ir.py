@@ -11,6 +11,7 @@ from spec_helpers import SEGMENTS, make_spec
 from mcgen.components.recurrences.deep import deep_params, deep_state_shape
 from mcgen.ir.errors import IRError
 from mcgen.ir.graph import inputs_of, lower
+from mcgen.ir.ops import Input, Scan, Segmentation
 from mcgen.ir.plan import DeepPlan, plan_from_ir
 from mcgen.ir.render import dot_quote, to_dot, to_text
 from mcgen.passes.validate import validate_ir
@@ -42,7 +43,7 @@ GATED = {"u", "pool", "gate"}
 def test_lowering_has_the_nodes_the_aggregation_needs(aggregation: str, expected: set) -> None:
     graph = lower(ir_spec(aggregation=aggregation))
     assert set(graph.nodes) == expected
-    assert graph.nodes["aggregate"]["kind"] == aggregation  # faithful: soup stays soup
+    assert graph.nodes["aggregate"]["op"].kind == aggregation  # faithful: soup stays soup
     assert graph.graph["notes"] == []
     assert graph.graph["memory"] == "matrix"
     assert graph.graph["spec"].aggregation.kind == aggregation
@@ -82,43 +83,39 @@ def test_recurrence_inputs_feed_the_scan(recurrence: str, extra: set) -> None:
     assert set(graph.nodes) == BASE | extra
     scan_inputs = {data["arg"]: src for src, _, data in graph.in_edges("scan", data=True)}
     assert scan_inputs == {"k": "k", "v": "v", "segments": "segments"} | {a: a for a in extra}
-    assert graph.nodes["scan"]["recurrence"] == recurrence
+    assert graph.nodes["scan"]["op"].recurrence == recurrence
     if "g" in extra:
-        assert graph.nodes["g"]["shape"] == "[B,T,H]"
+        assert graph.nodes["g"]["op"].shape == "[B,T,H]"
 
 
 def test_query_connector_has_no_u_and_the_gate_reads_q() -> None:
     graph = lower(ir_spec(aggregation="grm", aggregation_extra=", connector: query"))
     assert "u" not in graph
-    assert graph.nodes["gate"]["connector"] == "query"
+    assert graph.nodes["gate"]["op"].connector == "query"
     assert graph.has_edge("q", "gate") and graph.edges["q", "gate"]["arg"] == "u"
     assert not plan_from_ir(graph).uses_u
 
 
 def test_shapes_dims_and_gate_attributes() -> None:
     graph = lower(ir_spec(aggregation="ssc", key_dim=8, value_dim=6, heads=3))
-    q, v, scan = graph.nodes["q"], graph.nodes["v"], graph.nodes["scan"]
-    assert (q["op"], q["shape"], q["dims"]) == ("input", "[B,T,H,K]", {"H": 3, "K": 8})
-    assert (v["shape"], v["dims"]) == ("[B,T,H,V]", {"H": 3, "V": 6})
-    assert scan["state_shape"] == "[V,K]" and scan["state_dims"] == {"V": 6, "K": 8}
-    assert scan["state_dtype"] == "fp32" and scan["chunk_size"] == 16
-    gate = graph.nodes["gate"]
-    assert gate["kind"] == "topk_softmax" and gate["top_k"] == 4  # the resolved default
-    assert gate["gate_scale"] == pytest.approx(8**-0.5)
-    assert graph.nodes["read_cached"]["form"] == "state"
-    grm_gate = lower(ir_spec(aggregation="grm")).nodes["gate"]
-    assert grm_gate["kind"] == "softmax" and grm_gate["top_k"] is None
+    q, v, scan = (graph.nodes[n]["op"] for n in ("q", "v", "scan"))
+    assert q == Input(name="q", shape="[B,T,H,K]", dims={"H": 3, "K": 8}, dtype="bf16")
+    assert (v.shape, v.dims) == ("[B,T,H,V]", {"H": 3, "V": 6})
+    assert isinstance(scan, Scan)
+    assert scan.state_shape == "[V,K]" and scan.state_dims == {"V": 6, "K": 8}
+    assert scan.state_dtype == "fp32" and scan.chunk_size == 16
+    gate = graph.nodes["gate"]["op"]
+    assert gate.kind == "topk_softmax" and gate.top_k == 4  # the resolved default
+    assert gate.gate_scale == pytest.approx(8**-0.5)
+    assert graph.nodes["read_cached"]["op"].form == "state"
+    grm_gate = lower(ir_spec(aggregation="grm")).nodes["gate"]["op"]
+    assert grm_gate.kind == "softmax" and grm_gate.top_k is None
 
 
 def test_segmentation_attributes() -> None:
-    seg = lower(ir_spec(segments=SEGMENTS["explicit"])).nodes["segments"]
-    assert (seg["op"], seg["kind"], seg["boundaries"], seg["length"]) == (
-        "segmentation",
-        "explicit",
-        (3, 7, 12),
-        None,
-    )
-    assert lower(ir_spec(segments=SEGMENTS["logarithmic"])).nodes["segments"]["length"] == 2
+    seg = lower(ir_spec(segments=SEGMENTS["explicit"])).nodes["segments"]["op"]
+    assert seg == Segmentation(kind="explicit", boundaries=(3, 7, 12), length=None)
+    assert lower(ir_spec(segments=SEGMENTS["logarithmic"])).nodes["segments"]["op"].length == 2
 
 
 @pytest.mark.parametrize(
@@ -223,11 +220,12 @@ def test_deep_lowering_reads_a_rate_input_for_each_data_rate(
         r: r for r in rates
     }
     for rate in rates:
-        assert graph.nodes[rate]["shape"] == "[B,T,H]" and graph.nodes[rate]["dims"] == {"H": 2}
-    weights = graph.nodes["weights"]
-    assert (weights["op"], weights["shape"], weights["dtype"]) == ("input", "[H,P]", "fp32")
+        op = graph.nodes[rate]["op"]
+        assert op.shape == "[B,T,H]" and op.dims == {"H": 2}
+    weights = graph.nodes["weights"]["op"]
+    assert (type(weights), weights.shape, weights.dtype) == (Input, "[H,P]", "fp32")
     # Default MLP: depth 2, expansion 2: K*Dh + Dh*V = 8*16 + 16*8.
-    assert weights["dims"] == {"H": 2, "P": 256}
+    assert weights.dims == {"H": 2, "P": 256}
     validate_ir(graph)
 
 
@@ -238,25 +236,20 @@ def test_deep_scan_attributes() -> None:
         aggregation="grm",
     )
     graph = lower(spec)
-    scan = graph.nodes["scan"]
+    scan = graph.nodes["scan"]["op"]
     # K = V = 8, Dh = 24: 8*24 + 24*24 + 24*8.
-    assert scan["params"] == 8 * 24 + 24 * 24 + 24 * 8 == 960
-    assert scan["state_shape"] == "MLP K->Dh->Dh->V (depth 3)"
-    assert scan["state_dims"] == {"V": 8, "K": 8} and scan["state_dtype"] == "fp32"
-    assert (scan["depth"], scan["hidden"], scan["activation"], scan["minibatch"]) == (
-        3,
-        24,
-        "silu",
-        2,
-    )
-    assert (scan["lr"], scan["momentum"], scan["decay"]) == (0.5, 0.9, "data")
-    cache = graph.nodes["cache"]
-    assert (cache["state_shape"], cache["params"]) == (scan["state_shape"], 960)
+    assert scan.params == 8 * 24 + 24 * 24 + 24 * 8 == 960
+    assert scan.state_shape == "MLP K->Dh->Dh->V (depth 3)"
+    assert scan.state_dims == {"V": 8, "K": 8} and scan.state_dtype == "fp32"
+    assert (scan.depth, scan.hidden, scan.activation, scan.minibatch) == (3, 24, "silu", 2)
+    assert (scan.lr, scan.momentum, scan.decay) == (0.5, 0.9, "data")
+    cache = graph.nodes["cache"]["op"]
+    assert (cache.state_shape, cache.params) == (scan.state_shape, 960)
     # dla has no momentum or decay: they stay None and are left out of the rendering.
-    dla = lower(deep_spec("dla", "{depth: 1}")).nodes["scan"]
-    assert dla["params"] == 8 * 8 and dla["state_shape"] == "MLP K->V (depth 1)"
-    assert dla["momentum"] is None and dla["decay"] is None
-    assert dla["hidden"] == 16  # the default expansion; unused at depth 1
+    dla = lower(deep_spec("dla", "{depth: 1}")).nodes["scan"]["op"]
+    assert dla.params == 8 * 8 and dla.state_shape == "MLP K->V (depth 1)"
+    assert dla.momentum is None and dla.decay is None
+    assert dla.hidden == 16  # the default expansion; unused at depth 1
 
 
 @pytest.mark.parametrize(
@@ -270,8 +263,10 @@ def test_deep_params_per_depth(depth: int, params: int) -> None:
 
 def test_deep_soup_reads_the_mixed_weights_once() -> None:
     graph = lower(deep_spec("dla", aggregation="soup"))
-    assert graph.nodes["aggregate"]["kind"] == "soup"
-    assert graph.nodes["read_online"]["form"] == graph.nodes["read_cached"]["form"] == "weights"
+    assert graph.nodes["aggregate"]["op"].kind == "soup"
+    assert (
+        graph.nodes["read_online"]["op"].form == graph.nodes["read_cached"]["op"].form == "weights"
+    )
     # The reads hand their weights over; the aggregate reads the mixture at q.
     assert inputs_of(graph, "read_online") == {"state": "scan"}
     assert inputs_of(graph, "read_cached") == {"cache": "cache"}
@@ -284,7 +279,7 @@ def test_deep_soup_reads_the_mixed_weights_once() -> None:
     validate_ir(graph)
     # grm on a deep memory reads every memory at q, as for a matrix memory.
     grm = lower(deep_spec("dla", aggregation="grm"))
-    assert grm.nodes["read_cached"]["form"] == "state"
+    assert grm.nodes["read_cached"]["op"].form == "state"
     assert inputs_of(grm, "read_cached") == {"cache": "cache", "q": "q"}
     assert "q" not in inputs_of(grm, "aggregate")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import networkx as nx
@@ -11,6 +12,7 @@ from spec_helpers import SEGMENTS, make_spec
 
 from mcgen.ir.errors import IRError
 from mcgen.ir.graph import inputs_of, lower
+from mcgen.ir.ops import Input, Read, rewrite
 from mcgen.ir.plan import plan_from_ir
 from mcgen.ir.render import to_text
 from mcgen.passes.cost import annotate_cost
@@ -54,8 +56,8 @@ def snapshot(graph: nx.DiGraph) -> tuple:
 def test_soup_becomes_grm_with_a_note() -> None:
     before = lower(pass_spec(aggregation="soup"))
     after = soup_to_grm(before)
-    assert after.nodes["aggregate"]["kind"] == "grm"
-    assert after.nodes["gate"]["kind"] == "softmax"
+    assert after.nodes["aggregate"]["op"].kind == "grm"
+    assert after.nodes["gate"]["op"].kind == "softmax"
     assert set(after.nodes) == set(before.nodes)
     (note,) = after.graph["notes"]
     assert note.startswith("soup_to_grm") and "linear" in note
@@ -72,7 +74,7 @@ def test_soup_to_grm_leaves_other_aggregations(aggregation: str) -> None:
 def test_soup_stays_for_a_deep_memory() -> None:
     graph = lower(pass_spec(aggregation="soup"))
     graph.graph["memory"] = "deep"
-    assert soup_to_grm(graph).nodes["aggregate"]["kind"] == "soup"
+    assert soup_to_grm(graph).nodes["aggregate"]["op"].kind == "soup"
 
 
 @pytest.mark.parametrize("recurrence", ["dla", "titans"])
@@ -80,7 +82,7 @@ def test_soup_to_grm_passes_a_deep_soup_through_without_a_note(recurrence: str) 
     before = lower(deep_pass_spec(recurrence, aggregation="soup"))
     after = soup_to_grm(before)
     assert after is not before and snapshot(after) == snapshot(before)
-    assert after.nodes["aggregate"]["kind"] == "soup" and after.graph["notes"] == []
+    assert after.nodes["aggregate"]["op"].kind == "soup" and after.graph["notes"] == []
 
 
 # --- linear_attention -------------------------------------------------------------------
@@ -100,11 +102,12 @@ def test_residual_independent_linear_is_linear_attention(segments: str) -> None:
         "aggregate",
         "out",
     }
-    assert after.nodes["aggregate"]["kind"] == "none"
-    assert after.nodes["scan"]["init"] == "checkpoint"
-    assert after.nodes["segments"]["kind"] == "none"
+    assert after.nodes["aggregate"]["op"].kind == "none"
+    assert after.nodes["scan"]["op"].init == "checkpoint"
+    assert after.nodes["segments"]["op"].kind == "none"
     assert (
-        after.nodes["segments"]["length"] is None and after.nodes["segments"]["boundaries"] is None
+        after.nodes["segments"]["op"].length is None
+        and after.nodes["segments"]["op"].boundaries is None
     )
     (note,) = after.graph["notes"]
     assert note.startswith("linear_attention") and "running state" in note
@@ -137,8 +140,8 @@ def test_linear_attention_does_not_fire(recurrence: str, init: str, aggregation:
 
 def test_dead_cache_none_checkpoint_drops_the_segmentation() -> None:
     after = dead_cache(lower(pass_spec(aggregation="none", init="checkpoint")))
-    assert after.nodes["segments"]["kind"] == "none"
-    assert after.nodes["segments"]["length"] is None
+    assert after.nodes["segments"]["op"].kind == "none"
+    assert after.nodes["segments"]["op"].length is None
     (note,) = after.graph["notes"]
     assert note.startswith("dead_cache") and "segments constant -> none" in note
     validate_ir(after)
@@ -147,9 +150,9 @@ def test_dead_cache_none_checkpoint_drops_the_segmentation() -> None:
 def test_dead_cache_none_independent_keeps_the_segmentation() -> None:
     before = lower(pass_spec(aggregation="none", init="independent"))
     after = dead_cache(before)
-    assert after.nodes["segments"]["kind"] == "constant"
-    assert after.nodes["segments"]["length"] == 4
-    assert after.nodes["scan"]["init"] == "independent"
+    assert after.nodes["segments"]["op"].kind == "constant"
+    assert after.nodes["segments"]["op"].length == 4
+    assert after.nodes["scan"]["op"].init == "independent"
     assert set(after.nodes) == set(before.nodes)
     (note,) = after.graph["notes"]
     assert "kept" in note and "independent" in note
@@ -171,9 +174,9 @@ def test_dead_cache_without_segments_removes_the_cache(aggregation: str, init: s
         "aggregate",
         "out",
     }
-    assert after.nodes["aggregate"]["kind"] == "none"
+    assert after.nodes["aggregate"]["op"].kind == "none"
     # One segment: independent and checkpoint are the same computation.
-    assert after.nodes["scan"]["init"] == "checkpoint"
+    assert after.nodes["scan"]["op"].init == "checkpoint"
     (note,) = after.graph["notes"]
     assert "no segment boundary" in note and "read_cached" in note
     validate_ir(after)
@@ -197,9 +200,9 @@ def test_dead_cache_removes_a_deep_cache_and_reads_online_at_q(aggregation: str)
         "aggregate",
         "out",
     }
-    assert after.nodes["aggregate"]["kind"] == "none"
+    assert after.nodes["aggregate"]["op"].kind == "none"
     # soup handed the online weights to the aggregate; now the online read reads at q again.
-    assert after.nodes["read_online"]["form"] == "state"
+    assert after.nodes["read_online"]["op"].form == "state"
     assert inputs_of(after, "read_online") == {"state": "scan", "q": "q"}
     assert inputs_of(after, "aggregate") == {"online": "read_online"}
     validate_ir(after)
@@ -219,8 +222,8 @@ def test_ssc_with_top_k_covering_explicit_boundaries_is_grm() -> None:
         aggregation="ssc", segments=SEGMENTS["explicit"], aggregation_extra=", top_k: 3"
     )
     after = ssc_to_grm(lower(spec))
-    assert after.nodes["aggregate"]["kind"] == "grm"
-    assert after.nodes["gate"]["kind"] == "softmax" and after.nodes["gate"]["top_k"] is None
+    assert after.nodes["aggregate"]["op"].kind == "grm"
+    assert after.nodes["gate"]["op"].kind == "softmax" and after.nodes["gate"]["op"].top_k is None
     (note,) = after.graph["notes"]
     assert note.startswith("ssc_to_grm") and "top_k=3 >= 3" in note
     validate_ir(after)
@@ -243,8 +246,8 @@ def test_ssc_to_grm_works_for_a_deep_memory() -> None:
         "dla", aggregation="ssc", segments=SEGMENTS["explicit"], aggregation_extra=", top_k: 3"
     )
     after = ssc_to_grm(lower(spec))
-    assert after.nodes["aggregate"]["kind"] == "grm" and after.graph["memory"] == "deep"
-    assert after.nodes["read_cached"]["form"] == "state"
+    assert after.nodes["aggregate"]["op"].kind == "grm" and after.graph["memory"] == "deep"
+    assert after.nodes["read_cached"]["op"].form == "state"
     validate_ir(after)
 
 
@@ -285,7 +288,7 @@ def test_validate_catches_missing_or_extra_deep_rates() -> None:
         validate_ir(graph)
     # A constant lr: a beta input is one the scan does not use.
     graph = lower(deep_pass_spec("titans", "{lr: 0.1}", aggregation="none"))
-    graph.add_node("beta", op="input", name="beta", shape="[B,T,H]", dims={"H": 2}, dtype="bf16")
+    graph.add_node("beta", op=Input(name="beta", shape="[B,T,H]", dims={"H": 2}, dtype="bf16"))
     graph.add_edge("beta", "scan", arg="beta")
     with pytest.raises(IRError, match="does not use: beta"):
         validate_ir(graph)
@@ -293,22 +296,22 @@ def test_validate_catches_missing_or_extra_deep_rates() -> None:
 
 def test_validate_catches_inconsistent_deep_attributes() -> None:
     graph = lower(deep_pass_spec("dla"))
-    graph.nodes["scan"]["params"] = 100
+    rewrite(graph, "scan", params=100)
     with pytest.raises(IRError, match="has 256 weights per head, not params=100"):
         validate_ir(graph)
 
     graph = lower(deep_pass_spec("dla"))
-    graph.nodes["weights"]["dims"] = {"H": 2, "P": 64}
+    rewrite(graph, "weights", dims={"H": 2, "P": 64})
     with pytest.raises(IRError, match="'weights': P=64"):
         validate_ir(graph)
 
     graph = lower(deep_pass_spec("dla"))
-    graph.nodes["scan"]["momentum"] = 0.9
+    rewrite(graph, "scan", momentum=0.9)
     with pytest.raises(IRError, match="dla has no momentum"):
         validate_ir(graph)
 
     graph = lower(deep_pass_spec("titans"))
-    graph.nodes["scan"]["decay"] = 1.5
+    rewrite(graph, "scan", decay=1.5)
     with pytest.raises(IRError, match=r"decay must be 'data' or a number in \[0, 1\)"):
         validate_ir(graph)
 
@@ -321,16 +324,16 @@ def test_validate_catches_inconsistent_deep_attributes() -> None:
 def test_validate_catches_soup_reads_of_the_wrong_form() -> None:
     # A matrix soup reads each memory at q; handing weights over needs a deep memory.
     graph = lower(pass_spec(aggregation="soup"))
-    graph.nodes["read_online"]["form"] = "weights"
+    rewrite(graph, "read_online", form="weights")
     with pytest.raises(IRError, match="'read_online': form weights.*needs a deep memory"):
         validate_ir(graph)
     graph = lower(pass_spec(aggregation="soup"))
-    graph.nodes["read_cached"]["form"] = "weights"
+    rewrite(graph, "read_cached", form="weights")
     with pytest.raises(IRError, match="soup needs reads of form state.*'read_cached'"):
         validate_ir(graph)
     # A deep soup whose cached read still reads at q (and so returns outputs, not weights).
     graph = lower(deep_pass_spec("dla", aggregation="soup"))
-    graph.nodes["read_cached"]["form"] = "state"
+    rewrite(graph, "read_cached", form="state")
     graph.add_edge("q", "read_cached", arg="q")
     with pytest.raises(IRError, match="needs reads of form weights.*'read_cached'"):
         validate_ir(graph)
@@ -338,6 +341,13 @@ def test_validate_catches_soup_reads_of_the_wrong_form() -> None:
     graph = lower(deep_pass_spec("dla", aggregation="soup"))
     graph.remove_edge("q", "aggregate")
     with pytest.raises(IRError, match=r"'aggregate'.*lacks required input\(s\): q"):
+        validate_ir(graph)
+
+
+def test_validate_catches_a_node_without_an_op_record() -> None:
+    graph = lower(pass_spec())
+    graph.add_node("stray", op="input", name="x")  # the untyped attributes of old
+    with pytest.raises(IRError, match="'stray': its op must be an op record"):
         validate_ir(graph)
 
 
@@ -350,7 +360,7 @@ def test_validate_catches_a_cycle() -> None:
 
 def test_validate_catches_g_on_a_linear_scan() -> None:
     graph = lower(pass_spec(recurrence="linear"))
-    graph.add_node("g", op="input", name="g", shape="[B,T,H]", dims={"H": 2}, dtype="bf16")
+    graph.add_node("g", op=Input(name="g", shape="[B,T,H]", dims={"H": 2}, dtype="bf16"))
     graph.add_edge("g", "scan", arg="g")
     with pytest.raises(IRError, match="does not use: g"):
         validate_ir(graph)
@@ -376,27 +386,27 @@ def test_validate_catches_a_gate_without_pool_or_u() -> None:
 
 def test_validate_catches_inconsistent_attributes() -> None:
     graph = lower(pass_spec(aggregation="grm"))
-    graph.nodes["gate"]["top_k"] = 2
+    rewrite(graph, "gate", top_k=2)
     with pytest.raises(IRError, match="top_k=2 given on a softmax gate"):
         validate_ir(graph)
 
     graph = lower(pass_spec(aggregation="ssc"))
-    graph.nodes["gate"].update(kind="softmax", top_k=None)
+    rewrite(graph, "gate", kind="softmax", top_k=None)
     with pytest.raises(IRError, match="ssc needs a topk_softmax gate"):
         validate_ir(graph)
 
     graph = lower(pass_spec())
-    graph.nodes["q"]["dims"] = {"H": 2, "K": 4}
+    rewrite(graph, "q", dims={"H": 2, "K": 4})
     with pytest.raises(IRError, match="'q': K=4 does not match the state's K=8"):
         validate_ir(graph)
 
     graph = lower(pass_spec(aggregation="grm", aggregation_extra=", connector: query"))
-    graph.nodes["gate"]["connector"] = "separate"
+    rewrite(graph, "gate", connector="separate")
     with pytest.raises(IRError, match="connector separate reads input 'u'"):
         validate_ir(graph)
 
     graph = lower(pass_spec())
-    graph.nodes["segments"]["length"] = None
+    rewrite(graph, "segments", length=None)
     with pytest.raises(IRError, match="positive length"):
         validate_ir(graph)
 
@@ -428,9 +438,12 @@ PASS_FUNCTIONS: list[Callable[[nx.DiGraph], nx.DiGraph]] = [
 def test_passes_do_not_mutate_their_input(spec: Spec, fn: Callable) -> None:
     graph = lower(spec)
     before = snapshot(graph)
+    records = dict(graph.nodes(data="op"))
     result = fn(graph)
     assert result is not graph
     assert snapshot(graph) == before
+    # A rewrite replaces a record in the new graph; the input keeps its own records.
+    assert all(graph.nodes[n]["op"] is op for n, op in records.items())
     # The copy owns its notes list: appending to it leaves the input alone.
     result.graph["notes"].append("x")
     assert graph.graph["notes"] == before[2]
@@ -439,29 +452,29 @@ def test_passes_do_not_mutate_their_input(spec: Spec, fn: Callable) -> None:
 # --- read_form: state or attention form for the cached reads --------------------------
 
 
-def read_choice(**fields) -> dict:
-    """The cached read node after every pass, for a spec of `pass_spec` with `fields`."""
-    return compile_spec(pass_spec(**fields), seq_len=256).after.nodes["read_cached"]
+def read_choice(**fields) -> Read:
+    """The cached read after every pass, for a spec of `pass_spec` with `fields`."""
+    return compile_spec(pass_spec(**fields), seq_len=256).after.nodes["read_cached"]["op"]
 
 
 def test_read_form_prefers_the_state_form_for_long_segments() -> None:
     # K = V = 8: attention form costs about 4K per visible key, state form 2KV per state.
     node = read_choice(segments="{kind: constant, length: 32}", value_dim=8)
-    assert node["form"] == "state"
-    assert "state form" in node["form_reason"] and "cheaper" in node["form_reason"]
+    assert node.form == "state"
+    assert "state form" in node.form_reason and "cheaper" in node.form_reason
 
 
 def test_read_form_prefers_the_attention_form_for_short_segments() -> None:
     node = read_choice(segments="{kind: constant, length: 2}", value_dim=8, key_dim=64)
-    assert node["form"] == "attention"
-    assert "shorter" in node["form_reason"]
+    assert node.form == "attention"
+    assert "shorter" in node.form_reason
 
 
 @pytest.mark.parametrize("forced", ["state", "attention"])
 def test_read_form_can_be_forced(forced: str) -> None:
     length = 2 if forced == "state" else 32  # what auto would not choose
     node = read_choice(segments=f"{{kind: constant, length: {length}}}", read_form=forced)
-    assert node["form"] == forced and "forced by compute.read_form" in node["form_reason"]
+    assert node.form == forced and "forced by compute.read_form" in node.form_reason
     assert (
         compile_spec(
             pass_spec(segments=f"{{kind: constant, length: {length}}}", read_form=forced)
@@ -471,9 +484,7 @@ def test_read_form_can_be_forced(forced: str) -> None:
 
 
 def test_read_form_is_state_for_delta_rules_and_absent_without_cache() -> None:
-    assert (
-        read_choice(recurrence="delta", segments="{kind: constant, length: 2}")["form"] == "state"
-    )
+    assert read_choice(recurrence="delta", segments="{kind: constant, length: 2}").form == "state"
     assert compile_spec(pass_spec(aggregation="none")).plan.read_form is None
     assert compile_spec(deep_pass_spec("titans", aggregation="grm")).plan.read_form is None
 
@@ -509,12 +520,12 @@ def test_pipeline_order() -> None:
     ]
     steps = trace_passes(lower(pass_spec(aggregation="soup")), seq_len=32)
     assert [name for name, _ in steps] == [p.name for p in PASSES]
-    assert steps[1][1].nodes["aggregate"]["kind"] == "grm"
+    assert steps[1][1].nodes["aggregate"]["op"].kind == "grm"
 
 
 def test_run_passes_returns_the_notes() -> None:
     graph, notes = run_passes(lower(pass_spec(aggregation="soup")), seq_len=64)
-    assert graph.nodes["aggregate"]["kind"] == "grm"
+    assert graph.nodes["aggregate"]["op"].kind == "grm"
     assert len(notes) == 1 and notes[0].startswith("soup_to_grm")
     assert graph.graph["cost"]["seq_len"] == 64
     assert all("cost" in attrs for _, attrs in graph.nodes(data=True))
@@ -527,7 +538,7 @@ def test_canonical_spec_has_no_notes() -> None:
 
 def test_compile_spec_plans() -> None:
     la = compile_spec(pass_spec(aggregation="residual", init="independent"), seq_len=64)
-    assert la.before.nodes["aggregate"]["kind"] == "residual"
+    assert la.before.nodes["aggregate"]["op"].kind == "residual"
     p = la.plan
     assert (p.aggregation, p.segments, p.init, p.caches) == ("none", "none", "checkpoint", False)
     assert p.notes and p.notes[0].startswith("linear_attention")
@@ -570,3 +581,54 @@ def test_plan_refuses_a_matrix_soup_but_not_a_deep_one() -> None:
     with pytest.raises(IRError, match="soup.*matrix memory"):
         plan_from_ir(lower(pass_spec(aggregation="soup")))
     assert plan_from_ir(lower(deep_pass_spec("titans", aggregation="soup"))).aggregation == "soup"
+
+
+# --- the plan reads the IR alone ----------------------------------------------------------
+
+PLAN_SPECS = [
+    *SPECS,
+    pass_spec(aggregation="ssc", read_form="attention", chunk_size=16),
+    deep_pass_spec("titans", "{lr: 0.1, momentum: 0.9}", aggregation="grm", init="independent"),
+]
+# Unlike every spec above in each field the plan has.
+OTHER_SPEC = make_spec(
+    name="other",
+    recurrence="decay",
+    segments=SEGMENTS["logarithmic"],
+    aggregation="ssc",
+    aggregation_extra=", top_k: 2, connector: query",
+    chunk_size=8,
+    read_form="state",
+)
+
+
+@pytest.mark.parametrize(
+    "spec", PLAN_SPECS, ids=lambda s: f"{s.memory.recurrence}-{s.aggregation.kind}"
+)
+def test_the_plan_reads_the_ir_not_the_spec_behind_it(spec: Spec) -> None:
+    graph, _ = run_passes(lower(spec), 64)
+    plan = plan_from_ir(graph)
+    graph.graph["spec"] = OTHER_SPEC
+    assert plan_from_ir(graph) == plan
+    del graph.graph["spec"]
+    assert plan_from_ir(graph) == plan
+
+
+def test_a_lowered_spec_and_its_ir_say_the_same_chunk_and_read_form() -> None:
+    # What the plan needs from compute lives in the records.
+    graph = lower(pass_spec(aggregation="ssc", read_form="attention", chunk_size=16))
+    assert graph.nodes["scan"]["op"].chunk_size == 16
+    assert graph.nodes["read_cached"]["op"].requested_form == "attention"
+
+
+@pytest.mark.parametrize(
+    "spec", PLAN_SPECS, ids=lambda s: f"{s.memory.recurrence}-{s.aggregation.kind}"
+)
+def test_passes_find_nodes_by_their_op_not_their_id(spec: Spec) -> None:
+    graph = lower(spec)
+    renamed = nx.relabel_nodes(graph, {n: f"n{i}" for i, n in enumerate(graph.nodes)})
+    plan = compile_spec(spec, 64).plan
+    # The notes name the nodes a pass removed, so they differ by the new ids only.
+    moved = plan_from_ir(run_passes(renamed, 64)[0])
+    assert replace(moved, notes=()) == replace(plan, notes=())
+    assert len(moved.notes) == len(plan.notes)

@@ -9,17 +9,18 @@ nothing else keeps a list of names.
 
 Nothing here imports the spec, the IR or the passes at import time: the spec schema asks
 the registry which names exist, so the components come first. Their methods take a spec
-or a node's attributes as arguments.
+or a node's op record (mcgen/ir/ops.py) as arguments.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from mcgen.ir.ops import Scan, Segmentation
     from mcgen.spec.schema import Spec
 
 # What one memory state is: a V x K matrix per head, or the weights of an MLP per head.
@@ -64,7 +65,7 @@ class CostContext:
     lanes: int  # independent (batch, head) sequences
     mean_read: float  # cached memories a token reads, averaged over the sequence
     deep: bool  # the memory is an MLP's weights
-    scan: Mapping[str, Any]  # the recurrence_scan node's attributes
+    scan: Scan  # the recurrence_scan node's op
 
 
 class Component(ABC):
@@ -105,10 +106,10 @@ class RecurrenceComponent(Component):
         return []
 
     @abstractmethod
-    def rate_inputs(self, scan: Mapping[str, Any]) -> tuple[str, ...]:
-        """The per-token [B,T,H] inputs (g, beta, eta) a scan with these attributes reads."""
+    def rate_inputs(self, scan: Scan) -> tuple[str, ...]:
+        """The per-token [B,T,H] inputs (g, beta, eta) this scan reads."""
 
-    def scan_slots(self, scan: Mapping[str, Any]) -> set[str]:
+    def scan_slots(self, scan: Scan) -> set[str]:
         """Every input slot of its recurrence_scan node but k, v and segments."""
         return set(self.rate_inputs(scan))
 
@@ -124,9 +125,9 @@ class RecurrenceComponent(Component):
         """The scan node's attributes beyond the state's, chunk and init."""
         return {}
 
-    def check_scan(self, node: str, attrs: Mapping[str, Any]) -> None:
-        """Raise IRError if a scan node's own attributes are inconsistent (a matrix scan
-        has none beyond those every scan has, which validation checks)."""
+    def check_scan(self, node: str, scan: Scan) -> None:
+        """Raise IRError if a scan's own fields are inconsistent (a matrix scan has none
+        beyond those every scan has, which validation checks)."""
 
     @abstractmethod
     def state_per_head(self, spec: Spec) -> tuple[int, str]:
@@ -143,7 +144,7 @@ class RecurrenceComponent(Component):
     # --- cost (passes/cost.py) ---
 
     @abstractmethod
-    def state_numbers(self, scan: Mapping[str, Any]) -> int:
+    def state_numbers(self, scan: Scan) -> int:
         """Numbers in one memory state, from the scan node."""
 
     @abstractmethod
@@ -202,7 +203,7 @@ class SegmentationComponent(Component):
         """The step when segments end every `step` tokens (the cost model's closed forms)."""
         return None
 
-    def most_cached(self, attrs: Mapping[str, Any]) -> int | None:
+    def most_cached(self, segmentation: Segmentation) -> int | None:
         """The most cached segments any token can see whatever the sequence length; None
         when it grows with the sequence."""
         return None
@@ -213,5 +214,5 @@ class SegmentationComponent(Component):
         return []
 
     @abstractmethod
-    def check_node(self, node: str, attrs: Mapping[str, Any]) -> None:
-        """Raise IRError if a segmentation node's attributes do not fit this kind."""
+    def check_node(self, node: str, segmentation: Segmentation) -> None:
+        """Raise IRError if a segmentation's length and boundaries do not fit this kind."""

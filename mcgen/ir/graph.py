@@ -1,10 +1,11 @@
 """Lowering: a validated Spec becomes the graph IR (a networkx DiGraph of typed ops).
 
-Each node has an `op` attribute (input, segmentation, recurrence_scan, read, segment_cache,
-descriptor_pool, gate, aggregate, output) and the attributes that op needs. Each edge is a
-data flow and carries `arg`, the input slot it fills on its target (a scan reads `k`, `v`,
-`segments`, ...), so passes and validation can ask "which node feeds this slot" without
-relying on node names.
+Each node keeps its op record (mcgen/ir/ops.py: Input, Segmentation, Scan, Read,
+SegmentCache, DescriptorPool, Gate, Aggregate, Output) under its `op` attribute. Each edge
+is a data flow and carries `arg`, the input slot it fills on its target (a scan reads `k`,
+`v`, `segments`, ...), so passes and validation can ask "which node feeds this slot" without
+relying on node names. Everything the plan needs is in the records; the spec stays attached
+(`graph.graph["spec"]`) for the reference and for tools, never for the plan.
 
 Lowering is faithful: it writes down what the spec says, `soup` and all. Simplifications
 are the passes' job, and each one says what it rewrote in `graph.graph["notes"]`.
@@ -21,17 +22,24 @@ which mixes them with the gate weights and reads the mixture once at q.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from typing import Any
 
 import networkx as nx
 
 from mcgen.components.registry import AGGREGATIONS, RECURRENCES
+from mcgen.ir.ops import (
+    Aggregate,
+    DescriptorPool,
+    Gate,
+    Input,
+    Output,
+    Read,
+    Scan,
+    Segmentation,
+    SegmentCache,
+    nodes_of,
+)
 from mcgen.spec.schema import Spec
-
-# The node ids lowering uses; passes look nodes up by these ids.
-INPUT_NODES = ("q", "k", "v", "u", "g", "beta", "eta", "weights")
-CACHE_NODES = ("cache", "pool", "gate", "read_cached")
 
 # Nominal activation dtype: the cost model counts inputs and outputs at this width.
 ACTIVATION_DTYPE = "bf16"
@@ -49,17 +57,28 @@ def lower(spec: Spec) -> nx.DiGraph:
     agg = spec.aggregation
     seg = spec.cache.segments
 
-    scan_attrs = recurrence.scan_attributes(spec)
     params = recurrence.params(spec)
+    state_shape = recurrence.state_shape(spec)
+    scan = Scan(
+        recurrence=recurrence.name,
+        init=spec.cache.init,
+        state_shape=state_shape,
+        state_dims={"V": vdim, "K": kdim},
+        state_dtype=STATE_DTYPE,
+        params=params,
+        chunk_size=spec.compute.chunk_size,
+        **recurrence.scan_attributes(spec),
+    )
     deep = recurrence.memory == "deep"
     # Rate inputs the scan reads besides k and v: g and beta for the matrix recurrences that
     # name them; for a deep memory, one per rate that is "data".
-    rates = set(recurrence.rate_inputs(scan_attrs))
+    rates = set(recurrence.rate_inputs(scan))
     # soup on a deep memory mixes weights, not reads: the reads hand the weights over.
     mixes_weights = deep and aggregation.mixes_weights
 
     graph = nx.DiGraph()
     graph.graph["spec"] = spec
+    graph.graph["name"] = spec.name  # the DOT graph's name
     graph.graph["notes"] = []
     # A matrix memory keeps a V x K matrix per head; a deep one the weights of an MLP, where
     # the matrix-only rewrites (soup -> grm) must stay off.
@@ -80,27 +99,13 @@ def lower(spec: Spec) -> nx.DiGraph:
 
     graph.add_node(
         "segments",
-        op="segmentation",
-        kind=seg.kind,
-        length=seg.length,
-        boundaries=tuple(seg.boundaries) if seg.boundaries is not None else None,
+        op=Segmentation(
+            kind=seg.kind,
+            length=seg.length,
+            boundaries=tuple(seg.boundaries) if seg.boundaries is not None else None,
+        ),
     )
-    state = {
-        "state_shape": recurrence.state_shape(spec),
-        "state_dims": {"V": vdim, "K": kdim},
-        "state_dtype": STATE_DTYPE,
-    }
-    if params is not None:
-        state["params"] = params
-    graph.add_node(
-        "scan",
-        op="recurrence_scan",
-        recurrence=recurrence.name,
-        init=spec.cache.init,
-        **state,
-        chunk_size=spec.compute.chunk_size,
-        **scan_attrs,
-    )
+    graph.add_node("scan", op=scan)
     _flow(graph, "k", "scan", "k")
     _flow(graph, "v", "scan", "v")
     if params is not None:
@@ -112,46 +117,51 @@ def lower(spec: Spec) -> nx.DiGraph:
     _flow(graph, "segments", "scan", "segments")
 
     form = "weights" if mixes_weights else "state"
-    graph.add_node("read_online", op="read", source="online", form=form)
+    graph.add_node("read_online", op=Read(source="online", form=form))
     _flow(graph, "scan", "read_online", "state")
     if not mixes_weights:
         _flow(graph, "q", "read_online", "q")
 
-    graph.add_node("aggregate", op="aggregate", kind=agg.kind)
+    graph.add_node("aggregate", op=Aggregate(kind=agg.kind))
     _flow(graph, "read_online", "aggregate", "online")
     if mixes_weights:
         _flow(graph, "q", "aggregate", "q")  # the one read of the mixed weights
 
     if aggregation.reads_cache:
-        graph.add_node("cache", op="segment_cache", **copy.deepcopy(state))
+        cache = SegmentCache(
+            state_shape=state_shape,
+            state_dims={"V": vdim, "K": kdim},
+            state_dtype=STATE_DTYPE,
+            params=params,
+        )
+        graph.add_node("cache", op=cache)
         _flow(graph, "scan", "cache", "states")
         _flow(graph, "segments", "cache", "segments")
-        graph.add_node("read_cached", op="read", source="cache", form=form)
+        read = Read(source="cache", form=form, requested_form=spec.compute.read_form)
+        graph.add_node("read_cached", op=read)
         _flow(graph, "cache", "read_cached", "cache")
         if not mixes_weights:
             _flow(graph, "q", "read_cached", "q")
         _flow(graph, "read_cached", "aggregate", "cached")
 
     if aggregation.gated:
-        graph.add_node("pool", op="descriptor_pool", pool=agg.pool, dims={"K": kdim})
+        graph.add_node("pool", op=DescriptorPool(pool=agg.pool, dims={"K": kdim}))
         _flow(graph, "k", "pool", "k")
         _flow(graph, "segments", "pool", "segments")
-        graph.add_node(
-            "gate",
-            op="gate",
+        gate = Gate(
             kind=aggregation.gate,
             top_k=agg.top_k if aggregation.selects_top_k else None,
             gate_scale=agg.gate_scale,
             connector=agg.connector,
         )
+        graph.add_node("gate", op=gate)
         _flow(graph, "pool", "gate", "descriptors")
         # connector `query`: the gate reads q itself (u = q, unscaled); no u input exists.
         _flow(graph, "u" if agg.connector == "separate" else "q", "gate", "u")
         _flow(graph, "gate", "aggregate", "weights")
 
-    graph.add_node(
-        "out", op="output", shape="[B,T,H,V]", dims={"H": heads, "V": vdim}, dtype=ACTIVATION_DTYPE
-    )
+    output = Output(shape="[B,T,H,V]", dims={"H": heads, "V": vdim}, dtype=ACTIVATION_DTYPE)
+    graph.add_node("out", op=output)
     _flow(graph, "aggregate", "out", "o")
     return graph
 
@@ -170,31 +180,26 @@ def note(graph: nx.DiGraph, text: str) -> None:
     graph.graph.setdefault("notes", []).append(text)
 
 
-def remove_nodes(graph: nx.DiGraph, nodes: Iterable[str]) -> list[str]:
-    """Remove those of `nodes` that exist; returns the ones removed, in the order given."""
-    removed = [n for n in nodes if n in graph]
+def remove_cache(graph: nx.DiGraph) -> list[str]:
+    """Remove what only the cached reads need: the segment cache, descriptor pool, gate and
+    cached read. Returns the nodes removed, in that order."""
+    removed = [n for kind in (SegmentCache, DescriptorPool, Gate) for n, _ in nodes_of(graph, kind)]
+    removed += [n for n, read in nodes_of(graph, Read) if read.source == "cache"]
     graph.remove_nodes_from(removed)
     return removed
 
 
 def prune_unused_inputs(graph: nx.DiGraph) -> list[str]:
     """Remove input nodes nothing reads any more (u, once its gate is gone)."""
-    unused = [n for n, op in graph.nodes(data="op") if op == "input" and graph.out_degree(n) == 0]
+    unused = [n for n, _ in nodes_of(graph, Input) if graph.out_degree(n) == 0]
     graph.remove_nodes_from(unused)
     return unused
-
-
-def spec_of(graph: nx.DiGraph) -> Spec:
-    spec = graph.graph.get("spec")
-    if not isinstance(spec, Spec):
-        raise TypeError("graph.graph['spec'] is not a Spec: was this graph made by lower()?")
-    return spec
 
 
 def _input(
     graph: nx.DiGraph, name: str, shape: str, dims: dict[str, int], dtype: str = ACTIVATION_DTYPE
 ) -> None:
-    graph.add_node(name, op="input", name=name, shape=shape, dims=dims, dtype=dtype)
+    graph.add_node(name, op=Input(name=name, shape=shape, dims=dims, dtype=dtype))
 
 
 def _flow(graph: nx.DiGraph, src: str, dst: str, arg: str, **attrs: Any) -> None:

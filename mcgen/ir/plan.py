@@ -8,7 +8,7 @@ user wrote it: comparing the two validates the passes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import networkx as nx
 
@@ -20,7 +20,16 @@ from mcgen.components.base import (
 from mcgen.components.recurrences.deep import DeepRecurrence
 from mcgen.components.registry import AGGREGATIONS, RECURRENCES, SEGMENTATIONS
 from mcgen.ir.errors import IRError
-from mcgen.spec.schema import Spec
+from mcgen.ir.ops import (
+    Aggregate,
+    DescriptorPool,
+    Gate,
+    OpT,
+    Scan,
+    Segmentation,
+    nodes_of,
+    reads_from,
+)
 
 
 @dataclass(frozen=True)
@@ -93,54 +102,53 @@ class Plan:
 
 
 def plan_from_ir(graph: nx.DiGraph) -> Plan:
-    """Read the plan off a canonical graph (after the passes).
+    """Read the plan off a canonical graph (after the passes), from its op records alone.
+
+    The spec attached to the graph is not read: what the passes rewrote is in the records,
+    and the reference alone follows the spec as written.
 
     Raises `IRError` for a graph the templates cannot render, such as one that still holds
     `soup` on a matrix memory (run the passes first: there it becomes grm). For a deep memory
     soup is its own computation and stays.
     """
-    spec = graph.graph.get("spec")
-    if not isinstance(spec, Spec):
-        raise IRError("graph.graph['spec'] is missing: was this graph made by lower()?")
-    scan = _one(graph, "recurrence_scan")
-    seg = _one(graph, "segmentation")
-    agg = _one(graph, "aggregate")
-    gate = _maybe_one(graph, "gate")
-    pool = _maybe_one(graph, "descriptor_pool")
-    recurrence = RECURRENCES.find(scan["recurrence"])
+    scan = _one(graph, Scan)
+    seg = _one(graph, Segmentation)
+    agg = _one(graph, Aggregate)
+    gate = _maybe_one(graph, Gate)
+    pool = _maybe_one(graph, DescriptorPool)
+    recurrence = RECURRENCES.find(scan.recurrence)
     if recurrence is None:
-        raise IRError(f"recurrence {scan['recurrence']!r} is not a registered component")
+        raise IRError(f"recurrence {scan.recurrence!r} is not a registered component")
     deep = _deep_plan(scan, recurrence) if isinstance(recurrence, DeepRecurrence) else None
     if recurrence.memory != graph.graph.get("memory"):
         raise IRError(
             f"graph memory {graph.graph.get('memory')!r} does not match recurrence "
             f"{recurrence.name!r}"
         )
-    aggregation = AGGREGATIONS.find(agg["kind"])
+    aggregation = AGGREGATIONS.find(agg.kind)
     if aggregation is None or (deep is None and aggregation.matrix_equivalent is not None):
         raise IRError(
-            f"aggregation {agg['kind']!r} has no plan for a {graph.graph.get('memory')} memory: "
+            f"aggregation {agg.kind!r} has no plan for a {graph.graph.get('memory')} memory: "
             "run the passes (soup becomes grm for a matrix memory) first"
         )
     inputs = recurrence.rate_inputs(scan)
-    boundaries = seg.get("boundaries")
     return Plan(
-        recurrence=scan["recurrence"],
-        init=scan["init"],
-        segments=seg["kind"],
-        segment_length=seg.get("length"),
-        boundaries=tuple(boundaries) if boundaries is not None else None,
-        aggregation=agg["kind"],
-        connector=gate["connector"] if gate else None,
-        pool=pool["pool"] if pool else None,
-        top_k=gate.get("top_k") if gate else None,
-        gate_scale=gate["gate_scale"] if gate else None,
-        chunk_size=spec.compute.chunk_size,
+        recurrence=scan.recurrence,
+        init=scan.init,
+        segments=seg.kind,
+        segment_length=seg.length,
+        boundaries=seg.boundaries,
+        aggregation=agg.kind,
+        connector=gate.connector if gate else None,
+        pool=pool.pool if pool else None,
+        top_k=gate.top_k if gate else None,
+        gate_scale=gate.gate_scale if gate else None,
+        chunk_size=scan.chunk_size,
         # A deep memory reads g, beta and eta for its data-dependent decay, lr and momentum.
         uses_g="g" in inputs,
         uses_beta="beta" in inputs,
         # connector `query` reads q for the gate, so no u input is needed.
-        uses_u=gate is not None and gate["connector"] == "separate",
+        uses_u=gate is not None and gate.connector == "separate",
         uses_eta="eta" in inputs,
         deep=deep,
         read_form=_read_form(graph),
@@ -149,23 +157,25 @@ def plan_from_ir(graph: nx.DiGraph) -> Plan:
 
 
 def _read_form(graph: nx.DiGraph) -> Literal["state", "attention"] | None:
-    read = graph.nodes.get("read_cached")
-    if read is None or read.get("form") not in ("state", "attention") or "form_reason" not in read:
+    """The form the read_form pass chose for the cached reads; None when it chose none."""
+    found = reads_from(graph, "cache")
+    if found is None:
         return None
-    return read["form"]
+    read = found[1]
+    if read.form == "weights" or read.form_reason is None:
+        return None
+    return read.form
 
 
-def _deep_plan(scan: dict[str, Any], recurrence: DeepRecurrence) -> DeepPlan:
+def _deep_plan(scan: Scan, recurrence: DeepRecurrence) -> DeepPlan:
     """The MLP memory of a deep scan; a "data" rate becomes None (an op input), a rate the
     memory lacks 0."""
-    try:
-        depth, hidden = int(scan["depth"]), int(scan["hidden"])
-        activation, minibatch = scan["activation"], int(scan["minibatch"])
-    except KeyError as missing:
-        raise IRError(f"a deep scan needs the attribute {missing}") from None
+    for name in ("depth", "hidden", "activation", "minibatch"):
+        if getattr(scan, name) is None:
+            raise IRError(f"a deep scan needs the attribute {name!r}")
 
     def rate(name: str) -> float | None:
-        value = scan.get(name)
+        value = getattr(scan, name)
         if value == "data":
             return None
         if value is None:
@@ -175,10 +185,10 @@ def _deep_plan(scan: dict[str, Any], recurrence: DeepRecurrence) -> DeepPlan:
         return float(value)
 
     return DeepPlan(
-        depth=depth,
-        hidden=hidden,
-        activation=activation,
-        minibatch=minibatch,
+        depth=int(scan.depth),
+        hidden=int(scan.hidden),
+        activation=scan.activation,
+        minibatch=int(scan.minibatch),
         titans=recurrence.squared_loss,
         lr=rate("lr"),
         momentum=rate("momentum"),
@@ -186,15 +196,15 @@ def _deep_plan(scan: dict[str, Any], recurrence: DeepRecurrence) -> DeepPlan:
     )
 
 
-def _one(graph: nx.DiGraph, op: str) -> dict[str, Any]:
-    found = _maybe_one(graph, op)
+def _one(graph: nx.DiGraph, kind: type[OpT]) -> OpT:
+    found = _maybe_one(graph, kind)
     if found is None:
-        raise IRError(f"a plan needs exactly one {op} node, found none")
+        raise IRError(f"a plan needs exactly one {kind.kind_name} node, found none")
     return found
 
 
-def _maybe_one(graph: nx.DiGraph, op: str) -> dict[str, Any] | None:
-    found = [attrs for _, attrs in graph.nodes(data=True) if attrs.get("op") == op]
+def _maybe_one(graph: nx.DiGraph, kind: type[OpT]) -> OpT | None:
+    found = [op for _, op in nodes_of(graph, kind)]
     if len(found) > 1:
-        raise IRError(f"a plan needs at most one {op} node, found {len(found)}")
+        raise IRError(f"a plan needs at most one {kind.kind_name} node, found {len(found)}")
     return found[0] if found else None

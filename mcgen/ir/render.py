@@ -6,13 +6,17 @@ Both are deterministic: nodes in topological order with ties broken by insertion
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import networkx as nx
 
-# Attributes that are shown elsewhere on the line, or too bulky for it.
-# form_reason is prose: `mcgen inspect` prints it on its own line ("cached reads: ...").
-_HIDDEN = frozenset({"op", "cost", "name", "form_reason"})
+from mcgen.ir.ops import Input, Op, Output
+
+# Fields that are shown elsewhere on the line, or too bulky for it. form_reason is prose:
+# `mcgen inspect` prints it on its own line ("cached reads: ..."), as it does the choice
+# that requested_form asked for.
+_HIDDEN = frozenset({"name", "form_reason", "requested_form"})
 
 
 def ordered_nodes(graph: nx.DiGraph) -> list[str]:
@@ -37,13 +41,22 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def op_name(attrs: dict[str, Any]) -> str:
+    """The kind of a node's op, as shown: `gate`, `recurrence_scan`; `?` for a node with none."""
+    op = attrs.get("op")
+    return op.kind_name if isinstance(op, Op) else "?"
+
+
 def node_attributes(attrs: dict[str, Any]) -> list[str]:
-    """`key=value` for the attributes worth showing (None values are left out)."""
-    shown = [
-        f"{key}={format_value(value)}"
-        for key, value in attrs.items()
-        if key not in _HIDDEN and value is not None
-    ]
+    """`field=value` for the fields of the node's op worth showing (None values are left
+    out), then its cost per token when the cost pass has run."""
+    op = attrs.get("op")
+    shown = []
+    if isinstance(op, Op):
+        for field in fields(op):
+            value = getattr(op, field.name)
+            if field.name not in _HIDDEN and value is not None:
+                shown.append(f"{field.name}={format_value(value)}")
     cost = attrs.get("cost")
     if cost and cost.get("flops_per_token"):
         shown.append(f"flops/token/head={format_value(float(cost['flops_per_token']))}")
@@ -57,7 +70,7 @@ def to_text(graph: nx.DiGraph) -> str:
     lines = []
     for node in order:
         attrs = graph.nodes[node]
-        parts = [f"{str(node).ljust(width)} : {attrs.get('op', '?')}"]
+        parts = [f"{str(node).ljust(width)} : {op_name(attrs)}"]
         shown = node_attributes(attrs)
         if shown:
             parts.append(" ".join(shown))
@@ -78,8 +91,7 @@ def dot_quote(text: str) -> str:
 def to_dot(graph: nx.DiGraph, name: str | None = None) -> str:
     """Graphviz DOT: one box per op (inputs as ellipses), edges labelled with their slot."""
     if name is None:
-        spec = graph.graph.get("spec")
-        name = getattr(spec, "name", "mcgen")
+        name = graph.graph.get("name", "mcgen")
     lines = [
         f"digraph {dot_quote(str(name))} {{",
         "  rankdir=TB;",
@@ -89,8 +101,8 @@ def to_dot(graph: nx.DiGraph, name: str | None = None) -> str:
     order = ordered_nodes(graph)
     for node in order:
         attrs = graph.nodes[node]
-        label = "\n".join([f"{node}: {attrs.get('op', '?')}", *node_attributes(attrs)])
-        shape = "ellipse" if attrs.get("op") in ("input", "output") else "box"
+        label = "\n".join([f"{node}: {op_name(attrs)}", *node_attributes(attrs)])
+        shape = "ellipse" if isinstance(attrs.get("op"), (Input, Output)) else "box"
         lines.append(f"  {dot_quote(str(node))} [label={dot_quote(label)}, shape={shape}];")
     for node in order:
         for arg, src in ordered_inputs(graph, node):

@@ -45,6 +45,21 @@ from mcgen.components.base import FP32_BYTES, Component, CostContext, Recurrence
 from mcgen.components.registry import AGGREGATIONS, RECURRENCES, SEGMENTATIONS, Kind
 from mcgen.ir.errors import IRError
 from mcgen.ir.graph import clone
+from mcgen.ir.ops import (
+    Aggregate,
+    DescriptorPool,
+    Gate,
+    Input,
+    Op,
+    OpT,
+    Output,
+    Read,
+    Scan,
+    Segmentation,
+    SegmentCache,
+    input_named,
+    nodes_of,
+)
 from mcgen.segments import segment_ends
 
 FP32 = FP32_BYTES
@@ -190,12 +205,11 @@ class SegmentSums:
 
 def cached_read_flops(graph: nx.DiGraph, seq_len: int) -> tuple[float, float]:
     """(state form, attention form) FLOPs per token and head of the cached reads."""
-    scan = graph.nodes["scan"]
-    seg = graph.nodes["segments"]
-    gate = graph.nodes.get("gate") or {}
-    kdim, vdim = scan["state_dims"]["K"], scan["state_dims"]["V"]
-    ends = SegmentEnds.of(seg["kind"], seg.get("length"), seg.get("boundaries"), seq_len)
-    sums = SegmentSums.of(ends, seq_len, seq_len, gate.get("top_k"))
+    scan, seg = _node(graph, Scan), _node(graph, Segmentation)
+    gate = next((g for _, g in nodes_of(graph, Gate)), None)
+    kdim, vdim = scan.state_dims["K"], scan.state_dims["V"]
+    ends = SegmentEnds.of(seg.kind, seg.length, seg.boundaries, seq_len)
+    sums = SegmentSums.of(ends, seq_len, seq_len, gate.top_k if gate is not None else None)
     # Attention form: every key up to the last cached segment end (with checkpoint the
     # caches hold all earlier keys, with independent the visible segments tile that
     # prefix), a score (2K) and a weighted value (2V) each.
@@ -226,48 +240,48 @@ class _Counts:
 NodeCost = tuple[float, float]  # (FLOPs per token and head, bytes moved in all)
 
 
-def _no_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+def _no_cost(op: Op, c: _Counts) -> NodeCost:
     return 0.0, 0.0
 
 
-def _input_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
-    dims = attrs["dims"]
+def _input_cost(op: Input, c: _Counts) -> NodeCost:
+    dims = op.dims
     if "P" in dims:  # a deep memory's initial weights, loaded wherever a scan starts
         return 0.0, FP32 * dims["P"] * c.starts * c.ctx.lanes
     return 0.0, BF16 * dims.get("K", dims.get("V", 1)) * c.token_heads
 
 
-def _output_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+def _output_cost(op: Output, c: _Counts) -> NodeCost:
     return 0.0, BF16 * c.ctx.value_dim * c.token_heads
 
 
-def _scan_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+def _scan_cost(op: Scan, c: _Counts) -> NodeCost:
     return c.recurrence.scan_cost(c.ctx)
 
 
-def _read_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+def _read_cost(op: Read, c: _Counts) -> NodeCost:
     ctx = c.ctx
     # Form weights (soup on a deep memory) hands the weights to the aggregate, which reads.
-    per_read = 2 * ctx.state if attrs.get("form") != "weights" else 0
-    if attrs["source"] == "online":
+    per_read = 2 * ctx.state if op.form != "weights" else 0
+    if op.source == "online":
         return per_read, 0.0  # fused with the scan: the state is already loaded
-    if attrs.get("form") == "attention":  # against the cached keys, reloaded per chunk
+    if op.form == "attention":  # against the cached keys, reloaded per chunk
         moved = BF16 * (ctx.key_dim + ctx.value_dim) * c.seq_len * ctx.n_chunks * ctx.lanes
         return cached_read_flops(c.graph, c.seq_len)[1], moved
     return per_read * ctx.mean_read, FP32 * ctx.state * c.chunk_loads * ctx.lanes
 
 
-def _cache_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+def _cache_cost(op: SegmentCache, c: _Counts) -> NodeCost:
     return 0.0, FP32 * c.ctx.state * c.cached * c.ctx.lanes  # a snapshot per complete segment
 
 
-def _pool_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+def _pool_cost(op: DescriptorPool, c: _Counts) -> NodeCost:
     # A running prefix sum of k; mean also divides by the count.
     kdim = c.ctx.key_dim
-    return kdim * (2 if attrs["pool"] == "mean" else 1), FP32 * kdim * c.cached * c.ctx.lanes
+    return kdim * (2 if op.pool == "mean" else 1), FP32 * kdim * c.cached * c.ctx.lanes
 
 
-def _gate_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
+def _gate_cost(op: Gate, c: _Counts) -> NodeCost:
     # One logit (2K) per candidate: every visible segment, even for a top-k gate (it needs
     # them all), plus the online memory.
     kdim = c.ctx.key_dim
@@ -275,22 +289,22 @@ def _gate_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
     return 2 * kdim * (c.mean_visible + 1), moved
 
 
-def _aggregate_cost(attrs: dict[str, Any], c: _Counts) -> NodeCost:
-    return _component(AGGREGATIONS, attrs["kind"]).aggregate_flops(c.ctx), 0.0
+def _aggregate_cost(op: Aggregate, c: _Counts) -> NodeCost:
+    return _component(AGGREGATIONS, op.kind).aggregate_flops(c.ctx), 0.0
 
 
-# Each op's cost; the scan's and the aggregate's formulas are their components'. An op
-# missing here costs nothing (the segmentation is bookkeeping).
-OP_COSTS: dict[str, Callable[[dict[str, Any], _Counts], NodeCost]] = {
-    "segmentation": _no_cost,
-    "input": _input_cost,
-    "output": _output_cost,
-    "recurrence_scan": _scan_cost,
-    "read": _read_cost,
-    "segment_cache": _cache_cost,
-    "descriptor_pool": _pool_cost,
-    "gate": _gate_cost,
-    "aggregate": _aggregate_cost,
+# Each op's cost, by the type of its record; the scan's and the aggregate's formulas are
+# their components'. An op missing here costs nothing (the segmentation is bookkeeping).
+OP_COSTS: dict[type[Op], Callable[[Any, _Counts], NodeCost]] = {
+    Segmentation: _no_cost,
+    Input: _input_cost,
+    Output: _output_cost,
+    Scan: _scan_cost,
+    Read: _read_cost,
+    SegmentCache: _cache_cost,
+    DescriptorPool: _pool_cost,
+    Gate: _gate_cost,
+    Aggregate: _aggregate_cost,
 }
 
 
@@ -301,7 +315,8 @@ def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph
     out = clone(graph)
     counts = _counts(out, seq_len, batch)
     for _, attrs in out.nodes(data=True):
-        per_token, moved = OP_COSTS.get(attrs["op"], _no_cost)(attrs, counts)
+        op = attrs["op"]
+        per_token, moved = OP_COSTS.get(type(op), _no_cost)(op, counts)
         attrs["cost"] = {
             "flops_per_token": per_token,
             "flops": per_token * counts.token_heads,
@@ -312,20 +327,21 @@ def annotate_cost(graph: nx.DiGraph, seq_len: int, batch: int = 1) -> nx.DiGraph
 
 
 def _counts(graph: nx.DiGraph, seq_len: int, batch: int) -> _Counts:
-    scan = _node(graph, "recurrence_scan")
-    recurrence = _component(RECURRENCES, scan.get("recurrence"))
-    heads = graph.nodes["q"]["dims"]["H"] if "q" in graph else 1
-    chunk = min(int(scan.get("chunk_size", 64)), seq_len)
-    seg = _node(graph, "segmentation")
-    gate = next((a for _, a in graph.nodes(data=True) if a.get("op") == "gate"), None)
-    top_k = gate.get("top_k") if gate is not None and gate.get("kind") == "topk_softmax" else None
-    has_cache = any(op == "segment_cache" for _, op in graph.nodes(data="op"))
-    ends = SegmentEnds.of(seg["kind"], seg.get("length"), seg.get("boundaries"), seq_len)
+    scan = _node(graph, Scan)
+    recurrence = _component(RECURRENCES, scan.recurrence)
+    query = input_named(graph, "q")
+    heads = query[1].dims["H"] if query is not None else 1
+    chunk = min(scan.chunk_size, seq_len)
+    seg = _node(graph, Segmentation)
+    gate = next((g for _, g in nodes_of(graph, Gate)), None)
+    top_k = gate.top_k if gate is not None and gate.kind == "topk_softmax" else None
+    has_cache = any(True for _ in nodes_of(graph, SegmentCache))
+    ends = SegmentEnds.of(seg.kind, seg.length, seg.boundaries, seq_len)
     sums = SegmentSums.of(ends, seq_len, chunk, top_k)
     n_chunks = math.ceil(seq_len / chunk)
     ctx = CostContext(
-        key_dim=scan["state_dims"]["K"],
-        value_dim=scan["state_dims"]["V"],
+        key_dim=scan.state_dims["K"],
+        value_dim=scan.state_dims["V"],
         state=recurrence.state_numbers(scan),
         chunk=chunk,
         n_chunks=n_chunks,
@@ -339,7 +355,7 @@ def _counts(graph: nx.DiGraph, seq_len: int, batch: int) -> _Counts:
         graph=graph,
         seq_len=seq_len,
         token_heads=seq_len * heads * batch,
-        starts=1 + sums.interior_ends if scan.get("init") == "independent" else 1,
+        starts=1 + sums.interior_ends if scan.init == "independent" else 1,
         cached=sums.cached if has_cache else 0,
         mean_visible=sums.visible / seq_len if has_cache else 0.0,
         # States loaded per chunk of queries: all that any token of the chunk may read
@@ -356,7 +372,7 @@ def _summary(graph: nx.DiGraph, c: _Counts, batch: int) -> dict[str, Any]:
     heads = ctx.lanes // batch
     state = ctx.state
     per_head = sum(a["cost"]["flops_per_token"] for _, a in graph.nodes(data=True))
-    aggregation = _component(AGGREGATIONS, _node(graph, "aggregate")["kind"])
+    aggregation = _component(AGGREGATIONS, _node(graph, Aggregate).kind)
     # Decode keeps the online state, every cached state and, for gated aggregations, one
     # descriptor per cache plus the prefix sum of k for the online descriptor.
     descriptors = (c.cached + 1) * ctx.key_dim if aggregation.gated and c.has_cache else 0
@@ -441,8 +457,8 @@ def _component(kind: Kind[C], name: object) -> C:
     return found
 
 
-def _node(graph: nx.DiGraph, op: str) -> dict[str, Any]:
-    found = [a for _, a in graph.nodes(data=True) if a.get("op") == op]
+def _node(graph: nx.DiGraph, kind: type[OpT]) -> OpT:
+    found = [op for _, op in nodes_of(graph, kind)]
     if len(found) != 1:
-        raise IRError(f"cost needs exactly one {op} node, found {len(found)}")
+        raise IRError(f"cost needs exactly one {kind.kind_name} node, found {len(found)}")
     return found[0]

@@ -13,17 +13,19 @@ from mcgen.components.registry import (
     uncached_aggregation,
     unsegmented,
 )
-from mcgen.ir.graph import CACHE_NODES, clone, note, prune_unused_inputs, remove_nodes
+from mcgen.ir.graph import clone, note, prune_unused_inputs, remove_cache
+from mcgen.ir.ops import Aggregate, Scan, Segmentation, input_named, nodes_of, reads_from, rewrite
 
 
 def dead_cache(graph: nx.DiGraph) -> nx.DiGraph:
     """Remove cache/pool/gate/read_cached and dead segmentation; otherwise copy unchanged."""
     out = clone(graph)
-    agg, scan, seg = (out.nodes.get(n) for n in ("aggregate", "scan", "segments"))
-    if agg is None or scan is None or seg is None:
+    found = [list(nodes_of(out, kind)) for kind in (Aggregate, Scan, Segmentation)]
+    if any(len(nodes) != 1 for nodes in found):
         return out
-    aggregation = AGGREGATIONS.find(agg.get("kind"))
-    segmentation = SEGMENTATIONS.find(seg.get("kind"))
+    (agg_node, agg), (scan_node, scan), (seg_node, seg) = (nodes[0] for nodes in found)
+    aggregation = AGGREGATIONS.find(agg.kind)
+    segmentation = SEGMENTATIONS.find(seg.kind)
     if aggregation is None or segmentation is None:
         return out
     unread = not aggregation.reads_cache
@@ -33,41 +35,42 @@ def dead_cache(graph: nx.DiGraph) -> nx.DiGraph:
     none, single = uncached_aggregation(), unsegmented()
 
     changes: list[str] = []
-    removed = remove_nodes(out, CACHE_NODES)
+    removed = remove_cache(out)
     # The connector u feeds only the gate.
     removed += prune_unused_inputs(out)
     if removed:
         changes.append(f"removed {', '.join(removed)}")
-    if agg.get("kind") != none:
-        changes.append(f"aggregation {agg['kind']} -> {none}")
-        agg["kind"] = none
+    if agg.kind != none:
+        changes.append(f"aggregation {agg.kind} -> {none}")
+        rewrite(out, agg_node, kind=none)
     # soup on a deep memory had the aggregate read the mixed weights at q; with nothing left
     # to mix, the online read reads its memory itself again.
-    online = out.nodes.get("read_online")
-    if online is not None and online.get("form") == "weights":
-        online["form"] = "state"
-        if out.has_edge("q", "aggregate"):
-            out.remove_edge("q", "aggregate")
-        out.add_edge("q", "read_online", arg="q")
+    online = reads_from(out, "online")
+    query = input_named(out, "q")
+    if online is not None and online[1].form == "weights" and query is not None:
+        online_node, q_node = online[0], query[0]
+        rewrite(out, online_node, form="state")
+        if out.has_edge(q_node, agg_node):
+            out.remove_edge(q_node, agg_node)
+        out.add_edge(q_node, online_node, arg="q")
     why = (
         f"nothing reads the cache (aggregation {none})" if unread else "no segment boundary exists"
     )
 
     # With checkpoint the scan runs straight through boundaries, so once nothing is cached
     # they change nothing. With independent it resets there, and the segmentation stays.
-    if seg.get("kind") != single:
-        if scan.get("init") == "checkpoint":
-            changes.append(f"segments {seg['kind']} -> {single} (init checkpoint never resets)")
-            seg.update(kind=single, length=None, boundaries=None)
+    if seg.kind != single:
+        if scan.init == "checkpoint":
+            changes.append(f"segments {seg.kind} -> {single} (init checkpoint never resets)")
+            rewrite(out, seg_node, kind=single, length=None, boundaries=None)
         else:
             changes.append(
-                f"segments {seg['kind']} kept: init independent resets the state at each "
-                "segment start"
+                f"segments {seg.kind} kept: init independent resets the state at each segment start"
             )
     # One segment: independent (start from zero) and checkpoint are the same computation.
-    elif scan.get("init") == "independent":
+    elif scan.init == "independent":
         changes.append("init independent -> checkpoint (a single segment)")
-        scan["init"] = "checkpoint"
+        rewrite(out, scan_node, init="checkpoint")
 
     if changes:
         note(out, f"dead_cache: {why}: {'; '.join(changes)}.")

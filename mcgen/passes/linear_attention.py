@@ -14,7 +14,8 @@ from mcgen.components.registry import (
     uncached_aggregation,
     unsegmented,
 )
-from mcgen.ir.graph import CACHE_NODES, clone, note, remove_nodes
+from mcgen.ir.graph import clone, note, remove_cache
+from mcgen.ir.ops import Aggregate, Scan, Segmentation, nodes_of, rewrite
 
 
 def linear_attention(graph: nx.DiGraph) -> nx.DiGraph:
@@ -23,31 +24,31 @@ def linear_attention(graph: nx.DiGraph) -> nx.DiGraph:
     Generally: an aggregation that sums the reads unweighted, over a recurrence whose state is
     a plain sum of v k^T (components' `sums_reads` and `additive`)."""
     out = clone(graph)
-    agg, scan, seg = (out.nodes.get(n) for n in ("aggregate", "scan", "segments"))
-    if agg is None or scan is None or seg is None:
+    found = [list(nodes_of(out, kind)) for kind in (Aggregate, Scan, Segmentation)]
+    if any(len(nodes) != 1 for nodes in found):
         return out
-    aggregation = AGGREGATIONS.find(agg.get("kind"))
-    recurrence = RECURRENCES.find(scan.get("recurrence"))
+    (agg_node, agg), (scan_node, scan), (seg_node, seg) = (nodes[0] for nodes in found)
+    aggregation = AGGREGATIONS.find(agg.kind)
+    recurrence = RECURRENCES.find(scan.recurrence)
     # Decay or delta updates make a segment's state depend on where it started, and with
     # checkpoint the caches overlap (each holds all earlier tokens): neither sums to one state.
     if not (
         aggregation is not None
         and aggregation.sums_reads
-        and scan.get("init") == "independent"
+        and scan.init == "independent"
         and recurrence is not None
         and recurrence.additive
     ):
         return out
-    removed = remove_nodes(out, CACHE_NODES)
+    removed = remove_cache(out)
     none, single = uncached_aggregation(), unsegmented()
-    agg["kind"] = none
-    scan["init"] = "checkpoint"
-    old = seg.get("kind")
-    seg.update(kind=single, length=None, boundaries=None)
+    rewrite(out, agg_node, kind=none)
+    rewrite(out, scan_node, init="checkpoint")
+    rewrite(out, seg_node, kind=single, length=None, boundaries=None)
     note(
         out,
         f"linear_attention: {aggregation.name} + independent + {recurrence.name} -> plain "
-        f"causal linear attention (segments {old} -> {single}, init independent -> "
+        f"causal linear attention (segments {seg.kind} -> {single}, init independent -> "
         f"checkpoint, aggregation -> {none}; removed "
         f"{', '.join(removed) or 'nothing'}). Each segment state is sum_j v_j k_j^T over its own "
         "tokens, so the cached states plus the online state read with the same query add up "

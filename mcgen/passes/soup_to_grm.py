@@ -11,6 +11,7 @@ import networkx as nx
 
 from mcgen.components.registry import AGGREGATIONS
 from mcgen.ir.graph import clone, note
+from mcgen.ir.ops import Aggregate, nodes_of, rewrite
 
 
 def soup_to_grm(graph: nx.DiGraph) -> nx.DiGraph:
@@ -18,15 +19,20 @@ def soup_to_grm(graph: nx.DiGraph) -> nx.DiGraph:
 
     Generally: an aggregation that declares a `matrix_equivalent` becomes that one."""
     out = clone(graph)
-    agg = out.nodes.get("aggregate")
-    aggregation = AGGREGATIONS.find(agg.get("kind")) if agg is not None else None
     # Only a matrix memory: deep memories (an MLP per head) read non-linearly, and there
     # soup and grm really differ.
-    matrix = out.graph.get("memory") == "matrix"
-    if aggregation is None or aggregation.matrix_equivalent is None or not matrix:
+    if out.graph.get("memory") != "matrix":
         return out
-    source, target = aggregation.name, aggregation.matrix_equivalent
-    agg["kind"] = target
+    for node, agg in nodes_of(out, Aggregate):
+        aggregation = AGGREGATIONS.find(agg.kind)
+        if aggregation is None or aggregation.matrix_equivalent is None:
+            continue
+        rewrite(out, node, kind=aggregation.matrix_equivalent)
+        _explain(out, aggregation.name, aggregation.matrix_equivalent)
+    return out
+
+
+def _explain(out: nx.DiGraph, source: str, target: str) -> None:
     note(
         out,
         f"soup_to_grm: aggregation {source} -> {target}. Reading a matrix memory is linear in "
@@ -34,4 +40,3 @@ def soup_to_grm(graph: nx.DiGraph) -> nx.DiGraph:
         "weights and reading once equals reading each memory and mixing the reads; "
         f"{target} avoids materialising a mixed V x K state per token.",
     )
-    return out

@@ -12,6 +12,7 @@ import networkx as nx
 
 from mcgen.components.registry import AGGREGATIONS, SEGMENTATIONS
 from mcgen.ir.graph import clone, note
+from mcgen.ir.ops import Aggregate, Gate, Segmentation, nodes_of, rewrite
 
 
 def ssc_to_grm(graph: nx.DiGraph) -> nx.DiGraph:
@@ -20,20 +21,21 @@ def ssc_to_grm(graph: nx.DiGraph) -> nx.DiGraph:
     Generally: an aggregation that declares a `full_selection_equivalent` becomes that one
     when its top_k is at least the most memories the segmentation can ever cache."""
     out = clone(graph)
-    agg, gate, seg = (out.nodes.get(n) for n in ("aggregate", "gate", "segments"))
-    if agg is None or gate is None or seg is None:
+    aggs, gates, segs = (list(nodes_of(out, kind)) for kind in (Aggregate, Gate, Segmentation))
+    if len(aggs) != 1 or len(gates) != 1 or len(segs) != 1:
         return out
-    aggregation = AGGREGATIONS.find(agg.get("kind"))
-    segmentation = SEGMENTATIONS.find(seg.get("kind"))
+    (agg_node, agg), (gate_node, gate), (_, seg) = aggs[0], gates[0], segs[0]
+    aggregation = AGGREGATIONS.find(agg.kind)
+    segmentation = SEGMENTATIONS.find(seg.kind)
     if aggregation is None or segmentation is None:
         return out
     target = aggregation.full_selection_equivalent
     most = segmentation.most_cached(seg)
-    top_k = gate.get("top_k")
+    top_k = gate.top_k
     if target is None or most is None or not isinstance(top_k, int) or top_k < most:
         return out
-    agg["kind"] = target
-    gate.update(kind=AGGREGATIONS.get(target).gate, top_k=None)
+    rewrite(out, agg_node, kind=target)
+    rewrite(out, gate_node, kind=AGGREGATIONS.get(target).gate, top_k=None)
     note(
         out,
         f"ssc_to_grm: aggregation {aggregation.name} -> {target}. top_k={top_k} >= {most}, "

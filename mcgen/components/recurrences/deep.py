@@ -11,7 +11,6 @@ also keeps the momentum S <- eta S - theta g and decays W <- (1 - alpha) W + S).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mcgen.components.base import FP32_BYTES, CostContext, FieldProblem, RecurrenceComponent
@@ -19,6 +18,7 @@ from mcgen.components.sections import ACTIVATIONS, DeepMemory
 from mcgen.ir.errors import IRError
 
 if TYPE_CHECKING:
+    from mcgen.ir.ops import Scan
     from mcgen.spec.schema import Spec
 
 # Which op input carries each rate when the spec gives it as "data" (per token, [B,T,H]):
@@ -54,10 +54,10 @@ class DeepRecurrence(RecurrenceComponent):
     def _deep(self, spec: Spec) -> DeepMemory:
         return spec.memory.deep or DeepMemory()  # a resolved spec always has it
 
-    def rate_inputs(self, scan: Mapping[str, Any]) -> tuple[str, ...]:
-        return tuple(name for rate, name in RATE_INPUT.items() if scan.get(rate) == "data")
+    def rate_inputs(self, scan: Scan) -> tuple[str, ...]:
+        return tuple(name for rate, name in RATE_INPUT.items() if getattr(scan, rate) == "data")
 
-    def scan_slots(self, scan: Mapping[str, Any]) -> set[str]:
+    def scan_slots(self, scan: Scan) -> set[str]:
         return {"weights", *self.rate_inputs(scan)}  # weights: the initial MLP per head
 
     def state_shape(self, spec: Spec) -> str:
@@ -119,15 +119,15 @@ class DeepRecurrence(RecurrenceComponent):
             )
         ]
 
-    def check_scan(self, node: str, attrs: Mapping[str, Any]) -> None:
-        depth, hidden, params = attrs.get("depth"), attrs.get("hidden"), attrs.get("params")
+    def check_scan(self, node: str, scan: Scan) -> None:
+        depth, hidden, params = scan.depth, scan.hidden, scan.params
         for key in ("depth", "hidden", "minibatch"):
-            value = attrs.get(key)
+            value = getattr(scan, key)
             if not isinstance(value, int) or value < 1:
                 raise IRError(f"scan {node!r}: {key} must be a positive integer, got {value!r}")
-        if attrs.get("activation") not in ACTIVATIONS:
-            raise IRError(f"scan {node!r}: unknown activation {attrs.get('activation')!r}")
-        dims = attrs.get("state_dims") or {}
+        if scan.activation not in ACTIVATIONS:
+            raise IRError(f"scan {node!r}: unknown activation {scan.activation!r}")
+        dims = scan.state_dims or {}
         kdim, vdim = dims.get("K"), dims.get("V")
         if not isinstance(kdim, int) or kdim != vdim:
             raise IRError(
@@ -141,7 +141,7 @@ class DeepRecurrence(RecurrenceComponent):
                 f"weights per head, not params={params!r}"
             )
         for rate in RATE_INPUT:
-            value = attrs.get(rate)
+            value = getattr(scan, rate)
             if rate not in self.rates:
                 if value is not None:
                     raise IRError(f"scan {node!r}: {self.name} has no {rate}, got {rate}={value!r}")
@@ -154,15 +154,15 @@ class DeepRecurrence(RecurrenceComponent):
 
     # --- cost ---
 
-    def state_numbers(self, scan: Mapping[str, Any]) -> int:
-        params = scan.get("params")
+    def state_numbers(self, scan: Scan) -> int:
+        params = scan.params
         if not isinstance(params, int):
             raise IRError("cost: a deep memory's scan needs `params`, its weights per head")
         return params
 
-    def keeps_momentum(self, scan: Mapping[str, Any]) -> bool:
+    def keeps_momentum(self, scan: Scan) -> bool:
         """Whether the momentum S is state (a constant 0 momentum makes S_t just the step)."""
-        return "momentum" in self.rates and scan.get("momentum") != 0
+        return "momentum" in self.rates and scan.momentum != 0
 
     def scan_cost(self, ctx: CostContext) -> tuple[float, float]:
         flops = 3 * 2 * ctx.state + self.step_flops * ctx.state
@@ -172,7 +172,7 @@ class DeepRecurrence(RecurrenceComponent):
     def held_numbers(self, ctx: CostContext) -> tuple[int, int]:
         """Decode: the momentum, and the weights at the current mini-batch's start (its
         gradients are taken there); training: the per-token weights of a mini-batch."""
-        minibatch = int(ctx.scan.get("minibatch") or 1)
+        minibatch = int(ctx.scan.minibatch or 1)
         decode = ctx.state * (int(self.keeps_momentum(ctx.scan)) + int(minibatch > 1))
         training = minibatch * ctx.state if minibatch > 1 else 0
         return decode, training

@@ -7,12 +7,12 @@ also forms S k before writing (2KV more).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from mcgen.components.base import FP32_BYTES, CostContext, RecurrenceComponent
 
 if TYPE_CHECKING:
+    from mcgen.ir.ops import Scan
     from mcgen.spec.schema import Spec
 
 
@@ -21,7 +21,7 @@ class MatrixRecurrence(RecurrenceComponent):
     # The per-token rate inputs its update reads, in the op's signature order.
     inputs: ClassVar[tuple[str, ...]] = ()
 
-    def rate_inputs(self, scan: Mapping[str, Any]) -> tuple[str, ...]:
+    def rate_inputs(self, scan: Scan) -> tuple[str, ...]:
         return self.inputs
 
     def state_shape(self, spec: Spec) -> str:
@@ -31,8 +31,8 @@ class MatrixRecurrence(RecurrenceComponent):
         mem = spec.memory
         return mem.key_dim * mem.value_dim, f"key_dim {mem.key_dim} x value_dim {mem.value_dim}"
 
-    def state_numbers(self, scan: Mapping[str, Any]) -> int:
-        dims = scan["state_dims"]
+    def state_numbers(self, scan: Scan) -> int:
+        dims = scan.state_dims
         return dims["K"] * dims["V"]
 
     def scan_cost(self, ctx: CostContext) -> tuple[float, float]:

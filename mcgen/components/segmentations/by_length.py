@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mcgen.components.base import FieldProblem, SegmentationComponent
@@ -11,6 +10,7 @@ from mcgen.components.fields import SEGMENT_LENGTH
 from mcgen.ir.errors import IRError
 
 if TYPE_CHECKING:
+    from mcgen.ir.ops import Segmentation
     from mcgen.spec.schema import Spec
 
 
@@ -39,9 +39,9 @@ class LengthSegmentation(SegmentationComponent):
             return [("cache.segments", f"segments of kind {self.name} need a `length`")]
         return []
 
-    def check_node(self, node: str, attrs: Mapping[str, Any]) -> None:
-        length = attrs.get("length")
+    def check_node(self, node: str, segmentation: Segmentation) -> None:
+        length = segmentation.length
         if not isinstance(length, int) or length < 1:
             raise IRError(f"segmentation {node!r}: kind {self.name} needs a positive length")
-        if attrs.get("boundaries") is not None:
+        if segmentation.boundaries is not None:
             raise IRError(f"segmentation {node!r}: kind {self.name} takes no boundaries")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +10,7 @@ from mcgen.components.fields import SEGMENT_BOUNDARIES
 from mcgen.ir.errors import IRError
 
 if TYPE_CHECKING:
+    from mcgen.ir.ops import Segmentation
     from mcgen.spec.schema import Spec
 
 
@@ -22,8 +22,8 @@ class Explicit(SegmentationComponent):
         assert boundaries is not None
         return [b for b in boundaries if b <= seq_len]
 
-    def most_cached(self, attrs: Mapping[str, Any]) -> int | None:
-        boundaries = attrs.get("boundaries")
+    def most_cached(self, segmentation: Segmentation) -> int | None:
+        boundaries = segmentation.boundaries
         return len(boundaries) if boundaries else None
 
     def end_steps(self, spec: Spec) -> list[int]:
@@ -44,14 +44,14 @@ class Explicit(SegmentationComponent):
                 ]
         return []
 
-    def check_node(self, node: str, attrs: Mapping[str, Any]) -> None:
-        bounds = attrs.get("boundaries")
+    def check_node(self, node: str, segmentation: Segmentation) -> None:
+        bounds = segmentation.boundaries
         if not bounds or any(b <= a for a, b in pairwise(bounds)) or bounds[0] < 1:
             raise IRError(
                 f"segmentation {node!r}: explicit boundaries must be a non-empty, strictly "
                 f"increasing list of positive positions, got {bounds!r}"
             )
-        if attrs.get("length") is not None:
+        if segmentation.length is not None:
             raise IRError(f"segmentation {node!r}: kind explicit takes no length")
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcgen.components.base import SegmentationComponent
 from mcgen.ir.errors import IRError
+
+if TYPE_CHECKING:
+    from mcgen.ir.ops import Segmentation
 
 
 class NoSegments(SegmentationComponent):
@@ -16,8 +18,8 @@ class NoSegments(SegmentationComponent):
     def ends(self, length: int | None, boundaries: Any, seq_len: int) -> list[int]:
         return []
 
-    def check_node(self, node: str, attrs: Mapping[str, Any]) -> None:
-        if attrs.get("length") is not None or attrs.get("boundaries") is not None:
+    def check_node(self, node: str, segmentation: Segmentation) -> None:
+        if segmentation.length is not None or segmentation.boundaries is not None:
             raise IRError(f"segmentation {node!r}: kind none takes no length or boundaries")
 
 
