@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jinja2
 
+from mcgen.codegen.header import header_comment
 from mcgen.codegen.literals import py_literal
 
 
@@ -31,4 +32,11 @@ def environment() -> jinja2.Environment:
     )
     env.filters["pyrepr"] = py_literal
     env.filters["tuple"] = tuple
+    env.filters["arguments"] = arguments
+    env.globals["header_comment"] = header_comment
     return env
+
+
+def arguments(names, suffix: str = "") -> str:
+    """Optional arguments after fixed ones: ["u", "g"] -> ", u, g" (", u_t, g_t" with "_t")."""
+    return "".join(f", {name}{suffix}" for name in names)
