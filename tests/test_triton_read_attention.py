@@ -88,7 +88,8 @@ def make_inputs(layout: Layout, *, decay: bool, gated: bool, dtype, seed: int = 
     return inputs, do
 
 
-# read_attention_fwd's arguments, in order ("chunks": the chunk table).
+# read_attention_fwd's arguments, in order ("chunks": the chunk table); a variant takes only
+# those it reads (no g without decay, no gate for residual).
 ARGS = (
     "q",
     "k",
@@ -105,7 +106,7 @@ ARGS = (
     "mem_last",
 )
 PER_TOKEN = ("q", "k", "v", "g", "o_on", "logit_on", "conn")
-# Inputs with a gradient, in the order read_attention_bwd returns them.
+# Inputs with a gradient, in the order read_attention_bwd returns those it takes.
 DIFFERENTIABLE = ("q", "k", "v", "g", "o_on", "logit_on", "conn", "descriptors")
 
 
@@ -212,21 +213,26 @@ def check_case(
     assert getattr(mod, "TOP_K", None) == top_k
     inputs, do = make_inputs(layout, decay=decay, gated=gated, dtype=dtype)
     view = TokenLayout(layout, batch)
-    args = {name: inputs.get(name) for name in ARGS}
+    args = {**inputs, "chunks": view.chunks}
     args = {
-        name: view.tokens(x) if name in PER_TOKEN and x is not None else x
-        for name, x in args.items()
+        name: view.tokens(args[name]) if name in PER_TOKEN else args[name]
+        for name in ARGS
+        if args[name] is not None
     }
-    args["chunks"] = view.chunks
 
     o, lse = mod.read_attention_fwd(*args.values(), scale=SCALE)
-    grads = mod.read_attention_bwd(*args.values(), o, lse, view.tokens(do), scale=SCALE)
+    softmax = (o, lse) if gated else ()  # what the backward of a gate reads
+    found = mod.read_attention_bwd(*args.values(), *softmax, view.tokens(do), scale=SCALE)
+    found = dict(zip([n for n in DIFFERENTIABLE if n in args], found, strict=True))
     o = view.chunked(o)
     lse = None if lse is None else view.chunked(lse)
-    grads = [
-        view.chunked(grad) if name in PER_TOKEN and grad is not None else grad
-        for name, grad in zip(DIFFERENTIABLE, grads, strict=True)
-    ]
+
+    def laid_out(name):  # as the reference's inputs; None for one the variant does not take
+        if name not in found:
+            return None
+        return view.chunked(found[name]) if name in PER_TOKEN else found[name]
+
+    grads = [laid_out(name) for name in DIFFERENTIABLE]
     valid = view.valid  # compared where the kernels wrote: the tokens
 
     ref_inputs = {
@@ -469,7 +475,7 @@ def test_forward_matches_package_reference(build_tiny, fields):
     mem_first = [max(j for j in range(last + 1) if layout.resets[j]) for last in mem_last]
     o, _ = mod.read_attention_fwd(
         *(x.float().contiguous() for x in (q, k, v)),
-        g.float() if decay else None,
+        *([g.float()] if decay else []),
         o_on.float(),
         logit_on.float(),
         u.float().contiguous(),
@@ -482,4 +488,4 @@ def test_forward_matches_package_reference(build_tiny, fields):
         scale=scale,
     )
     assert len(mem_last) >= 3
-    assert rel_err(o, pkg.reference(q, k, v, u, g if decay else None)) <= 1e-5
+    assert rel_err(o, pkg.reference(q, k, v, u, *([g] if decay else []))) <= 1e-5

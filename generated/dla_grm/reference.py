@@ -17,11 +17,11 @@ import torch
 
 from .spec import segment_end, segment_start
 
-RECURRENCE = 'dla'
-INIT = 'checkpoint'
-AGGREGATION = 'grm'
+RECURRENCE = "dla"
+INIT = "checkpoint"
+AGGREGATION = "grm"
 MINIBATCH = 16
-POOL = 'mean'
+POOL = "mean"
 GATE_SCALE = 0.1767766952966369
 
 
@@ -30,7 +30,8 @@ def activation(z):
 
 
 def activation_grad(z):
-    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    return cdf + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
 def read(weights, x):
@@ -59,13 +60,16 @@ def inner_gradient(weights, k, v):
     for layer in reversed(range(len(weights))):
         grads[layer] = delta[..., :, None] * inputs[layer][..., None, :]
         if layer:
-            delta = (weights[layer].transpose(-1, -2) @ delta[..., None])[..., 0] * activation_grad(pre[layer - 1])
+            delta = (weights[layer].transpose(-1, -2) @ delta[..., None])[..., 0]
+            delta = delta * activation_grad(pre[layer - 1])
     return grads
 
 
-def reference(q, k, v, u=None, g=None, beta=None, *, eta=None, weights, scale=None):
-    """o for q, k, v [B, T, H, K], u [B, T, H, K], beta = theta [B, T, H];
-    weights: the initial MLP weights, one [H, out, in] per layer. Returns fp64 [B, T, H, V]."""
+def reference(q, k, v, u, beta, *, weights, scale=None):
+    """o in fp64 [B, T, H, V], one token at a time, from the initial MLP `weights` (one
+    [H, out, in] per layer) and q, k, v [B, T, H, K], u [B, T, H, K].
+    beta [B, T, H]: theta, the inner learning rate of each token.
+    """
     batch, seq_len, heads, key_dim = q.shape
     scale = 1.0 if scale is None else scale
     q, k, v = q.double(), k.double(), v.double()
@@ -73,7 +77,8 @@ def reference(q, k, v, u=None, g=None, beta=None, *, eta=None, weights, scale=No
     initial = [w.double()[None].expand(batch, -1, -1, -1) for w in weights]
     memory = list(initial)  # W, per layer [B, H, out, in]
     anchor = list(initial)  # W where the current mini-batch started
-    cached = [w.new_zeros(batch, heads, 0, *w.shape[2:]) for w in initial]  # C_i, [B, H, N, out, in]
+    # C_i, per layer [B, H, N, out, in]
+    cached = [w.new_zeros(batch, heads, 0, *w.shape[2:]) for w in initial]
     descriptors = q.new_zeros(batch, heads, 0, key_dim)
     key_sum = q.new_zeros(batch, heads, key_dim)
     seen = 0
@@ -87,7 +92,7 @@ def reference(q, k, v, u=None, g=None, beta=None, *, eta=None, weights, scale=No
             anchor = list(memory)
         grads = inner_gradient(anchor, k[:, t], v[:, t])
         theta = beta.double()[:, t, :, None, None]
-        memory = [w - theta * d for w, d in zip(memory, grads)]
+        memory = [w - theta * d for w, d in zip(memory, grads, strict=True)]
 
         x = q[:, t] * scale
         online = read(memory, x)
@@ -97,13 +102,16 @@ def reference(q, k, v, u=None, g=None, beta=None, *, eta=None, weights, scale=No
         logit_online = GATE_SCALE * (u[:, t] * online_descriptor).sum(-1, keepdim=True)  # [B, H, 1]
         logits = GATE_SCALE * (descriptors @ u[:, t][..., None])[..., 0]  # [B, H, N]
         candidates = cached
-        weights_t = torch.softmax(torch.cat([logit_online, logits], dim=-1), dim=-1)  # [B, H, 1 + n]
+        # [B, H, 1 + n]: the online memory's weight first
+        weights_t = torch.softmax(torch.cat([logit_online, logits], dim=-1), dim=-1)
         out = weights_t[..., 0, None] * online
         for i in range(candidates[0].shape[2]):
             out = out + weights_t[..., 1 + i, None] * read([c[:, :, i] for c in candidates], x)
         outputs.append(out)
 
         if segment_end(t) == t + 1:  # the segment is complete: cache its memory
-            cached = [torch.cat([c, w[:, :, None]], dim=2) for c, w in zip(cached, memory)]
+            cached = [
+                torch.cat([c, w[:, :, None]], dim=2) for c, w in zip(cached, memory, strict=True)
+            ]
             descriptors = torch.cat([descriptors, (key_sum / seen)[:, :, None]], dim=2)
     return torch.stack(outputs, dim=1)  # [B, T, H, V]

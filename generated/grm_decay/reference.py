@@ -13,16 +13,19 @@ import torch
 
 from .spec import segment_end, segment_start
 
-RECURRENCE = 'decay'
-INIT = 'checkpoint'
-AGGREGATION = 'grm'
-POOL = 'mean'
-CONNECTOR = 'separate'
+RECURRENCE = "decay"
+INIT = "checkpoint"
+AGGREGATION = "grm"
+POOL = "mean"
+CONNECTOR = "separate"
 GATE_SCALE = 0.125
 
 
-def reference(q, k, v, u=None, g=None, beta=None, *, scale=None):
-    """o[b, t, h] for q, k [B, T, H, K], v [B, T, H, V], u [B, T, H, K], g [B, T, H]; returns fp64 [B, T, H, V]."""
+def reference(q, k, v, u, g, *, scale=None):
+    """o[b, t, h] in fp64 [B, T, H, V], one token at a time.
+
+    Inputs: q, k [B, T, H, K], v [B, T, H, V], u [B, T, H, K], g [B, T, H].
+    """
     batch, seq_len, heads, key_dim = q.shape
     value_dim = v.shape[-1]
     scale = key_dim**-0.5 if scale is None else scale

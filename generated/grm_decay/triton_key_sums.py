@@ -41,8 +41,9 @@ def _block(i_bh, t0, hi, T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, 
 
 
 @triton.jit
-def _logit_factor(seen, t0, hi, BT: tl.constexpr, GATE_SCALE: tl.constexpr,
-                  MEAN_POOL: tl.constexpr):
+def _logit_factor(
+    seen, t0, hi, BT: tl.constexpr, GATE_SCALE: tl.constexpr, MEAN_POOL: tl.constexpr
+):
     """[BT]: d a_t / d <u_t, P_t> of the block's tokens."""
     if MEAN_POOL:
         tokens = t0 + tl.arange(0, BT)
@@ -52,11 +53,22 @@ def _logit_factor(seen, t0, hi, BT: tl.constexpr, GATE_SCALE: tl.constexpr,
 
 @triton.jit(do_not_specialize=["T", "S", "carried"])
 def _key_sums_fwd_kernel(
-    k, conn, seen, runs, prefix_sum,
-    logit_on, run_sums,
-    T, S, carried,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    GATE_SCALE: tl.constexpr, MEAN_POOL: tl.constexpr,
+    k,
+    conn,
+    seen,
+    runs,
+    prefix_sum,
+    logit_on,
+    run_sums,
+    T,
+    S,
+    carried,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    GATE_SCALE: tl.constexpr,
+    MEAN_POOL: tl.constexpr,
 ):
     i_r, i_bh = tl.program_id(0), tl.program_id(1)
     lo, hi = tl.load(runs + 2 * i_r), tl.load(runs + 2 * i_r + 1)
@@ -77,11 +89,26 @@ def _key_sums_fwd_kernel(
 
 @triton.jit(do_not_specialize=["T", "S", "carried"])
 def _key_sums_bwd_kernel(
-    k, conn, seen, runs, prefix_sum, d_logit_on, d_run_sums,
-    dk, d_conn, d_prefix_sum,
-    T, S, carried,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    GATE_SCALE: tl.constexpr, MEAN_POOL: tl.constexpr, HAS_LOGIT: tl.constexpr,
+    k,
+    conn,
+    seen,
+    runs,
+    prefix_sum,
+    d_logit_on,
+    d_run_sums,
+    dk,
+    d_conn,
+    d_prefix_sum,
+    T,
+    S,
+    carried,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    GATE_SCALE: tl.constexpr,
+    MEAN_POOL: tl.constexpr,
+    HAS_LOGIT: tl.constexpr,
 ):
     i_r, i_bh = tl.program_id(0), tl.program_id(1)
     lo, hi = tl.load(runs + 2 * i_r), tl.load(runs + 2 * i_r + 1)
@@ -135,11 +162,22 @@ def key_sums_fwd(k, conn, seen, runs, prefix_sum, carried):
     if num_runs == 0 or logit_on.numel() == 0:
         return logit_on, run_sums
     _key_sums_fwd_kernel[(num_runs, batch * heads)](
-        k, conn, seen, runs, prefix_sum.contiguous(),
-        logit_on, run_sums,
-        seq_len, num_runs, carried,
-        H=heads, K=key_dim, BT=BT, BK=triton.next_power_of_2(key_dim),
-        GATE_SCALE=GATE_SCALE, MEAN_POOL=MEAN_POOL,
+        k,
+        conn,
+        seen,
+        runs,
+        prefix_sum.contiguous(),
+        logit_on,
+        run_sums,
+        seq_len,
+        num_runs,
+        carried,
+        H=heads,
+        K=key_dim,
+        BT=BT,
+        BK=triton.next_power_of_2(key_dim),
+        GATE_SCALE=GATE_SCALE,
+        MEAN_POOL=MEAN_POOL,
     )
     return logit_on, run_sums
 
@@ -156,12 +194,26 @@ def key_sums_bwd(k, conn, seen, runs, prefix_sum, carried, d_logit_on, d_run_sum
         return d_prefix_sum
     has_logit = d_logit_on is not None
     _key_sums_bwd_kernel[(num_runs, batch * heads)](
-        k, conn, seen, runs, prefix_sum.contiguous(),
-        d_logit_on.contiguous() if has_logit else d_run_sums, d_run_sums.contiguous(),
-        dk, d_conn if has_logit else dk, d_prefix_sum,
-        seq_len, num_runs, carried,
-        H=heads, K=key_dim, BT=BT, BK=triton.next_power_of_2(key_dim),
-        GATE_SCALE=GATE_SCALE, MEAN_POOL=MEAN_POOL, HAS_LOGIT=has_logit,
+        k,
+        conn,
+        seen,
+        runs,
+        prefix_sum.contiguous(),
+        d_logit_on.contiguous() if has_logit else d_run_sums,
+        d_run_sums.contiguous(),
+        dk,
+        d_conn if has_logit else dk,
+        d_prefix_sum,
+        seq_len,
+        num_runs,
+        carried,
+        H=heads,
+        K=key_dim,
+        BT=BT,
+        BK=triton.next_power_of_2(key_dim),
+        GATE_SCALE=GATE_SCALE,
+        MEAN_POOL=MEAN_POOL,
+        HAS_LOGIT=has_logit,
         num_warps=8,  # four [BT, K] fp32 tiles live at once: 4 warps spill at K = 128
     )
     return d_prefix_sum

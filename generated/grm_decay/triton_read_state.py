@@ -13,16 +13,18 @@ style), so no [T, N, V] tensor is ever formed.
 
 Programs work on row blocks: runs of consecutive chunks that see the same memories (up to
 ROWS_FWD / ROWS_BWD rows), so each cached state is read once per block, not once per
-chunk. A block's tokens are consecutive too: _chunk_rows finds its rows as a chunk's. Blocks are launched heaviest first (most visible memories), those of one head
-together, so a head's states stay in L2 while its blocks read them.
+chunk. A block's tokens are consecutive too: _chunk_rows finds its rows as a chunk's.
+Blocks are launched heaviest first (most visible memories), those of one head together, so
+a head's states stay in L2 while its blocks read them.
 
 Forward: one program per (block, batch*head) loops over the visible memories; each read is a
 tensor-core dot [BT, K] x [K, V] accumulated into the block's output (the softmax weight
 scales the query rows, so the dot accumulates in place).
 Backward: one program per (block, batch*head) computes Z_i = do S_i per memory, which gives
 dq and the weight gradient <Z_i, q>; it stores w_i and the logit gradient da_i per (row,
-memory), from which torch's matmuls give the connector's and descriptors' gradients; one program per (memory, batch*head) sums dstates[i] = scale * sum_t w_i do_t q_t^T over
-the blocks that see memory i (no atomics: the result is deterministic).
+memory), from which torch's matmuls give the connector's and descriptors' gradients; one
+program per (memory, batch*head) sums dstates[i] = scale * sum_t w_i do_t q_t^T over the
+blocks that see memory i (no atomics: the result is deterministic).
 
 Dots take the inputs' dtype (bf16/fp16 on tensor cores, fp32 accumulation); fp32 inputs keep
 "ieee" dots, and so does Triton's interpreter whatever the dtype (it multiplies 16-bit dots
@@ -105,14 +107,25 @@ def _window(windows, i_b):
 @triton.autotune(configs=CONFIGS, key=TUNING_KEY)
 @triton.jit(do_not_specialize=["T", "N"])
 def _read_state_fwd_kernel(
-    q, o_on,
-    logit_on, conn, descriptors,
-    states, blocks, windows,
+    q,
+    o_on,
+    logit_on,
+    conn,
+    descriptors,
+    states,
+    blocks,
+    windows,
     o,
     lse,
-    T, N, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr,
+    T,
+    N,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
     GATE_SCALE: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
@@ -152,13 +165,31 @@ def _read_state_fwd_kernel(
 @triton.autotune(configs=CONFIGS, key=TUNING_KEY)
 @triton.jit(do_not_specialize=["T", "N"])
 def _read_state_bwd_rows_kernel(
-    q, o_on, logit_on, conn, descriptors, o, lse,
-    states, blocks, windows, do,
-    dq, do_on,
-    dlogit_on, weights, dlogits,
-    T, N, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr,
+    q,
+    o_on,
+    logit_on,
+    conn,
+    descriptors,
+    o,
+    lse,
+    states,
+    blocks,
+    windows,
+    do,
+    dq,
+    do_on,
+    dlogit_on,
+    weights,
+    dlogits,
+    T,
+    N,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
     GATE_SCALE: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
@@ -203,12 +234,22 @@ def _read_state_bwd_rows_kernel(
 @triton.autotune(configs=CONFIGS, key=TUNING_KEY)
 @triton.jit(do_not_specialize=["T", "N", "NB"])
 def _read_state_bwd_memory_kernel(
-    q, blocks, windows, do,
+    q,
+    blocks,
+    windows,
+    do,
     weights,
     dstates,
-    T, N, NB, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr,
+    T,
+    N,
+    NB,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
     i, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -217,7 +258,7 @@ def _read_state_bwd_memory_kernel(
     m_k, m_v = o_k < K, o_v < V
     b_ds = tl.zeros([BV, BK], dtype=tl.float32)  # [BV, BK] dstates[i] / scale
     p_weights = weights + (i_bh * N + i) * T  # [T] memory i's weight per token
-    for i_b in range(0, NB):
+    for i_b in range(NB):
         lo, hi = _window(windows, i_b)
         if (lo <= i) & (i < hi):  # the block sees memory i
             rows, m_t = _chunk_rows(blocks, i_bh, i_b, T, H, BT)
@@ -249,14 +290,9 @@ def _row_blocks(
     at most `per_block` consecutive chunks (their tokens consecutive) with the same visible
     memories, those that see the most first."""
     runs: list[list[int]] = []  # (first token, tokens, chunks, lo, hi)
-    for (first, count), lo, hi in zip(chunks, visible_lo, visible_hi):
+    for (first, count), lo, hi in zip(chunks, visible_lo, visible_hi, strict=True):
         last = runs[-1] if runs else None
-        if (
-            last
-            and last[3:] == [lo, hi]
-            and last[0] + last[1] == first
-            and last[2] < per_block
-        ):
+        if last and last[3:] == [lo, hi] and last[0] + last[1] == first and last[2] < per_block:
             last[1] += count
             last[2] += 1
         else:
@@ -282,7 +318,17 @@ def _nonempty(x):
 
 
 def read_state_fwd(
-    q, o_on, logit_on, conn, descriptors, states, chunks, visible_lo, visible_hi, *, scale
+    q,
+    o_on,
+    logit_on,
+    conn,
+    descriptors,
+    states,
+    chunks,
+    visible_lo,
+    visible_hi,
+    *,
+    scale,
 ):
     """Cached reads of every chunk mixed with the online read.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import operator
 import os
+from itertools import pairwise
 
 import torch
 
@@ -20,7 +21,7 @@ from . import backend_torch
 from .cache import DESCRIBED, MCCache
 from .spec import HEADS, KEY_DIM, VALUE_DIM
 
-BACKENDS = ('torch', 'triton')
+BACKENDS = ("torch", "triton")
 # Inputs this spec reads, beyond q, k and v.
 USES_U = True
 USES_G = False
@@ -69,13 +70,13 @@ def mc_forward(
     chosen = _pick_backend(backend, q)
     if chosen == "torch":
         out, cache = backend_torch.forward(
-            q, k, v, u, g, beta, scale=scale, initial_cache=initial_cache, cu_seqlens=cu_seqlens
+            q, k, v, u, beta, scale=scale, initial_cache=initial_cache, cu_seqlens=cu_seqlens
         )
     else:
         from . import backend_triton  # imports triton and the kernels on first use only
 
         out, cache = backend_triton.forward(
-            q, k, v, u, g, beta, scale=scale, initial_cache=initial_cache, cu_seqlens=cu_seqlens
+            q, k, v, u, beta, scale=scale, initial_cache=initial_cache, cu_seqlens=cu_seqlens
         )
     return (out, cache) if output_cache else out
 
@@ -95,7 +96,7 @@ def mc_step(q_t, k_t, v_t, u_t=None, g_t=None, beta_t=None, *, cache=None, scale
     else:
         _check_cache("cache", cache, q_t, value_dim)
     scale = key_dim**-0.5 if scale is None else float(scale)
-    return backend_torch.step(q_t, k_t, v_t, u_t, g_t, beta_t, scale=scale, cache=cache)
+    return backend_torch.step(q_t, k_t, v_t, u_t, beta_t, scale=scale, cache=cache)
 
 
 def _check_sequence_inputs(q, k, v, u, g, beta, heads: int | None) -> None:
@@ -155,7 +156,7 @@ def _check_cu_seqlens(cu_seqlens, q, initial_cache) -> tuple[int, ...]:
     offsets = _offsets(cu_seqlens, q)
     if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != seq_len:
         raise ValueError(f"cu_seqlens must run from 0 to T = {seq_len}, got {list(offsets)}")
-    if any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
+    if any(b < a for a, b in pairwise(offsets)):
         raise ValueError(f"cu_seqlens must not decrease, got {list(offsets)}")
     return offsets
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import operator
 import os
+from itertools import pairwise
 
 import torch
 
@@ -20,7 +21,7 @@ from . import backend_torch
 from .cache import DESCRIBED, MCCache
 from .spec import HEADS, KEY_DIM, VALUE_DIM
 
-BACKENDS = ('torch', 'triton')
+BACKENDS = ("torch", "triton")
 # Inputs this spec reads, beyond q, k and v.
 USES_U = True
 USES_G = True
@@ -155,7 +156,7 @@ def _check_cu_seqlens(cu_seqlens, q, initial_cache) -> tuple[int, ...]:
     offsets = _offsets(cu_seqlens, q)
     if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != seq_len:
         raise ValueError(f"cu_seqlens must run from 0 to T = {seq_len}, got {list(offsets)}")
-    if any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
+    if any(b < a for a, b in pairwise(offsets)):
         raise ValueError(f"cu_seqlens must not decrease, got {list(offsets)}")
     return offsets
 

@@ -648,7 +648,18 @@ def recurrence_fwd(q, k, v, g, beta, h0, chunks, resets, state_slot, num_slots: 
 
 
 def recurrence_bwd(
-    q, k, v, g, beta, chunks, resets, h_chunks, do, dh_slots, state_slot, scale: float
+    q,
+    k,
+    v,
+    g,
+    beta,
+    chunks,
+    resets,
+    h_chunks,
+    do,
+    dh_slots,
+    state_slot,
+    scale: float,
 ):
     """Chunked online recurrence, backward (arguments as in recurrence_fwd but h0, which
     h_chunks, the memory before every chunk, holds).

@@ -9,42 +9,42 @@ its end, whatever the length of the call that gets there.
 from __future__ import annotations
 
 SPEC = {
-    'name': 'grm_independent',
-    'memory': {
-        'recurrence': 'linear',
-        'heads': 4,
-        'key_dim': 64,
-        'value_dim': 64,
-        'deep': None,
+    "name": "grm_independent",
+    "memory": {
+        "recurrence": "linear",
+        "heads": 4,
+        "key_dim": 64,
+        "value_dim": 64,
+        "deep": None,
     },
-    'cache': {
-        'segments': {
-            'kind': 'constant',
-            'length': 256,
-            'boundaries': None,
+    "cache": {
+        "segments": {
+            "kind": "constant",
+            "length": 256,
+            "boundaries": None,
         },
-        'init': 'independent',
+        "init": "independent",
     },
-    'aggregation': {
-        'kind': 'grm',
-        'connector': 'separate',
-        'pool': 'mean',
-        'top_k': None,
-        'gate_scale': 0.125,
+    "aggregation": {
+        "kind": "grm",
+        "connector": "separate",
+        "pool": "mean",
+        "top_k": None,
+        "gate_scale": 0.125,
     },
-    'layer': {
-        'd_model': 256,
-        'key_norm': 'none',
-        'decay_normalizer': None,
+    "layer": {
+        "d_model": 256,
+        "key_norm": "none",
+        "decay_normalizer": None,
     },
-    'compute': {
-        'chunk_size': 64,
-        'read_form': 'auto',
+    "compute": {
+        "chunk_size": 64,
+        "read_form": "auto",
     },
 }
 
-NAME = 'grm_independent'
-RECURRENCE = 'linear'
+NAME = "grm_independent"
+RECURRENCE = "linear"
 HEADS = 4
 KEY_DIM = 64
 VALUE_DIM = 64
@@ -53,7 +53,7 @@ GATE_SCALE = 0.125
 CHUNK_SIZE = 64
 
 # Segmentation as written in the spec (the reference reads this one) ...
-SEGMENTS = 'constant'
+SEGMENTS = "constant"
 SEGMENT_LENGTH = 256
 
 

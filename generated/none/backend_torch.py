@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 import torch
 
@@ -44,7 +45,7 @@ class ChunkLayout:
     def groups(self) -> list[tuple[int, int, int, int]]:
         """(first, last + 1, lo, hi) for runs of chunks that read the same cached memories."""
         runs: list[tuple[int, int, int, int]] = []
-        for n, window in enumerate(zip(self.visible_lo, self.visible_hi)):
+        for n, window in enumerate(zip(self.visible_lo, self.visible_hi, strict=True)):
             if runs and runs[-1][2:] == window:
                 runs[-1] = (runs[-1][0], n + 1, *window)
             else:
@@ -81,7 +82,17 @@ def chunk_layout(
         piece_ends.append((len(opens) - 1 if length else -1, base, hi, stop))
         base = hi
     return ChunkLayout(
-        index, flat, opens, resets, closes, closed_length, visible_lo, visible_hi, seen, piece_ends, base
+        index,
+        flat,
+        opens,
+        resets,
+        closes,
+        closed_length,
+        visible_lo,
+        visible_hi,
+        seen,
+        piece_ends,
+        base,
     )
 
 
@@ -110,7 +121,7 @@ def causal_mix(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.where(reached, torch.nan, mixed)
 
 
-def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None, cu_seqlens=None):
+def forward(q, k, v, *, scale: float, initial_cache: MCCache | None, cu_seqlens=None):
     """Returns (o [B, T, H, V] in q's dtype, the cache after the last token).
 
     With cu_seqlens (B = 1, sequences packed along T) every sequence starts fresh and
@@ -127,7 +138,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
             return q.new_zeros(batch, 0, heads, value_dim), cache
         pieces = ((0, seq_len, cache.position, cache.num_cached),)
     else:
-        pieces = tuple((a, b - a, 0, 0) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
+        pieces = tuple((a, b - a, 0, 0) for a, b in pairwise(cu_seqlens))
     layout = chunk_layout(pieces, seq_len)
     if not layout.index:  # packed sequences that are all empty
         return q.new_zeros(batch, 0, heads, value_dim), [cache] * len(pieces)
@@ -148,7 +159,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
     # b_written: [B, H, NC, V, K]
 
     memory = cache.state.to(work)  # [B, H, V, K]
-    memories_in, new_states, ends = [], [], []  # ends: the carried values after each chunk
+    memories_in, ends = [], []  # ends: the carried values after each chunk
     for n in range(num_chunks):
         if layout.resets[n]:
             memory = torch.zeros_like(memory)
@@ -163,9 +174,11 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
 
     out = b_out.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, flat]
     caches = []
-    for last_chunk, lo, hi, end_position in layout.pieces:
+    for last_chunk, _, _, end_position in layout.pieces:
         if last_chunk < 0:  # an empty packed sequence
-            caches.append(MCCache.empty(batch, heads, key_dim, value_dim, dtype=work, device=q.device))
+            caches.append(
+                MCCache.empty(batch, heads, key_dim, value_dim, dtype=work, device=q.device)
+            )
             continue
         memory = ends[last_chunk][0]
         caches.append(
@@ -181,7 +194,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
     return (out, caches) if cu_seqlens is not None else (out, caches[0])
 
 
-def step(q_t, k_t, v_t, u_t, g_t, beta_t, *, scale: float, cache: MCCache):
+def step(q_t, k_t, v_t, *, scale: float, cache: MCCache):
     """One token, [B, H, D] each: the recurrent form, reading only what the aggregation needs.
 
     Returns (o_t [B, H, V] in q_t's dtype, the cache after it).
@@ -190,7 +203,6 @@ def step(q_t, k_t, v_t, u_t, g_t, beta_t, *, scale: float, cache: MCCache):
     work = cache.state.dtype
     position = cache.position
     memory = cache.state
-    start = 0
     q_t = q_t.to(work) * scale
     k_t, v_t = k_t.to(work), v_t.to(work)
     write = v_t[..., :, None] * k_t[..., None, :]

@@ -15,12 +15,14 @@ Forward and backward are torch custom ops (torch.library), so that torch.compile
 one opaque op each way and the graph does not break. The backward recomputes the cheap
 parts (the torch glue, and the online recurrence: every chunk's state costs more memory to
 keep than time to recompute) and applies the chain rule by hand, through the kernels'
-backward passes; the forward keeps nothing beyond the inputs."""
+backward passes; the forward keeps nothing beyond the inputs.
+"""
 
 from __future__ import annotations
 
 import os
 from functools import lru_cache
+from itertools import pairwise
 from types import SimpleNamespace
 
 import torch
@@ -36,16 +38,16 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # The custom ops' namespace: one per spec and version of mcgen's templates, so two specs'
 # packages never clash, a rebuild after the templates changed never meets graphs that
 # torch.compile cached for the old code, and a second import of the same code reuses the ops.
-NAMESPACE = 'mcgen_none_e29d0c6bb689'
-USES_G = False
-# What the forward op returns per packed sequence: the cache after its last token.
-CACHE_TENSORS = ('state',)
+NAMESPACE = "mcgen_none_bc42db5d6022"
+# The cache's tensors the forward op takes, and returns per packed sequence (the cache after
+# its last token); the others pass from the initial cache to the new one as they are.
+CACHE_TENSORS = ("state",)
 # ... and after those, what the kernels computed that the backward needs.
 SAVED = ()
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None, cu_seqlens=None):
+def forward(q, k, v, *, scale: float, initial_cache: MCCache | None, cu_seqlens=None):
     """Returns (o [B, T, H, V] in q's dtype, the cache after the last token), as backend_torch.
 
     With cu_seqlens (B = 1, sequences packed along T) every sequence starts fresh and
@@ -72,25 +74,21 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
             return q.new_zeros(batch, 0, heads, value_dim), cache
         pieces = ((0, seq_len, cache.position, cache.num_cached),)
     else:
-        pieces = tuple((a, b - a, 0, 0) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
+        pieces = tuple((a, b - a, 0, 0) for a, b in pairwise(cu_seqlens))
         if not any(length for _, length, _, _ in pieces):  # packed sequences that are all empty
             return q.new_zeros(batch, 0, heads, value_dim), [cache] * len(pieces)
     results = FORWARD_OP(
         q,
         k,
         v,
-        u,
-        g,
         cache.state,
-        cache.states,
-        cache.descriptors,
-        cache.prefix_sum,
         float(scale),
         [n for piece in pieces for n in piece],
     )
-    out, caches = results[0], []
+    out, caches, per_piece = results[0], [], len(CACHE_TENSORS)
     for i, (_, length, position, _) in enumerate(pieces):
-        values = dict(zip(CACHE_TENSORS, results[1 + i * len(CACHE_TENSORS) :]))
+        own = results[1 + i * per_piece : 1 + (i + 1) * per_piece]
+        values = dict(zip(CACHE_TENSORS, own, strict=True))
         caches.append(
             MCCache(
                 state=values["state"],
@@ -130,7 +128,7 @@ def _layout_tensors(layout: ChunkLayout, device: torch.device) -> dict[str, obje
     def tensor(values, dtype=torch.int64):
         return torch.tensor(values, dtype=dtype, device=device)
 
-    t = {
+    tables = {
         "chunk_runs": tuple(chunks),  # on the host, for the state-form read's row blocks
         "chunks": tensor(chunks, torch.int32).view(-1, 2),  # [NC, 2]
         "resets": tensor(layout.resets, torch.int32),  # [NC]
@@ -143,10 +141,10 @@ def _layout_tensors(layout: ChunkLayout, device: torch.device) -> dict[str, obje
         "mem_first": tensor([first[n] for n in closing], torch.int32),  # [M]
         "mem_last": tensor(closing, torch.int32),  # [M]
     }
-    return t
+    return tables
 
 
-def _layout(q: torch.Tensor, pieces: list[int]) -> ChunkLayout:
+def _layout(pieces: list[int]) -> ChunkLayout:
     """The layout of a call: `pieces` flattens (offset, length, position, cached) per piece.
 
     The layout is worked out on the host from these numbers. Under torch.compile a length
@@ -158,36 +156,31 @@ def _layout(q: torch.Tensor, pieces: list[int]) -> ChunkLayout:
     return chunk_layout(grouped, sum(pieces[1::4]))  # the pieces cover the call
 
 
-def _attention_form(pieces: list[int]) -> bool:
-    return False
-
-
 # ---------------------------------------------------------------------------------------
 # The torch parts around the kernels
 
 
-def _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces) -> SimpleNamespace:
+def _prepare(q, k, v, state, scale, pieces) -> SimpleNamespace:
     """Everything before the kernels: the layout, the inputs as the kernels read them (in
-    place: contiguous [B, T, H, ...], no copy for the usual call). The backward calls it again (cheaper than
-    saving it)."""
-    layout = _layout(q, pieces)
+    place: contiguous [B, T, H, ...], no copy for the usual call). The backward calls it again
+    (cheaper than saving it)."""
+    layout = _layout(pieces)
     batch, seq_len, heads, key_dim = q.shape
     p = SimpleNamespace(layout=layout, t=_layout_tensors(layout, q.device), scale=scale)
     p.batch, p.seq_len, p.heads, p.key_dim = batch, seq_len, heads, key_dim
     p.value_dim = v.shape[-1]
     p.q, p.k, p.v = q.contiguous(), k.contiguous(), v.contiguous()  # q unscaled: kernels scale
-    p.g = g.float().contiguous() if USES_G else None  # [B, T, H] log decay per token, fp32
     # The recurrence's inputs, in its arguments' order.
-    p.inputs = (p.q, p.k, p.v, *((p.g,) if USES_G else ()))
+    p.inputs = (p.q, p.k, p.v)
     p.h0 = state.float().flatten(0, 1).contiguous()  # [BH, V, K]
     return p
 
 
-def _outputs(p, dtype, o, h_slots, states_all) -> list[torch.Tensor]:
+def _outputs(p, dtype, o, h_slots) -> list[torch.Tensor]:
     """o [B, T, H, V] in the inputs' dtype, then CACHE_TENSORS for each packed sequence."""
     batch, heads = p.batch, p.heads
     outputs = [o.to(dtype)]
-    for i, (last_chunk, lo, hi, _) in enumerate(p.layout.pieces):
+    for i, (last_chunk, _, _, _) in enumerate(p.layout.pieces):
         if last_chunk < 0:  # an empty packed sequence
             empty = MCCache.empty(batch, heads, p.key_dim, p.value_dim, device=o.device)
             outputs += [getattr(empty, name) for name in CACHE_TENSORS]
@@ -211,36 +204,30 @@ def _recurrence_fwd(p):
 
 
 def _recurrence_bwd(p, h_chunks, d_o_on, dh_slots):
-    """(dq, dk, dv [B, T, H, ...], dg [B, T, H] or None, dbeta [B, T, H] or None, dh0), given
-    the gradients of o_on and of h_slots."""
+    """(dq, dk, dv [B, T, H, ...], dh0), given the gradients of o_on
+    and of h_slots."""
     t = p.t
-    dq, dk, dv, *rest, dh0 = triton_recurrence.recurrence_bwd(
+    return triton_recurrence.recurrence_bwd(
         *p.inputs, t["chunks"], t["resets"], h_chunks, d_o_on, dh_slots, t["state_slot"], p.scale
     )
-    dg = rest.pop(0) if USES_G else None
-    d_beta = rest.pop(0) if rest else None
-    return dq, dk, dv, dg, d_beta, dh0
 
 
 # ---------------------------------------------------------------------------------------
 # Forward and backward
 
 
-def _forward_impl(q, k, v, u, g, state, states, descriptors, prefix_sum, scale, pieces):
-    p = _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces)
+def _forward_impl(q, k, v, state, scale, pieces):
+    p = _prepare(q, k, v, state, scale, pieces)
     o_on, _, h_slots = _recurrence_fwd(p)
-    states_all, o = None, o_on
     saved = []
-    outputs = _outputs(p, q.dtype, o, h_slots, states_all)
-    inputs = (q, k, v, u, g, state, states, descriptors, prefix_sum)
+    outputs = _outputs(p, q.dtype, o_on, h_slots)
+    inputs = (q, k, v, state)
     return _owned([*outputs, *saved], inputs)
 
 
-def _backward_impl(
-    q, k, v, u, g, state, states, descriptors, prefix_sum, scale, pieces, saved, grads
-):
+def _backward_impl(q, k, v, state, scale, pieces, saved, grads):
     """The chain rule through the forward, by hand: outputs, reads, recurrence, torch parts."""
-    p = _prepare(q, k, v, u, g, state, descriptors, prefix_sum, scale, pieces)
+    p = _prepare(q, k, v, state, scale, pieces)
     t, layout = p.t, p.layout
     bh = p.batch * p.heads
     # The online read and every chunk's memory, again: cheaper than keeping them.
@@ -251,50 +238,33 @@ def _backward_impl(
     # each piece's final memory.
     dh_slots = p.h0.new_zeros(bh, t["num_slots"], p.value_dim, p.key_dim)
     per_piece = len(CACHE_TENSORS)
-    for i, (last_chunk, lo, hi, _) in enumerate(layout.pieces):
+    for i, (last_chunk, _, _, _) in enumerate(layout.pieces):
         if last_chunk < 0:
             continue
-        d = dict(zip(CACHE_TENSORS, grads[1 + i * per_piece : 1 + (i + 1) * per_piece]))
+        own = grads[1 + i * per_piece : 1 + (i + 1) * per_piece]
+        d = dict(zip(CACHE_TENSORS, own, strict=True))
         dh_slots[:, t["piece_slot"][i]] += d["state"].float().flatten(0, 1)
 
-    # The cached reads.
-    dq = dk = dv = dg = None
-    d_o_on = d_o
-    d_states = torch.zeros_like(states)
-
     # The recurrence.
-    dq_r, dk_r, dv_r, dg_r, d_beta, dh0 = _recurrence_bwd(
-        p, h_chunks, d_o_on, dh_slots if t["num_slots"] else None
-    )
-    dq = dq_r if dq is None else dq + dq_r
-    dk = dk_r if dk is None else dk + dk_r
-    dv = dv_r if dv is None else dv + dv_r
-    if USES_G:
-        dg = dg_r if dg is None else dg + dg_r
+    dq_r, dk_r, dv_r, dh0 = _recurrence_bwd(p, h_chunks, d_o, dh_slots if t["num_slots"] else None)
+    dq, dk, dv = dq_r, dk_r, dv_r
 
     grads_in = {
         "q": dq,
         "k": dk,
         "v": dv,
         "state": dh0.reshape(p.batch, p.heads, p.value_dim, p.key_dim),
-        "states": d_states,
-        "descriptors": torch.zeros_like(descriptors),
-        "prefix_sum": torch.zeros_like(prefix_sum),
     }
-    if USES_G:
-        grads_in["g"] = dg
-    inputs = {"q": q, "k": k, "v": v, "u": u, "g": g}
-    inputs.update(state=state, states=states, descriptors=descriptors, prefix_sum=prefix_sum)
+    inputs = (q, k, v, state)
     result = [
         grads_in[name].to(x.dtype, memory_format=torch.contiguous_format)
-        for name, x in inputs.items()
-        if x is not None
+        for name, x in zip(grads_in, inputs, strict=True)
     ]
-    return _owned(result, [*inputs.values(), *saved, *grads])
+    return _owned(result, [*inputs, *saved, *grads])
 
 
-def _forward_fake(q, k, v, u, g, state, states, descriptors, prefix_sum, scale, pieces):
-    layout = _layout(q, pieces)
+def _forward_fake(q, k, v, state, scale, pieces):
+    layout = _layout(pieces)
     batch, _, heads, key_dim = q.shape
     seq_len, value_dim = len(layout.flat), v.shape[-1]
 
@@ -314,17 +284,15 @@ def _forward_fake(q, k, v, u, g, state, states, descriptors, prefix_sum, scale, 
     return outputs
 
 
-def _backward_fake(
-    q, k, v, u, g, state, states, descriptors, prefix_sum, scale, pieces, saved, grads
-):
-    inputs = [q, k, v, u, g, state, states, descriptors, prefix_sum]
-    return [torch.empty_like(x) for x in inputs if x is not None]
+def _backward_fake(q, k, v, state, scale, pieces, saved, grads):
+    inputs = (q, k, v, state)
+    return [torch.empty_like(x) for x in inputs]
 
 
 def _owned(tensors, inputs):
     """Contiguous tensors (the fake implementations promise those) that are not the op's
     inputs, nor views of them or of each other (custom ops may not return aliases)."""
-    seen = {x.untyped_storage().data_ptr() for x in inputs if x is not None and x.numel()}
+    seen = {x.untyped_storage().data_ptr() for x in inputs if x.numel()}
     result = []
     for x in tensors:
         if not x.numel():  # empty: a fresh one costs nothing
@@ -341,21 +309,19 @@ def _owned(tensors, inputs):
 def _setup_context(ctx, inputs, output):
     *tensors, scale, pieces = inputs
     ctx.scale, ctx.pieces = scale, pieces
-    ctx.has = [x is not None for x in tensors]
+    ctx.num_inputs = len(tensors)
     ctx.num_outputs = len(output) - len(SAVED)
-    ctx.save_for_backward(*[x for x in tensors if x is not None], *output[ctx.num_outputs :])
+    ctx.save_for_backward(*tensors, *output[ctx.num_outputs :])
 
 
 def _backward(ctx, grads):
     saved = list(ctx.saved_tensors)
-    tensors = []
-    for has in ctx.has:
-        tensors.append(saved.pop(0) if has else None)
+    tensors, kernel_outputs = saved[: ctx.num_inputs], saved[ctx.num_inputs :]
     # Gradients arrive materialised (zeros for outputs that were not used); those of the
     # saved kernel outputs are zero: nothing reads them outside the op.
     output_grads = list(grads[: ctx.num_outputs])
-    found = iter(BACKWARD_OP(*tensors, ctx.scale, ctx.pieces, saved, output_grads))
-    return (*(next(found) if has else None for has in ctx.has), None, None)
+    found = BACKWARD_OP(*tensors, ctx.scale, ctx.pieces, kernel_outputs, output_grads)
+    return (*found, None, None)
 
 
 def _register():
@@ -379,38 +345,26 @@ def _forward_schema(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    u: torch.Tensor | None,
-    g: torch.Tensor | None,
     state: torch.Tensor,
-    states: torch.Tensor,
-    descriptors: torch.Tensor,
-    prefix_sum: torch.Tensor,
     scale: float,
     pieces: list[int],
 ) -> list[torch.Tensor]:
     """o, the caches per piece (CACHE_TENSORS each), then what the kernels computed (SAVED)."""
-    return _forward_impl(q, k, v, u, g, state, states, descriptors, prefix_sum, scale, pieces)
+    return _forward_impl(q, k, v, state, scale, pieces)
 
 
 def _backward_schema(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    u: torch.Tensor | None,
-    g: torch.Tensor | None,
     state: torch.Tensor,
-    states: torch.Tensor,
-    descriptors: torch.Tensor,
-    prefix_sum: torch.Tensor,
     scale: float,
     pieces: list[int],
     saved: list[torch.Tensor],
     grads: list[torch.Tensor],
 ) -> list[torch.Tensor]:
-    """The gradients of the tensors among the forward's inputs that are not None."""
-    return _backward_impl(
-        q, k, v, u, g, state, states, descriptors, prefix_sum, scale, pieces, saved, grads
-    )
+    """The gradients of the forward's tensor inputs, in their order."""
+    return _backward_impl(q, k, v, state, scale, pieces, saved, grads)
 
 
 FORWARD_OP, BACKWARD_OP = _register()

@@ -31,7 +31,14 @@ class MCCache:
 
     @classmethod
     def empty(
-        cls, batch: int, heads: int, key_dim: int, value_dim: int, *, dtype=torch.float32, device=None
+        cls,
+        batch: int,
+        heads: int,
+        key_dim: int,
+        value_dim: int,
+        *,
+        dtype=torch.float32,
+        device=None,
     ) -> MCCache:
         return cls(
             state=torch.zeros(batch, heads, value_dim, key_dim, dtype=dtype, device=device),

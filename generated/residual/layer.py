@@ -17,12 +17,12 @@ from __future__ import annotations
 import itertools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .cache import MCCache, MCStateCache
 from .ops import mc_forward, mc_step
 from .spec import D_MODEL, HEADS, KEY_DIM, VALUE_DIM, segments_before
+
 
 class MCLayer(nn.Module):
     def __init__(
@@ -59,8 +59,10 @@ class MCLayer(nn.Module):
         The FLA / HF way is any call that names hidden_states= or passes a mask, a cache,
         use_cache=True or other keyword arguments (which are accepted and ignored).
         """
-        hf_call = hidden_states is not None or attention_mask is not None or (
-            past_key_values is not None or use_cache or bool(kwargs)
+        hf_call = (
+            hidden_states is not None
+            or attention_mask is not None
+            or (past_key_values is not None or use_cache or bool(kwargs))
         )
         x = hidden_states if hidden_states is not None else x
         self._check_input(x)
@@ -145,7 +147,8 @@ class MCLayer(nn.Module):
         o_packed, caches = mc_forward(
             **packed, **self._call_options(), cu_seqlens=cu_seqlens, output_cache=True
         )
-        o = o_packed.new_zeros(batch * seq_len, *o_packed.shape[2:]).index_copy(0, tokens, o_packed[0])
+        o = o_packed.new_zeros(batch * seq_len, *o_packed.shape[2:])
+        o = o.index_copy(0, tokens, o_packed[0])
         return o.view(batch, seq_len, *o.shape[1:]), caches
 
     def _continue(self, inputs, mask, previous):
@@ -174,9 +177,7 @@ class MCLayer(nn.Module):
         if inputs["q"].shape[1] == 1:
             o_t, cache = mc_step(**{f"{n}_t": t[:, 0] for n, t in inputs.items()}, cache=cache)
             return o_t[:, None], cache
-        return mc_forward(
-            **inputs, **self._call_options(), initial_cache=cache, output_cache=True
-        )
+        return mc_forward(**inputs, **self._call_options(), initial_cache=cache, output_cache=True)
 
     def state_size(self, seq_len: int) -> int:
         """Numbers held per sequence at decode after `seq_len` tokens (all layers' heads)."""

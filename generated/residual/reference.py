@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import torch
 
-from .spec import segment_end, segment_start
+from .spec import segment_end
 
-RECURRENCE = 'linear'
-INIT = 'checkpoint'
-AGGREGATION = 'residual'
+RECURRENCE = "linear"
+INIT = "checkpoint"
+AGGREGATION = "residual"
 
 
-def reference(q, k, v, u=None, g=None, beta=None, *, scale=None):
-    """o[b, t, h] for q, k [B, T, H, K], v [B, T, H, V]; returns fp64 [B, T, H, V]."""
+def reference(q, k, v, *, scale=None):
+    """o[b, t, h] in fp64 [B, T, H, V], one token at a time.
+
+    Inputs: q, k [B, T, H, K], v [B, T, H, V].
+    """
     batch, seq_len, heads, key_dim = q.shape
     value_dim = v.shape[-1]
     scale = key_dim**-0.5 if scale is None else scale
@@ -29,8 +32,6 @@ def reference(q, k, v, u=None, g=None, beta=None, *, scale=None):
     cached = q.new_zeros(batch, heads, 0, value_dim, key_dim)  # C_i, [B, H, N, V, K]
     outputs = []
     for t in range(seq_len):
-        if t == segment_start(t):  # a segment begins
-            pass
         q_t = q[:, t] * scale  # [B, H, K]
         k_t, v_t = k[:, t], v[:, t]  # [B, H, K], [B, H, V]
         write = v_t[..., :, None] * k_t[..., None, :]  # v_t k_t^T, [B, H, V, K]

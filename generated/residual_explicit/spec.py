@@ -9,42 +9,42 @@ its end, whatever the length of the call that gets there.
 from __future__ import annotations
 
 SPEC = {
-    'name': 'residual_explicit',
-    'memory': {
-        'recurrence': 'linear',
-        'heads': 4,
-        'key_dim': 64,
-        'value_dim': 64,
-        'deep': None,
+    "name": "residual_explicit",
+    "memory": {
+        "recurrence": "linear",
+        "heads": 4,
+        "key_dim": 64,
+        "value_dim": 64,
+        "deep": None,
     },
-    'cache': {
-        'segments': {
-            'kind': 'explicit',
-            'length': None,
-            'boundaries': [128, 512, 1024],
+    "cache": {
+        "segments": {
+            "kind": "explicit",
+            "length": None,
+            "boundaries": [128, 512, 1024],
         },
-        'init': 'checkpoint',
+        "init": "checkpoint",
     },
-    'aggregation': {
-        'kind': 'residual',
-        'connector': 'separate',
-        'pool': 'mean',
-        'top_k': None,
-        'gate_scale': None,
+    "aggregation": {
+        "kind": "residual",
+        "connector": "separate",
+        "pool": "mean",
+        "top_k": None,
+        "gate_scale": None,
     },
-    'layer': {
-        'd_model': 256,
-        'key_norm': 'none',
-        'decay_normalizer': None,
+    "layer": {
+        "d_model": 256,
+        "key_norm": "none",
+        "decay_normalizer": None,
     },
-    'compute': {
-        'chunk_size': 64,
-        'read_form': 'auto',
+    "compute": {
+        "chunk_size": 64,
+        "read_form": "auto",
     },
 }
 
-NAME = 'residual_explicit'
-RECURRENCE = 'linear'
+NAME = "residual_explicit"
+RECURRENCE = "linear"
 HEADS = 4
 KEY_DIM = 64
 VALUE_DIM = 64
@@ -52,7 +52,7 @@ D_MODEL = 256
 CHUNK_SIZE = 64
 
 # Segmentation as written in the spec (the reference reads this one) ...
-SEGMENTS = 'explicit'
+SEGMENTS = "explicit"
 BOUNDARIES = (128, 512, 1024)
 
 

@@ -10,14 +10,15 @@ residual: o_t = o_on_t + sum_i r_i.
 
 Programs work on row blocks: runs of consecutive chunks that see the same memories (up to
 ROWS_FWD / ROWS_BWD rows), so each cached state is read once per block, not once per
-chunk. A block's tokens are consecutive too: _chunk_rows finds its rows as a chunk's. Blocks are launched heaviest first (most visible memories), those of one head
-together, so a head's states stay in L2 while its blocks read them.
+chunk. A block's tokens are consecutive too: _chunk_rows finds its rows as a chunk's.
+Blocks are launched heaviest first (most visible memories), those of one head together, so
+a head's states stay in L2 while its blocks read them.
 
 Forward: one program per (block, batch*head) loops over the visible memories; each read is a
 tensor-core dot [BT, K] x [K, V] accumulated into the block's output (the softmax weight
 scales the query rows, so the dot accumulates in place).
 Backward: one program per (block, batch*head) computes Z_i = do S_i per memory, which gives
-dq andone program per (memory, batch*head) sums dstates[i] = scale * sum_t do_t q_t^T over
+dq; one program per (memory, batch*head) sums dstates[i] = scale * sum_t do_t q_t^T over
 the blocks that see memory i (no atomics: the result is deterministic).
 
 Dots take the inputs' dtype (bf16/fp16 on tensor cores, fp32 accumulation); fp32 inputs keep
@@ -93,12 +94,21 @@ def _window(windows, i_b):
 @triton.autotune(configs=CONFIGS, key=TUNING_KEY)
 @triton.jit(do_not_specialize=["T", "N"])
 def _read_state_fwd_kernel(
-    q, o_on,
-    states, blocks, windows,
+    q,
+    o_on,
+    states,
+    blocks,
+    windows,
     o,
-    T, N, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr,
+    T,
+    N,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
     i_b, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -125,11 +135,21 @@ def _read_state_fwd_kernel(
 @triton.autotune(configs=CONFIGS, key=TUNING_KEY)
 @triton.jit(do_not_specialize=["T", "N"])
 def _read_state_bwd_rows_kernel(
-    states, blocks, windows, do,
-    dq, do_on,
-    T, N, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr,
+    states,
+    blocks,
+    windows,
+    do,
+    dq,
+    do_on,
+    T,
+    N,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
     i_b, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -156,11 +176,21 @@ def _read_state_bwd_rows_kernel(
 @triton.autotune(configs=CONFIGS, key=TUNING_KEY)
 @triton.jit(do_not_specialize=["T", "N", "NB"])
 def _read_state_bwd_memory_kernel(
-    q, blocks, windows, do,
+    q,
+    blocks,
+    windows,
+    do,
     dstates,
-    T, N, NB, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr,
+    T,
+    N,
+    NB,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
     i, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -168,7 +198,7 @@ def _read_state_bwd_memory_kernel(
     o_v = tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     b_ds = tl.zeros([BV, BK], dtype=tl.float32)  # [BV, BK] dstates[i] / scale
-    for i_b in range(0, NB):
+    for i_b in range(NB):
         lo, hi = _window(windows, i_b)
         if (lo <= i) & (i < hi):  # the block sees memory i
             rows, m_t = _chunk_rows(blocks, i_bh, i_b, T, H, BT)
@@ -198,14 +228,9 @@ def _row_blocks(
     at most `per_block` consecutive chunks (their tokens consecutive) with the same visible
     memories, those that see the most first."""
     runs: list[list[int]] = []  # (first token, tokens, chunks, lo, hi)
-    for (first, count), lo, hi in zip(chunks, visible_lo, visible_hi):
+    for (first, count), lo, hi in zip(chunks, visible_lo, visible_hi, strict=True):
         last = runs[-1] if runs else None
-        if (
-            last
-            and last[3:] == [lo, hi]
-            and last[0] + last[1] == first
-            and last[2] < per_block
-        ):
+        if last and last[3:] == [lo, hi] and last[0] + last[1] == first and last[2] < per_block:
             last[1] += count
             last[2] += 1
         else:
@@ -231,7 +256,14 @@ def _nonempty(x):
 
 
 def read_state_fwd(
-    q, o_on, logit_on, conn, descriptors, states, chunks, visible_lo, visible_hi, *, scale
+    q,
+    o_on,
+    states,
+    chunks,
+    visible_lo,
+    visible_hi,
+    *,
+    scale,
 ):
     """Cached reads of every chunk mixed with the online read.
 
@@ -239,8 +271,8 @@ def read_state_fwd(
     read), states [BH, N, V, K] (N may be 0; the inputs' dtype for 16-bit inputs), all
     contiguous; chunks: NC (first token, count) pairs, visible_lo / visible_hi: NC ints, on
     the host (the tokens of chunk n read memories lo <= i < hi); scale: the read scale.
-    logit_on, conn and descriptors are unused (None for residual).
-    Returns (o [B, T, H, V] fp32 written at the chunks' tokens only, None).
+    Returns (o [B, T, H, V] fp32 written at the chunks' tokens only, None: residual has no
+    softmax).
     """
     batch, seq_len, heads, key_dim = q.shape
     value_dim, num_memories = o_on.shape[-1], states.shape[1]
@@ -275,23 +307,18 @@ def read_state_fwd(
 def read_state_bwd(
     q,
     o_on,
-    logit_on,
-    conn,
-    descriptors,
     states,
     chunks,
     visible_lo,
     visible_hi,
-    o,
-    lse,
     do,
     *,
     scale,
 ):
-    """Gradients of read_state_fwd given do [B, T, H, V] fp32 (o, lse: what it returned).
+    """Gradients of read_state_fwd given do [B, T, H, V] fp32.
 
-    Returns (dq, do_on, None, None, None, dstates), fp32 with the shapes of the inputs (those
-    per token written at the chunks' tokens only); dq is the gradient of the unscaled query.
+    Returns (dq, do_on, dstates), fp32 with the shapes of the inputs (those per token
+    written at the chunks' tokens only); dq is the gradient of the unscaled query.
     """
     batch, seq_len, heads, key_dim = q.shape
     batch_heads, value_dim, num_memories = batch * heads, o_on.shape[-1], states.shape[1]
@@ -301,7 +328,7 @@ def read_state_bwd(
     dstates = _alloc(states.shape, device)
     if not (len(chunks) and batch_heads):
         dstates.zero_()
-        return dq, do_on, None, None, None, dstates
+        return dq, do_on, dstates
     states = _nonempty(states)
     blocks, windows, rows, block_k, block_v = _layout(
         q, o_on, chunks, visible_lo, visible_hi, ROWS_BWD
@@ -344,4 +371,4 @@ def read_state_bwd(
             BV=block_v,
             DOT_DTYPE=dot_dtype,
         )
-    return dq, do_on, None, None, None, dstates
+    return dq, do_on, dstates

@@ -102,11 +102,23 @@ def _tile(tiles, order, rows, TILE: tl.constexpr, TOP_K: tl.constexpr):
 @triton.autotune(configs=CONFIGS, key=["K"])
 @triton.jit(do_not_specialize=["S", "N"])
 def _route_kernel(
-    conn, descriptors, logit_on, rows, slot_lo, slot_hi,
-    chosen, weights, lse,
-    S, N,
-    K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    GATE_SCALE: tl.constexpr, TOP_K: tl.constexpr, BTOP: tl.constexpr,
+    conn,
+    descriptors,
+    logit_on,
+    rows,
+    slot_lo,
+    slot_hi,
+    chosen,
+    weights,
+    lse,
+    S,
+    N,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    GATE_SCALE: tl.constexpr,
+    TOP_K: tl.constexpr,
+    BTOP: tl.constexpr,
 ):
     slots, m_s, logical, row = _row_block(rows, S, BT)
     o_k = tl.arange(0, BK)
@@ -150,11 +162,22 @@ def _route_kernel(
 @triton.autotune(configs=CONFIGS, key=["K", "V", "DOT_DTYPE"])
 @triton.jit(do_not_specialize=["N"])
 def _grouped_read_fwd_kernel(
-    q, states, tiles, order, rows, weights,
+    q,
+    states,
+    tiles,
+    order,
+    rows,
+    weights,
     reads,
-    N, scale,
-    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    TILE: tl.constexpr, TOP_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    N,
+    scale,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    TILE: tl.constexpr,
+    TOP_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     i_bh, memory, count, pairs, m_p, row = _tile(tiles, order, rows, TILE, TOP_K)
     if count > 0:  # tiles past the real count do nothing
@@ -174,10 +197,18 @@ def _grouped_read_fwd_kernel(
 @triton.autotune(configs=WIDE_CONFIGS, key=["V"])
 @triton.jit(do_not_specialize=["S"])
 def _mix_fwd_kernel(
-    o_on, logit_on, lse, chosen, reads, rows,
+    o_on,
+    logit_on,
+    lse,
+    chosen,
+    reads,
+    rows,
     o,
     S,
-    V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, TOP_K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    TOP_K: tl.constexpr,
 ):
     _, m_s, logical, row = _row_block(rows, S, BT)
     o_v = tl.arange(0, BV)
@@ -196,11 +227,24 @@ def _mix_fwd_kernel(
 @triton.autotune(configs=CONFIGS, key=["K", "V", "DOT_DTYPE"])
 @triton.jit(do_not_specialize=["N"])
 def _grouped_read_bwd_kernel(
-    q, states, tiles, order, rows, weights, do,
-    dq_pairs, dw_pairs,
-    N, scale,
-    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    TILE: tl.constexpr, TOP_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    q,
+    states,
+    tiles,
+    order,
+    rows,
+    weights,
+    do,
+    dq_pairs,
+    dw_pairs,
+    N,
+    scale,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    TILE: tl.constexpr,
+    TOP_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     i_bh, memory, count, pairs, m_p, row = _tile(tiles, order, rows, TILE, TOP_K)
     if count > 0:  # tiles past the real count do nothing
@@ -224,11 +268,31 @@ def _grouped_read_bwd_kernel(
 @triton.autotune(configs=WIDE_CONFIGS, key=["K", "V"])
 @triton.jit(do_not_specialize=["S", "N"])
 def _mix_bwd_kernel(
-    o_on, logit_on, lse, o, do, descriptors, chosen, weights, dq_pairs, dw_pairs, rows,
-    dq, dconn, do_on, dlogit_on, da_pairs,
-    S, N,
-    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATE_SCALE: tl.constexpr, TOP_K: tl.constexpr,
+    o_on,
+    logit_on,
+    lse,
+    o,
+    do,
+    descriptors,
+    chosen,
+    weights,
+    dq_pairs,
+    dw_pairs,
+    rows,
+    dq,
+    dconn,
+    do_on,
+    dlogit_on,
+    da_pairs,
+    S,
+    N,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATE_SCALE: tl.constexpr,
+    TOP_K: tl.constexpr,
 ):
     _, m_s, logical, row = _row_block(rows, S, BT)
     o_k = tl.arange(0, BK)
@@ -265,11 +329,26 @@ def _mix_bwd_kernel(
 @triton.autotune(configs=WIDE_CONFIGS, key=["K", "V", "DOT_DTYPE"])
 @triton.jit(do_not_specialize=["N"])
 def _memory_bwd_kernel(
-    q, conn, do, rows, order, group_first, group_count, weights, da_pairs,
-    dstates, ddescriptors,
-    N, scale,
-    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    TILE: tl.constexpr, TOP_K: tl.constexpr, GATE_SCALE: tl.constexpr,
+    q,
+    conn,
+    do,
+    rows,
+    order,
+    group_first,
+    group_count,
+    weights,
+    da_pairs,
+    dstates,
+    ddescriptors,
+    N,
+    scale,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    TILE: tl.constexpr,
+    TOP_K: tl.constexpr,
+    GATE_SCALE: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
     memory, i_bh = tl.program_id(0), tl.program_id(1)
@@ -314,11 +393,23 @@ def _route(conn, descriptors, logit_on, rows, slot_lo, slot_hi):
     weights = _alloc((pairs,), conn.device)
     lse = _alloc(logit_on.shape, conn.device)
     _route_kernel[(triton.cdiv(slots, ROWS), batch_heads)](
-        conn, _nonempty(descriptors), logit_on, rows, slot_lo, slot_hi,
-        chosen, weights, lse,
-        slots, num_memories,
-        K=key_dim, BT=ROWS, BK=_padded(key_dim),
-        GATE_SCALE=GATE_SCALE, TOP_K=TOP_K, BTOP=max(2, triton.next_power_of_2(TOP_K)),
+        conn,
+        _nonempty(descriptors),
+        logit_on,
+        rows,
+        slot_lo,
+        slot_hi,
+        chosen,
+        weights,
+        lse,
+        slots,
+        num_memories,
+        K=key_dim,
+        BT=ROWS,
+        BK=_padded(key_dim),
+        GATE_SCALE=GATE_SCALE,
+        TOP_K=TOP_K,
+        BTOP=max(2, triton.next_power_of_2(TOP_K)),
     )
     return chosen, weights, lse
 
@@ -366,7 +457,17 @@ def _nonempty(x):
 
 
 def read_sparse_fwd(
-    q, o_on, logit_on, conn, descriptors, states, rows, slot_lo, slot_hi, *, scale
+    q,
+    o_on,
+    logit_on,
+    conn,
+    descriptors,
+    states,
+    rows,
+    slot_lo,
+    slot_hi,
+    *,
+    scale,
 ):
     """Cached reads of ssc mixed with the online read.
 
@@ -390,23 +491,55 @@ def read_sparse_fwd(
         order, first, count = _group(chosen, batch_heads, num_memories, slots)
         tiles = _tiles(first, count, chosen.numel())
         _grouped_read_fwd_kernel[(tiles.shape[0],)](
-            q, states, tiles, order, rows, weights,
+            q,
+            states,
+            tiles,
+            order,
+            rows,
+            weights,
             reads,
-            num_memories, float(scale),
-            K=key_dim, V=value_dim, BK=_padded(key_dim), BV=_padded(value_dim),
-            TILE=TILE, TOP_K=TOP_K, DOT_DTYPE=_dot_dtype(q.dtype),
+            num_memories,
+            float(scale),
+            K=key_dim,
+            V=value_dim,
+            BK=_padded(key_dim),
+            BV=_padded(value_dim),
+            TILE=TILE,
+            TOP_K=TOP_K,
+            DOT_DTYPE=_dot_dtype(q.dtype),
         )
     _mix_fwd_kernel[(triton.cdiv(slots, ROWS), batch_heads)](
-        o_on, logit_on, lse, chosen, reads, rows,
+        o_on,
+        logit_on,
+        lse,
+        chosen,
+        reads,
+        rows,
         o,
         slots,
-        V=value_dim, BT=ROWS, BV=_padded(value_dim), TOP_K=TOP_K,
+        V=value_dim,
+        BT=ROWS,
+        BV=_padded(value_dim),
+        TOP_K=TOP_K,
     )
     return o, lse
 
 
 def read_sparse_bwd(
-    q, o_on, logit_on, conn, descriptors, states, rows, slot_lo, slot_hi, o, lse, do, *, scale
+    q,
+    o_on,
+    logit_on,
+    conn,
+    descriptors,
+    states,
+    rows,
+    slot_lo,
+    slot_hi,
+    o,
+    lse,
+    do,
+    *,
+    scale,
 ):
     """Gradients of read_sparse_fwd given do fp32 like o (o, lse: what it returned).
 
@@ -434,26 +567,74 @@ def read_sparse_bwd(
         order, first, count = _group(chosen, batch_heads, num_memories, slots)
         tiles = _tiles(first, count, pairs)
         _grouped_read_bwd_kernel[(tiles.shape[0],)](
-            q, states, tiles, order, rows, weights, do,
-            dq_pairs, dw_pairs,
-            num_memories, float(scale),
-            K=key_dim, V=value_dim, BK=block_k, BV=block_v,
-            TILE=TILE, TOP_K=TOP_K, DOT_DTYPE=dot_dtype,
+            q,
+            states,
+            tiles,
+            order,
+            rows,
+            weights,
+            do,
+            dq_pairs,
+            dw_pairs,
+            num_memories,
+            float(scale),
+            K=key_dim,
+            V=value_dim,
+            BK=block_k,
+            BV=block_v,
+            TILE=TILE,
+            TOP_K=TOP_K,
+            DOT_DTYPE=dot_dtype,
         )
     _mix_bwd_kernel[(triton.cdiv(slots, ROWS), batch_heads)](
-        o_on, logit_on, lse, o, do, _nonempty(descriptors), chosen, weights, dq_pairs,
-        dw_pairs, rows,
-        dq, dconn, do_on, dlogit_on, da_pairs,
-        slots, num_memories,
-        K=key_dim, V=value_dim, BT=ROWS, BK=block_k, BV=block_v,
-        GATE_SCALE=GATE_SCALE, TOP_K=TOP_K,
+        o_on,
+        logit_on,
+        lse,
+        o,
+        do,
+        _nonempty(descriptors),
+        chosen,
+        weights,
+        dq_pairs,
+        dw_pairs,
+        rows,
+        dq,
+        dconn,
+        do_on,
+        dlogit_on,
+        da_pairs,
+        slots,
+        num_memories,
+        K=key_dim,
+        V=value_dim,
+        BT=ROWS,
+        BK=block_k,
+        BV=block_v,
+        GATE_SCALE=GATE_SCALE,
+        TOP_K=TOP_K,
     )
     if num_memories:
         _memory_bwd_kernel[(num_memories, batch_heads)](
-            q, conn, do, rows, order, first, count, weights, da_pairs,
-            dstates, ddescriptors,
-            num_memories, float(scale),
-            K=key_dim, V=value_dim, BK=block_k, BV=block_v,
-            TILE=TILE, TOP_K=TOP_K, GATE_SCALE=GATE_SCALE, DOT_DTYPE=dot_dtype,
+            q,
+            conn,
+            do,
+            rows,
+            order,
+            first,
+            count,
+            weights,
+            da_pairs,
+            dstates,
+            ddescriptors,
+            num_memories,
+            float(scale),
+            K=key_dim,
+            V=value_dim,
+            BK=block_k,
+            BV=block_v,
+            TILE=TILE,
+            TOP_K=TOP_K,
+            GATE_SCALE=GATE_SCALE,
+            DOT_DTYPE=dot_dtype,
         )
     return dq, do_on, dlogit_on, dconn, ddescriptors, dstates

@@ -5,7 +5,8 @@
 The sequence goes through in mini-batches of 16 token(s) that never cross a
 segment end. Inside a mini-batch everything is vectorised over its tokens, batch and
 heads: the inner gradients at the mini-batch's starting weights, the per-token weights
-they lead to (momentum and decay as triangular mixing matrices), and the reads. A loop runs over mini-batches only.
+they lead to (momentum and decay as triangular mixing matrices), and the reads.
+A loop runs over mini-batches only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def activation(z):
 
 
 def activation_grad(z):
-    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    return cdf + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
 def read(weights, x):
@@ -81,7 +83,8 @@ def _carry(log_keep, steps, start):
     total = log_keep.cumsum(dim=-1)  # [B, H, C]
     size = log_keep.shape[-1]
     causal = torch.ones(size, size, dtype=torch.bool, device=log_keep.device).tril()
-    mix = torch.where(causal, total[..., :, None] - total[..., None, :], -torch.inf).exp()  # [B, H, C, C]
+    # [B, H, C, C]: what token j's step keeps by token i, zero above the diagonal
+    mix = torch.where(causal, total[..., :, None] - total[..., None, :], -torch.inf).exp()
     flat = steps.flatten(-2)  # [B, H, C, P]
     carried = causal_mix(mix, flat).view_as(steps)
     return carried + total.exp()[..., None, None] * start[:, :, None]
@@ -108,7 +111,9 @@ def _layout(position: int, seq_len: int):
         start, end = segment_start(pos), segment_end(pos)
         batch_start = start + (pos - start) // MINIBATCH * MINIBATCH
         chunk_stop = min(batch_start + MINIBATCH, stop, stop if end is None else end)
-        chunks.append((pos - position, chunk_stop - pos, pos == start, pos == batch_start, end == chunk_stop))
+        chunks.append(
+            (pos - position, chunk_stop - pos, pos == start, pos == batch_start, end == chunk_stop)
+        )
         pos = chunk_stop
     return chunks
 
@@ -122,7 +127,7 @@ def forward(q, k, v, u, g, beta, eta, *, scale: float, initial_cache: MCCache):
     states, descriptors, key_sum = list(cache.states), cache.descriptors, cache.prefix_sum
 
     def heads_first(x):  # [B, T, H, ...] -> [B, H, T, ...] in the working dtype
-        return None if x is None else x.to(work).transpose(1, 2)
+        return x.to(work).transpose(1, 2)
 
     q, k, v, u, g, beta, eta = map(heads_first, (q, k, v, u, g, beta, eta))
     outputs = []
@@ -139,8 +144,10 @@ def forward(q, k, v, u, g, beta, eta, *, scale: float, initial_cache: MCCache):
         log_momentum = eta[:, :, part].clamp_min(1e-30).log()
         log_keep = g[:, :, part]  # log(1 - alpha_t)
         # S_t = eta_t S_{t-1} - theta_t grad_t;  W_t = (1 - alpha_t) W_{t-1} + S_t
-        momenta = [_carry(log_momentum, -theta * d, s) for d, s in zip(grads, momentum)]
-        per_token = [_carry(log_keep, s, w) for s, w in zip(momenta, memory)]
+        momenta = [
+            _carry(log_momentum, -theta * d, s) for d, s in zip(grads, momentum, strict=True)
+        ]
+        per_token = [_carry(log_keep, s, w) for s, w in zip(momenta, memory, strict=True)]
         momentum = [s[:, :, -1] for s in momenta]
         memory = [w[:, :, -1] for w in per_token]  # [B, H, out, in]
         out = read(per_token, x)  # [B, H, C, V] online read, each token after its update
@@ -154,17 +161,19 @@ def forward(q, k, v, u, g, beta, eta, *, scale: float, initial_cache: MCCache):
         if count:
             logit_online = GATE_SCALE * (conn * prefix).sum(-1, keepdim=True)  # [B, H, C, 1]
             logits = GATE_SCALE * conn @ descriptors.transpose(-1, -2)  # [B, H, C, N]
-            chosen = states
             weights = torch.softmax(torch.cat([logit_online, logits], dim=-1), dim=-1)
             # Memory Soup: mix the weights with the gate weights, then read once per token.
             mixed = [
-                weights[..., 0, None, None] * w + torch.einsum("bhcn,bhnoi->bhcoi", weights[..., 1:], s)
-                for w, s in zip(per_token, states)
+                weights[..., 0, None, None] * w
+                + torch.einsum("bhcn,bhnoi->bhcoi", weights[..., 1:], s)
+                for w, s in zip(per_token, states, strict=True)
             ]
             out = read(mixed, x)
         outputs.append(out)
         if closes:
-            states = [torch.cat([s, w[:, :, None]], dim=2) for s, w in zip(states, memory)]
+            states = [
+                torch.cat([s, w[:, :, None]], dim=2) for s, w in zip(states, memory, strict=True)
+            ]
             descriptors = torch.cat([descriptors, prefix[:, :, -1:]], dim=2)
             key_sum = torch.zeros_like(key_sum)
 

@@ -25,6 +25,7 @@ from .cache import MCCache, MCStateCache
 from .ops import mc_forward, mc_step, weight_shapes
 from .spec import D_MODEL, HEADS, KEY_DIM, segments_before
 
+
 class MCLayer(nn.Module):
     def __init__(
         self,
@@ -78,8 +79,10 @@ class MCLayer(nn.Module):
         The FLA / HF way is any call that names hidden_states= or passes a mask, a cache,
         use_cache=True or other keyword arguments (which are accepted and ignored).
         """
-        hf_call = hidden_states is not None or attention_mask is not None or (
-            past_key_values is not None or use_cache or bool(kwargs)
+        hf_call = (
+            hidden_states is not None
+            or attention_mask is not None
+            or (past_key_values is not None or use_cache or bool(kwargs))
         )
         x = hidden_states if hidden_states is not None else x
         self._check_input(x)
@@ -136,7 +139,6 @@ class MCLayer(nn.Module):
                 f"attention_mask must be [B, T] = [{batch}, {seq_len}] (or [B, past + T] when "
                 f"decoding; 1 = token, 0 = padding), got {list(shape)}"
             )
-
 
     def _project(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The inputs of mc_forward for x [B, T, d_model], each [B, T, H, ...]."""
@@ -195,10 +197,7 @@ class MCLayer(nn.Module):
             # A stream not started yet (cache None) begins from the memory's initial weights.
             o_t, cache = mc_step(**steps, weights=list(self.memory_init), cache=cache)
             return o_t[:, None], cache
-        return mc_forward(
-            **inputs, **self._call_options(), initial_cache=cache, output_cache=True
-        )
-
+        return mc_forward(**inputs, **self._call_options(), initial_cache=cache, output_cache=True)
 
     def state_size(self, seq_len: int) -> int:
         """Numbers held per sequence at decode after `seq_len` tokens (all heads)."""

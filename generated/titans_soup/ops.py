@@ -16,7 +16,7 @@ from . import backend_torch
 from .cache import DESCRIBED, HAS_MOMENTUM, MCCache
 from .spec import HEADS, KEY_DIM, VALUE_DIM
 
-BACKENDS = ('torch',)
+BACKENDS = ("torch",)
 DEPTH = 2
 EXPANSION = 2
 # Inputs this spec reads, beyond q, k, v and the initial weights.
@@ -104,13 +104,12 @@ def mc_step(
     _check_extras(q_t, u_t, g_t, beta_t, eta_t, (batch, heads), key_dim, "_t")
     cache = _starting_cache("cache", cache, weights, q_t)
 
-    def one(x):
-        return None if x is None else x[:, None]
+    def one(x):  # [B, H, ...] -> [B, 1, H, ...]: a sequence of one token
+        return x[:, None]
 
     scale = 1.0 if scale is None else float(scale)
-    out, cache = backend_torch.forward(
-        *map(one, (q_t, k_t, v_t, u_t, g_t, beta_t, eta_t)), scale=scale, initial_cache=cache
-    )
+    steps = (q_t, k_t, v_t, u_t, g_t, beta_t, eta_t)
+    out, cache = backend_torch.forward(*map(one, steps), scale=scale, initial_cache=cache)
     return out[:, 0].to(q_t.dtype), cache
 
 

@@ -17,11 +17,11 @@ import torch
 
 from .spec import segment_end, segment_start
 
-RECURRENCE = 'titans'
-INIT = 'checkpoint'
-AGGREGATION = 'soup'
+RECURRENCE = "titans"
+INIT = "checkpoint"
+AGGREGATION = "soup"
 MINIBATCH = 16
-POOL = 'mean'
+POOL = "mean"
 GATE_SCALE = 0.1767766952966369
 
 
@@ -30,7 +30,8 @@ def activation(z):
 
 
 def activation_grad(z):
-    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    return cdf + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
 def read(weights, x):
@@ -59,13 +60,18 @@ def inner_gradient(weights, k, v):
     for layer in reversed(range(len(weights))):
         grads[layer] = delta[..., :, None] * inputs[layer][..., None, :]
         if layer:
-            delta = (weights[layer].transpose(-1, -2) @ delta[..., None])[..., 0] * activation_grad(pre[layer - 1])
+            delta = (weights[layer].transpose(-1, -2) @ delta[..., None])[..., 0]
+            delta = delta * activation_grad(pre[layer - 1])
     return grads
 
 
-def reference(q, k, v, u=None, g=None, beta=None, *, eta=None, weights, scale=None):
-    """o for q, k, v [B, T, H, K], u [B, T, H, K], beta = theta [B, T, H], eta [B, T, H], g = log(1 - alpha) [B, T, H];
-    weights: the initial MLP weights, one [H, out, in] per layer. Returns fp64 [B, T, H, V]."""
+def reference(q, k, v, u, g, beta, *, eta, weights, scale=None):
+    """o in fp64 [B, T, H, V], one token at a time, from the initial MLP `weights` (one
+    [H, out, in] per layer) and q, k, v [B, T, H, K], u [B, T, H, K].
+    beta [B, T, H]: theta, the inner learning rate of each token.
+    eta [B, T, H]: the momentum of each token.
+    g [B, T, H]: log(1 - alpha), alpha the decay of each token.
+    """
     batch, seq_len, heads, key_dim = q.shape
     scale = 1.0 if scale is None else scale
     q, k, v = q.double(), k.double(), v.double()
@@ -74,7 +80,8 @@ def reference(q, k, v, u=None, g=None, beta=None, *, eta=None, weights, scale=No
     memory = list(initial)  # W, per layer [B, H, out, in]
     anchor = list(initial)  # W where the current mini-batch started
     momentum = [torch.zeros_like(w) for w in initial]  # S
-    cached = [w.new_zeros(batch, heads, 0, *w.shape[2:]) for w in initial]  # C_i, [B, H, N, out, in]
+    # C_i, per layer [B, H, N, out, in]
+    cached = [w.new_zeros(batch, heads, 0, *w.shape[2:]) for w in initial]
     descriptors = q.new_zeros(batch, heads, 0, key_dim)
     key_sum = q.new_zeros(batch, heads, key_dim)
     seen = 0
@@ -90,27 +97,29 @@ def reference(q, k, v, u=None, g=None, beta=None, *, eta=None, weights, scale=No
         theta = beta.double()[:, t, :, None, None]
         eta_t = eta.double()[:, t, :, None, None]
         keep = torch.exp(g.double()[:, t, :, None, None])  # 1 - alpha_t
-        momentum = [eta_t * s - theta * d for s, d in zip(momentum, grads)]
-        memory = [keep * w + s for w, s in zip(memory, momentum)]
+        momentum = [eta_t * s - theta * d for s, d in zip(momentum, grads, strict=True)]
+        memory = [keep * w + s for w, s in zip(memory, momentum, strict=True)]
 
         x = q[:, t] * scale
-        online = read(memory, x)
         key_sum = key_sum + k[:, t]
         seen += 1
         online_descriptor = key_sum / seen
         logit_online = GATE_SCALE * (u[:, t] * online_descriptor).sum(-1, keepdim=True)  # [B, H, 1]
         logits = GATE_SCALE * (descriptors @ u[:, t][..., None])[..., 0]  # [B, H, N]
         candidates = cached
-        weights_t = torch.softmax(torch.cat([logit_online, logits], dim=-1), dim=-1)  # [B, H, 1 + n]
+        # [B, H, 1 + n]: the online memory's weight first
+        weights_t = torch.softmax(torch.cat([logit_online, logits], dim=-1), dim=-1)
         # Memory Soup: mix the memories' weights with the gate weights, then read once.
         mixed = [
             weights_t[..., 0, None, None] * w + (weights_t[..., 1:, None, None] * c).sum(dim=2)
-            for w, c in zip(memory, candidates)
+            for w, c in zip(memory, candidates, strict=True)
         ]
         out = read(mixed, x)
         outputs.append(out)
 
         if segment_end(t) == t + 1:  # the segment is complete: cache its memory
-            cached = [torch.cat([c, w[:, :, None]], dim=2) for c, w in zip(cached, memory)]
+            cached = [
+                torch.cat([c, w[:, :, None]], dim=2) for c, w in zip(cached, memory, strict=True)
+            ]
             descriptors = torch.cat([descriptors, (key_sum / seen)[:, :, None]], dim=2)
     return torch.stack(outputs, dim=1)  # [B, T, H, V]

@@ -22,6 +22,7 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +87,9 @@ def make_inputs(batch, seq_len, heads, key_dim, value_dim, *, dtype, seed=0, dev
         inputs["u"] = randn(batch, seq_len, heads, key_dim)
     if USES_G and not DEEP:
         # Even heads forget slowly (g near 0), odd heads fast (g around -1.3).
-        bias = torch.tensor([3.0 if h % 2 == 0 else -1.0 for h in range(heads)], dtype=torch.float64)
+        bias = torch.tensor(
+            [3.0 if h % 2 == 0 else -1.0 for h in range(heads)], dtype=torch.float64
+        )
         inputs["g"] = F.logsigmoid(randn(batch, seq_len, heads) + bias)
     if USES_G and DEEP:  # g = log(1 - alpha), alpha = sigmoid(z - 5) about 0.01: a weak decay
         inputs["g"] = F.logsigmoid(-(randn(batch, seq_len, heads) - 5.0))
@@ -114,7 +117,10 @@ def time_slice(inputs, start, stop):
 
 
 def step_inputs(inputs, t):
-    return {n if n in STATIC_INPUTS else f"{n}_t": x if n in STATIC_INPUTS else x[:, t] for n, x in inputs.items()}
+    return {
+        n if n in STATIC_INPUTS else f"{n}_t": x if n in STATIC_INPUTS else x[:, t]
+        for n, x in inputs.items()
+    }
 
 
 # The longest default ladder: the fp64 reference runs token by token (minutes on a CPU
@@ -191,7 +197,9 @@ def shape_warnings(shapes) -> list[str]:
     return warnings
 
 
-def ladder_shapes(quick: bool = False, backend: str = "torch", device="cpu") -> list[tuple[int, int, int, int, int]]:
+def ladder_shapes(
+    quick: bool = False, backend: str = "torch", device="cpu"
+) -> list[tuple[int, int, int, int, int]]:
     seq_len = ladder_seq_len()
     if backend == "triton" and str(device) == "cpu":
         # Triton's interpreter runs every kernel program in numpy: small heads keep the
@@ -214,7 +222,9 @@ def check_against_reference(backend, dtype, shape, *, seed=0, device="cpu") -> l
     dtype_name = str(dtype).removeprefix("torch.")
     tol_out, tol_grad = TOLERANCES[dtype_name]
     inputs = make_inputs(*shape, dtype=dtype, seed=seed, device=device)
-    leaves = {n: _map(lambda x: x.detach().clone().requires_grad_(True), x) for n, x in inputs.items()}
+    leaves = {
+        n: _map(lambda x: x.detach().clone().requires_grad_(True), x) for n, x in inputs.items()
+    }
     # The fp64 reference runs on the same device: token by token, a GPU takes seconds
     # where a CPU takes minutes at the lengths worth checking there (T = 4096).
     ref_leaves = {
@@ -223,14 +233,20 @@ def check_against_reference(backend, dtype, shape, *, seed=0, device="cpu") -> l
 
     out = mc_forward(**leaves, backend=backend)
     ref = reference(**ref_leaves)
-    upstream = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    upstream = torch.randn(
+        ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64
+    )
     upstream = upstream.to(ref.device)
     (out.double() * upstream).sum().backward()
     (ref * upstream).sum().backward()
 
-    checks = [Check(backend, dtype_name, label, "output", relative_error(out.cpu(), ref.cpu()), tol_out)]
+    checks = [
+        Check(backend, dtype_name, label, "output", relative_error(out.cpu(), ref.cpu()), tol_out)
+    ]
     for name in INPUT_NAMES:
-        for (label_in, leaf), (_, ref_leaf) in zip(_flat(name, leaves[name]), _flat(name, ref_leaves[name])):
+        for (label_in, leaf), (_, ref_leaf) in zip(
+            _flat(name, leaves[name]), _flat(name, ref_leaves[name]), strict=True
+        ):
             # No gradient at all means zero (e.g. a gate that never sees a cached segment).
             grad = torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
             error = relative_error(grad.cpu(), ref_leaf.grad.cpu())
@@ -250,11 +266,20 @@ def check_streaming(backend, dtype, shape, *, seed=0, device="cpu") -> list[Chec
     # Pieces cut at places that line up with neither segments nor chunks.
     cuts = [0, seq_len // 3 + 1, (2 * seq_len) // 3 + 3, seq_len]
     cache, pieces = None, []
-    for a, b in zip(cuts[:-1], cuts[1:]):
+    for a, b in pairwise(cuts):
         part = time_slice(inputs, a, b)
         out, cache = mc_forward(**part, backend=backend, initial_cache=cache, output_cache=True)
         pieces.append(out)
-    checks = [Check(backend, dtype_name, label, "pieces", relative_error(torch.cat(pieces, 1), whole), tol_out)]
+    checks = [
+        Check(
+            backend,
+            dtype_name,
+            label,
+            "pieces",
+            relative_error(torch.cat(pieces, 1), whole),
+            tol_out,
+        )
+    ]
 
     prefill = cuts[1]
     first, cache = mc_forward(
@@ -264,7 +289,16 @@ def check_streaming(backend, dtype, shape, *, seed=0, device="cpu") -> list[Chec
     for t in range(prefill, seq_len):
         o_t, cache = mc_step(**step_inputs(inputs, t), cache=cache)
         decoded.append(o_t[:, None])
-    checks.append(Check(backend, dtype_name, label, "decode", relative_error(torch.cat(decoded, 1), whole), tol_out))
+    checks.append(
+        Check(
+            backend,
+            dtype_name,
+            label,
+            "decode",
+            relative_error(torch.cat(decoded, 1), whole),
+            tol_out,
+        )
+    )
     return checks
 
 
@@ -285,7 +319,13 @@ def triton_runs(device="cpu") -> bool:
 
 
 def run_ladder(
-    backends=None, dtypes=("float32", "bfloat16"), *, quick=False, device="cpu", progress=None, shapes=None
+    backends=None,
+    dtypes=("float32", "bfloat16"),
+    *,
+    quick=False,
+    device="cpu",
+    progress=None,
+    shapes=None,
 ):
     """Every check for the given backends (default: those that run here) and dtypes;
     `progress(description)` is called per step. `shapes` ((B, T, H, K, V) each) replaces
@@ -326,17 +366,23 @@ def parse_shape(text: str) -> tuple[int, int, int, int, int]:
     """'2x4096x4x64x64', or '2 x 4096 x 4 x 64 x 64' as the table prints it -> (B, T, H, K, V)."""
     parts = [part.strip() for part in text.lower().split("x")]
     if len(parts) != 5 or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"a shape is BxTxHxKxV with five positive integers, e.g. 2x4096x4x64x64; got {text!r}")
+        raise ValueError(
+            f"a shape is BxTxHxKxV with five positive integers, e.g. 2x4096x4x64x64; got {text!r}"
+        )
     return tuple(int(p) for p in parts)
 
 
 def format_table(checks: list[Check]) -> str:
-    head = f"{'backend':8} {'dtype':9} {'B x T x H x K x V':22} {'check':8} {'rel. error':>11} {'tolerance':>10}  result"
+    head = (
+        f"{'backend':8} {'dtype':9} {'B x T x H x K x V':22} {'check':8} "
+        f"{'rel. error':>11} {'tolerance':>10}  result"
+    )
     lines = [head, "-" * len(head)]
     for c in checks:
         verdict = "ok" if c.passed else "FAIL"
         lines.append(
-            f"{c.backend:8} {c.dtype:9} {c.shape:22} {c.quantity:8} {c.error:11.3e} {c.tolerance:10.1e}  {verdict}"
+            f"{c.backend:8} {c.dtype:9} {c.shape:22} {c.quantity:8} "
+            f"{c.error:11.3e} {c.tolerance:10.1e}  {verdict}"
         )
     return "\n".join(lines)
 
@@ -347,7 +393,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", action="append", choices=sorted(TOLERANCES))
     parser.add_argument("--quick", action="store_true", help="one shape, spec dimensions only")
     parser.add_argument(
-        "--shape", action="append", type=parse_shape, help="BxTxHxKxV instead of the ladder's shapes (repeat)"
+        "--shape",
+        action="append",
+        type=parse_shape,
+        help="BxTxHxKxV instead of the ladder's shapes (repeat)",
     )
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"

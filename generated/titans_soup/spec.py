@@ -9,50 +9,50 @@ its end, whatever the length of the call that gets there.
 from __future__ import annotations
 
 SPEC = {
-    'name': 'titans_soup',
-    'memory': {
-        'recurrence': 'titans',
-        'heads': 4,
-        'key_dim': 32,
-        'value_dim': 32,
-        'deep': {
-            'depth': 2,
-            'expansion': 2,
-            'activation': 'gelu',
-            'minibatch': 16,
-            'lr': 'data',
-            'momentum': 'data',
-            'decay': 'data',
+    "name": "titans_soup",
+    "memory": {
+        "recurrence": "titans",
+        "heads": 4,
+        "key_dim": 32,
+        "value_dim": 32,
+        "deep": {
+            "depth": 2,
+            "expansion": 2,
+            "activation": "gelu",
+            "minibatch": 16,
+            "lr": "data",
+            "momentum": "data",
+            "decay": "data",
         },
     },
-    'cache': {
-        'segments': {
-            'kind': 'constant',
-            'length': 128,
-            'boundaries': None,
+    "cache": {
+        "segments": {
+            "kind": "constant",
+            "length": 128,
+            "boundaries": None,
         },
-        'init': 'checkpoint',
+        "init": "checkpoint",
     },
-    'aggregation': {
-        'kind': 'soup',
-        'connector': 'separate',
-        'pool': 'mean',
-        'top_k': None,
-        'gate_scale': 0.1767766952966369,
+    "aggregation": {
+        "kind": "soup",
+        "connector": "separate",
+        "pool": "mean",
+        "top_k": None,
+        "gate_scale": 0.1767766952966369,
     },
-    'layer': {
-        'd_model': 128,
-        'key_norm': 'l2',
-        'decay_normalizer': None,
+    "layer": {
+        "d_model": 128,
+        "key_norm": "l2",
+        "decay_normalizer": None,
     },
-    'compute': {
-        'chunk_size': 64,
-        'read_form': 'auto',
+    "compute": {
+        "chunk_size": 64,
+        "read_form": "auto",
     },
 }
 
-NAME = 'titans_soup'
-RECURRENCE = 'titans'
+NAME = "titans_soup"
+RECURRENCE = "titans"
 HEADS = 4
 KEY_DIM = 32
 VALUE_DIM = 32
@@ -61,7 +61,7 @@ GATE_SCALE = 0.1767766952966369
 CHUNK_SIZE = 64
 
 # Segmentation as written in the spec (the reference reads this one) ...
-SEGMENTS = 'constant'
+SEGMENTS = "constant"
 SEGMENT_LENGTH = 128
 
 

@@ -60,6 +60,7 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
         "gated_spec": gated,
         "spec_uses_u": gated and spec.aggregation.connector == "separate",
         "backends": ("torch", "triton") if has_triton(plan) else ("torch",),
+        "plan_inputs": plan_inputs(plan),
     }
     env = environment()
     files = {
@@ -77,6 +78,13 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
     }
     files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     return RenderedPackage(spec.name, files)
+
+
+def plan_inputs(plan: Plan) -> tuple[str, ...]:
+    """The optional op inputs that the plan's computation reads, in the ops' order: what the
+    backends take (the public ops take them all, and refuse those the spec does not read)."""
+    used = {"u": plan.uses_u, "g": plan.uses_g, "beta": plan.uses_beta, "eta": plan.uses_eta}
+    return tuple(name for name, uses in used.items() if uses)
 
 
 def has_triton(plan: Plan) -> bool:

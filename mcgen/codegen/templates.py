@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jinja2
 
+from mcgen.codegen.header import header_comment
 from mcgen.codegen.literals import py_literal
 
 
@@ -32,6 +33,8 @@ def environment() -> jinja2.Environment:
     )
     env.filters["pyrepr"] = py_literal
     env.filters["tuple"] = tuple
+    env.filters["arguments"] = arguments
+    env.globals["header_comment"] = header_comment
     return env
 
 
@@ -43,3 +46,8 @@ def templates_digest() -> str:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def arguments(names, suffix: str = "") -> str:
+    """Optional arguments after fixed ones: ["u", "g"] -> ", u, g" (", u_t, g_t" with "_t")."""
+    return "".join(f", {name}{suffix}" for name in names)
