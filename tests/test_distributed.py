@@ -118,6 +118,9 @@ def _worker(rank: int, case: str, package_dir: str, init_file: str, out_file: st
         results["fsdp"] = _snapshot(sharded)  # every rank gathers: a collective
         if rank == 0:
             torch.save(results, out_file)
+        # Both ranks leave together: gloo aborted a rank that tore its group down while the
+        # other was still saving (seen once under a loaded CI machine: SIGABRT at exit).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
