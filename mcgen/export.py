@@ -33,7 +33,7 @@ from pathlib import Path
 from mcgen import __version__
 from mcgen.codegen.package import MANIFEST, REQUIRES, has_triton, header_command, render_package
 from mcgen.codegen.templates import environment
-from mcgen.components.registry import AGGREGATIONS
+from mcgen.codegen.written import WrittenChoices
 from mcgen.ir.plan import Plan
 from mcgen.packages import (
     CACHE_FOLDERS,
@@ -158,8 +158,8 @@ def render_export(
     With `model`, the Hugging Face model family and its tests too."""
     package = render_package(spec, plan, command=command)
     digest = spec_hash(spec)
-    gated = AGGREGATIONS.of(spec).gated
-    uses_u = gated and spec.aggregation.connector == "separate"
+    written = WrittenChoices.of(spec)
+    uses_u = written.uses_u
     # The op's optional inputs this spec reads, in the order of its signature.
     read = {"u": uses_u, "g": plan.uses_g, "beta": plan.uses_beta}
     context = {
@@ -172,6 +172,7 @@ def render_export(
         "mcgen_version": __version__,
         "command": one_line(command),
         "requires": REQUIRES,
+        "written": written,
         "uses_u": uses_u,
         "uses_g": plan.uses_g,
         "uses_beta": plan.uses_beta,

@@ -326,7 +326,8 @@ def test_plan_for_deep_memories() -> None:
         hidden=16,
         activation="gelu",
         minibatch=1,
-        titans=False,
+        squared_loss=False,
+        has_momentum=False,
         lr=None,
         momentum=0.0,
         decay=0.0,
@@ -334,7 +335,8 @@ def test_plan_for_deep_memories() -> None:
     assert dla.uses_beta and not dla.uses_g and not dla.uses_eta and dla.uses_u
 
     titans = plan_from_ir(lower(deep_spec("titans", "{minibatch: 4}", aggregation="grm")))
-    assert titans.deep is not None and titans.deep.titans and titans.deep.minibatch == 4
+    assert titans.deep is not None and titans.deep.squared_loss and titans.deep.minibatch == 4
+    assert titans.deep.has_momentum
     assert (titans.deep.lr, titans.deep.momentum, titans.deep.decay) == (None, None, None)
     assert titans.uses_beta and titans.uses_eta and titans.uses_g
 

@@ -571,7 +571,9 @@ def test_compile_keeps_soup_for_a_deep_memory(recurrence: str) -> None:
     assert compiled.notes == []
     plan = compiled.plan
     assert (plan.recurrence, plan.aggregation, plan.uses_u) == (recurrence, "soup", True)
-    assert plan.deep is not None and plan.deep.titans == (recurrence == "titans")
+    assert plan.deep is not None and plan.deep.squared_loss == plan.deep.has_momentum == (
+        recurrence == "titans"
+    )
     assert plan.uses_eta == (recurrence == "titans")
     # The matrix soup next to it still becomes grm.
     assert compile_spec(pass_spec(aggregation="soup"), seq_len=64).plan.aggregation == "grm"

@@ -45,7 +45,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # The custom ops' namespace: one per spec and version of mcgen's templates, so two specs'
 # packages never clash, a rebuild after the templates changed never meets graphs that
 # torch.compile cached for the old code, and a second import of the same code reuses the ops.
-NAMESPACE = "mcgen_grm_gated_delta_2be5edb2a642"
+NAMESPACE = "mcgen_grm_gated_delta_77d158971cd9"
 GATE_SCALE = 0.125
 # The cache's tensors the forward op takes, and returns per packed sequence (the cache after
 # its last token); the others pass from the initial cache to the new one as they are.

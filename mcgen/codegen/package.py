@@ -11,7 +11,7 @@ from urllib.parse import quote
 from mcgen import __version__
 from mcgen.codegen.literals import py_literal
 from mcgen.codegen.templates import environment, templates_digest
-from mcgen.components.registry import AGGREGATIONS
+from mcgen.codegen.written import WrittenChoices
 from mcgen.ir.plan import Plan
 from mcgen.packages import MANIFEST, write_package
 from mcgen.spec import Spec, spec_hash
@@ -47,7 +47,6 @@ class RenderedPackage:
 def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
     """Every file of the package for `spec` (resolved), computing what `plan` says."""
     digest = spec_hash(spec)
-    gated = AGGREGATIONS.of(spec).gated
     context = {
         "spec": spec,
         "plan": plan,
@@ -57,8 +56,8 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
         "spec_literal": py_literal(spec.model_dump(mode="json")),
         "mcgen_version": __version__,
         "command": header_command(command),
-        "gated_spec": gated,
-        "spec_uses_u": gated and spec.aggregation.connector == "separate",
+        # What the spec as written chose: the reference and spec.py follow it.
+        "written": WrittenChoices.of(spec),
         "backends": ("torch", "triton") if has_triton(plan) else ("torch",),
         "plan_inputs": plan_inputs(plan),
     }

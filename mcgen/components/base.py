@@ -194,6 +194,19 @@ class SegmentationComponent(Component):
 
     # Whether any segment boundary exists (none: one segment, nothing cached).
     has_boundaries: ClassVar[bool] = True
+    # The template whose macros write its segment rule into the generated package
+    # (templates/package/segments/): segment_start, segment_end, nth_segment_end.
+    rule_template: ClassVar[str]
+
+    @property
+    def reads_length(self) -> bool:
+        """Segments are set by the spec's `length` (its SEGMENT_LENGTH constant)."""
+        return any(field.path == "cache.segments.length" for field in self.fields)
+
+    @property
+    def reads_boundaries(self) -> bool:
+        """Segments end at the spec's listed `boundaries` (its BOUNDARIES constant)."""
+        return any(field.path == "cache.segments.boundaries" for field in self.fields)
 
     @abstractmethod
     def ends(self, length: int | None, boundaries: Any, seq_len: int) -> list[int]:

@@ -40,7 +40,8 @@ class DeepPlan:
     hidden: int  # expansion * key_dim
     activation: Literal["gelu", "silu", "relu", "tanh"]
     minibatch: int
-    titans: bool  # squared loss with momentum and decay; dla: linear loss, plain steps
+    squared_loss: bool  # the inner loss ||M(k) - v||^2 (titans); else -<M(k), v> (dla)
+    has_momentum: bool  # the steps keep a momentum and decay the weights (titans); else plain
     lr: float | None  # None: data-dependent (op input beta)
     momentum: float | None  # titans: None = data (op input eta); dla: 0
     decay: float | None  # titans: None = data (op input g = log(1 - alpha)); dla: 0
@@ -99,6 +100,26 @@ class Plan:
     def gated(self) -> bool:
         """Whether the aggregation weighs the memories by a gate (reads descriptors)."""
         return self.aggregation_component.gated
+
+    @property
+    def selects_top_k(self) -> bool:
+        """Each token reads only its top_k cached memories by gate logit (a sparse read)."""
+        return self.aggregation_component.selects_top_k
+
+    @property
+    def sums_reads(self) -> bool:
+        """The cached reads are added to the online one, unweighted."""
+        return self.aggregation_component.sums_reads
+
+    @property
+    def mixes_weights(self) -> bool:
+        """A deep memory's weights are mixed by the gate and the mixture read once."""
+        return self.aggregation_component.mixes_weights
+
+    @property
+    def segmented(self) -> bool:
+        """Whether any segment ends (so that a segment can start again, or be cached)."""
+        return self.segmentation_component.has_boundaries
 
 
 def plan_from_ir(graph: nx.DiGraph) -> Plan:
@@ -189,7 +210,8 @@ def _deep_plan(scan: Scan, recurrence: DeepRecurrence) -> DeepPlan:
         hidden=int(scan.hidden),
         activation=scan.activation,
         minibatch=int(scan.minibatch),
-        titans=recurrence.squared_loss,
+        squared_loss=recurrence.squared_loss,
+        has_momentum=recurrence.has_momentum,
         lr=rate("lr"),
         momentum=rate("momentum"),
         decay=rate("decay"),

@@ -46,8 +46,8 @@ class DeepRecurrence(RecurrenceComponent):
     # The inner loop's rates it has (lr always; titans also momentum and decay): a rate it
     # lacks is 0, and the spec may not give it.
     rates: ClassVar[tuple[str, ...]] = ("lr",)
-    # titans: the squared loss ||M(k) - v||^2 with momentum and decay (DeepPlan.titans);
-    # dla: the linear loss -<M(k), v> with plain steps.
+    # titans: the squared loss ||M(k) - v||^2 (DeepPlan.squared_loss); dla: the linear loss
+    # -<M(k), v>.
     squared_loss: ClassVar[bool] = False
     step_flops: ClassVar[int] = 2  # FLOPs per weight of one inner step
 
@@ -160,9 +160,14 @@ class DeepRecurrence(RecurrenceComponent):
             raise IRError("cost: a deep memory's scan needs `params`, its weights per head")
         return params
 
+    @property
+    def has_momentum(self) -> bool:
+        """Its steps keep a momentum S and decay the weights (titans); else plain steps."""
+        return "momentum" in self.rates
+
     def keeps_momentum(self, scan: Scan) -> bool:
         """Whether the momentum S is state (a constant 0 momentum makes S_t just the step)."""
-        return "momentum" in self.rates and scan.momentum != 0
+        return self.has_momentum and scan.momentum != 0
 
     def scan_cost(self, ctx: CostContext) -> tuple[float, float]:
         flops = 3 * 2 * ctx.state + self.step_flops * ctx.state

@@ -21,6 +21,11 @@ class MatrixRecurrence(RecurrenceComponent):
     # The per-token rate inputs its update reads, in the op's signature order.
     inputs: ClassVar[tuple[str, ...]] = ()
 
+    @property
+    def decays(self) -> bool:
+        """The state is multiplied by exp(g_t) each token before the write."""
+        return "g" in self.inputs
+
     def rate_inputs(self, scan: Scan) -> tuple[str, ...]:
         return self.inputs
 

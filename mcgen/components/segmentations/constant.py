@@ -7,6 +7,7 @@ from mcgen.components.segmentations.by_length import LengthSegmentation
 
 class Constant(LengthSegmentation):
     name = "constant"
+    rule_template = "package/segments/constant.jinja"
 
     def next_end(self, end: int, length: int) -> int:
         return end + length

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 class Explicit(SegmentationComponent):
     name = "explicit"
+    rule_template = "package/segments/explicit.jinja"
     fields = (SEGMENT_BOUNDARIES,)
 
     def ends(self, length: int | None, boundaries: Any, seq_len: int) -> list[int]:

@@ -7,6 +7,7 @@ from mcgen.components.segmentations.by_length import LengthSegmentation
 
 class Logarithmic(LengthSegmentation):
     name = "logarithmic"
+    rule_template = "package/segments/logarithmic.jinja"
 
     def next_end(self, end: int, length: int) -> int:
         return end * 2

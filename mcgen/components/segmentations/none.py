@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 class NoSegments(SegmentationComponent):
     name = "none"
+    rule_template = "package/segments/none.jinja"
     has_boundaries = False
 
     def ends(self, length: int | None, boundaries: Any, seq_len: int) -> list[int]:
