@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import jinja2
 import pytest
@@ -409,9 +410,9 @@ def test_triton_files_are_generated_for_matrix_memories(at_root: Path, name: str
     assert triton_files == expected
 
 
-def test_the_custom_ops_namespace_follows_the_templates(at_root: Path, monkeypatch) -> None:
-    """A rebuild after the templates changed names its custom ops anew (torch.compile's caches
-    key graphs on op names, not on the code behind them); the same templates, the same name."""
+def test_the_custom_ops_namespace_follows_the_code(at_root: Path, monkeypatch) -> None:
+    """A rebuild whose code changed names its custom ops anew (torch.compile's caches key
+    graphs on op names, not on the code behind them); the same code, the same name."""
     spec = load_spec("specs/grm.yaml").spec
     plan = compile_spec(spec).plan
 
@@ -421,5 +422,15 @@ def test_the_custom_ops_namespace_follows_the_templates(at_root: Path, monkeypat
 
     now = namespace()
     assert now == namespace() and now.startswith("mcgen_grm_")
-    monkeypatch.setattr("mcgen.codegen.package.templates_digest", lambda: "0" * 64)
+    assert now != "mcgen_grm_" + "0" * 12  # keyed on the rendered code, not the placeholder
+    real = environment()
+
+    class OneKernelEdited:  # the templates, with one line added to the recurrence kernels
+        def get_template(self, name):
+            template = real.get_template(name)
+            if name != "package/triton_recurrence.py.jinja":
+                return template
+            return SimpleNamespace(render=lambda context: template.render(context) + "# edit\n")
+
+    monkeypatch.setattr("mcgen.codegen.package.environment", OneKernelEdited)
     assert namespace() != now

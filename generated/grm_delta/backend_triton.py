@@ -42,10 +42,10 @@ from .cache import MCCache
 # Triton reads this when the kernels are defined (their modules' import, just above):
 # set, they run in its interpreter on the CPU; unset, they need CUDA tensors.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# The custom ops' namespace: one per spec and version of mcgen's templates, so two specs'
-# packages never clash, a rebuild after the templates changed never meets graphs that
-# torch.compile cached for the old code, and a second import of the same code reuses the ops.
-NAMESPACE = "mcgen_grm_delta_3b2b2d1a3121"
+# The custom ops' namespace, named after the spec and this package's code: two specs'
+# packages never clash, a rebuild whose code changed never meets graphs that torch.compile
+# cached for the old code, and a second import of the same code reuses the ops.
+NAMESPACE = "mcgen_grm_delta_f1553c02d965"
 GATE_SCALE = 0.125
 # The cache's tensors the forward op takes, and returns per packed sequence (the cache after
 # its last token); the others pass from the initial cache to the new one as they are.

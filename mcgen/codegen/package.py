@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from mcgen import __version__
 from mcgen.codegen.literals import py_literal
-from mcgen.codegen.templates import environment, templates_digest
+from mcgen.codegen.templates import environment
 from mcgen.codegen.written import WrittenChoices
 from mcgen.ir.plan import Plan
 from mcgen.packages import MANIFEST, write_package
@@ -29,6 +29,8 @@ PACKAGE_FILES = (
 )
 # Files a deep memory (dla, titans) renders from templates/package/deep/ instead.
 DEEP_FILES = frozenset({"cache.py", "reference.py", "backend_torch.py", "ops.py", "layer.py"})
+# The ops key while the code is first rendered (the key is the digest of that code).
+UNKEYED_OPS = "0" * 64
 # What the generated code needs at run time (it never imports mcgen).
 REQUIRES = {"python": ">=3.10", "torch": ">=2.4"}
 
@@ -51,8 +53,7 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
         "spec": spec,
         "plan": plan,
         "spec_hash": digest,
-        # Names the package's custom ops: the spec and the templates that wrote its code.
-        "ops_key": hashlib.sha256((digest + templates_digest()).encode()).hexdigest(),
+        "ops_key": UNKEYED_OPS,  # the code's digest, once the code is rendered (below)
         "spec_literal": py_literal(spec.model_dump(mode="json")),
         "mcgen_version": __version__,
         "command": header_command(command),
@@ -62,10 +63,20 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
         "plan_inputs": plan_inputs(plan),
     }
     env = environment()
-    files = {
-        name: env.get_template(_template_name(name, plan)).render(context)
-        for name in package_files(plan)
-    }
+
+    def render_all(values: dict[str, object]) -> dict[str, str]:
+        return {
+            name: env.get_template(_template_name(name, plan)).render(values)
+            for name in package_files(plan)
+        }
+
+    # The custom ops are named after the code they run: torch.compile's caches key graphs on
+    # op names, so a rebuild whose code changed must name its ops anew (and one whose code
+    # did not, keep them). The headers' build command is a comment: it does not count.
+    code = hashlib.sha256(digest.encode())
+    for name, text in render_all({**context, "command": ""}).items():
+        code.update(name.encode() + b"\0" + text.encode() + b"\0")
+    files = render_all({**context, "ops_key": code.hexdigest()})
     manifest = {
         "name": spec.name,
         "spec_hash": digest,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from functools import cache
 from pathlib import Path
 
@@ -36,16 +35,6 @@ def environment() -> jinja2.Environment:
     env.filters["arguments"] = arguments
     env.globals["header_comment"] = header_comment
     return env
-
-
-@cache
-def templates_digest() -> str:
-    """sha256 over every template's path and text: changes whenever the code a build writes can."""
-    root = template_root()
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 def arguments(names, suffix: str = "") -> str:
