@@ -51,6 +51,32 @@ def _logit_factor(
     return tl.full([BT], GATE_SCALE, tl.float32)
 
 
+@triton.jit
+def _start_sum(prefix_sum, i_bh, lo, carried, K: tl.constexpr, BK: tl.constexpr):
+    """[BK] fp32: where a run's sum starts: the cache's running sum for the run that began
+    before the call (lo < carried), zero for the others."""
+    o_k = tl.arange(0, BK)
+    b_sum = tl.load(prefix_sum + i_bh * K + o_k, mask=o_k < K, other=0.0)
+    return tl.where(lo < carried, b_sum, 0.0)
+
+
+@triton.jit
+def _logit_grad(
+    d_logit_on,
+    rows,
+    m_t,
+    seen,
+    t0,
+    hi,
+    BT: tl.constexpr,
+    GATE_SCALE: tl.constexpr,
+    MEAN_POOL: tl.constexpr,
+):
+    """[BT]: d a_t times d a_t / d <u_t, P_t>, the gradient of <u_t, P_t>."""
+    b_da = tl.load(d_logit_on + rows, mask=m_t, other=0.0)
+    return b_da * _logit_factor(seen, t0, hi, BT, GATE_SCALE, MEAN_POOL)
+
+
 @triton.jit(do_not_specialize=["T", "S", "carried"])
 def _key_sums_fwd_kernel(
     k,
@@ -73,9 +99,7 @@ def _key_sums_fwd_kernel(
     i_r, i_bh = tl.program_id(0), tl.program_id(1)
     lo, hi = tl.load(runs + 2 * i_r), tl.load(runs + 2 * i_r + 1)
     o_k = tl.arange(0, BK)
-    # The run that began before the call (lo < carried) starts from the cache's running sum.
-    b_sum = tl.load(prefix_sum + i_bh * K + o_k, mask=o_k < K, other=0.0)
-    b_sum = tl.where(lo < carried, b_sum, 0.0)
+    b_sum = _start_sum(prefix_sum, i_bh, lo, carried, K, BK)
     for t0 in range(lo, hi, BT):
         rows, elements, m_t, m = _block(i_bh, t0, hi, T, H, K, BT, BK)
         b_k = tl.load(k + elements, mask=m, other=0.0).to(tl.float32)  # [BT, BK]
@@ -116,14 +140,12 @@ def _key_sums_bwd_kernel(
     m_k = o_k < K
     if HAS_LOGIT:
         # Forward over the run: d u_t += (d a_t) f_t P_t, with P_t made again.
-        b_sum = tl.load(prefix_sum + i_bh * K + o_k, mask=m_k, other=0.0)
-        b_sum = tl.where(lo < carried, b_sum, 0.0)
+        b_sum = _start_sum(prefix_sum, i_bh, lo, carried, K, BK)
         for t0 in range(lo, hi, BT):
             rows, elements, m_t, m = _block(i_bh, t0, hi, T, H, K, BT, BK)
             b_k = tl.load(k + elements, mask=m, other=0.0).to(tl.float32)
             b_prefix = tl.cumsum(b_k, 0) + b_sum[None, :]
-            b_da = tl.load(d_logit_on + rows, mask=m_t, other=0.0)
-            b_da *= _logit_factor(seen, t0, hi, BT, GATE_SCALE, MEAN_POOL)
+            b_da = _logit_grad(d_logit_on, rows, m_t, seen, t0, hi, BT, GATE_SCALE, MEAN_POOL)
             b_du = tl.load(d_conn + elements, mask=m, other=0.0) + b_da[:, None] * b_prefix
             tl.store(d_conn + elements, b_du, mask=m)
             b_sum += tl.sum(b_k, 0)
@@ -137,8 +159,7 @@ def _key_sums_bwd_kernel(
         b_dk = tl.load(dk + elements, mask=m, other=0.0) + b_after[None, :]
         if HAS_LOGIT:
             b_u = tl.load(conn + elements, mask=m, other=0.0).to(tl.float32)
-            b_da = tl.load(d_logit_on + rows, mask=m_t, other=0.0)
-            b_da *= _logit_factor(seen, t0, hi, BT, GATE_SCALE, MEAN_POOL)
+            b_da = _logit_grad(d_logit_on, rows, m_t, seen, t0, hi, BT, GATE_SCALE, MEAN_POOL)
             b_dprefix = b_da[:, None] * b_u  # [BT, BK]
             b_total = tl.sum(b_dprefix, 0)
             # sum over t' >= t inside the block: the block's total less what came before t
@@ -158,7 +179,7 @@ def key_sums_fwd(k, conn, seen, runs, prefix_sum, carried):
     batch, seq_len, heads, key_dim = k.shape
     num_runs = runs.shape[0]
     logit_on = torch.zeros(batch, seq_len, heads, device=k.device)
-    run_sums = torch.zeros(batch, heads, num_runs, key_dim, device=k.device)
+    run_sums = torch.empty(batch, heads, num_runs, key_dim, device=k.device)  # every run writes
     if num_runs == 0 or logit_on.numel() == 0:
         return logit_on, run_sums
     _key_sums_fwd_kernel[(num_runs, batch * heads)](

@@ -64,19 +64,21 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
     }
     env = environment()
 
-    def render_all(values: dict[str, object]) -> dict[str, str]:
-        return {
-            name: env.get_template(_template_name(name, plan)).render(values)
-            for name in package_files(plan)
-        }
+    def render(name: str, values: dict[str, object]) -> str:
+        return env.get_template(_template_name(name, plan)).render(values)
 
     # The custom ops are named after the code they run: torch.compile's caches key graphs on
     # op names, so a rebuild whose code changed must name its ops anew (and one whose code
-    # did not, keep them). The headers' build command is a comment: it does not count.
+    # did not, keep them). The code is rendered with the placeholder key, then the files that
+    # name the ops (they hold the placeholder) again with the digest of it.
+    files = {name: render(name, context) for name in package_files(plan)}
     code = hashlib.sha256(digest.encode())
-    for name, text in render_all({**context, "command": ""}).items():
-        code.update(name.encode() + b"\0" + text.encode() + b"\0")
-    files = render_all({**context, "ops_key": code.hexdigest()})
+    for name, text in files.items():
+        code.update(name.encode() + b"\0" + _without_header(text).encode() + b"\0")
+    keyed = {**context, "ops_key": code.hexdigest()}
+    files.update(
+        {name: render(name, keyed) for name, text in files.items() if UNKEYED_OPS[:12] in text}
+    )
     manifest = {
         "name": spec.name,
         "spec_hash": digest,
@@ -88,6 +90,14 @@ def render_package(spec: Spec, plan: Plan, *, command: str) -> RenderedPackage:
     }
     files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     return RenderedPackage(spec.name, files)
+
+
+def _without_header(text: str) -> str:
+    """A file's text after its leading comment lines (the header, which names the build
+    command: a comment, not code)."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    return "".join(lines[start:])
 
 
 def plan_inputs(plan: Plan) -> tuple[str, ...]:
