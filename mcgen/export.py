@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcgen import __version__
-from mcgen.codegen.package import MANIFEST, REQUIRES, has_triton, header_command, render_package
+from mcgen.codegen.package import (
+    MANIFEST,
+    REQUIRES,
+    has_triton,
+    header_command,
+    plan_inputs,
+    render_package,
+)
 from mcgen.codegen.templates import environment
 from mcgen.codegen.written import WrittenChoices
 from mcgen.ir.plan import Plan
@@ -160,8 +167,6 @@ def render_export(
     digest = spec_hash(spec)
     written = WrittenChoices.of(spec)
     uses_u = written.uses_u
-    # The op's optional inputs this spec reads, in the order of its signature.
-    read = {"u": uses_u, "g": plan.uses_g, "beta": plan.uses_beta}
     context = {
         "spec": spec,
         "plan": plan,
@@ -176,7 +181,8 @@ def render_export(
         "uses_u": uses_u,
         "uses_g": plan.uses_g,
         "uses_beta": plan.uses_beta,
-        "extras": [input_name for input_name, used in read.items() if used],
+        # The op's optional inputs this spec reads, in the order of its signature.
+        "extras": plan_inputs(plan),
         "has_triton": has_triton(plan),
         "model": model,
         "prefix": class_prefix(name),

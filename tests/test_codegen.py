@@ -392,7 +392,8 @@ def test_triton_files_are_generated_for_matrix_memories(at_root: Path, name: str
     assert set(PACKAGE_FILES) <= set(files)
     backends = '("torch", "triton")' if has_triton(plan) else '("torch",)'
     assert f"BACKENDS = {backends}\n" in files["ops.py"]
-    if plan.deep is not None:  # deep memories (dla, titans) run on torch only
+    if plan.deep is not None or plan.recurrence_component.triton_template is None:
+        # deep memories (dla, titans) and swla run on torch only
         assert not has_triton(plan) and not triton_files
         return
     # The delta rules' recurrence is their own kernel module (WY form), under the same name.

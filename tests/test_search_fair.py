@@ -276,9 +276,9 @@ def test_bundle_mistakes_are_named():
 
 def test_a_recurrence_the_spec_does_not_know_is_refused_by_the_specs_own_rule():
     mapping = grid_mapping()
-    mapping["vary"]["memory.recurrence"] = ["linear", "swla"]
+    mapping["vary"]["memory.recurrence"] = ["linear", "lstm"]
     message = problems_of(mapping)
-    assert "vary.memory.recurrence.1: 'swla' gives an invalid spec: memory.recurrence:" in message
+    assert "vary.memory.recurrence.1: 'lstm' gives an invalid spec: memory.recurrence:" in message
 
 
 # --- the needle probe as the search's task ---------------------------------------------------

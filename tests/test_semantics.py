@@ -260,8 +260,8 @@ def test_clear_errors_for_bad_calls(build_tiny):
     x = _inputs(package, batch=1, seq_len=5)
     with pytest.raises(ValueError, match="needs u"):
         package.mc_forward(x["q"], x["k"], x["v"], g=x["g"])
-    with pytest.raises(ValueError, match="takes no beta"):
-        package.mc_forward(**x, beta=torch.rand(1, 5, 2))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'beta'"):
+        package.mc_forward(**x, beta=torch.rand(1, 5, 2))  # a rate this recurrence lacks
     with pytest.raises(ValueError, match=r"g must have shape \[1, 5, 2\]"):
         package.mc_forward(**{**x, "g": x["g"][:, :4]})
     with pytest.raises(ValueError, match="q must be"):

@@ -38,9 +38,8 @@ TOLERANCES = {
     "bfloat16": (2e-2, 4e-2),
 }
 DEEP = True
-USES_ETA_ = USES_ETA
 INPUT_NAMES = ("q", "k", "v") + ("u",) * USES_U + ("g",) * USES_G + ("beta",) * USES_BETA
-INPUT_NAMES += ("eta",) * USES_ETA_ + ("weights",) * DEEP
+INPUT_NAMES += ("eta",) * USES_ETA + ("weights",)
 # Inputs that are not sequences over time (the deep memory's initial weights).
 STATIC_INPUTS = ("weights",)
 
@@ -78,25 +77,16 @@ def make_inputs(batch, seq_len, heads, key_dim, value_dim, *, dtype, seed=0, dev
         "k": randn(batch, seq_len, heads, key_dim),
         "v": randn(batch, seq_len, heads, value_dim),
     }
-    if USES_BETA or DEEP:  # the delta rules and deep memories assume unit keys (as MCLayer)
-        inputs["q"] = F.normalize(inputs["q"], dim=-1)
-        inputs["k"] = F.normalize(inputs["k"], dim=-1)
-    if DEEP:  # unit targets too: the inner optimisation then stays stable at these rates
-        inputs["v"] = F.normalize(inputs["v"], dim=-1)
+    # Unit keys, queries and targets: the inner optimisation then stays stable at these rates.
+    inputs = {name: F.normalize(x, dim=-1) for name, x in inputs.items()}
     if USES_U:
         inputs["u"] = randn(batch, seq_len, heads, key_dim)
-    if USES_G and not DEEP:
-        # Even heads forget slowly (g near 0), odd heads fast (g around -1.3).
-        bias = torch.tensor(
-            [3.0 if h % 2 == 0 else -1.0 for h in range(heads)], dtype=torch.float64
-        )
-        inputs["g"] = F.logsigmoid(randn(batch, seq_len, heads) + bias)
-    if USES_G and DEEP:  # g = log(1 - alpha), alpha = sigmoid(z - 5) about 0.01: a weak decay
+    if USES_G:  # g = log(1 - alpha), alpha = sigmoid(z - 5) about 0.01: a weak decay
         inputs["g"] = F.logsigmoid(-(randn(batch, seq_len, heads) - 5.0))
-    if USES_BETA:  # deep memories: inner learning rates about 0.05, so the memory neither
-        # diverges nor freezes over a few hundred tokens
-        inputs["beta"] = torch.sigmoid(randn(batch, seq_len, heads) - (3.0 if DEEP else 0.0))
-    if USES_ETA_:
+    if USES_BETA:  # inner learning rates about 0.05, so the memory neither diverges nor
+        # freezes over a few hundred tokens
+        inputs["beta"] = torch.sigmoid(randn(batch, seq_len, heads) - 3.0)
+    if USES_ETA:
         inputs["eta"] = torch.sigmoid(randn(batch, seq_len, heads) - 1.0)
     inputs["weights"] = [randn(heads, out, inp) * inp**-0.5 for out, inp in weight_shapes(key_dim)]
     return {name: _map(lambda x: x.to(dtype=dtype, device=device), x) for name, x in inputs.items()}

@@ -22,10 +22,10 @@ from .cache import DESCRIBED, MCCache
 from .spec import HEADS, KEY_DIM, VALUE_DIM
 
 BACKENDS = ("torch", "triton")
-# Inputs this spec reads, beyond q, k and v.
+# Whether the gate reads a connector u beside q, k and v.
 USES_U = True
-USES_G = False
-USES_BETA = False
+# The recurrence's per-token inputs [B, T, H], in the signature's order.
+RATE_INPUTS = ()
 
 
 def mc_forward(
@@ -33,8 +33,6 @@ def mc_forward(
     k,
     v,
     u=None,
-    g=None,
-    beta=None,
     *,
     scale=None,
     backend="auto",
@@ -60,7 +58,7 @@ def mc_forward(
     segments restart at its start, and `output_cache=True` gives a list of caches, one
     per sequence.
     """
-    _check_sequence_inputs(q, k, v, u, g, beta, heads)
+    _check_sequence_inputs(q, k, v, {"u": u}, heads)
     if initial_cache is not None:
         _check_cache("initial_cache", initial_cache, q, v.shape[-1])
     if cu_seqlens is not None:
@@ -80,12 +78,12 @@ def mc_forward(
     return (out, cache) if output_cache else out
 
 
-def mc_step(q_t, k_t, v_t, u_t=None, g_t=None, beta_t=None, *, cache=None, scale=None):
+def mc_step(q_t, k_t, v_t, u_t=None, *, cache=None, scale=None):
     """Decode one token: q_t, k_t [B, H, K], v_t [B, H, V]; returns (o_t [B, H, V], cache).
 
     The same dtypes as mc_forward; o_t comes back in q_t's dtype.
     """
-    _check_step_inputs(q_t, k_t, v_t, u_t, g_t, beta_t)
+    _check_step_inputs(q_t, k_t, v_t, {"u": u_t})
     batch, heads, key_dim = q_t.shape
     value_dim = v_t.shape[-1]
     if cache is None:
@@ -98,7 +96,7 @@ def mc_step(q_t, k_t, v_t, u_t=None, g_t=None, beta_t=None, *, cache=None, scale
     return backend_torch.step(q_t, k_t, v_t, u_t, scale=scale, cache=cache)
 
 
-def _check_sequence_inputs(q, k, v, u, g, beta, heads: int | None) -> None:
+def _check_sequence_inputs(q, k, v, extras, heads: int | None) -> None:
     _check_float("q", q)
     if q.dim() != 4:
         raise ValueError(f"q must be [B, T, H, K] ({SPEC_SIZES}), got shape {list(q.shape)}")
@@ -112,10 +110,10 @@ def _check_sequence_inputs(q, k, v, u, g, beta, heads: int | None) -> None:
             f"v must be [B, T, H, V] = [{batch}, {seq_len}, {n_heads}, V], "
             f"got {list(v.shape)} ({SPEC_SIZES})"
         )
-    _check_extras(q, u, g, beta, (batch, seq_len, n_heads), key_dim, "")
+    _check_extras(q, extras, (batch, seq_len, n_heads), key_dim, "")
 
 
-def _check_step_inputs(q_t, k_t, v_t, u_t, g_t, beta_t) -> None:
+def _check_step_inputs(q_t, k_t, v_t, extras) -> None:
     _check_float("q_t", q_t)
     if q_t.dim() != 3:
         raise ValueError(f"q_t must be [B, H, K] ({SPEC_SIZES}), got shape {list(q_t.shape)}")
@@ -127,16 +125,14 @@ def _check_step_inputs(q_t, k_t, v_t, u_t, g_t, beta_t) -> None:
         raise ValueError(
             f"v_t must be [B, H, V] = [{batch}, {heads}, V], got {list(v_t.shape)} ({SPEC_SIZES})"
         )
-    _check_extras(q_t, u_t, g_t, beta_t, (batch, heads), key_dim, "_t")
+    _check_extras(q_t, extras, (batch, heads), key_dim, "_t")
 
 
-def _check_extras(q, u, g, beta, lead: tuple[int, ...], key_dim: int, suffix: str) -> None:
-    """u in q's dtype; the gates g and beta in any float dtype (MCLayer makes them fp32)."""
-    for name, value, used, shape in (
-        ("u", u, USES_U, (*lead, key_dim)),
-        ("g", g, USES_G, lead),
-        ("beta", beta, USES_BETA, lead),
-    ):
+def _check_extras(q, extras: dict, lead: tuple[int, ...], key_dim: int, suffix: str) -> None:
+    """u in q's dtype; the rates (RATE_INPUTS) in any float dtype (MCLayer makes them fp32)."""
+    for name, value in extras.items():
+        used = USES_U if name == "u" else True
+        shape = (*lead, key_dim) if name == "u" else lead
         if used and value is None:
             raise ValueError(f"this spec needs {name}{suffix} of shape {list(shape)}")
         if not used and value is not None:

@@ -44,7 +44,8 @@ class MCLayer(nn.Module):
         self.k_proj = nn.Linear(d_model, heads * key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, heads * value_dim, bias=False)
         self.u_proj = nn.Linear(d_model, heads * key_dim, bias=False)  # the gate's connector
-        self.g_proj = nn.Linear(d_model, heads)  # log decay = logsigmoid(.) / normalizer
+        # g: the log decay (<= 0)
+        self.g_proj = nn.Linear(d_model, heads)
         self.o_proj = nn.Linear(heads * value_dim, d_model, bias=False)
 
     def forward(
@@ -132,8 +133,7 @@ class MCLayer(nn.Module):
         v = self.v_proj(x).view(batch, seq_len, heads, self.value_dim)
         inputs = {"q": q, "k": k, "v": v}
         inputs["u"] = self.u_proj(x).view(batch, seq_len, heads, self.key_dim)
-        normalizer = 16.0
-        inputs["g"] = F.logsigmoid(self.g_proj(x).float()) / normalizer
+        inputs["g"] = F.logsigmoid(self.g_proj(x).float()) / 16.0
         return inputs
 
     def _call_options(self) -> dict:

@@ -168,6 +168,7 @@ def forward(q, k, v, u, beta, *, scale: float, initial_cache: MCCache | None, cu
     b_u = torch.linalg.solve_triangular(
         strict, b_v * b_beta, upper=False, unitriangular=True
     )  # [B, H, NC, C, V]
+    pseudo_values = []  # each chunk's, made by the loop: they depend on its start state
     b_key_total = b_k.sum(dim=-2)  # [B, H, NC, K]
     key_sum = cache.prefix_sum.to(work)  # [B, H, K]
     key_sums_in, new_descriptors = [], []
@@ -175,7 +176,6 @@ def forward(q, k, v, u, beta, *, scale: float, initial_cache: MCCache | None, cu
     memory = cache.state.to(work)  # [B, H, V, K]
     memories_in, ends = [], []  # ends: the carried values after each chunk
     new_states = []
-    pseudo_values = []
     for n in range(num_chunks):
         if layout.resets[n]:
             memory = torch.zeros_like(memory)

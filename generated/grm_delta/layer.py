@@ -44,7 +44,8 @@ class MCLayer(nn.Module):
         self.k_proj = nn.Linear(d_model, heads * key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, heads * value_dim, bias=False)
         self.u_proj = nn.Linear(d_model, heads * key_dim, bias=False)  # the gate's connector
-        self.beta_proj = nn.Linear(d_model, heads)  # write strength = sigmoid(.)
+        # beta: the write strength in (0, 1)
+        self.beta_proj = nn.Linear(d_model, heads)
         self.o_proj = nn.Linear(heads * value_dim, d_model, bias=False)
 
     def forward(

@@ -176,6 +176,7 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
     b_u = torch.linalg.solve_triangular(
         strict, b_v * b_beta, upper=False, unitriangular=True
     )  # [B, H, NC, C, V]
+    pseudo_values = []  # each chunk's, made by the loop: they depend on its start state
     b_key_total = b_k.sum(dim=-2)  # [B, H, NC, K]
     key_sum = cache.prefix_sum.to(work)  # [B, H, K]
     key_sums_in, new_descriptors = [], []
@@ -183,7 +184,6 @@ def forward(q, k, v, u, g, beta, *, scale: float, initial_cache: MCCache | None,
     memory = cache.state.to(work)  # [B, H, V, K]
     memories_in, ends = [], []  # ends: the carried values after each chunk
     new_states = []
-    pseudo_values = []
     for n in range(num_chunks):
         if layout.resets[n]:
             memory = torch.zeros_like(memory)

@@ -44,8 +44,10 @@ class MCLayer(nn.Module):
         self.k_proj = nn.Linear(d_model, heads * key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, heads * value_dim, bias=False)
         self.u_proj = nn.Linear(d_model, heads * key_dim, bias=False)  # the gate's connector
-        self.g_proj = nn.Linear(d_model, heads)  # log decay = logsigmoid(.) / normalizer
-        self.beta_proj = nn.Linear(d_model, heads)  # write strength = sigmoid(.)
+        # g: the log decay (<= 0)
+        self.g_proj = nn.Linear(d_model, heads)
+        # beta: the write strength in (0, 1)
+        self.beta_proj = nn.Linear(d_model, heads)
         self.o_proj = nn.Linear(heads * value_dim, d_model, bias=False)
 
     def forward(
@@ -135,8 +137,7 @@ class MCLayer(nn.Module):
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         inputs = {"q": q, "k": k, "v": v}
         inputs["u"] = self.u_proj(x).view(batch, seq_len, heads, self.key_dim)
-        normalizer = 16.0
-        inputs["g"] = F.logsigmoid(self.g_proj(x).float()) / normalizer
+        inputs["g"] = F.logsigmoid(self.g_proj(x).float()) / 16.0
         inputs["beta"] = torch.sigmoid(self.beta_proj(x).float())
         return inputs
 

@@ -103,8 +103,7 @@ def _without_header(text: str) -> str:
 def plan_inputs(plan: Plan) -> tuple[str, ...]:
     """The optional op inputs that the plan's computation reads, in the ops' order: what the
     backends take (the public ops take them all, and refuse those the spec does not read)."""
-    used = {"u": plan.uses_u, "g": plan.uses_g, "beta": plan.uses_beta, "eta": plan.uses_eta}
-    return tuple(name for name, uses in used.items() if uses)
+    return ("u",) * plan.uses_u + plan.rate_inputs
 
 
 def has_triton(plan: Plan) -> bool:

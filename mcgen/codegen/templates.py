@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -9,6 +10,10 @@ import jinja2
 
 from mcgen.codegen.header import header_comment
 from mcgen.codegen.literals import py_literal
+from mcgen.components.registry import RECURRENCES
+
+# Where a recurrence's own code pieces (its module's `code`) are found by template name.
+COMPONENT_CODE = "components/recurrences/"
 
 
 def template_root() -> Path:
@@ -23,7 +28,12 @@ def template_root() -> Path:
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_root())),
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.FileSystemLoader(str(template_root())),
+                jinja2.FunctionLoader(component_code),
+            ]
+        ),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -33,8 +43,22 @@ def environment() -> jinja2.Environment:
     env.filters["pyrepr"] = py_literal
     env.filters["tuple"] = tuple
     env.filters["arguments"] = arguments
+    env.filters["add_prefix"] = lambda name, prefix: prefix + name
+    env.filters["add_suffix"] = lambda name, suffix: name + suffix
+    env.filters["keyed"] = lambda name, suffix="": f'"{name}": {name}{suffix}'
     env.globals["header_comment"] = header_comment
     return env
+
+
+def component_code(name: str) -> tuple[str, str, Callable[[], bool]] | None:
+    """The source of a recurrence's own code pieces, by template name; None for any other
+    name. Looked up again at every load: a test may register a component for a while."""
+    if not name.startswith(COMPONENT_CODE):
+        return None
+    component = RECURRENCES.find(name.removeprefix(COMPONENT_CODE))
+    if component is None or component.code is None:
+        return None
+    return component.code, f"<{type(component).__module__}.code>", lambda: False
 
 
 def arguments(names, suffix: str = "") -> str:

@@ -54,6 +54,37 @@ class SpecField:
 
 
 @dataclass(frozen=True)
+class RateInput:
+    """A per-token [B, T, H] input a matrix recurrence reads beside q, k and v.
+
+    `projection` and `sample` are Python expressions of the generated package, with `{z}`
+    standing for a [B, T, H] fp32 tensor of pre-activations: MCLayer's projection of x, the
+    selftest's standard normals. `{normalizer}` is the spec's layer.decay_normalizer and,
+    in `sample`, `{head_bias}` a [H] bias that makes even heads strong and odd heads weak.
+    """
+
+    name: str  # the op's argument: "g"
+    meaning: str  # "the log decay (<= 0)": the ops' docstring, the export's README
+    projection: str  # MCLayer: "F.logsigmoid({z}) / {normalizer}"
+    sample: str  # selftest: "F.logsigmoid({z} + {head_bias})"
+
+
+@dataclass(frozen=True)
+class CarriedTensor:
+    """An input's value at the last token, [B, H, D], that a recurrence's decode cache holds
+    beside its memory (swla's previous key and value: the next token's update reads them)."""
+
+    name: str  # the MCCache field: "last_key"
+    source: str  # the input it keeps: "k" or "v"
+    meaning: str  # the MCCache docstring's words for it
+
+    @property
+    def width(self) -> str:
+        """The size of its last dimension, as the generated code names it."""
+        return "value_dim" if self.source == "v" else "key_dim"
+
+
+@dataclass(frozen=True)
 class CostContext:
     """What a component's cost formulas read; counts are per head unless named otherwise."""
 
@@ -99,6 +130,19 @@ class RecurrenceComponent(Component):
     attention_form: ClassVar[bool] = False
     # The template of its Triton recurrence kernel; None: no Triton backend (torch only).
     triton_template: ClassVar[str | None] = None
+    # Tensors its decode cache holds beside the memory (the matrix templates' MCCache).
+    carried: ClassVar[tuple[CarriedTensor, ...]] = ()
+    # Its own code pieces: the source of a Jinja template of macros that fill the holes
+    # of the generated files (templates/package/recurrences/matrix.jinja names them).
+    # None: the pieces shared by the matrix recurrences in that file.
+    code: ClassVar[str | None] = None
+    SHARED_CODE: ClassVar[str] = "package/recurrences/matrix.jinja"
+
+    @property
+    def code_template(self) -> str:
+        """The template whose macros are its code pieces (codegen/templates.py loads a
+        component's own `code` under `components/recurrences/<name>`)."""
+        return self.SHARED_CODE if self.code is None else f"components/recurrences/{self.name}"
 
     def segment_rules(self, spec: Spec, end_steps: list[int]) -> list[FieldProblem]:
         """Rules between this memory and the segmentation, given the spec's segment steps
@@ -108,6 +152,10 @@ class RecurrenceComponent(Component):
     @abstractmethod
     def rate_inputs(self, scan: Scan) -> tuple[str, ...]:
         """The per-token [B,T,H] inputs (g, beta, eta) this scan reads."""
+
+    @abstractmethod
+    def possible_inputs(self) -> tuple[str, ...]:
+        """Every per-token input a scan of it may read, whatever its spec."""
 
     def scan_slots(self, scan: Scan) -> set[str]:
         """Every input slot of its recurrence_scan node but k, v and segments."""

@@ -1,18 +1,21 @@
-"""The registry: every component, listed once, looked up by name.
+"""The registry: every component, found once, looked up by name.
 
-Each kind lists its modules here, in the order names are shown to users (in errors and
-docs). Everything else asks the registry: the schema which names a spec may choose, the
-rules which fields apply, the passes, cost, plan and codegen what a component does.
+Each kind's folder (mcgen/components/recurrences/, ...) is searched for modules that
+define a `COMPONENT`: a new variant is a new module there, and nothing lists it by hand.
+Names are shown to users (in errors and docs) in the order of their modules' names.
+Everything else asks the registry: the schema which names a spec may choose, the rules
+which fields apply, the passes, cost, plan and codegen what a component does.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from mcgen.components.aggregations import grm, residual, soup, ssc
-from mcgen.components.aggregations import none as no_aggregation
+from mcgen.components import aggregations, recurrences, segmentations
 from mcgen.components.base import (
     AggregationComponent,
     Component,
@@ -21,9 +24,6 @@ from mcgen.components.base import (
     SpecField,
     in_words,
 )
-from mcgen.components.recurrences import decay, delta, dla, gated_delta, linear, titans
-from mcgen.components.segmentations import constant, explicit, logarithmic
-from mcgen.components.segmentations import none as no_segments
 
 if TYPE_CHECKING:
     from mcgen.spec.schema import Spec
@@ -96,17 +96,37 @@ class Kind(Generic[C]):
         return None
 
 
+def discover(package: ModuleType) -> list[ModuleType]:
+    """The modules of a components package that define a COMPONENT, by module name (the
+    others hold what several components share: recurrences/matrix.py, deep.py)."""
+    modules = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda info: info.name):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        if hasattr(module, "COMPONENT"):
+            modules.append(module)
+    return modules
+
+
 RECURRENCES: Kind[RecurrenceComponent] = Kind(
-    "recurrence", "memory.recurrence", (linear, decay, delta, gated_delta, dla, titans)
+    "recurrence", "memory.recurrence", discover(recurrences)
 )
 AGGREGATIONS: Kind[AggregationComponent] = Kind(
-    "aggregation", "aggregation.kind", (no_aggregation, residual, grm, soup, ssc)
+    "aggregation", "aggregation.kind", discover(aggregations)
 )
 SEGMENTATIONS: Kind[SegmentationComponent] = Kind(
-    "segmentation", "cache.segments.kind", (constant, logarithmic, explicit, no_segments)
+    "segmentation", "cache.segments.kind", discover(segmentations)
 )
 # Every kind, in the order a search draws the fields that choose them.
 KINDS: tuple[Kind[Any], ...] = (AGGREGATIONS, SEGMENTATIONS, RECURRENCES)
+
+
+def rate_input_names() -> tuple[str, ...]:
+    """Every per-token input some recurrence may read, in the op signatures' order: by
+    recurrence, each in its own order."""
+    names: dict[str, None] = {}
+    for recurrence in RECURRENCES:
+        names.update(dict.fromkeys(recurrence.possible_inputs()))
+    return tuple(names)
 
 
 def uncached_aggregation() -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import networkx as nx
 
-from mcgen.components.registry import AGGREGATIONS, RECURRENCES
+from mcgen.components.registry import AGGREGATIONS, RECURRENCES, rate_input_names
 from mcgen.ir.ops import (
     Aggregate,
     DescriptorPool,
@@ -44,9 +44,6 @@ from mcgen.spec.schema import Spec
 # Nominal activation dtype: the cost model counts inputs and outputs at this width.
 ACTIVATION_DTYPE = "bf16"
 STATE_DTYPE = "fp32"
-
-# Per-token rate inputs ([B,T,H]) in the order lowering adds them (the op's signature order).
-RATE_INPUTS = ("g", "beta", "eta")
 
 
 def lower(spec: Spec) -> nx.DiGraph:
@@ -93,7 +90,7 @@ def lower(spec: Spec) -> nx.DiGraph:
         # The initial MLP weights per head (flattened), where every sequence starts (and,
         # with init independent, every segment).
         _input(graph, "weights", "[H,P]", {"H": heads, "P": params}, dtype=STATE_DTYPE)
-    for name in RATE_INPUTS:
+    for name in rate_input_names():  # the op's signature order
         if name in rates:
             _input(graph, name, "[B,T,H]", {"H": heads})
 
@@ -110,7 +107,7 @@ def lower(spec: Spec) -> nx.DiGraph:
     _flow(graph, "v", "scan", "v")
     if params is not None:
         _flow(graph, "weights", "scan", "weights")
-    for name in RATE_INPUTS:
+    for name in rate_input_names():
         if name in rates:
             _flow(graph, name, "scan", name)
     # The scan always sees the segmentation: with `independent` it resets there.

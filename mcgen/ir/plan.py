@@ -18,7 +18,12 @@ from mcgen.components.base import (
     SegmentationComponent,
 )
 from mcgen.components.recurrences.deep import DeepRecurrence
-from mcgen.components.registry import AGGREGATIONS, RECURRENCES, SEGMENTATIONS
+from mcgen.components.registry import (
+    AGGREGATIONS,
+    RECURRENCES,
+    SEGMENTATIONS,
+    rate_input_names,
+)
 from mcgen.ir.errors import IRError
 from mcgen.ir.ops import (
     Aggregate,
@@ -67,17 +72,31 @@ class Plan:
     top_k: int | None  # ssc only
     gate_scale: float | None  # gated aggregations only
     chunk_size: int
-    # Which inputs the computation reads.
-    uses_g: bool
-    uses_beta: bool
+    # Which inputs the computation reads: the recurrence's per-token rates (g, beta, ...,
+    # in the op's signature order) and the gate's connector u.
+    rate_inputs: tuple[str, ...]
     uses_u: bool
-    uses_eta: bool = False  # titans' data-dependent momentum
     deep: DeepPlan | None = None  # dla and titans
     # How the Triton backend reads cached memories (passes/read_form.py); None: no cached reads
     # or a deep memory.
     read_form: Literal["state", "attention"] | None = None
     # Human-readable notes of what the passes rewrote, in order.
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def uses_g(self) -> bool:
+        """The log decay g (a deep memory's: g = log(1 - alpha), its weight decay)."""
+        return "g" in self.rate_inputs
+
+    @property
+    def uses_beta(self) -> bool:
+        """The write strength beta (a deep memory's: its inner learning rate)."""
+        return "beta" in self.rate_inputs
+
+    @property
+    def uses_eta(self) -> bool:
+        """titans' data-dependent momentum eta."""
+        return "eta" in self.rate_inputs
 
     @property
     def recurrence_component(self) -> RecurrenceComponent:
@@ -166,11 +185,9 @@ def plan_from_ir(graph: nx.DiGraph) -> Plan:
         gate_scale=gate.gate_scale if gate else None,
         chunk_size=scan.chunk_size,
         # A deep memory reads g, beta and eta for its data-dependent decay, lr and momentum.
-        uses_g="g" in inputs,
-        uses_beta="beta" in inputs,
+        rate_inputs=tuple(name for name in rate_input_names() if name in inputs),
         # connector `query` reads q for the gate, so no u input is needed.
         uses_u=gate is not None and gate.connector == "separate",
-        uses_eta="eta" in inputs,
         deep=deep,
         read_form=_read_form(graph),
         notes=tuple(graph.graph.get("notes", [])),

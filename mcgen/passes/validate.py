@@ -12,7 +12,12 @@ from typing import Any
 import networkx as nx
 
 from mcgen.components.base import MEMORY_KINDS
-from mcgen.components.registry import AGGREGATIONS, RECURRENCES, SEGMENTATIONS
+from mcgen.components.registry import (
+    AGGREGATIONS,
+    RECURRENCES,
+    SEGMENTATIONS,
+    rate_input_names,
+)
 from mcgen.ir.errors import IRError
 from mcgen.ir.graph import clone, inputs_of
 from mcgen.ir.ops import (
@@ -41,9 +46,7 @@ SOURCE_OP: dict[str, type[Op]] = {
     "k": Input,
     "v": Input,
     "u": Input,
-    "g": Input,
-    "beta": Input,
-    "eta": Input,
+    **dict.fromkeys(rate_input_names(), Input),  # g, beta, ...: a recurrence's rates
     "segments": Segmentation,
     "state": Scan,
     "states": Scan,

@@ -6,12 +6,12 @@ g = logsigmoid(x W_g) / layer.decay_normalizer, so a larger normalizer keeps the
 from __future__ import annotations
 
 from mcgen.components.fields import DECAY_NORMALIZER
-from mcgen.components.recurrences.matrix import MatrixRecurrence
+from mcgen.components.recurrences.matrix import LOG_DECAY, MatrixRecurrence
 
 
 class Decay(MatrixRecurrence):
     name = "decay"
-    inputs = ("g",)
+    inputs = (LOG_DECAY,)
     fields = (DECAY_NORMALIZER,)
     attention_form = True  # a decayed sum of v k^T
     triton_template = "package/triton_recurrence.py.jinja"

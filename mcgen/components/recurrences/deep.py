@@ -57,6 +57,9 @@ class DeepRecurrence(RecurrenceComponent):
     def rate_inputs(self, scan: Scan) -> tuple[str, ...]:
         return tuple(name for rate, name in RATE_INPUT.items() if getattr(scan, rate) == "data")
 
+    def possible_inputs(self) -> tuple[str, ...]:
+        return tuple(name for rate, name in RATE_INPUT.items() if rate in self.rates)
+
     def scan_slots(self, scan: Scan) -> set[str]:
         return {"weights", *self.rate_inputs(scan)}  # weights: the initial MLP per head
 

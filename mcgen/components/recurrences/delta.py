@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from mcgen.components.recurrences.matrix import MatrixRecurrence
+from mcgen.components.recurrences.matrix import WRITE_STRENGTH, MatrixRecurrence
 
 
 class Delta(MatrixRecurrence):
     name = "delta"
-    inputs = ("beta",)
+    inputs = (WRITE_STRENGTH,)
     delta_rule = True
     default_key_norm = "l2"  # the update is stable for unit keys only
     # The WY form of the chunked delta rule: its own kernel, under the same file name.

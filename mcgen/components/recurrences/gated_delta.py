@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from mcgen.components.fields import DECAY_NORMALIZER
-from mcgen.components.recurrences.matrix import MatrixRecurrence
+from mcgen.components.recurrences.matrix import LOG_DECAY, WRITE_STRENGTH, MatrixRecurrence
 
 
 class GatedDelta(MatrixRecurrence):
     name = "gated_delta"
-    inputs = ("g", "beta")
+    inputs = (LOG_DECAY, WRITE_STRENGTH)
     fields = (DECAY_NORMALIZER,)
     delta_rule = True
     default_key_norm = "l2"  # the update is stable for unit keys only

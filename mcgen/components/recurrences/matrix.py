@@ -9,25 +9,42 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from mcgen.components.base import FP32_BYTES, CostContext, RecurrenceComponent
+from mcgen.components.base import FP32_BYTES, CostContext, RateInput, RecurrenceComponent
 
 if TYPE_CHECKING:
     from mcgen.ir.ops import Scan
     from mcgen.spec.schema import Spec
 
+# The rate inputs more than one matrix recurrence reads.
+LOG_DECAY = RateInput(
+    "g",
+    "the log decay (<= 0)",
+    projection="F.logsigmoid({z}) / {normalizer}",
+    sample="F.logsigmoid({z} + {head_bias})",  # even heads forget slowly, odd heads fast
+)
+WRITE_STRENGTH = RateInput(
+    "beta",
+    "the write strength in (0, 1)",
+    projection="torch.sigmoid({z})",
+    sample="torch.sigmoid({z})",
+)
+
 
 class MatrixRecurrence(RecurrenceComponent):
     memory = "matrix"
     # The per-token rate inputs its update reads, in the op's signature order.
-    inputs: ClassVar[tuple[str, ...]] = ()
+    inputs: ClassVar[tuple[RateInput, ...]] = ()
 
     @property
     def decays(self) -> bool:
         """The state is multiplied by exp(g_t) each token before the write."""
-        return "g" in self.inputs
+        return LOG_DECAY in self.inputs
 
     def rate_inputs(self, scan: Scan) -> tuple[str, ...]:
-        return self.inputs
+        return self.possible_inputs()
+
+    def possible_inputs(self) -> tuple[str, ...]:
+        return tuple(rate.name for rate in self.inputs)
 
     def state_shape(self, spec: Spec) -> str:
         return "[V,K]"
