@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from mcgen.components.registry import RECURRENCES
 from mcgen.spec import Spec, parse_spec
+
+# Every registered matrix-memory recurrence: a new one is covered by the tests that take these.
+MATRIX_RECURRENCES = [c.name for c in RECURRENCES if c.memory == "matrix"]
 
 # Segmentations by name, as raw YAML flow mappings for `spec_text(segments=...)`.
 SEGMENTS = {

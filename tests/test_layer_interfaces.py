@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 import torch
-from spec_helpers import spec_text
+from spec_helpers import MATRIX_RECURRENCES, spec_text
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -21,7 +21,7 @@ SEGMENTS = {
     "none": "{kind: none}",
 }
 AGGREGATIONS = {"none": "", "residual": "", "grm": "", "ssc": ", top_k: 2"}
-RECURRENCES = ["linear", "decay", "delta", "gated_delta"]
+RECURRENCES = MATRIX_RECURRENCES
 
 
 def _inputs(package, batch, seq_len, *, heads=2, dim=8, seed=0):

@@ -9,6 +9,7 @@ import importlib
 
 import pytest
 import torch
+from spec_helpers import MATRIX_RECURRENCES
 
 # heads 2, key_dim 8, value_dim 8 (spec_helpers' defaults); every input q, k, v, u, g, beta.
 FULL = {"recurrence": "gated_delta", "aggregation": "grm"}
@@ -200,7 +201,7 @@ def test_layer_needs_an_input(build_tiny):
 
 # -- causality holds for non-finite inputs ---------------------------------------------------------
 
-RECURRENCES = ["linear", "decay", "delta", "gated_delta"]
+RECURRENCES = MATRIX_RECURRENCES
 NAN_AT = 70  # inside the chunk of tokens 64..95 (chunks end at segment ends)
 
 

@@ -8,10 +8,11 @@ import itertools
 
 import pytest
 import torch
+from spec_helpers import MATRIX_RECURRENCES
 
 from mcgen.segments import segment_ends
 
-RECURRENCES = ["linear", "decay", "delta", "gated_delta"]
+RECURRENCES = MATRIX_RECURRENCES
 SEGMENTS = {
     "constant": "{kind: constant, length: 8}",
     "logarithmic": "{kind: logarithmic, length: 4}",
@@ -64,21 +65,28 @@ def _causal_linear_attention(q, k, v, scale):
     return torch.einsum("bhts,bshv->bthv", scores.masked_fill(~mask, 0), v)
 
 
-def _base_rnn(recurrence, q, k, v, g, beta, scale):
+def _base_rnn(recurrence, x, scale):
     """The recurrence of method.md section 3 with no caching, as a plain loop per (b, h)."""
+    q, k, v = x["q"], x["k"], x["v"]
     batch, seq_len, heads, key_dim = q.shape
     out = torch.zeros(batch, seq_len, heads, v.shape[-1], dtype=torch.float64)
+    eye = torch.eye(key_dim, dtype=torch.float64)
     for b, h in itertools.product(range(batch), range(heads)):
         state = torch.zeros(v.shape[-1], key_dim, dtype=torch.float64)
+        previous = torch.zeros_like(state)  # swla: v_{t-1} k_{t-1}^T
         for t in range(seq_len):
             kt, vt = k[b, t, h], v[b, t, h]
-            decay = torch.exp(g[b, t, h]) if g is not None else 1.0
-            if beta is None:
-                state = decay * state + torch.outer(vt, kt)
+            rate = {name: x[name][b, t, h] for name in ("g", "beta", "beta_prev") if name in x}
+            decay = torch.exp(rate["g"]) if "g" in rate else 1.0
+            write = torch.outer(vt, kt)
+            if recurrence == "swla":
+                state = decay * state + rate["beta_prev"] * previous + rate["beta"] * write
+                previous = write
+            elif "beta" in rate:
+                erase = eye - rate["beta"] * torch.outer(kt, kt)
+                state = decay * state @ erase + rate["beta"] * write
             else:
-                eye = torch.eye(key_dim, dtype=torch.float64)
-                erase = eye - beta[b, t, h] * torch.outer(kt, kt)
-                state = decay * state @ erase + beta[b, t, h] * torch.outer(vt, kt)
+                state = decay * state + write
             out[b, t, h] = state @ (scale * q[b, t, h])
     return out
 
@@ -157,7 +165,7 @@ def test_none_checkpoint_linear_is_causal_linear_attention(build_tiny, segments)
 def test_none_checkpoint_is_the_base_rnn(build_tiny, recurrence):
     package = _package(build_tiny, recurrence, "constant", "checkpoint", "none")
     x = _inputs(package, batch=1, seq_len=13)
-    expected = _base_rnn(recurrence, x["q"], x["k"], x["v"], x.get("g"), x.get("beta"), 8**-0.5)
+    expected = _base_rnn(recurrence, x, 8**-0.5)
     assert _rel(package.reference(**x), expected) < 1e-12
     assert _rel(package.mc_forward(**x), expected) < 1e-12
 
