@@ -39,8 +39,9 @@ LAYERS = 2
 SLOTS_REPORTED = 8  # per-slot accuracy of the first query slots after the pairs
 
 
-def base_spec(recurrence: str, d_model: int) -> dict:
-    """The base RNN (one segment, no aggregation) with the study's fields."""
+def base_spec(recurrence: str, d_model: int, deep: dict | None = None) -> dict:
+    """The base RNN (one segment, no aggregation) with the study's fields; `deep`
+    overrides fields of a deep memory's section."""
     memory: dict = {
         "recurrence": recurrence,
         "heads": d_model // HEAD_DIM,
@@ -49,6 +50,7 @@ def base_spec(recurrence: str, d_model: int) -> dict:
     }
     if recurrence in ("dla", "titans"):
         memory["deep"] = {"depth": 2, "expansion": 2, "activation": "gelu", "minibatch": 16}
+        memory["deep"].update(deep or {})
     return {
         "name": f"budget_{recurrence}_{d_model}",
         "memory": memory,
@@ -85,7 +87,7 @@ def _drop_identity_from_read(backend) -> None:
 def mixer_factory(args: argparse.Namespace, workdir: Path):
     if args.mixer == "attention":
         return attention_mixer(args.d_model, args.d_model // HEAD_DIM, short_conv=args.short_conv)
-    spec = base_spec(args.mixer, args.d_model)
+    spec = base_spec(args.mixer, args.d_model, deep_fields(args))
     path = workdir / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     package = import_package(build(path, workdir / "generated").path)
@@ -111,15 +113,28 @@ def mixer_factory(args: argparse.Namespace, workdir: Path):
     return factory
 
 
+def deep_fields(args: argparse.Namespace) -> dict:
+    """The deep-memory fields given on the command line (--minibatch, --depth, ...)."""
+    fields = {
+        "minibatch": args.minibatch,
+        "depth": args.depth,
+        "expansion": args.expansion,
+        "lr": args.inner_lr,
+        "momentum": args.momentum,
+        "decay": args.decay,
+    }
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def data_config(args: argparse.Namespace, *, zero_fillers: bool) -> MQARDataConfig:
     return MQARDataConfig(
-        vocab_size=256,
+        vocab_size=args.vocab,
         random_non_queries=not zero_fillers,
         seed=0,
-        train=[MQARSlice(seq_len=64, num_pairs=8, num_examples=args.examples)],
+        train=[MQARSlice(seq_len=args.seq_len, num_pairs=args.pairs, num_examples=args.examples)],
         test=[
-            MQARSlice(seq_len=64, num_pairs=8, num_examples=256),
-            MQARSlice(seq_len=128, num_pairs=8, num_examples=256),
+            MQARSlice(seq_len=args.seq_len, num_pairs=args.pairs, num_examples=256),
+            MQARSlice(seq_len=2 * args.seq_len, num_pairs=args.pairs, num_examples=256),
         ],
     )
 
@@ -166,6 +181,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab", type=int, default=256)
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=64, help="training length (test: it and 2x)")
+    parser.add_argument("--layers", type=int, default=LAYERS)
+    parser.add_argument("--minibatch", type=int, help="deep memories: memory.deep.minibatch")
+    parser.add_argument("--depth", type=int, help="deep memories: memory.deep.depth")
+    parser.add_argument("--expansion", type=int, help="deep memories: memory.deep.expansion")
+    parser.add_argument("--inner-lr", type=float, help="deep memories: a constant theta")
+    parser.add_argument("--momentum", type=float, help="titans: a constant eta")
+    parser.add_argument("--decay", type=float, help="titans: a constant alpha")
     parser.add_argument("--zero-fillers", action="store_true", help="filler token 0, not random")
     parser.add_argument("--short-conv", type=int, default=3)
     parser.add_argument("--conv", choices=("front", "proj"), default="front")
@@ -186,7 +211,7 @@ def main() -> None:
     train_data, test_data = load_data(data_config(args, zero_fillers=args.zero_fillers))
     config = TrainConfig(
         d_model=args.d_model,
-        layers=LAYERS,
+        layers=args.layers,
         lr=args.lr,
         max_steps=args.steps,
         batch_size=args.batch,
@@ -197,7 +222,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         factory = mixer_factory(args, Path(workdir))
         torch.manual_seed(args.seed)
-        model = MQARModel(256, args.d_model, LAYERS, factory)
+        model = MQARModel(args.vocab, args.d_model, args.layers, factory)
         started = time.perf_counter()
         result = train(model, train_data, test_data, config, progress=True)
         wall = time.perf_counter() - started

@@ -328,7 +328,8 @@ def test_the_paper_space_covers_every_base_variant_and_width():
         for v in ("base", "grm", "ssc", "log")
         for w in ("d24", "d48")
     }
-    assert space.train.seeds == 3 and space.train.lr_sweep is not None
+    # Two seeds at least: a cell reports a mean and a spread.
+    assert space.train.seeds >= 2 and space.train.lr_sweep is not None
     assert space.train.plateau is not None and widths(space) == [24, 48]
 
 
