@@ -324,12 +324,12 @@ def test_the_paper_space_covers_every_base_variant_and_width():
     combos = {(p["memory.recurrence"], p["variant"], p["width"]) for p in points}
     assert combos == {
         (r, v, w)
-        for r in ("titans", "dla", "gated_delta")
+        for r in ("titans", "dla", "swla", "gated_delta")
         for v in ("base", "grm", "ssc", "log")
         for w in ("d24", "d48")
     }
-    # Two seeds at least: a cell reports a mean and a spread.
-    assert space.train.seeds >= 2 and space.train.lr_sweep is not None
+    # The three seeds at least: a cell reports a mean and a spread.
+    assert space.train.seeds >= 3 and space.train.lr_sweep is not None
     assert space.train.plateau is not None and widths(space) == [24, 48]
 
 
@@ -357,7 +357,7 @@ def test_every_candidate_of_the_paper_space_builds_and_trains_a_step(tmp_path):
         model = MQARModel(space.data.vocab_size, width, space.train.layers, factory)
         result = train(model, train_data, test_data, config, progress=False)
         assert result.steps == 1 and math.isfinite(result.history[-1].loss)
-    assert len(factories) == 24 + 2
+    assert len(factories) == 32 + 2  # 4 bases x 4 variants x 2 widths, attention x 2
 
 
 # --- the report of a grid --------------------------------------------------------------------

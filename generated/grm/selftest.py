@@ -351,15 +351,16 @@ def parse_shape(text: str) -> tuple[int, int, int, int, int]:
 
 
 def format_table(checks: list[Check]) -> str:
+    width = max([len("check"), *(len(c.quantity) for c in checks)])  # "grad beta_prev"
     head = (
-        f"{'backend':8} {'dtype':9} {'B x T x H x K x V':22} {'check':8} "
+        f"{'backend':8} {'dtype':9} {'B x T x H x K x V':22} {'check':{width}} "
         f"{'rel. error':>11} {'tolerance':>10}  result"
     )
     lines = [head, "-" * len(head)]
     for c in checks:
         verdict = "ok" if c.passed else "FAIL"
         lines.append(
-            f"{c.backend:8} {c.dtype:9} {c.shape:22} {c.quantity:8} "
+            f"{c.backend:8} {c.dtype:9} {c.shape:22} {c.quantity:{width}} "
             f"{c.error:11.3e} {c.tolerance:10.1e}  {verdict}"
         )
     return "\n".join(lines)

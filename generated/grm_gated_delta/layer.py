@@ -137,8 +137,12 @@ class MCLayer(nn.Module):
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         inputs = {"q": q, "k": k, "v": v}
         inputs["u"] = self.u_proj(x).view(batch, seq_len, heads, self.key_dim)
-        inputs["g"] = F.logsigmoid(self.g_proj(x).float()) / 16.0
-        inputs["beta"] = torch.sigmoid(self.beta_proj(x).float())
+        # The rates in fp32 at least (16-bit ones lose the decay's precision), in fp64 for an
+        # fp64 layer: fp32 sigmoids of a whole sequence and of one token may differ in the
+        # last bit, and decode must reproduce the whole sequence exactly there.
+        rate_dtype = torch.promote_types(x.dtype, torch.float32)
+        inputs["g"] = F.logsigmoid(self.g_proj(x).to(rate_dtype)) / 16.0
+        inputs["beta"] = torch.sigmoid(self.beta_proj(x).to(rate_dtype))
         return inputs
 
     def _call_options(self) -> dict:
