@@ -27,7 +27,7 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 
-from .ops import BACKENDS, RATE_INPUTS, USES_U, mc_forward, mc_step
+from .ops import BACKENDS, READS, mc_forward, mc_step
 from .reference import reference
 from .spec import CHUNK_SIZE, HEADS, KEY_DIM, SEGMENT_LENGTH, VALUE_DIM
 
@@ -37,8 +37,7 @@ TOLERANCES = {
     "float32": (1e-5, 2e-5),
     "bfloat16": (2e-2, 4e-2),
 }
-DEEP = False
-INPUT_NAMES = ("q", "k", "v") + ("u",) * USES_U + RATE_INPUTS
+INPUT_NAMES = ("q", "k", "v", *READS)
 # Inputs that are not sequences over time (the deep memory's initial weights).
 STATIC_INPUTS = ("weights",)
 
@@ -79,8 +78,7 @@ def make_inputs(batch, seq_len, heads, key_dim, value_dim, *, dtype, seed=0, dev
     # The delta rules assume unit keys (as MCLayer makes them).
     inputs["q"] = F.normalize(inputs["q"], dim=-1)
     inputs["k"] = F.normalize(inputs["k"], dim=-1)
-    if USES_U:
-        inputs["u"] = randn(batch, seq_len, heads, key_dim)
+    inputs["u"] = randn(batch, seq_len, heads, key_dim)
     # Even heads' gates strong (pre-activation about +3), odd heads' weak (about -1).
     head_bias = torch.tensor(
         [3.0 if h % 2 == 0 else -1.0 for h in range(heads)], dtype=torch.float64
@@ -197,9 +195,7 @@ def ladder_shapes(
             shapes.append((1, seq_len, 2, 12, 20))  # K != V, neither a power of two
         return shapes
     shapes = [(2, seq_len, HEADS, KEY_DIM, VALUE_DIM)]
-    if not quick and DEEP:
-        shapes.append((1, seq_len, 3, 12, 12))  # a head size that is not a power of two
-    elif not quick:
+    if not quick:
         shapes.append((1, seq_len, 3, 24, 40))  # K != V, neither a power of two
     return shapes
 

@@ -26,7 +26,7 @@ from itertools import pairwise
 
 import torch
 
-from .ops import BACKENDS, RATE_INPUTS, USES_U, mc_forward, mc_step
+from .ops import BACKENDS, READS, mc_forward, mc_step
 from .reference import reference
 from .spec import CHUNK_SIZE, HEADS, KEY_DIM, SEGMENT_LENGTH, VALUE_DIM
 
@@ -36,8 +36,7 @@ TOLERANCES = {
     "float32": (1e-5, 2e-5),
     "bfloat16": (2e-2, 4e-2),
 }
-DEEP = False
-INPUT_NAMES = ("q", "k", "v") + ("u",) * USES_U + RATE_INPUTS
+INPUT_NAMES = ("q", "k", "v", *READS)
 # Inputs that are not sequences over time (the deep memory's initial weights).
 STATIC_INPUTS = ("weights",)
 
@@ -75,8 +74,7 @@ def make_inputs(batch, seq_len, heads, key_dim, value_dim, *, dtype, seed=0, dev
         "k": randn(batch, seq_len, heads, key_dim),
         "v": randn(batch, seq_len, heads, value_dim),
     }
-    if USES_U:
-        inputs["u"] = randn(batch, seq_len, heads, key_dim)
+    inputs["u"] = randn(batch, seq_len, heads, key_dim)
     return {name: _map(lambda x: x.to(dtype=dtype, device=device), x) for name, x in inputs.items()}
 
 
@@ -188,9 +186,7 @@ def ladder_shapes(
             shapes.append((1, seq_len, 2, 12, 20))  # K != V, neither a power of two
         return shapes
     shapes = [(2, seq_len, HEADS, KEY_DIM, VALUE_DIM)]
-    if not quick and DEEP:
-        shapes.append((1, seq_len, 3, 12, 12))  # a head size that is not a power of two
-    elif not quick:
+    if not quick:
         shapes.append((1, seq_len, 3, 24, 40))  # K != V, neither a power of two
     return shapes
 

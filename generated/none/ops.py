@@ -18,14 +18,13 @@ from itertools import pairwise
 import torch
 
 from . import backend_torch
-from .cache import DESCRIBED, MCCache
+from .cache import MCCache
 from .spec import HEADS, KEY_DIM, VALUE_DIM
 
 BACKENDS = ("torch", "triton")
-# Whether the gate reads a connector u beside q, k and v.
-USES_U = False
-# The recurrence's per-token inputs [B, T, H], in the signature's order.
-RATE_INPUTS = ()
+# The optional inputs this spec reads, in the signature's order: u (the gate's connector)
+# and the recurrence's per-token rates [B, T, H].
+READS = ()
 
 
 def mc_forward(
@@ -127,9 +126,9 @@ def _check_step_inputs(q_t, k_t, v_t, extras) -> None:
 
 
 def _check_extras(q, extras: dict, lead: tuple[int, ...], key_dim: int, suffix: str) -> None:
-    """u in q's dtype; the rates (RATE_INPUTS) in any float dtype (MCLayer makes them fp32)."""
+    """u in q's dtype; the rates in any float dtype (MCLayer makes them fp32 at least)."""
     for name, value in extras.items():
-        used = USES_U if name == "u" else True
+        used = name in READS
         shape = (*lead, key_dim) if name == "u" else lead
         if used and value is None:
             raise ValueError(f"this spec needs {name}{suffix} of shape {list(shape)}")
@@ -185,8 +184,8 @@ def _check_cache(name: str, cache, q, value_dim: int) -> None:
     expected = {
         "state": (batch, heads, value_dim, key_dim),
         "states": (batch, heads, cache.num_cached, value_dim, key_dim),
-        "descriptors": (batch, heads, cache.num_cached if DESCRIBED else 0, key_dim),
-        "prefix_sum": (batch, heads, key_dim if DESCRIBED else 0),
+        "descriptors": (batch, heads, 0, key_dim),
+        "prefix_sum": (batch, heads, 0),
     }
     for field, shape in expected.items():
         _check_cache_tensor(name, field, getattr(cache, field), shape, q)

@@ -8,9 +8,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-# Whether a gate reads segment descriptors (and so the running key sum is kept).
-DESCRIBED = True
-
 
 @dataclass
 class MCCache:
@@ -44,9 +41,7 @@ class MCCache:
             state=torch.zeros(batch, heads, value_dim, key_dim, dtype=dtype, device=device),
             states=torch.zeros(batch, heads, 0, value_dim, key_dim, dtype=dtype, device=device),
             descriptors=torch.zeros(batch, heads, 0, key_dim, dtype=dtype, device=device),
-            prefix_sum=torch.zeros(
-                batch, heads, key_dim if DESCRIBED else 0, dtype=dtype, device=device
-            ),
+            prefix_sum=torch.zeros(batch, heads, key_dim, dtype=dtype, device=device),
             position=0,
         )
 

@@ -8,8 +8,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-# Whether a gate reads segment descriptors (and so the running key sum is kept).
-DESCRIBED = True
 # Whether momentum is part of the state (titans).
 HAS_MOMENTUM = True
 
@@ -50,7 +48,7 @@ class MCCache:
             momentum=[torch.zeros_like(w) for w in weights] if HAS_MOMENTUM else [],
             states=[w.new_zeros(batch, heads, 0, *w.shape[1:]) for w in initial],
             descriptors=initial[0].new_zeros(batch, heads, 0, key_dim),
-            prefix_sum=initial[0].new_zeros(batch, heads, key_dim if DESCRIBED else 0),
+            prefix_sum=initial[0].new_zeros(batch, heads, key_dim),
             position=0,
         )
 

@@ -13,17 +13,17 @@ import os
 import torch
 
 from . import backend_torch
-from .cache import DESCRIBED, HAS_MOMENTUM, MCCache
+from .cache import HAS_MOMENTUM, MCCache
 from .spec import HEADS, KEY_DIM, VALUE_DIM
 
 BACKENDS = ("torch",)
 DEPTH = 2
 EXPANSION = 2
 # Inputs this spec reads, beyond q, k, v and the initial weights.
-USES_U = True
-USES_G = True  # g = log(1 - alpha_t), titans' data-dependent decay
-USES_BETA = True  # beta = theta_t, the data-dependent inner learning rate
-USES_ETA = True  # eta_t, titans' data-dependent momentum
+# The optional inputs this spec reads: u (the gate's connector) and the data-dependent rates,
+# g = log(1 - alpha_t) (titans' decay), beta = theta_t (the inner learning rate), eta_t
+# (titans' momentum).
+READS = ("u", "g", "beta", "eta")
 
 
 def weight_shapes(key_dim: int) -> list[tuple[int, int]]:
@@ -143,7 +143,7 @@ def _check_cache(name: str, cache, q) -> None:
             f"{name} holds an MLP of {len(cache.weights)} layers, this spec's has {len(shapes)}"
         )
     cached = cache.num_cached
-    described = (cached, key_dim) if DESCRIBED else (0, 0)  # (descriptors, key sum size)
+    described = (cached, key_dim)  # (descriptors, key sum size)
     fields = [
         ("descriptors", cache.descriptors, (batch, heads, described[0], key_dim)),
         ("prefix_sum", cache.prefix_sum, (batch, heads, described[1])),
@@ -159,12 +159,9 @@ def _check_cache(name: str, cache, q) -> None:
 
 def _check_extras(q, u, g, beta, eta, lead, key_dim, suffix) -> None:
     """u in q's dtype; the gates g, beta and eta in any float dtype (MCLayer makes them fp32)."""
-    for name, value, used, shape in (
-        ("u", u, USES_U, (*lead, key_dim)),
-        ("g", g, USES_G, lead),
-        ("beta", beta, USES_BETA, lead),
-        ("eta", eta, USES_ETA, lead),
-    ):
+    for name, value in (("u", u), ("g", g), ("beta", beta), ("eta", eta)):
+        used = name in READS
+        shape = (*lead, key_dim) if name == "u" else lead
         if used and value is None:
             raise ValueError(f"this spec needs {name}{suffix} of shape {list(shape)}")
         if not used and value is not None:

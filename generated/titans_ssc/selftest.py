@@ -27,7 +27,7 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 
-from .ops import BACKENDS, USES_BETA, USES_ETA, USES_G, USES_U, mc_forward, mc_step, weight_shapes
+from .ops import BACKENDS, READS, mc_forward, mc_step, weight_shapes
 from .reference import reference
 from .spec import CHUNK_SIZE, HEADS, KEY_DIM, SEGMENT_LENGTH, VALUE_DIM
 
@@ -37,9 +37,7 @@ TOLERANCES = {
     "float32": (1e-5, 2e-5),
     "bfloat16": (2e-2, 4e-2),
 }
-DEEP = True
-INPUT_NAMES = ("q", "k", "v") + ("u",) * USES_U + ("g",) * USES_G + ("beta",) * USES_BETA
-INPUT_NAMES += ("eta",) * USES_ETA + ("weights",)
+INPUT_NAMES = ("q", "k", "v", *READS, "weights")
 # Inputs that are not sequences over time (the deep memory's initial weights).
 STATIC_INPUTS = ("weights",)
 
@@ -79,15 +77,13 @@ def make_inputs(batch, seq_len, heads, key_dim, value_dim, *, dtype, seed=0, dev
     }
     # Unit keys, queries and targets: the inner optimisation then stays stable at these rates.
     inputs = {name: F.normalize(x, dim=-1) for name, x in inputs.items()}
-    if USES_U:
-        inputs["u"] = randn(batch, seq_len, heads, key_dim)
-    if USES_G:  # g = log(1 - alpha), alpha = sigmoid(z - 5) about 0.01: a weak decay
-        inputs["g"] = F.logsigmoid(-(randn(batch, seq_len, heads) - 5.0))
-    if USES_BETA:  # inner learning rates about 0.05, so the memory neither diverges nor
-        # freezes over a few hundred tokens
-        inputs["beta"] = torch.sigmoid(randn(batch, seq_len, heads) - 3.0)
-    if USES_ETA:
-        inputs["eta"] = torch.sigmoid(randn(batch, seq_len, heads) - 1.0)
+    inputs["u"] = randn(batch, seq_len, heads, key_dim)
+    # g = log(1 - alpha), alpha = sigmoid(z - 5) about 0.01: a weak decay
+    inputs["g"] = F.logsigmoid(-(randn(batch, seq_len, heads) - 5.0))
+    # Inner learning rates about 0.05: the memory neither diverges nor freezes over a few
+    # hundred tokens.
+    inputs["beta"] = torch.sigmoid(randn(batch, seq_len, heads) - 3.0)
+    inputs["eta"] = torch.sigmoid(randn(batch, seq_len, heads) - 1.0)
     inputs["weights"] = [randn(heads, out, inp) * inp**-0.5 for out, inp in weight_shapes(key_dim)]
     return {name: _map(lambda x: x.to(dtype=dtype, device=device), x) for name, x in inputs.items()}
 
@@ -200,10 +196,8 @@ def ladder_shapes(
             shapes.append((1, seq_len, 2, 12, 20))  # K != V, neither a power of two
         return shapes
     shapes = [(2, seq_len, HEADS, KEY_DIM, VALUE_DIM)]
-    if not quick and DEEP:
+    if not quick:
         shapes.append((1, seq_len, 3, 12, 12))  # a head size that is not a power of two
-    elif not quick:
-        shapes.append((1, seq_len, 3, 24, 40))  # K != V, neither a power of two
     return shapes
 
 
