@@ -146,7 +146,10 @@ class MCLayer(nn.Module):
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         inputs = {"q": q, "k": k, "v": self.v_proj(x).view(batch, seq_len, heads, self.key_dim)}
         inputs["u"] = self.u_proj(x).view(batch, seq_len, heads, self.key_dim)
-        inputs["beta"] = torch.sigmoid(self.lr_proj(x).float())
+        # The rates in fp32 at least, in fp64 for an fp64 layer (decode then reproduces the
+        # whole sequence exactly: fp32 sigmoids of a sequence and of a token may differ).
+        rate_dtype = torch.promote_types(x.dtype, torch.float32)
+        inputs["beta"] = torch.sigmoid(self.lr_proj(x).to(rate_dtype))
         return inputs
 
     def _call_options(self) -> dict:

@@ -22,8 +22,9 @@ from .cache import MCCache
 from .spec import HEADS, KEY_DIM, VALUE_DIM
 
 BACKENDS = ("torch", "triton")
-# The optional inputs this spec reads, in the signature's order: u (the gate's connector)
-# and the recurrence's per-token rates [B, T, H].
+# The optional inputs this spec takes, in the signature's order: u (the connector of the gate
+# the spec writes, taken even where nothing is cached and the gate is gone) and the
+# recurrence's per-token rates [B, T, H].
 READS = ("u", "g")
 
 
