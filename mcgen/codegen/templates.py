@@ -56,9 +56,10 @@ def component_code(name: str) -> tuple[str, str, Callable[[], bool]] | None:
     if not name.startswith(COMPONENT_CODE):
         return None
     component = RECURRENCES.find(name.removeprefix(COMPONENT_CODE))
-    if component is None or component.code is None:
+    code = getattr(component, "code", None)  # a deep memory has its own templates instead
+    if code is None:
         return None
-    return component.code, f"<{type(component).__module__}.code>", lambda: False
+    return code, f"<{type(component).__module__}.code>", lambda: False
 
 
 def arguments(names, suffix: str = "") -> str:

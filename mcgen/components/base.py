@@ -130,19 +130,6 @@ class RecurrenceComponent(Component):
     attention_form: ClassVar[bool] = False
     # The template of its Triton recurrence kernel; None: no Triton backend (torch only).
     triton_template: ClassVar[str | None] = None
-    # Tensors its decode cache holds beside the memory (the matrix templates' MCCache).
-    carried: ClassVar[tuple[CarriedTensor, ...]] = ()
-    # Its own code pieces: the source of a Jinja template of macros that fill the holes
-    # of the generated files (templates/package/recurrences/matrix.jinja names them).
-    # None: the pieces shared by the matrix recurrences in that file.
-    code: ClassVar[str | None] = None
-    SHARED_CODE: ClassVar[str] = "package/recurrences/matrix.jinja"
-
-    @property
-    def code_template(self) -> str:
-        """The template whose macros are its code pieces (codegen/templates.py loads a
-        component's own `code` under `components/recurrences/<name>`)."""
-        return self.SHARED_CODE if self.code is None else f"components/recurrences/{self.name}"
 
     def segment_rules(self, spec: Spec, end_steps: list[int]) -> list[FieldProblem]:
         """Rules between this memory and the segmentation, given the spec's segment steps

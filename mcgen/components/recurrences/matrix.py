@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from mcgen.components.base import FP32_BYTES, CostContext, RateInput, RecurrenceComponent
+from mcgen.components.base import (
+    FP32_BYTES,
+    CarriedTensor,
+    CostContext,
+    RateInput,
+    RecurrenceComponent,
+)
 
 if TYPE_CHECKING:
     from mcgen.ir.ops import Scan
@@ -34,6 +40,19 @@ class MatrixRecurrence(RecurrenceComponent):
     memory = "matrix"
     # The per-token rate inputs its update reads, in the op's signature order.
     inputs: ClassVar[tuple[RateInput, ...]] = ()
+    # Tensors its decode cache holds beside the memory (MCCache's fields).
+    carried: ClassVar[tuple[CarriedTensor, ...]] = ()
+    # Its own code pieces: the source of a Jinja template of macros that fill the holes of
+    # the matrix skeletons (reference.py, backend_torch.py; SHARED_CODE names them). None:
+    # the pieces linear, decay, delta and gated_delta share, in SHARED_CODE.
+    code: ClassVar[str | None] = None
+    SHARED_CODE: ClassVar[str] = "package/recurrences/matrix.jinja"
+
+    @property
+    def code_template(self) -> str:
+        """The template whose macros are its code pieces (codegen/templates.py serves a
+        component's own `code` as `components/recurrences/<name>`)."""
+        return self.SHARED_CODE if self.code is None else f"components/recurrences/{self.name}"
 
     @property
     def decays(self) -> bool:
