@@ -419,15 +419,20 @@ def test_the_extrapolation_scales_the_measured_step_and_evaluation_times():
         extrapolate(cells[:-2], space_of(target))
 
 
-def test_the_pilot_times_the_paper_studys_own_candidates_data_and_model():
-    paper = parse_space(PAPER.read_text(encoding="utf-8"), str(PAPER))
-    pilot_path = REPO / "search" / "paper_pilot.yaml"
+@pytest.mark.parametrize(
+    ("study", "pilot_name"),
+    [("paper_cpu", "paper_pilot"), ("paper_niah_cpu", "paper_niah_pilot")],
+)
+def test_the_pilot_times_the_studys_own_candidates_data_and_model(study, pilot_name):
+    study_path = REPO / "search" / f"{study}.yaml"
+    paper = parse_space(study_path.read_text(encoding="utf-8"), str(study_path))
+    pilot_path = REPO / "search" / f"{pilot_name}.yaml"
     pilot = parse_space(pilot_path.read_text(encoding="utf-8"), str(pilot_path))
     assert [spec for _, spec in grid_specs(pilot)] == [
-        {**spec, "name": spec["name"].replace("paper_cpu", "paper_pilot")}
-        for _, spec in grid_specs(paper)
+        {**spec, "name": spec["name"].replace(study, pilot_name)} for _, spec in grid_specs(paper)
     ]
-    assert pilot.mqar == paper.mqar and widths(pilot) == widths(paper)
+    assert pilot.task == paper.task and widths(pilot) == widths(paper)
+    assert (pilot.mqar, pilot.niah) == (paper.mqar, paper.niah)
     same = ("batch_size", "layers")
     assert {k: getattr(pilot.train, k) for k in same} == {k: getattr(paper.train, k) for k in same}
 
