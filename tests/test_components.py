@@ -4,6 +4,8 @@ becomes a valid spec name without any other file changing."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -23,6 +25,7 @@ from mcgen.components.registry import (
     SEGMENTATIONS,
     Kind,
     UnknownComponent,
+    discover,
 )
 from mcgen.passes.pipeline import compile_spec
 from mcgen.search.space import applies, spec_leaf_paths
@@ -189,3 +192,19 @@ def test_each_layer_can_be_imported_first(module: str) -> None:
         [sys.executable, "-c", f"import {module}"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "shared"),
+    [(RECURRENCES, {"matrix", "deep"}), (AGGREGATIONS, {"gated"}), (SEGMENTATIONS, {"by_length"})],
+    ids=["recurrences", "aggregations", "segmentations"],
+)
+def test_the_registry_finds_every_component_module(kind, shared) -> None:
+    """A new variant is a new module in its kind's folder: the registry finds it by its
+    COMPONENT, and skips the modules that hold what several components share."""
+    package = importlib.import_module(f"mcgen.components.{kind.what}s")
+    modules = {info.name for info in pkgutil.iter_modules(package.__path__)}
+    components = {m.__name__.rsplit(".", 1)[1] for m in discover(package)}
+    assert components == modules - shared
+    assert sorted(kind.names()) == sorted(kind.by_name)  # one component per name
+    assert len(kind.names()) == len(components)
