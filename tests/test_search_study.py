@@ -27,7 +27,7 @@ from mcgen.cli import app
 from mcgen.search import study as studies
 from mcgen.search.database import PatientStorage
 from mcgen.search.local_run import RunOptions, run_study
-from mcgen.search.objective import CostUnavailable
+from mcgen.search.objective import HardwareUnavailable, train_device
 from mcgen.search.space import load_space
 from mcgen.search.study import SearchError, locate, open_study
 from mcgen.search.trials import DONE_STATES, REFERENCE, RETRY_OF, WIDTH, WORKER
@@ -259,11 +259,32 @@ def test_a_surplus_trial_is_given_back(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
 def test_gpu_latency_without_a_gpu_is_a_clear_error(tmp_path):
     path = write_space(tmp_path, objectives={"cost": "gpu_latency_ms"})
-    with pytest.raises(CostUnavailable, match="CUDA GPU.*decode_state_bytes"):
+    with pytest.raises(HardwareUnavailable, match="CUDA GPU.*decode_state_bytes"):
         run_study(path, RunOptions(trials=2, runs_dir=tmp_path / "runs", in_process=True))
     assert not (tmp_path / "runs").exists()  # nothing was created
     result = CliRunner().invoke(app, ["search", str(path), "--runs", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "gpu_latency_ms" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_training_on_a_gpu_without_one_is_a_clear_error(tmp_path):
+    path = write_space(tmp_path, train={"device": "cuda"})
+    with pytest.raises(HardwareUnavailable, match="train.device cuda.*cpu or auto"):
+        run_study(path, RunOptions(trials=2, runs_dir=tmp_path / "runs", in_process=True))
+    assert not (tmp_path / "runs").exists()  # nothing was created
+
+
+def test_the_device_is_not_part_of_the_searched_space(tmp_path):
+    """A study started on one machine resumes on another: the device where runs train is
+    left out of the space the study is checked against; auto trains here on the CPU."""
+    on_cpu = load_space(write_space(tmp_path, name="a"))
+    anywhere = load_space(write_space(tmp_path, name="a", train={"device": "auto"}))
+    assert anywhere.train.device == "auto" and on_cpu.train.device == "cpu"
+    assert studies._space_json(anywhere) == studies._space_json(on_cpu)
+    if not torch.cuda.is_available():
+        assert train_device(anywhere) == torch.device("cpu")
+    slower = load_space(write_space(tmp_path, name="a", train={"seeds": 2}))
+    assert studies._space_json(slower) != studies._space_json(on_cpu)  # the rest still is
 
 
 # --- worker processes ------------------------------------------------------------------------

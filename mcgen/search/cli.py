@@ -65,9 +65,9 @@ def _reported_errors() -> Iterator[None]:
     2; a database that stayed out past the retries, its one line and exit code 1."""
     from mcgen.search.database import DatabaseUnavailable
     from mcgen.search.errors import SearchError
-    from mcgen.search.objective import CostUnavailable
+    from mcgen.search.objective import HardwareUnavailable
 
-    with reported_errors(SearchError, CostUnavailable):
+    with reported_errors(SearchError, HardwareUnavailable):
         try:
             yield
         except DatabaseUnavailable as exc:

@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mcgen.search.errors import SearchError
-from mcgen.search.objective import require_cost
+from mcgen.search.objective import require_hardware
 from mcgen.search.space import SearchSpace, load_space
 from mcgen.search.study import DEFAULT_RUNS, StudyLocation, locate, open_study
 from mcgen.search.trials import REFERENCE, WORKER, Counts, counts, trial_label
@@ -132,7 +132,7 @@ def run_study(
     progress, and at the end."""
     space_path = Path(space_path)
     space = load_space(space_path)
-    require_cost(space)
+    require_hardware(space)
     text = space_path.read_text(encoding="utf-8")
     location = locate(
         options.study or space.name, storage=options.storage, runs_dir=options.runs_dir

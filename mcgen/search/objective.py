@@ -34,14 +34,30 @@ COST_KEYS = {"decode_state_bytes": "decode_state_bytes", "train_flops_per_token"
 MEASURED_COSTS = frozenset({"gpu_latency_ms"})
 
 
-class CostUnavailable(RuntimeError):
-    """The space's cost cannot be measured here (gpu_latency_ms without a CUDA GPU)."""
+class HardwareUnavailable(RuntimeError):
+    """The space asks for a GPU that torch does not see here (to train on, or to time
+    gpu_latency_ms)."""
 
 
-def require_cost(space: SearchSpace) -> None:
-    """Raise CostUnavailable, with what to do instead, if the cost cannot be measured here."""
+def train_device(space: SearchSpace) -> torch.device:
+    """Where the space's runs train: train.device, with "auto" the GPU when there is one."""
+    setting = space.train.device
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(setting)
+
+
+def require_hardware(space: SearchSpace) -> None:
+    """Raise HardwareUnavailable, with what to do instead, if the runs cannot train or the
+    cost cannot be measured here."""
+    if train_device(space).type == "cuda" and not torch.cuda.is_available():
+        raise HardwareUnavailable(
+            f"train.device cuda trains every run on a CUDA GPU, and torch {torch.__version__} "
+            "sees none here (torch.cuda.is_available() is False): run the search on a "
+            "machine with a GPU, or set train.device to cpu or auto"
+        )
     if space.objectives.cost == "gpu_latency_ms" and not torch.cuda.is_available():
-        raise CostUnavailable(
+        raise HardwareUnavailable(
             "objectives.cost gpu_latency_ms times the generated layer's forward pass on a "
             f"CUDA GPU, and torch {torch.__version__} sees none here "
             "(torch.cuda.is_available() is False): run the search on a machine with a GPU, "
@@ -169,6 +185,7 @@ def _train_one(
     )
     torch.manual_seed(seed)  # the same initialisation at every learning rate
     model = MQARModel(space.data.vocab_size, d_model, settings.layers, factory)
+    model = model.to(train_device(space))
     result = train(model, data[0], data[1], config, progress=False)
     return Run(
         lr=lr,
@@ -317,7 +334,9 @@ def layer_latency_ms(
     """Median forward time of one mixer layer on CUDA (batch of train.batch_size at the
     test length), times the number of layers: the gpu_latency_ms cost."""
     if not torch.cuda.is_available():
-        raise CostUnavailable("timing a layer for gpu_latency_ms needs a CUDA GPU; torch sees none")
+        raise HardwareUnavailable(
+            "timing a layer for gpu_latency_ms needs a CUDA GPU; torch sees none"
+        )
     device = torch.device("cuda")
     torch.manual_seed(space.train.seed)
     layer = factory(0).to(device).eval()
@@ -360,7 +379,7 @@ def evaluate(
     d_model = built.spec.layer.d_model
     factory = mcgen_mixer(built.path)
     if space.objectives.cost in MEASURED_COSTS:
-        require_cost(space)  # before training: fail fast
+        require_hardware(space)  # before training: fail fast
         cost = layer_latency_ms(factory, d_model, space)
     else:
         cost = spec_cost(text, space)
@@ -399,7 +418,7 @@ def attention_baseline(
     width, memory = spec.layer.d_model, spec.memory
     factory = attention_mixer(width, memory.heads)
     if space.objectives.cost in MEASURED_COSTS:
-        require_cost(space)
+        require_hardware(space)
         value = layer_latency_ms(factory, width, space)
     else:
         value = attention_model_cost(space, space.objectives.cost, d_model)

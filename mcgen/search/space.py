@@ -156,6 +156,11 @@ class SearchTrain(_Strict):
     eval_every: Annotated[int, Field(ge=1)] | None = None
     plateau: Plateau | None = None
     seed: Seed = 0
+    # Where each run trains: cpu, cuda (the generated layers then run their Triton kernels
+    # where they have them), or auto (cuda when torch sees a GPU). Not part of what is
+    # searched: left out of the space a study is checked against, so a study resumes on
+    # another machine.
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", exclude=True)
 
     @model_validator(mode="after")
     def _one_sweep(self) -> SearchTrain:
