@@ -17,7 +17,7 @@ from spec_helpers import spec_text
 from mcgen.codegen.package import render_package
 from mcgen.codegen.templates import environment, template_root
 from mcgen.components.aggregations.gated import GatedAggregation
-from mcgen.components.registry import AGGREGATIONS, KINDS, SEGMENTATIONS
+from mcgen.components.registry import AGGREGATIONS, KINDS, RECURRENCES, SEGMENTATIONS
 from mcgen.passes.pipeline import compile_spec
 from mcgen.spec import parse_spec
 
@@ -51,6 +51,14 @@ def test_no_template_tests_which_component_it_renders() -> None:
         for path in sorted(root.rglob("*.jinja"))
         if (names := quoted_component_names(path.read_text()))
     }
+    assert found == {}, f"ask the plan or a component for the fact instead: {found}"
+
+
+def test_no_components_own_code_tests_which_component_it_renders() -> None:
+    """A recurrence's own code pieces (its module's `code`, swla's) ask facts too."""
+    own = {c.name: c.code for c in RECURRENCES if getattr(c, "code", None)}
+    assert own, "no recurrence holds its own code: this test checks nothing"
+    found = {name: names for name, code in own.items() if (names := quoted_component_names(code))}
     assert found == {}, f"ask the plan or a component for the fact instead: {found}"
 
 
