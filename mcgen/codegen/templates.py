@@ -10,10 +10,8 @@ import jinja2
 
 from mcgen.codegen.header import header_comment
 from mcgen.codegen.literals import py_literal
+from mcgen.components.recurrences.matrix import OWN_CODE_PREFIX
 from mcgen.components.registry import RECURRENCES
-
-# Where a recurrence's own code pieces (its module's `code`) are found by template name.
-COMPONENT_CODE = "components/recurrences/"
 
 
 def template_root() -> Path:
@@ -53,9 +51,9 @@ def environment() -> jinja2.Environment:
 def component_code(name: str) -> tuple[str, str, Callable[[], bool]] | None:
     """The source of a recurrence's own code pieces, by template name; None for any other
     name. Looked up again at every load: a test may register a component for a while."""
-    if not name.startswith(COMPONENT_CODE):
+    if not name.startswith(OWN_CODE_PREFIX):
         return None
-    component = RECURRENCES.find(name.removeprefix(COMPONENT_CODE))
+    component = RECURRENCES.find(name.removeprefix(OWN_CODE_PREFIX))
     code = getattr(component, "code", None)  # a deep memory has its own templates instead
     if code is None:
         return None

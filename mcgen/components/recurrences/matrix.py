@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from mcgen.ir.ops import Scan
     from mcgen.spec.schema import Spec
 
+# The template name under which a recurrence's own `code` is served (codegen/templates.py).
+OWN_CODE_PREFIX = "components/recurrences/"
+
 # The rate inputs more than one matrix recurrence reads.
 LOG_DECAY = RateInput(
     "g",
@@ -51,8 +54,8 @@ class MatrixRecurrence(RecurrenceComponent):
     @property
     def code_template(self) -> str:
         """The template whose macros are its code pieces (codegen/templates.py serves a
-        component's own `code` as `components/recurrences/<name>`)."""
-        return self.SHARED_CODE if self.code is None else f"components/recurrences/{self.name}"
+        component's own `code` as OWN_CODE_PREFIX + its name)."""
+        return self.SHARED_CODE if self.code is None else OWN_CODE_PREFIX + self.name
 
     @property
     def decays(self) -> bool:
