@@ -33,7 +33,8 @@ from mcgen.mqar.model import MQARModel, ShortConv, attention_mixer, mcgen_mixer
 from mcgen.mqar.train import evaluate, train
 from mcgen.packages import import_package
 
-RECURRENCES = ("linear", "delta", "gated_delta", "dla", "titans")
+DEEP_RECURRENCES = ("dla", "titans")
+RECURRENCES = ("linear", "delta", "gated_delta", *DEEP_RECURRENCES)
 HEAD_DIM = 12  # the paper study's heads (search/paper_cpu.yaml)
 LAYERS = 2
 SLOTS_REPORTED = 8  # per-slot accuracy of the first query slots after the pairs
@@ -48,7 +49,7 @@ def base_spec(recurrence: str, d_model: int, deep: dict | None = None) -> dict:
         "key_dim": HEAD_DIM,
         "value_dim": HEAD_DIM,
     }
-    if recurrence in ("dla", "titans"):
+    if recurrence in DEEP_RECURRENCES:
         memory["deep"] = {"depth": 2, "expansion": 2, "activation": "gelu", "minibatch": 16}
         memory["deep"].update(deep or {})
     return {
@@ -202,7 +203,24 @@ def parse_args() -> argparse.Namespace:
         "--cross-test", action="store_true", help="also test on the other filler kind"
     )
     parser.add_argument("--out", type=Path, required=True)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.theta_init is not None and args.inner_lr is not None:
+        # A constant theta has no lr_proj whose bias could set its start.
+        parser.error("--theta-init sets the start of a learned theta; --inner-lr fixes it")
+    deep_flags = {
+        "--minibatch": args.minibatch,
+        "--depth": args.depth,
+        "--expansion": args.expansion,
+        "--inner-lr": args.inner_lr,
+        "--momentum": args.momentum,
+        "--decay": args.decay,
+        "--theta-init": args.theta_init,
+        "--mlp-only-read": args.mlp_only_read or None,
+    }
+    deep_only = [flag for flag, value in deep_flags.items() if value is not None]
+    if deep_only and args.mixer not in DEEP_RECURRENCES:
+        parser.error(f"{', '.join(deep_only)}: deep memories only (dla, titans)")
+    return args
 
 
 def main() -> None:
