@@ -429,24 +429,52 @@ def test_the_same_code_imported_twice_shares_its_custom_ops(build_text) -> None:
     )
 
 
-@pytest.mark.slow
-def test_the_custom_op_passes_opcheck(build_tiny) -> None:
-    """torch.library.opcheck: schema, fake (meta) outputs against real ones, autograd."""
-    package = build_tiny(recurrence="decay")
+def _op_arguments(package, *, cut: int = 13):
+    """FORWARD_OP's arguments for the tokens after `cut` of a 21-token call, continuing the
+    cache the first `cut` tokens left (one memory cached: the piece starts mid-segment)."""
     backend = _module(package, "backend_triton")
     x = _module(package, "selftest").make_inputs(1, 21, 2, 8, 8, dtype=torch.float32)
-    _, cache = package.mc_forward(**{n: t[:, :13] for n, t in x.items()}, output_cache=True)
-    assert cache.num_cached == 1  # the piece after it starts mid-segment, one memory cached
-    tensors = [x[n][:, 13:].clone().requires_grad_(True) for n in ("q", "k", "v", "u", "g")]
-    cached = [getattr(cache, f).clone().requires_grad_(True) for f in CACHE_FIELDS]
-    pieces = [0, 8, cache.position, cache.num_cached]
-    torch.library.opcheck(backend.FORWARD_OP, (*tensors, *cached, 0.35, pieces))
+    _, cache = package.mc_forward(**{n: t[:, :cut] for n, t in x.items()}, output_cache=True)
+    assert cache.num_cached == 1
+    tensors = [t[:, cut:].clone().requires_grad_(True) for t in x.values()]
+    cached = [getattr(cache, f).clone().requires_grad_(True) for f in backend.CACHE_TENSORS]
+    return backend, x, [*tensors, *cached], [0, 8, cache.position, cache.num_cached]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aggregation", ["grm", "residual"])
+def test_the_custom_op_passes_opcheck(build_tiny, aggregation: str) -> None:
+    """torch.library.opcheck: schema, fake (meta) outputs against real ones, autograd."""
+    package = build_tiny(recurrence="decay", aggregation=aggregation)
+    backend, x, tensors, pieces = _op_arguments(package)
+    torch.library.opcheck(backend.FORWARD_OP, (*tensors, 0.35, pieces))
     # Packed sequences (one of them empty), fresh caches.
     empty = package.MCCache.empty(1, 2, 8, 8)
-    fresh = [getattr(empty, f) for f in CACHE_FIELDS]
+    fresh = [getattr(empty, f) for f in backend.CACHE_TENSORS]
     packed = [0, 5, 0, 0, 5, 0, 0, 0, 5, 16, 0, 0]
-    tensors = [x[n].clone().requires_grad_(True) for n in ("q", "k", "v", "u", "g")]
+    tensors = [t.clone().requires_grad_(True) for t in x.values()]
     torch.library.opcheck(backend.FORWARD_OP, (*tensors, *fresh, 0.35, packed))
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "kept_shapes"),
+    [("residual", []), ("grm", [(1, 8, 2, 8), (1, 8, 2)])],
+)
+def test_the_op_keeps_for_its_backward_only_what_the_read_needs(
+    build_tiny, aggregation: str, kept_shapes: list
+) -> None:
+    """Besides its inputs, the op saves the gated read's output and normaliser (its backward
+    reads them), and nothing for the residual read (an unweighted sum)."""
+    package = build_tiny(recurrence="decay", aggregation=aggregation)
+    backend, _, tensors, pieces = _op_arguments(package)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        outputs = backend.FORWARD_OP(*tensors, 0.35, pieces)
+    inputs = {t.data_ptr() for t in tensors}
+    kept = [tuple(t.shape) for t in saved if t.data_ptr() not in inputs]
+    assert kept == kept_shapes
+    assert len(saved) == len(tensors) + len(kept_shapes)
+    assert len(outputs) == 1 + len(backend.CACHE_TENSORS) + len(kept_shapes)
 
 
 # -- torch.compile ---------------------------------------------------------------------------

@@ -45,12 +45,13 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # The custom ops' namespace, named after the spec and this package's code: two specs'
 # packages never clash, a rebuild whose code changed never meets graphs that torch.compile
 # cached for the old code, and a second import of the same code reuses the ops.
-NAMESPACE = "mcgen_grm_2cf1c88eb4cc"
+NAMESPACE = "mcgen_grm_d43d4b061363"
 GATE_SCALE = 0.125
 # The cache's tensors the forward op takes, and returns per packed sequence (the cache after
 # its last token); the others pass from the initial cache to the new one as they are.
 CACHE_TENSORS = ("state", "states", "descriptors", "prefix_sum")
-# ... and after those, what the kernels computed that the backward needs.
+# ... and after those, what the kernels computed that the backward needs: the gated
+# reads' output and normaliser (the residual read's backward needs neither).
 SAVED = ("o_read", "lse")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -338,11 +339,11 @@ def _forward_impl(q, k, v, u, state, states, descriptors, prefix_sum, scale, pie
     o_on, _, h_slots = _recurrence_fwd(p)
     states_all = _all_states(p, states, h_slots)
     o, lse = _read(p, o_on, states_all)
-    empty = o_on.new_zeros(0)  # SAVED holds tensors only: empty stands for "none"
-    saved = [empty if o is o_on else o, empty if lse is None else lse]
     outputs = _outputs(p, q.dtype, o, h_slots, states_all)
+    empty = o_on.new_zeros(0)  # SAVED holds tensors only: empty stands for "none"
+    outputs += [empty if o is o_on else o, empty if lse is None else lse]
     inputs = (q, k, v, u, state, states, descriptors, prefix_sum)
-    return _owned([*outputs, *saved], inputs)
+    return _owned(outputs, inputs)
 
 
 def _backward_impl(q, k, v, u, state, states, descriptors, prefix_sum, scale, pieces, saved, grads):
@@ -446,8 +447,7 @@ def _forward_fake(q, k, v, u, state, states, descriptors, prefix_sum, scale, pie
     if layout.num_memories == 0:
         outputs += [fp32(0), fp32(0)]
     else:
-        outputs.append(fp32(batch, seq_len, heads, value_dim))
-        outputs.append(fp32(batch, seq_len, heads))
+        outputs += [fp32(batch, seq_len, heads, value_dim), fp32(batch, seq_len, heads)]
     return outputs
 
 

@@ -38,11 +38,12 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # The custom ops' namespace, named after the spec and this package's code: two specs'
 # packages never clash, a rebuild whose code changed never meets graphs that torch.compile
 # cached for the old code, and a second import of the same code reuses the ops.
-NAMESPACE = "mcgen_none_85dc687ca9e9"
+NAMESPACE = "mcgen_none_cf2d04cd2cdc"
 # The cache's tensors the forward op takes, and returns per packed sequence (the cache after
 # its last token); the others pass from the initial cache to the new one as they are.
 CACHE_TENSORS = ("state",)
-# ... and after those, what the kernels computed that the backward needs.
+# ... and after those, what the kernels computed that the backward needs: the gated
+# reads' output and normaliser (the residual read's backward needs neither).
 SAVED = ()
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -219,10 +220,9 @@ def _recurrence_bwd(p, h_chunks, d_o_on, dh_slots):
 def _forward_impl(q, k, v, state, scale, pieces):
     p = _prepare(q, k, v, state, scale, pieces)
     o_on, _, h_slots = _recurrence_fwd(p)
-    saved = []
     outputs = _outputs(p, q.dtype, o_on, h_slots)
     inputs = (q, k, v, state)
-    return _owned([*outputs, *saved], inputs)
+    return _owned(outputs, inputs)
 
 
 def _backward_impl(q, k, v, state, scale, pieces, saved, grads):

@@ -43,12 +43,13 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # The custom ops' namespace, named after the spec and this package's code: two specs'
 # packages never clash, a rebuild whose code changed never meets graphs that torch.compile
 # cached for the old code, and a second import of the same code reuses the ops.
-NAMESPACE = "mcgen_residual_6e8fb477eb77"
+NAMESPACE = "mcgen_residual_6cc8ab0cf88e"
 # The cache's tensors the forward op takes, and returns per packed sequence (the cache after
 # its last token); the others pass from the initial cache to the new one as they are.
 CACHE_TENSORS = ("state", "states")
-# ... and after those, what the kernels computed that the backward needs.
-SAVED = ("o_read", "lse")
+# ... and after those, what the kernels computed that the backward needs: the gated
+# reads' output and normaliser (the residual read's backward needs neither).
+SAVED = ()
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -250,12 +251,10 @@ def _forward_impl(q, k, v, state, states, scale, pieces):
     p = _prepare(q, k, v, state, scale, pieces)
     o_on, _, h_slots = _recurrence_fwd(p)
     states_all = _all_states(p, states, h_slots)
-    o, lse = _read(p, o_on, states_all)
-    empty = o_on.new_zeros(0)  # SAVED holds tensors only: empty stands for "none"
-    saved = [empty if o is o_on else o, empty if lse is None else lse]
+    o, _ = _read(p, o_on, states_all)
     outputs = _outputs(p, q.dtype, o, h_slots, states_all)
     inputs = (q, k, v, state, states)
-    return _owned([*outputs, *saved], inputs)
+    return _owned(outputs, inputs)
 
 
 def _backward_impl(q, k, v, state, states, scale, pieces, saved, grads):
@@ -336,11 +335,6 @@ def _forward_fake(q, k, v, state, states, scale, pieces):
             "prefix_sum": (batch, heads, key_dim),
         }
         outputs += [fp32(*shapes[name]) for name in CACHE_TENSORS]
-    if layout.num_memories == 0:
-        outputs += [fp32(0), fp32(0)]
-    else:
-        outputs.append(fp32(batch, seq_len, heads, value_dim))
-        outputs.append(fp32(0))
     return outputs
 
 
