@@ -21,7 +21,6 @@ which mixes them with the gate weights and reads the mixture once at q.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import networkx as nx
@@ -164,8 +163,12 @@ def lower(spec: Spec) -> nx.DiGraph:
 
 
 def clone(graph: nx.DiGraph) -> nx.DiGraph:
-    """A deep copy: passes rewrite the copy so their input graph stays as it was."""
-    return copy.deepcopy(graph)
+    """A copy for a pass to rewrite, leaving its input graph as it was: new nodes, edges,
+    attribute dicts and notes list. The op records and the spec are shared, not copied:
+    both are frozen, and a pass replaces a record (ops.rewrite), never edits it."""
+    out = graph.copy()
+    out.graph["notes"] = list(graph.graph.get("notes", []))
+    return out
 
 
 def inputs_of(graph: nx.DiGraph, node: str) -> dict[str, str]:
