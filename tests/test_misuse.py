@@ -239,3 +239,27 @@ def test_a_nan_never_reaches_earlier_tokens_of_a_deep_memory(build_tiny, recurre
         out = package.mc_forward(**spoilt)
         torch.testing.assert_close(out[:, :nan_at], clean[:, :nan_at], msg=f"NaN in {name}")
         assert not out[:, nan_at].isfinite().all(), f"a NaN in {name} vanished"
+
+
+@pytest.mark.parametrize("recurrence", ["gated_delta", "titans"])
+def test_causal_mix_takes_the_plain_matmul_only_for_finite_values(build_tiny, recurrence):
+    """Finite values skip the masking; values whose sum overflows, or that hold a NaN or an
+    Inf, take it, and finite rows still come out as the plain product."""
+    deep = "{minibatch: 8}" if recurrence == "titans" else None
+    package = build_tiny(recurrence=recurrence, **({"deep": deep} if deep else {}))
+    causal_mix = importlib.import_module(f"{package.__name__}.backend_torch").causal_mix
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.rand(2, 5, 5, generator=gen, dtype=torch.float64).tril()
+    values = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64)
+    assert torch.equal(causal_mix(weights, values), weights @ values)
+    # Finite, products too, but the sum of all 30 overflows: the masked path, same result.
+    huge = 1e307 * (1 + values.abs() / 10)
+    assert not huge.sum().isfinite() and huge.isfinite().all()
+    assert (weights @ huge).isfinite().all()
+    torch.testing.assert_close(causal_mix(weights, huge), weights @ huge)
+    spoilt = values.clone()
+    spoilt[0, 2, 1] = torch.inf
+    mixed = causal_mix(weights, spoilt)
+    torch.testing.assert_close(mixed[0, :2], (weights @ values)[0, :2])  # before the Inf
+    assert mixed[0, 2:, 1].isnan().all() and mixed[0, 2:, 0].isfinite().all()
+    torch.testing.assert_close(mixed[1], (weights @ values)[1])
