@@ -118,8 +118,8 @@ def causal_mix(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
     The matmul multiplies the zero weights of later tokens by their values, and 0 * NaN
     is NaN: non-finite values are zeroed before it, and the rows at or after one (which
-    its NaN or Inf reaches, as in the recurrence) are set to NaN after it. That masking
-    costs several matmuls, so finite values (a finite sum says so) skip it.
+    its NaN or Inf reaches, as in the recurrence) are set to NaN after it. The masking
+    costs several times the matmul, so finite values (their sum is finite) skip it.
     """
     if values.sum().isfinite():
         return weights @ values
