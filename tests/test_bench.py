@@ -335,6 +335,19 @@ def test_check_length_covers_top_k_plus_two_segments(tmp_path):
     assert check_len(ssc, 20) == 20
 
 
+@pytest.mark.parametrize(
+    ("segments", "expected"),
+    [
+        ("{kind: logarithmic, length: 4}", 16 + 2 + 3),  # ends 4, 8, 16
+        ("{kind: explicit, boundaries: [5, 11]}", 11 + 2 + 3),  # both, then part of a third
+        ("{kind: none}", 2 * 4 + 2 + 3),  # two chunks and part of a third
+    ],
+)
+def test_check_length_follows_each_segmentation(tmp_path, segments: str, expected: int):
+    spec = write_spec(tmp_path, "tiny_seg", segments=segments, chunk_size=4)
+    assert check_len(build_target(spec, tmp_path / "w"), 8192) == expected
+
+
 def test_cpu_timer_and_peak_memory():
     cpu = torch.device("cpu")
     timing = time_call(lambda: torch.ones(256, 256).sum(), cpu, warmup=1, repeats=3, min_time_s=0)

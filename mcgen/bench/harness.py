@@ -36,6 +36,8 @@ from mcgen.bench import analysis, check, providers, results
 from mcgen.bench.providers import ANCHOR, BASELINES, Provider, Unavailable
 from mcgen.bench.timing import peak_memory, time_call
 from mcgen.bench.variants import LENGTH_KINDS, Target, VariantError, build_target
+from mcgen.components.registry import AGGREGATIONS
+from mcgen.segments import segment_ends
 
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -312,19 +314,16 @@ def _plan(cfg: BenchConfig, targets: list[Target]) -> _Plan:
 
 
 def check_len(target: Target, cap: int) -> int:
-    """Tokens of the small-shape check: a few complete segments (top_k + 2 for ssc) and part
-    of another, not a multiple of the segment or chunk length."""
-    segments = target.spec.cache.segments
-    agg = target.spec.aggregation
-    want = (agg.top_k or 0) + 2 if agg.kind == "ssc" else 3
-    chunk = target.spec.compute.chunk_size
-    if segments.kind == "constant":
-        end, part = want * segments.length, segments.length
-    elif segments.kind == "logarithmic":
-        end, part = segments.length * 2 ** (want - 1), segments.length
-    elif segments.kind == "explicit" and segments.boundaries:
-        end = segments.boundaries[min(want, len(segments.boundaries)) - 1]
-        part = chunk
+    """Tokens of the small-shape check, at most `cap`: a few complete segments (top_k + 2
+    for a sparse read, else 3; fewer where the cap or the boundaries run out) and part of
+    another, not a multiple of the segment or chunk length."""
+    spec = target.spec
+    segments, chunk = spec.cache.segments, spec.compute.chunk_size
+    sparse = AGGREGATIONS.get(spec.aggregation.kind).selects_top_k
+    want = (spec.aggregation.top_k or 0) + 2 if sparse else 3
+    ends = segment_ends(segments.kind, segments.length, segments.boundaries, cap)
+    if ends:
+        end, part = ends[min(want, len(ends)) - 1], segments.length or chunk
     else:
         end, part = 2 * chunk, chunk
     return max(1, min(end + part // 2 + 3, cap))
