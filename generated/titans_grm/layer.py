@@ -45,7 +45,8 @@ class MCLayer(nn.Module):
         self.v_proj = nn.Linear(d_model, heads * key_dim, bias=False)
         self.u_proj = nn.Linear(d_model, heads * key_dim, bias=False)  # the gate's connector
         # theta = sigmoid(.), starting near 0.05 / minibatch: a mini-batch sums that many
-        # gradients taken at the same weights, so its first steps stay the same size.
+        # gradients taken at the same weights, so where they agree (one key written again
+        # and again) the step is one token's at 0.05; a key written once moves it less.
         self.lr_proj = nn.Linear(d_model, heads)
         nn.init.constant_(self.lr_proj.bias, -3.0 - math.log(16))
         self.momentum_proj = nn.Linear(d_model, heads)  # eta = sigmoid(.), starts near 0.5
