@@ -49,6 +49,11 @@ class Cell:
     def best_runs(self) -> list[Run]:
         return sorted((r for r in self.runs if r.lr == self.best_lr), key=lambda r: r.seed)
 
+    def seed_accuracies(self) -> list[float]:
+        """The best rate's runs' accuracies, by seed: what the mean and spread summarise
+        (a spread of 0.49 over three seeds is two that learned and one that did not)."""
+        return [run.accuracy for run in self.best_runs]
+
     def stops(self) -> str:
         """How the best rate's runs ended: "plateau 2, budget 1"."""
         reasons = [run.stop_reason for run in self.best_runs]
@@ -111,12 +116,14 @@ def _fmt_bytes(value: float) -> str:
 
 
 def cells_table(cells: Sequence[Cell], slices: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    header = ["base", "variant", "width", "accuracy (mean +- std)", "seeds", "best lr", "lr range"]
-    header += ["runs ended (best lr)", "decode state bytes", *map(short_slice, slices), "trial"]
+    header = ["base", "variant", "width", "accuracy (mean +- std)", "seeds", "by seed"]
+    header += ["best lr", "lr range", "runs ended (best lr)", "decode state bytes"]
+    header += [*map(short_slice, slices), "trial"]
     rows = []
     for cell in cells:
         row = [cell.base, cell.variant, str(cell.width)]
         row += [f"{cell.accuracy:.3f} +- {cell.spread:.3f}", str(len(cell.best_runs))]
+        row += [" / ".join(f"{a:.2f}" for a in cell.seed_accuracies())]
         row += [f"{cell.best_lr:g}", cell.lr_status, cell.stops()]
         row += [_fmt_bytes(cell.decode_state_bytes)]
         row += [f"{cell.per_slice.get(key, math.nan):.3f}" for key in slices]
@@ -237,46 +244,67 @@ def _variants(cells: Sequence[Cell]) -> list[str]:
 
 
 def plot_accuracy_against(cells: Sequence[Cell], path: Path, *, x: str, title: str) -> Path:
-    """One panel per base, one line per variant (mean +- std over seeds as error bars),
-    attention dashed; x is "width" or "decode_state_bytes" (log scale)."""
+    """One panel per base, one line per variant (mean +- std over seeds as error bars, each
+    seed a dot beside it), attention dashed; x is "width" (the variants side by side, a
+    little apart) or "decode_state_bytes" (log scale)."""
     plt = _pyplot()
+    from matplotlib import ticker
+
     bases = _bases(cells) or [ATTENTION]
     figure, axes = plt.subplots(1, len(bases), figsize=(4.2 * len(bases), 3.8), dpi=120)
     axes = [axes] if len(bases) == 1 else list(axes)
     attention = sorted((c for c in cells if c.base == ATTENTION), key=lambda c: c.width)
+    variants = _variants(cells)
+    widths = sorted({c.width for c in cells})
+    # Side by side at each width, the lines spanning a sixth of the gap between widths.
+    gap = min((b - a for a, b in zip(widths, widths[1:], strict=False)), default=8)
+    lines = [(variant, f"C{i}", "-", "o") for i, variant in enumerate(variants)]
+    lines.append((ATTENTION, "black", "--", "*"))
     for axis, base in zip(axes, bases, strict=True):
-        for variant in _variants(cells):
-            line = sorted(
-                (c for c in cells if c.base == base and c.variant == variant),
-                key=lambda c: getattr(c, x),
+        for i, (variant, colour, style, marker) in enumerate(lines):
+            line = (
+                attention
+                if variant == ATTENTION
+                else [c for c in cells if c.base == base and c.variant == variant]
             )
-            if line:
-                axis.errorbar(
-                    [getattr(c, x) for c in line],
-                    [c.accuracy for c in line],
-                    yerr=[c.spread for c in line],
-                    marker="o",
-                    capsize=3,
-                    label=variant,
-                )
-        if attention:
+            if not line:
+                continue
+            line = sorted(line, key=lambda c: getattr(c, x))
+            if x == "width":
+                apart = gap / 6 / max(len(lines) - 1, 1)
+                where = [c.width + (i - (len(lines) - 1) / 2) * apart for c in line]
+                beside = [at + apart / 3 for at in where]
+            else:
+                where = [c.decode_state_bytes for c in line]
+                beside = [at * 1.05 for at in where]
             axis.errorbar(
-                [getattr(c, x) for c in attention],
-                [c.accuracy for c in attention],
-                yerr=[c.spread for c in attention],
-                color="black",
-                linestyle="--",
-                marker="*",
+                where,
+                [c.accuracy for c in line],
+                yerr=[c.spread for c in line],
+                color=colour,
+                linestyle=style,
+                marker=marker,
                 capsize=3,
-                label=ATTENTION,
+                label=variant,
             )
+            seeds = [
+                (at, a) for at, c in zip(beside, line, strict=True) for a in c.seed_accuracies()
+            ]
+            if seeds:  # a cell loaded from an older journal may hold no runs
+                axis.scatter(*zip(*seeds, strict=True), color=colour, s=9, alpha=0.45, linewidths=0)
         if x == "decode_state_bytes":
             axis.set_xscale("log")
+            # Ticks at 1, 2 and 5 of each decade, in kB: a panel may span less than a decade.
+            axis.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.xaxis.set_major_formatter(ticker.EngFormatter(unit="B"))
+            axis.xaxis.set_minor_formatter(ticker.NullFormatter())
+        else:
+            axis.set_xticks(widths)
         axis.set_title(base)
-        axis.set_xlabel("d_model" if x == "width" else "decode state (bytes, whole model)")
+        axis.set_xlabel("d_model" if x == "width" else "decode state (whole model)")
         axis.set_ylim(-0.02, 1.02)
         axis.grid(True, alpha=0.3)
-    axes[0].set_ylabel("test accuracy (mean +- std over seeds)")
+    axes[0].set_ylabel("test accuracy (mean +- std; dots: seeds)")
     axes[-1].legend(fontsize=7, loc="best")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
@@ -378,8 +406,9 @@ def grid_markdown(
     lines += [
         f"Task: {space.task} (test length T = {eval_length(space)}); each cell is the best "
         "learning rate's mean +- standard deviation over seeds (each run scored at its "
-        "best evaluation). `lr range`: bracketed (worse rates on both sides), capped (the "
-        "sweep's widenings ran out with the best at an end) or fixed (a fixed list).",
+        "best evaluation), `by seed` each seed's at that rate. `lr range`: bracketed (worse "
+        "rates on both sides), capped (the sweep's widenings ran out with the best at an "
+        "end) or fixed (a fixed list).",
         "",
         "Every number below comes from these two commands (N: the study's trial count):",
         "",
