@@ -6,7 +6,7 @@ with every knob on the command line; the run's curve and timing are written as J
         --steps 8000 --zero-fillers --out runs/budget/gd24.json
 
 Mixers: attention (the study's reference), or a generated package's base RNN (no
-cache) of recurrence linear, delta, gated_delta, dla or titans with the study's spec
+cache) of recurrence linear, delta, gated_delta, swla, dla or titans with the study's spec
 fields (heads of 12; deep memories of depth 2, expansion 2, mini-batch 16). Data: the
 study's MQAR (vocabulary 256, 8 pairs, train at 64 tokens, test at 64 and 128), with
 Zoology's random fillers or, with --zero-fillers, filler token 0. One torch thread,
@@ -34,7 +34,7 @@ from mcgen.mqar.train import evaluate, train
 from mcgen.packages import import_package
 
 DEEP_RECURRENCES = ("dla", "titans")
-RECURRENCES = ("linear", "delta", "gated_delta", *DEEP_RECURRENCES)
+RECURRENCES = ("linear", "delta", "gated_delta", "swla", *DEEP_RECURRENCES)
 HEAD_DIM = 12  # the paper study's heads (search/paper_cpu.yaml)
 LAYERS = 2
 SLOTS_REPORTED = 8  # per-slot accuracy of the first query slots after the pairs
