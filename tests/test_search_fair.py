@@ -19,9 +19,10 @@ from mcgen.mqar.data import load_data
 from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
 from mcgen.mqar.train import train
 from mcgen.search import study as studies
+from mcgen.search.errors import SearchError
 from mcgen.search.grid_report import Cell, extrapolate
 from mcgen.search.local_run import RunOptions, run_study
-from mcgen.search.objective import Run, evaluate, run_key, sweep
+from mcgen.search.objective import Run, evaluate, final_key, run_key, sweep
 from mcgen.search.report import report_study
 from mcgen.search.space import (
     SearchSpaceError,
@@ -32,8 +33,8 @@ from mcgen.search.space import (
     widths,
 )
 from mcgen.search.study import locate, open_study
-from mcgen.search.trials import GRID, REFERENCE, RETRY_OF
-from mcgen.search.worker import RUNS_OF, run_worker
+from mcgen.search.trials import GRID, REFERENCE, RETRY_OF, RUNS_OF
+from mcgen.search.worker import run_worker
 from mcgen.spec import parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,6 +151,68 @@ def test_the_score_is_the_best_rates_mean_over_seeds_with_its_spread(tmp_path, m
     assert result.best_lr == 0.003162 and result.lr_status == "bracketed"
     assert result.per_slice == {"s": pytest.approx(0.91)} and len(result.runs) == 9
     assert set(result.by_lr) == {0.001, 0.003162, 0.01}
+
+
+PLATEAU = {"window": 2, "min_gain": 0.01, "min_steps": 2}
+
+
+def fake_final_run(peak: float, *, budget_seeds: tuple[int, ...] = ()):
+    """_train_one for evaluate: sweep runs as fake_run's, stopped by the plateau rule but
+    for `budget_seeds`; a final run (no plateau rule) reaches 0.95 at the budget. Records
+    every (lr, seed, final) it trains."""
+    trained: list[tuple[float, int, bool]] = []
+
+    def train(space, d_model, factory, data, lr, seed, *, final=False) -> Run:
+        trained.append((lr, seed, final))
+        if final:
+            return Run(lr, seed, 0.95, {"s": 0.95}, 4, "budget", [(4, 0.95)], 0.1, final=True)
+        accuracy = max(0.0, 0.9 - 0.2 * abs(math.log10(lr / peak))) + 0.01 * seed
+        stop = "budget" if seed in budget_seeds else "plateau"
+        return Run(lr, seed, accuracy, {"s": accuracy}, 2, stop, [(2, accuracy)], 0.1)
+
+    return train, trained
+
+
+def test_the_best_rates_runs_a_plateau_stopped_are_trained_again_to_the_budget(
+    tmp_path, monkeypatch
+):
+    sweep_ = {"low": 1e-3, "high": 1e-2, "points": 3}
+    space = space_of(tiny(lr_sweep=sweep_, seeds=3, plateau=PLATEAU, full_budget_at_best=True))
+    train, trained = fake_final_run(peak=0.003162, budget_seeds=(1,))
+    monkeypatch.setattr(objective, "_train_one", train)
+    mapping = suggest_spec(
+        optuna.trial.FixedTrial({"aggregation.kind": "grm", "cache.segments.length": 4}), space
+    )
+    handed: dict[str, dict] = {}
+    result = evaluate(mapping, space, tmp_path, on_run=lambda k, v: handed.setdefault(k, v))
+    # The sweep picks the rate; seeds 0 and 2 stopped at a plateau there and go again.
+    assert [t for t in trained if t[2]] == [(0.003162, 0, True), (0.003162, 2, True)]
+    assert result.best_lr == 0.003162 and result.by_lr[0.003162] == pytest.approx(0.91)
+    assert result.accuracy == pytest.approx((0.95 + 0.91 + 0.95) / 3)
+    assert [r.key for r in result.runs if r.final] == [final_key(0.003162, s) for s in (0, 2)]
+    assert set(handed) == {r.key for r in result.runs} and len(handed) == 11
+    # Resumed with every run done: nothing is trained again, the same score.
+    train, trained = fake_final_run(peak=0.003162, budget_seeds=(1,))
+    monkeypatch.setattr(objective, "_train_one", train)
+    again = evaluate(mapping, space, tmp_path / "again", done_runs=handed)
+    assert trained == [] and again.accuracy == result.accuracy
+
+
+def test_without_full_budget_at_best_the_sweeps_runs_are_the_score(tmp_path, monkeypatch):
+    space = space_of(tiny(lr_sweep={"low": 1e-3, "high": 1e-2}, seeds=2, plateau=PLATEAU))
+    train, trained = fake_final_run(peak=0.003162)
+    monkeypatch.setattr(objective, "_train_one", train)
+    mapping = suggest_spec(
+        optuna.trial.FixedTrial({"aggregation.kind": "grm", "cache.segments.length": 4}), space
+    )
+    result = evaluate(mapping, space, tmp_path)
+    assert not any(final for _, _, final in trained)
+    assert result.accuracy == pytest.approx(0.905)
+
+
+def test_full_budget_at_best_needs_a_plateau_rule():
+    message = problems_of(tiny(lr_sweep={"low": 1e-3, "high": 1e-2}, full_budget_at_best=True))
+    assert "full_budget_at_best trains again the runs a plateau stopped" in message
 
 
 def test_the_sweep_seeds_and_plateau_are_checked_in_the_file():
@@ -385,12 +448,54 @@ def test_the_grid_report_gives_each_cell_its_mean_and_spread_plots_and_cost(tmp_
     for key in ("accuracy_width", "accuracy_state", "curves"):
         assert Path(report.files[key]).read_bytes().startswith(b"\x89PNG")
     # lr 1e-2 is best (learning_rates [3e-3, 1e-2]); seeds 0 and 1 give +0.00, +0.01.
-    row = "| delta | ssc | 32 | 0.825 +- 0.007 | 2 | 0.82 / 0.83 | 0.01 | fixed | plateau 2 |"
+    row = (
+        "| delta | ssc | 32 | 0.825 +- 0.007 | 2 | 0.82 / 0.83 | 0.825 | 0.01 | fixed | plateau 2 |"
+    )
     assert row in text
-    row = "| attention | - | 16 | 0.665 +- 0.007 | 2 | 0.66 / 0.67 | 0.01 | fixed | plateau 2 |"
+    row = "| attention | - | 16 | 0.665 +- 0.007 | 2 | 0.66 / 0.67 | 0.665 | 0.01 | fixed |"
     assert row in text
     assert "mcgen search report tiny --extrapolate" in text
     assert "## Cost of" in text and "worker-hours" in text
+
+
+def test_a_study_takes_another_ones_runs_and_trains_only_the_final_ones(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    mapping = grid_mapping()
+    mapping["train"].update(plateau=PLATEAU)
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+    train, trained = fake_final_run(peak=1e-2)
+    monkeypatch.setattr(objective, "_train_one", train)
+    run_study(first, RunOptions(trials=10, runs_dir=runs, in_process=True))
+    assert len(trained) == 20 and not any(final for _, _, final in trained)  # 10 cells x 2 rates
+
+    mapping["train"].update(full_budget_at_best=True)
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+    journal = runs / "tiny" / "journal.log"
+    train, trained = fake_final_run(peak=1e-2)
+    monkeypatch.setattr(objective, "_train_one", train)
+    options = RunOptions(
+        trials=10, study="final", runs_dir=runs, in_process=True, reuse_runs=journal
+    )
+    summary = run_study(second, options)
+    assert summary.finished and summary.reused == 20
+    # Only each cell's final run (its best rate's one seed, stopped by the plateau rule).
+    assert trained == [(0.01, 0, True)] * 10
+    report = report_study("final", runs_dir=runs)
+    text = Path(report.files["grid_md"]).read_text(encoding="utf-8")
+    assert (
+        "| delta | ssc | 32 | 0.950 +- 0.000 | 1 | 0.95 | 0.900 | 0.01 | fixed | budget 1 |" in text
+    )
+
+    # A source run with another space is refused before anything is written.
+    mapping["train"].update(steps=5)
+    third = tmp_path / "third.yaml"
+    third.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+    bad = RunOptions(trials=10, study="other", runs_dir=runs, in_process=True, reuse_runs=journal)
+    with pytest.raises(SearchError, match=r"another space \(it differs in: train\)"):
+        run_study(third, bad)
+    assert not (runs / "other").exists()
 
 
 def test_the_extrapolation_scales_the_measured_step_and_evaluation_times():
@@ -417,6 +522,11 @@ def test_the_extrapolation_scales_the_measured_step_and_evaluation_times():
     assert estimate.budget_s == pytest.approx(10 * 9 * 81)
     assert estimate.widest_s == pytest.approx(10 * 15 * 81)
     assert estimate.floor_s == pytest.approx(10 * 9 * (400 * 0.08 + 4 * 0.1))
+    # The best rate's 3 runs again to the budget, at the floor (the budgets stand).
+    target["train"]["full_budget_at_best"] = True
+    final = extrapolate(cells, space_of(target))
+    assert final.floor_s == pytest.approx(estimate.floor_s + 10 * 3 * 81)
+    assert final.budget_s == estimate.budget_s
     with pytest.raises(studies.SearchError, match="no timing for 2 of"):
         extrapolate(cells[:-2], space_of(target))
 

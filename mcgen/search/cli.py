@@ -176,6 +176,14 @@ def run(
         typer.Option("--timeout", min=0, help="Start no trial after this many seconds."),
     ] = None,
     runs: RunsOpt = Path("runs"),
+    reuse_runs: Annotated[
+        Path | None,
+        typer.Option(
+            "--reuse-runs",
+            help="A study's journal file (runs/<study>/journal.log) run with the same space "
+            "but for train.full_budget_at_best: its finished runs are taken, not trained again.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a study (or continue it: the same command resumes) until it has --trials done."""
@@ -191,6 +199,7 @@ def run(
                 storage=storage,
                 timeout=timeout,
                 runs_dir=runs,
+                reuse_runs=reuse_runs,
             )
             with _progress_display(as_json) as on_update:
                 summary = run_study(space, options, on_update=on_update)
@@ -211,6 +220,8 @@ def run(
             highlight=False,
             soft_wrap=True,
         )
+        if summary.reused:
+            out.print(f"  {summary.reused} finished runs taken from --reuse-runs", highlight=False)
         if summary.recovered:
             out.print(
                 f"  trials {', '.join(map(str, summary.recovered))} were left running by a "

@@ -47,7 +47,16 @@ class Cell:
 
     @property
     def best_runs(self) -> list[Run]:
-        return sorted((r for r in self.runs if r.lr == self.best_lr), key=lambda r: r.seed)
+        """The runs the score is taken from, by seed: the best rate's, each seed's final
+        run (trained to the budget) in place of its sweep run when it has one."""
+        by_seed = {r.seed: r for r in self.runs if r.lr == self.best_lr and not r.final}
+        by_seed.update({r.seed: r for r in self.runs if r.lr == self.best_lr and r.final})
+        return [by_seed[seed] for seed in sorted(by_seed)]
+
+    def sweep_accuracy(self) -> float:
+        """The best rate's mean over its sweep runs (before any final run)."""
+        sweep = [r.accuracy for r in self.runs if r.lr == self.best_lr and not r.final]
+        return sum(sweep) / len(sweep) if sweep else math.nan
 
     def seed_accuracies(self) -> list[float]:
         """The best rate's runs' accuracies, by seed: what the mean and spread summarise
@@ -117,13 +126,14 @@ def _fmt_bytes(value: float) -> str:
 
 def cells_table(cells: Sequence[Cell], slices: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     header = ["base", "variant", "width", "accuracy (mean +- std)", "seeds", "by seed"]
-    header += ["best lr", "lr range", "runs ended (best lr)", "decode state bytes"]
+    header += ["sweep mean", "best lr", "lr range", "runs ended (best lr)", "decode state bytes"]
     header += [*map(short_slice, slices), "trial"]
     rows = []
     for cell in cells:
         row = [cell.base, cell.variant, str(cell.width)]
         row += [f"{cell.accuracy:.3f} +- {cell.spread:.3f}", str(len(cell.best_runs))]
         row += [" / ".join(f"{a:.2f}" for a in cell.seed_accuracies())]
+        row += [f"{cell.sweep_accuracy():.3f}"]
         row += [f"{cell.best_lr:g}", cell.lr_status, cell.stops()]
         row += [_fmt_bytes(cell.decode_state_bytes)]
         row += [f"{cell.per_slice.get(key, math.nan):.3f}" for key in slices]
@@ -167,7 +177,9 @@ class Estimate:
     candidates: int
     runs_first: int  # runs per candidate before any widening (rates x seeds)
     runs_widest: int  # with every widening used
-    floor_s: float  # every run stopped by the plateau rule at its earliest (min_steps)
+    # every run stopped by the plateau rule at its earliest (min_steps); with
+    # full_budget_at_best, the best rate's runs then trained again to the budget
+    floor_s: float
     budget_s: float  # every run to its step budget, no widening
     widest_s: float  # every run to its step budget, every widening used
 
@@ -206,7 +218,11 @@ def extrapolate(cells: Sequence[Cell], target: SearchSpace) -> Estimate:
         )
     seeds = settings.seeds
     overhead = sum(measured[k].overhead_s for k in keys)
-    floor = sum(rates * seeds * run_s(k, earliest) for k in keys) + overhead
+    finals = seeds if settings.full_budget_at_best else 0  # the best rate's, again
+    floor = sum(
+        rates * seeds * run_s(k, earliest) + finals * run_s(k, settings.steps) for k in keys
+    )
+    floor += overhead
     budget = sum(rates * seeds * run_s(k, settings.steps) for k in keys) + overhead
     widest = sum((rates + widenings) * seeds * run_s(k, settings.steps) for k in keys) + overhead
     return Estimate(len(keys), rates * seeds, (rates + widenings) * seeds, floor, budget, widest)
@@ -372,7 +388,11 @@ def _estimate_lines(estimate: Estimate, target: SearchSpace, target_file: str) -
         "|---|---|---|---|",
     ]
     cases = (
-        ("every run stops at the plateau rule's earliest step, no widening", estimate.floor_s),
+        (
+            "every run stops at the plateau rule's earliest step, no widening"
+            + (" (then the best rate's again, to the budget)" if t.full_budget_at_best else ""),
+            estimate.floor_s,
+        ),
         ("every run to its step budget, no widening", estimate.budget_s),
         ("every run to its budget, every widening used", estimate.widest_s),
     )
@@ -408,7 +428,14 @@ def grid_markdown(
         "learning rate's mean +- standard deviation over seeds (each run scored at its "
         "best evaluation), `by seed` each seed's at that rate. `lr range`: bracketed (worse "
         "rates on both sides), capped (the sweep's widenings ran out with the best at an "
-        "end) or fixed (a fixed list).",
+        "end) or fixed (a fixed list). "
+        + (
+            "The plateau rule only picks the rate: the best rate's runs it stopped were "
+            "trained again to the step budget, and the score is theirs (`sweep mean`: the "
+            "best rate's mean before that)."
+            if space.train.full_budget_at_best
+            else "`sweep mean`: the same runs' mean (no run is trained again)."
+        ),
         "",
         "Every number below comes from these two commands (N: the study's trial count):",
         "",

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mcgen.search.errors import SearchError
 from mcgen.search.objective import require_hardware
+from mcgen.search.reuse import reusable_runs, take_runs
 from mcgen.search.space import SearchSpace, load_space
 from mcgen.search.study import DEFAULT_RUNS, StudyLocation, locate, open_study
 from mcgen.search.trials import REFERENCE, WORKER, Counts, counts, trial_label
@@ -42,6 +43,7 @@ class RunOptions:
     runs_dir: str | Path = DEFAULT_RUNS
     poll_s: float = 1.0  # how often the workers' progress is looked at
     in_process: bool = False  # one worker in this process instead (workers must be 1)
+    reuse_runs: str | Path | None = None  # a journal whose finished runs are taken (reuse.py)
 
     def __post_init__(self) -> None:
         if self.trials < 1 or self.workers < 1:
@@ -94,6 +96,7 @@ class RunSummary:
     seconds: float
     run_dir: Path
     recovered: list[int] = field(default_factory=list)  # stale trials failed and re-enqueued
+    reused: int = 0  # runs the study holds from another one (--reuse-runs)
 
     @property
     def finished(self) -> bool:
@@ -115,6 +118,7 @@ class RunSummary:
             "attention_accuracy": self.attention_accuracy,
             "seconds": round(self.seconds, 1),
             "run_dir": str(self.run_dir),
+            "reused_runs": self.reused,
             "workers": [
                 {"index": w.index, "returncode": w.returncode, "log": str(w.log)}
                 for w in self.workers
@@ -138,7 +142,11 @@ def run_study(
         options.study or space.name, storage=options.storage, runs_dir=options.runs_dir
     )
     started = time.time()
+    # Another study's runs are checked before this one is opened: a refusal writes nothing.
+    source = None if options.reuse_runs is None else Path(options.reuse_runs)
+    runs = None if source is None else reusable_runs(source, location.name, space)
     study, recovered = open_study(location, space, text, target=options.trials)
+    reused = 0 if source is None else take_runs(study, runs, source)
     deadline = started + options.timeout if options.timeout is not None else None
     prepare_data(space)
 
@@ -161,6 +169,7 @@ def run_study(
         seconds=time.time() - started,
         run_dir=location.run_dir,
         recovered=recovered,
+        reused=reused,
     )
 
 

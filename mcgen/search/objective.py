@@ -78,10 +78,13 @@ class Run:
     curve: list[tuple[int, float]]  # (step, test accuracy) at every evaluation
     seconds: float
     eval_seconds: float = 0.0  # of seconds, evaluating
+    # A final run: the best rate's seed trained again to the budget, no plateau rule
+    # (train.full_budget_at_best); the sweep's runs are not.
+    final: bool = False
 
     @property
     def key(self) -> str:
-        return run_key(self.lr, self.seed)
+        return final_key(self.lr, self.seed) if self.final else run_key(self.lr, self.seed)
 
     def to_json(self) -> dict:
         return {**asdict(self), "curve": [list(point) for point in self.curve]}
@@ -92,6 +95,7 @@ class Run:
 
 
 RUN_PREFIX = "run lr="
+FINAL_PREFIX = "final lr="
 
 
 def run_key(lr: float, seed: int) -> str:
@@ -99,9 +103,15 @@ def run_key(lr: float, seed: int) -> str:
     return f"{RUN_PREFIX}{lr!r} seed={seed}"
 
 
+def final_key(lr: float, seed: int) -> str:
+    """The name of a final run (the best rate's seed trained to the budget)."""
+    return f"{FINAL_PREFIX}{lr!r} seed={seed}"
+
+
 def runs_in(attrs: Mapping[str, object]) -> dict[str, dict]:
-    """The runs among a trial's user attributes: key -> JSON."""
-    return {k: v for k, v in attrs.items() if k.startswith(RUN_PREFIX) and isinstance(v, dict)}
+    """The runs among a trial's user attributes, the sweep's and the final ones: key -> JSON."""
+    prefixes = (RUN_PREFIX, FINAL_PREFIX)
+    return {k: v for k, v in attrs.items() if k.startswith(prefixes) and isinstance(v, dict)}
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,8 @@ class Evaluation:
     cost: float  # the space's cost objective, whole model (every layer), at the test length
     best_lr: float
     spec_text: str  # the YAML that was built ("" for the attention baseline)
-    by_lr: dict[float, float] = field(default_factory=dict)  # mean accuracy per learning rate
+    # mean accuracy per learning rate, over the sweep's runs (before any final run)
+    by_lr: dict[float, float] = field(default_factory=dict)
     spread: float = 0.0  # the best rate's standard deviation over seeds (0 for one seed)
     # bracketed: the best rate has a worse one on each side; capped: still at an end when
     # the widenings ran out; fixed: a fixed list of rates, never widened.
@@ -169,7 +180,10 @@ def _train_one(
     data: tuple[list[LabelledSplit], list[LabelledSplit]],
     lr: float,
     seed: int,
+    *,
+    final: bool = False,
 ) -> Run:
+    """One run; a final one trains to the budget, with no plateau rule."""
     settings = space.train
     config = TrainConfig(
         d_model=d_model,
@@ -180,7 +194,7 @@ def _train_one(
         batch_size=settings.batch_size,
         warmup=settings.warmup,
         eval_every=settings.eval_every,
-        plateau=settings.plateau,
+        plateau=None if final else settings.plateau,
         seed=seed,
     )
     torch.manual_seed(seed)  # the same initialisation at every learning rate
@@ -197,6 +211,7 @@ def _train_one(
         curve=[(e.step, e.accuracy) for e in result.history],
         seconds=round(result.seconds, 2),
         eval_seconds=round(result.eval_seconds, 2),
+        final=final,
     )
 
 
@@ -263,6 +278,37 @@ def sweep(
         below, above = below + (where == "low"), above + (where == "high")
 
 
+def final_runs(
+    space: SearchSpace,
+    best_runs: list[Run],
+    train_final: Callable[[float, int], Run],
+    *,
+    done_runs: Mapping[str, dict] | None = None,
+    on_run: OnRun | None = None,
+) -> list[Run]:
+    """The best rate's runs the score is taken from: with train.full_budget_at_best, each
+    run the plateau rule stopped is replaced by the same (rate, seed) trained to the
+    budget (taken from done_runs when there, else trained and given to on_run); the
+    others (at the budget, at the target, diverged) stand as they are."""
+    if not space.train.full_budget_at_best:
+        return best_runs
+    done = done_runs or {}
+    finals = []
+    for run in best_runs:
+        if run.stop_reason != "plateau":
+            finals.append(run)
+            continue
+        key = final_key(run.lr, run.seed)
+        if key in done:
+            finals.append(Run.from_json(done[key]))
+            continue
+        final = train_final(run.lr, run.seed)
+        if on_run is not None:
+            on_run(key, final.to_json())
+        finals.append(final)
+    return finals
+
+
 def _score(
     space: SearchSpace,
     d_model: int,
@@ -279,12 +325,16 @@ def _score(
     def train_one(lr: float, seed: int) -> Run:
         return _train_one(space, d_model, factory, data, lr, seed)
 
+    def train_final(lr: float, seed: int) -> Run:
+        return _train_one(space, d_model, factory, data, lr, seed, final=True)
+
+    units = {"done_runs": done_runs, "on_run": on_run}
     with _one_thread():
-        runs, best, status = sweep(space, train_one, done_runs=done_runs, on_run=on_run)
-    by_lr: dict[float, list[Run]] = {}
-    for run in runs:
-        by_lr.setdefault(run.lr, []).append(run)
-    best_runs = by_lr[best]
+        runs, best, status = sweep(space, train_one, **units)
+        by_lr: dict[float, list[Run]] = {}
+        for run in runs:
+            by_lr.setdefault(run.lr, []).append(run)
+        best_runs = final_runs(space, by_lr[best], train_final, **units)
     accuracies = [run.accuracy for run in best_runs]
     return Evaluation(
         accuracy=_mean(accuracies),
@@ -298,7 +348,7 @@ def _score(
         by_lr={lr: _mean([r.accuracy for r in group]) for lr, group in sorted(by_lr.items())},
         spread=_spread(accuracies),
         lr_status=status,
-        runs=runs,
+        runs=runs + [run for run in best_runs if run.final],
     )
 
 

@@ -143,7 +143,11 @@ class SearchTrain(_Strict):
     """How each candidate is trained: at each learning rate (a fixed list, or a sweep that
     widens until it brackets the best), `seeds` times (seeds seed, seed + 1, ...), each
     run at most `steps` steps and stopped early once accuracy stopped rising (plateau).
-    The score is the best rate's mean accuracy over seeds."""
+    The score is the best rate's mean accuracy over seeds. With full_budget_at_best, the
+    plateau rule only picks the rate: the best rate's runs it stopped are trained again
+    without it, to `steps`, and the score is theirs (MQAR accuracy can sit flat for
+    thousands of steps and then rise, so a plateau does not prove a run has learned all
+    it would)."""
 
     learning_rates: Annotated[list[LearningRate], Field(min_length=1)] | None = None
     lr_sweep: LrSweep | None = None
@@ -155,6 +159,7 @@ class SearchTrain(_Strict):
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.1
     eval_every: Annotated[int, Field(ge=1)] | None = None
     plateau: Plateau | None = None
+    full_budget_at_best: bool = False
     seed: Seed = 0
     # Where each run trains: cpu, cuda (the generated layers then run their Triton kernels
     # where they have them), or auto (cuda when torch sees a GPU). Not part of what is
@@ -166,6 +171,11 @@ class SearchTrain(_Strict):
     def _one_sweep(self) -> SearchTrain:
         if (self.learning_rates is None) == (self.lr_sweep is None):
             raise ValueError("give exactly one of learning_rates (a list) and lr_sweep")
+        if self.full_budget_at_best and self.plateau is None:
+            raise ValueError(
+                "full_budget_at_best trains again the runs a plateau stopped; without a "
+                "plateau rule every run already goes to `steps`: give plateau, or drop it"
+            )
         return self
 
     def first_rates(self) -> list[float]:

@@ -18,6 +18,9 @@ WORKER = "worker"  # who ran it: {"host", "pid", "index", "boot", "start"}
 RETRY_OF = "retry_of"  # the number of the trial this one re-runs
 GRID = "grid"  # an enqueued point of a grid space
 FAILURE = "failure"  # why a trial failed
+# Whose runs a trial holds: the spec's name, or "attention d_model=W"; trials with the
+# same one share their finished runs.
+RUNS_OF = "runs_of"
 # What a re-enqueued trial keeps of the one it replaces.
 _CARRIED = (REFERENCE, WIDTH, GRID)
 

@@ -9,8 +9,10 @@ point, or a spec drawn by suggest_spec; infeasible under the space's state budge
 pruned before training; the same spec as a finished trial -> that trial's result, not
 trained again; otherwise built and trained at each learning rate and seed of the space
 (objective.evaluate). Each finished (rate, seed) run is written to the trial at once
-(a user attribute `run lr=... seed=...`); a trial run again after its worker died takes
-the runs its earlier tries wrote (found by the `runs_of` attribute) and trains the rest.
+(a user attribute `run lr=... seed=...`, or `final lr=... seed=...` for a best-rate run
+trained again to the budget); a trial run again after its worker died takes the runs its
+earlier tries wrote (found by the `runs_of` attribute), and those the study took from
+another (`--reuse-runs`), and trains the rest.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ from mcgen.search.objective import (
     model_cost,
     runs_in,
 )
+from mcgen.search.reuse import REUSED_RUNS
 from mcgen.search.space import SearchSpace, suggest_spec
+from mcgen.search.trials import RUNS_OF
 
 # A worker whose trials fail this many times in a row stops (exit code 1).
 MAX_FAILURES_IN_A_ROW = 3
@@ -64,9 +68,6 @@ RESULT_ATTRS = (
     "lr_status",
     "decode_state_bytes",
 )
-# The trial attribute that names whose runs a trial holds: the spec's name, or
-# "attention d_model=W"; trials with the same one share their finished runs.
-RUNS_OF = "runs_of"
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,9 @@ def _record(trial: optuna.Trial, result: Evaluation, seconds: float) -> list[flo
 
 
 def done_runs(study: optuna.Study, runs_of: str) -> dict[str, dict]:
-    """The runs every trial of `runs_of` wrote (a failed try's included): key -> JSON."""
-    found: dict[str, dict] = {}
+    """The runs every trial of `runs_of` wrote (a failed try's included), and those the
+    study took from another one (reuse.REUSED_RUNS): key -> JSON."""
+    found: dict[str, dict] = dict(study.user_attrs.get(REUSED_RUNS, {}).get(runs_of, {}))
     for other in study.get_trials(deepcopy=False):
         if other.user_attrs.get(RUNS_OF) == runs_of:
             found.update(runs_in(other.user_attrs))
