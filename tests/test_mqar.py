@@ -303,6 +303,36 @@ def test_training_stops_once_accuracy_stopped_rising(one_thread, monkeypatch):
     assert result.stop_reason == "budget" and result.steps == 40
 
 
+@pytest.mark.parametrize(
+    ("eval_every", "stop_at"), [(3, 6), (4, 8)], ids=["mid-epoch", "at-an-epoch-end"]
+)
+def test_a_run_the_plateau_stopped_goes_on_as_if_it_had_not_stopped(
+    one_thread, eval_every, stop_at
+):
+    train_data, test_data = tiny_data()  # 64 examples: 4 batches of 16 an epoch
+    budget = TrainConfig(max_steps=24, batch_size=16, eval_every=eval_every, warmup=4)
+    # min_gain 1: the rule stops at its first chance, step 2 * eval_every.
+    rule = Plateau(window=eval_every, min_gain=1.0, min_steps=stop_at)
+
+    def fresh() -> MQARModel:
+        torch.manual_seed(0)
+        return MQARModel(64, 32, 1, attention_mixer(32, 2))
+
+    whole = fresh()
+    straight = train(whole, train_data, test_data, budget, progress=False)
+    stopped = train(fresh(), train_data, test_data, budget.model_copy(update={"plateau": rule}),
+                    progress=False)  # fmt: skip
+    assert stopped.stop_reason == "plateau" and stopped.steps == stop_at
+    assert stopped.paused is not None and straight.paused is None
+    resumed_model = fresh()
+    resumed = train(resumed_model, train_data, test_data, budget, progress=False,
+                    resume=stopped.paused)  # fmt: skip
+    assert resumed.steps == 24 and resumed.stop_reason == "budget"
+    assert resumed.history == straight.history  # every loss and accuracy, to the bit
+    for a, b in zip(whole.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_generated_package_as_the_mixer(tmp_path, one_thread):
     spec_path = tmp_path / "mqar_tiny.yaml"
     spec_path.write_text(spec_text(name="mqar_tiny", d_model=32), encoding="utf-8")

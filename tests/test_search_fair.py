@@ -140,7 +140,7 @@ def test_the_score_is_the_best_rates_mean_over_seeds_with_its_spread(tmp_path, m
     space = space_of(tiny(lr_sweep={"low": 1e-3, "high": 1e-2, "points": 3}, seeds=3))
     train_one, _ = fake_run(peak=0.003162)
     monkeypatch.setattr(
-        objective, "_train_one", lambda space, d, f, data, lr, seed: train_one(lr, seed)
+        objective, "_train_one", lambda space, d, f, data, lr, seed, **_: train_one(lr, seed)
     )
     mapping = suggest_spec(
         optuna.trial.FixedTrial({"aggregation.kind": "grm", "cache.segments.length": 4}), space
@@ -162,7 +162,7 @@ def fake_final_run(peak: float, *, budget_seeds: tuple[int, ...] = ()):
     every (lr, seed, final) it trains."""
     trained: list[tuple[float, int, bool]] = []
 
-    def train(space, d_model, factory, data, lr, seed, *, final=False) -> Run:
+    def train(space, d_model, factory, data, lr, seed, *, final=False, **_) -> Run:
         trained.append((lr, seed, final))
         if final:
             return Run(lr, seed, 0.95, {"s": 0.95}, 4, "budget", [(4, 0.95)], 0.1, final=True)
@@ -196,6 +196,34 @@ def test_the_best_rates_runs_a_plateau_stopped_are_trained_again_to_the_budget(
     monkeypatch.setattr(objective, "_train_one", train)
     again = evaluate(mapping, space, tmp_path / "again", done_runs=handed)
     assert trained == [] and again.accuracy == result.accuracy
+
+
+def test_a_final_run_goes_on_from_where_the_plateau_stopped_its_sweep_run(tmp_path, monkeypatch):
+    mapping = tiny()  # learning_rates [3e-3, 1e-2], 4 steps
+    mapping["train"].update(
+        eval_every=1,
+        full_budget_at_best=True,
+        plateau={"window": 1, "min_gain": 1.0, "min_steps": 2},
+    )
+    space = space_of(mapping)
+    resumed_from: list[int | None] = []
+    real_train = objective.train
+
+    def recording_train(*args, resume=None, **kwargs):
+        resumed_from.append(None if resume is None else resume.step)
+        return real_train(*args, resume=resume, **kwargs)
+
+    monkeypatch.setattr(objective, "train", recording_train)
+    spec = suggest_spec(
+        optuna.trial.FixedTrial({"aggregation.kind": "grm", "cache.segments.length": 4}), space
+    )
+    result = evaluate(spec, space, tmp_path)
+    # Two sweep runs, each stopped at step 2; the best rate's final run goes on from there.
+    assert resumed_from == [None, None, 2]
+    (final,) = [run for run in result.runs if run.final]
+    (sweep_run,) = [r for r in result.runs if not r.final and r.lr == final.lr]
+    assert sweep_run.steps == 2 and final.steps == 4
+    assert final.curve[:2] == sweep_run.curve
 
 
 def test_without_full_budget_at_best_the_sweeps_runs_are_the_score(tmp_path, monkeypatch):
@@ -238,7 +266,7 @@ def test_a_retried_trial_trains_only_the_runs_its_killed_try_did_not_finish(tmp_
     open_study(location, space, path.read_text(), target=3)
     train_one, trained = fake_run(peak=3e-3)
 
-    def killed_after_three(space, d, f, data, lr, seed):
+    def killed_after_three(space, d, f, data, lr, seed, **_):
         if len(trained) == 3:
             raise KeyboardInterrupt("killed")
         return train_one(lr, seed)
@@ -248,7 +276,7 @@ def test_a_retried_trial_trains_only_the_runs_its_killed_try_did_not_finish(tmp_
         run_worker(location, target=3, workdir=tmp_path / "work")
     killed = trained[:]
     monkeypatch.setattr(
-        objective, "_train_one", lambda space, d, f, data, lr, seed: train_one(lr, seed)
+        objective, "_train_one", lambda space, d, f, data, lr, seed, **_: train_one(lr, seed)
     )
     result = run_worker(location, target=3, workdir=tmp_path / "work")
     assert result.reason == "done"
@@ -426,7 +454,7 @@ def test_every_candidate_of_the_paper_space_builds_and_trains_a_step(tmp_path):
 # --- the report of a grid --------------------------------------------------------------------
 
 
-def fake_train(space, d_model, factory, data, lr, seed) -> Run:
+def fake_train(space, d_model, factory, data, lr, seed, **_) -> Run:
     """Accuracy grows with width and peaks at lr 1e-2; 10 steps in 1 s, 0.2 s of it two
     evaluations."""
     accuracy = 0.5 + d_model / 100 - 0.1 * abs(math.log10(lr / 1e-2)) + 0.01 * seed
@@ -522,10 +550,10 @@ def test_the_extrapolation_scales_the_measured_step_and_evaluation_times():
     assert estimate.budget_s == pytest.approx(10 * 9 * 81)
     assert estimate.widest_s == pytest.approx(10 * 15 * 81)
     assert estimate.floor_s == pytest.approx(10 * 9 * (400 * 0.08 + 4 * 0.1))
-    # The best rate's 3 runs again to the budget, at the floor (the budgets stand).
+    # The best rate's 3 runs go on from step 400 to the budget, at the floor.
     target["train"]["full_budget_at_best"] = True
     final = extrapolate(cells, space_of(target))
-    assert final.floor_s == pytest.approx(estimate.floor_s + 10 * 3 * 81)
+    assert final.floor_s == pytest.approx(estimate.floor_s + 10 * 3 * (81 - 32.4))
     assert final.budget_s == estimate.budget_s
     with pytest.raises(studies.SearchError, match="no timing for 2 of"):
         extrapolate(cells[:-2], space_of(target))

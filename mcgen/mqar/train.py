@@ -11,6 +11,7 @@ key naming the slice in the metrics.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -64,6 +65,26 @@ class TrainResult:
     history: list[Evaluation] = field(default_factory=list)
     stop_reason: StopReason = "budget"
     eval_seconds: float = 0.0  # of `seconds`, the time spent evaluating
+    paused: Paused | None = None  # where a run the plateau rule stopped stands
+
+
+@dataclass(frozen=True)
+class Paused:
+    """A run stopped by the plateau rule, as train(resume=...) goes on from it: the same
+    model, optimiser, schedule, random streams and place in the epoch, so that going on
+    gives what the run would have given had it not stopped."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    schedule: dict
+    generator: torch.Tensor  # the shuffling generator's state
+    rng: torch.Tensor  # torch's global generator's state
+    step: int
+    batches: list[tuple[int, torch.Tensor]]  # the epoch under way
+    position: int  # its next batch
+    history: list[Evaluation]
+    seconds: float
+    eval_seconds: float
 
 
 @torch.no_grad()
@@ -186,11 +207,14 @@ def train(
     test_slices: LabelledSplit | Sequence[LabelledSplit],
     config: TrainConfig,
     progress: bool = True,
+    resume: Paused | None = None,
 ) -> TrainResult:
     """Train in place and report test accuracy on query positions.
 
     Seeds torch with config.seed and shuffles with a generator seeded from it, so the
-    same model initialisation (seed before building it) and data give the same run.
+    same model initialisation (seed before building it) and data give the same run. A
+    run the plateau rule stops returns where it stands (`paused`); `resume` goes on from
+    there (a model of the same shape, the same data and config but for the plateau).
     """
     train_data = list(train_data) if isinstance(train_data, (list, tuple)) else [train_data]
     test_slices = list(test_slices) if isinstance(test_slices, (list, tuple)) else [test_slices]
@@ -209,13 +233,26 @@ def train(
     best: Evaluation | None = None
     step, stopped_early, diverged, flat = 0, False, False, False
     loss_sum, loss_count = torch.zeros((), device=device), 0
-    eval_seconds = 0.0
+    eval_seconds = earlier_seconds = 0.0
+    pending: tuple[list[tuple[int, torch.Tensor]], int] | None = None
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        schedule.load_state_dict(resume.schedule)
+        generator.set_state(resume.generator)
+        torch.set_rng_state(resume.rng)
+        step, history = resume.step, list(resume.history)
+        best = max(history, key=lambda e: e.accuracy)  # the first of the best, as below
+        eval_seconds, earlier_seconds = resume.eval_seconds, resume.seconds
+        pending = (resume.batches, resume.position)
     started = time.perf_counter()
     model.train()
     with _reporter(progress, total) as report:
         while step < total and not (stopped_early or diverged or flat):
-            batches = _epoch(train_data, config.batch_size, generator)
-            for position, (index, rows) in enumerate(batches):
+            batches, start = pending or (_epoch(train_data, config.batch_size, generator), 0)
+            pending = None
+            for position in range(start, len(batches)):
+                index, rows = batches[position]
                 inputs = train_data[index].inputs[rows].to(device)
                 labels = train_data[index].labels[rows].to(device)
                 where = labels != IGNORE_INDEX
@@ -253,6 +290,22 @@ def train(
                     break
 
     assert best is not None  # the last step always evaluates
+    seconds = earlier_seconds + time.perf_counter() - started
+    paused = None
+    if flat and not (stopped_early or diverged):
+        paused = Paused(
+            model={k: v.detach().clone() for k, v in model.state_dict().items()},
+            optimizer=copy.deepcopy(optimizer.state_dict()),
+            schedule=copy.deepcopy(schedule.state_dict()),
+            generator=generator.get_state(),
+            rng=torch.get_rng_state(),
+            step=step,
+            batches=batches,
+            position=position + 1,
+            history=list(history),
+            seconds=seconds,
+            eval_seconds=eval_seconds,
+        )
     last = history[-1]
     reason: StopReason = "budget"
     if diverged:
@@ -263,7 +316,7 @@ def train(
         reason = "plateau"
     return TrainResult(
         steps=step,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         accuracy=last.accuracy,
         slice_accuracy=last.slices,
         best_accuracy=best.accuracy,
@@ -274,4 +327,5 @@ def train(
         history=history,
         stop_reason=reason,
         eval_seconds=eval_seconds,
+        paused=paused,
     )

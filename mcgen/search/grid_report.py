@@ -178,7 +178,7 @@ class Estimate:
     runs_first: int  # runs per candidate before any widening (rates x seeds)
     runs_widest: int  # with every widening used
     # every run stopped by the plateau rule at its earliest (min_steps); with
-    # full_budget_at_best, the best rate's runs then trained again to the budget
+    # full_budget_at_best, the best rate's runs then going on to the budget
     floor_s: float
     budget_s: float  # every run to its step budget, no widening
     widest_s: float  # every run to its step budget, every widening used
@@ -218,11 +218,13 @@ def extrapolate(cells: Sequence[Cell], target: SearchSpace) -> Estimate:
         )
     seeds = settings.seeds
     overhead = sum(measured[k].overhead_s for k in keys)
-    finals = seeds if settings.full_budget_at_best else 0  # the best rate's, again
-    floor = sum(
-        rates * seeds * run_s(k, earliest) + finals * run_s(k, settings.steps) for k in keys
+    # The best rate's runs then go on from where the rule stopped them, to the budget.
+    finals = seeds if settings.full_budget_at_best else 0
+    floor = overhead + sum(
+        rates * seeds * run_s(k, earliest)
+        + finals * (run_s(k, settings.steps) - run_s(k, earliest))
+        for k in keys
     )
-    floor += overhead
     budget = sum(rates * seeds * run_s(k, settings.steps) for k in keys) + overhead
     widest = sum((rates + widenings) * seeds * run_s(k, settings.steps) for k in keys) + overhead
     return Estimate(len(keys), rates * seeds, (rates + widenings) * seeds, floor, budget, widest)
@@ -390,7 +392,7 @@ def _estimate_lines(estimate: Estimate, target: SearchSpace, target_file: str) -
     cases = (
         (
             "every run stops at the plateau rule's earliest step, no widening"
-            + (" (then the best rate's again, to the budget)" if t.full_budget_at_best else ""),
+            + (" (then the best rate's go on to the budget)" if t.full_budget_at_best else ""),
             estimate.floor_s,
         ),
         ("every run to its step budget, no widening", estimate.budget_s),
@@ -431,7 +433,7 @@ def grid_markdown(
         "end) or fixed (a fixed list). "
         + (
             "The plateau rule only picks the rate: the best rate's runs it stopped were "
-            "trained again to the step budget, and the score is theirs (`sweep mean`: the "
+            "trained on to the step budget, and the score is theirs (`sweep mean`: the "
             "best rate's mean before that)."
             if space.train.full_budget_at_best
             else "`sweep mean`: the same runs' mean (no run is trained again)."

@@ -21,7 +21,7 @@ from mcgen.build import build
 from mcgen.mqar.config import TrainConfig, slice_key
 from mcgen.mqar.data import load_data
 from mcgen.mqar.model import MixerFactory, MQARModel, attention_mixer, mcgen_mixer
-from mcgen.mqar.train import LabelledSplit, train
+from mcgen.mqar.train import LabelledSplit, Paused, train
 from mcgen.niah import data as niah_data
 from mcgen.passes.cost import attention_cost
 from mcgen.passes.pipeline import compile_spec
@@ -78,7 +78,7 @@ class Run:
     curve: list[tuple[int, float]]  # (step, test accuracy) at every evaluation
     seconds: float
     eval_seconds: float = 0.0  # of seconds, evaluating
-    # A final run: the best rate's seed trained again to the budget, no plateau rule
+    # A final run: the best rate's seed trained on to the budget, no plateau rule
     # (train.full_budget_at_best); the sweep's runs are not.
     final: bool = False
 
@@ -182,8 +182,11 @@ def _train_one(
     seed: int,
     *,
     final: bool = False,
+    paused: dict[tuple[float, int], Paused] | None = None,
 ) -> Run:
-    """One run; a final one trains to the budget, with no plateau rule."""
+    """One run; a final one trains to the budget, with no plateau rule. With `paused`, a
+    run the plateau rule stops leaves its state there, and the final run of the same
+    (rate, seed) goes on from it instead of training its first steps again."""
     settings = space.train
     config = TrainConfig(
         d_model=d_model,
@@ -200,7 +203,10 @@ def _train_one(
     torch.manual_seed(seed)  # the same initialisation at every learning rate
     model = MQARModel(space.data.vocab_size, d_model, settings.layers, factory)
     model = model.to(train_device(space))
-    result = train(model, data[0], data[1], config, progress=False)
+    resume = paused.pop((lr, seed), None) if final and paused is not None else None
+    result = train(model, data[0], data[1], config, progress=False, resume=resume)
+    if paused is not None and result.paused is not None:
+        paused[(lr, seed)] = result.paused
     return Run(
         lr=lr,
         seed=seed,
@@ -322,11 +328,15 @@ def _score(
     """Train a model of this mixer over the space's sweep and seeds; its Evaluation."""
     data = load_task_data(space, data_cache)
 
+    # Where the sweep's runs the plateau rule stopped stand, for final runs to go on from
+    # (kept while this trial runs; a retried trial trains its final runs from the start).
+    paused: dict[tuple[float, int], Paused] | None = {} if space.train.full_budget_at_best else None
+
     def train_one(lr: float, seed: int) -> Run:
-        return _train_one(space, d_model, factory, data, lr, seed)
+        return _train_one(space, d_model, factory, data, lr, seed, paused=paused)
 
     def train_final(lr: float, seed: int) -> Run:
-        return _train_one(space, d_model, factory, data, lr, seed, final=True)
+        return _train_one(space, d_model, factory, data, lr, seed, final=True, paused=paused)
 
     units = {"done_runs": done_runs, "on_run": on_run}
     with _one_thread():

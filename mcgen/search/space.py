@@ -144,8 +144,8 @@ class SearchTrain(_Strict):
     widens until it brackets the best), `seeds` times (seeds seed, seed + 1, ...), each
     run at most `steps` steps and stopped early once accuracy stopped rising (plateau).
     The score is the best rate's mean accuracy over seeds. With full_budget_at_best, the
-    plateau rule only picks the rate: the best rate's runs it stopped are trained again
-    without it, to `steps`, and the score is theirs (MQAR accuracy can sit flat for
+    plateau rule only picks the rate: the best rate's runs it stopped go on without it
+    to `steps` (a final run), and the score is theirs (MQAR accuracy can sit flat for
     thousands of steps and then rise, so a plateau does not prove a run has learned all
     it would)."""
 

@@ -10,7 +10,7 @@ pruned before training; the same spec as a finished trial -> that trial's result
 trained again; otherwise built and trained at each learning rate and seed of the space
 (objective.evaluate). Each finished (rate, seed) run is written to the trial at once
 (a user attribute `run lr=... seed=...`, or `final lr=... seed=...` for a best-rate run
-trained again to the budget); a trial run again after its worker died takes the runs its
+trained on to the budget); a trial run again after its worker died takes the runs its
 earlier tries wrote (found by the `runs_of` attribute), and those the study took from
 another (`--reuse-runs`), and trains the rest.
 """
