@@ -210,7 +210,7 @@ def test_a_final_run_goes_on_from_where_the_plateau_stopped_its_sweep_run(tmp_pa
     real_train = objective.train
 
     def recording_train(*args, resume=None, **kwargs):
-        resumed_from.append(None if resume is None else resume.step)
+        resumed_from.append(None if resume is None else resume.history[-1].step)
         return real_train(*args, resume=resume, **kwargs)
 
     monkeypatch.setattr(objective, "train", recording_train)

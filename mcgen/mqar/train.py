@@ -79,10 +79,9 @@ class Paused:
     schedule: dict
     generator: torch.Tensor  # the shuffling generator's state
     rng: torch.Tensor  # torch's global generator's state
-    step: int
     batches: list[tuple[int, torch.Tensor]]  # the epoch under way
     position: int  # its next batch
-    history: list[Evaluation]
+    history: list[Evaluation]  # the last one at the step it stopped at
     seconds: float
     eval_seconds: float
 
@@ -241,7 +240,8 @@ def train(
         schedule.load_state_dict(resume.schedule)
         generator.set_state(resume.generator)
         torch.set_rng_state(resume.rng)
-        step, history = resume.step, list(resume.history)
+        history = list(resume.history)
+        step = history[-1].step  # it stopped at an evaluation
         best = max(history, key=lambda e: e.accuracy)  # the first of the best, as below
         eval_seconds, earlier_seconds = resume.eval_seconds, resume.seconds
         pending = (resume.batches, resume.position)
@@ -299,7 +299,6 @@ def train(
             schedule=copy.deepcopy(schedule.state_dict()),
             generator=generator.get_state(),
             rng=torch.get_rng_state(),
-            step=step,
             batches=batches,
             position=position + 1,
             history=list(history),
