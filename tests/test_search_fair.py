@@ -559,6 +559,15 @@ def test_the_extrapolation_scales_the_measured_step_and_evaluation_times():
         extrapolate(cells[:-2], space_of(target))
 
 
+def test_a_cells_cost_counts_the_runs_it_took_from_another_study():
+    runs = [Run(1e-2, seed, 0.5, {}, 100, "budget", [(100, 0.5)], 40.0) for seed in range(3)]
+    trained = Cell(0, "delta", "grm", 16, 0.5, 0.0, 1e-2, "fixed", 1.0, {}, runs, 130.0)
+    assert trained.worker_seconds == 130.0  # its runs and its build
+    # A trial that took its three runs (3 x 40 s) from another study, in a second.
+    reused = Cell(0, "delta", "grm", 16, 0.5, 0.0, 1e-2, "fixed", 1.0, {}, runs, 1.0)
+    assert reused.worker_seconds == 120.0
+
+
 @pytest.mark.parametrize(
     ("study", "pilot_name"),
     [("paper_cpu", "paper_pilot"), ("paper_niah_cpu", "paper_niah_pilot")],

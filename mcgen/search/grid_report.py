@@ -46,6 +46,12 @@ class Cell:
     seconds: float  # the whole trial: build, every run, evaluations
 
     @property
+    def worker_seconds(self) -> float:
+        """What the cell cost one core: its trial's seconds, or its runs' own where the
+        trial took them from another study (--reuse-runs) instead of training them."""
+        return max(self.seconds, sum(run.seconds for run in self.runs))
+
+    @property
     def best_runs(self) -> list[Run]:
         """The runs the score is taken from, by seed: the best rate's, each seed's final
         run (trained to the budget) in place of its sweep run when it has one."""
@@ -459,16 +465,21 @@ def grid_markdown(
             lines += ["", f"## {caption}", "", f"From `{report}`:", ""]
             lines.append(f"![{caption}]({relative})")
     lines += ["", "## Cost measured", "", f"From `{report}`:", ""]
+    lines += [
+        "`worker s`: what each cell cost one core, its runs taken from another study "
+        "(`--reuse-runs`) counted at their own seconds.",
+        "",
+    ]
     lines += _markdown_table(
-        ["base", "variant", "width", "s / step", "s / evaluation", "trial s"], []
+        ["base", "variant", "width", "s / step", "s / evaluation", "worker s"], []
     )
     for cell in cells:
         t = timing(cell)
         lines.append(
             f"| {cell.base} | {cell.variant} | {cell.width} | {t.step_s:.4f} | {t.eval_s:.3f} "
-            f"| {cell.seconds:.0f} |"
+            f"| {cell.worker_seconds:.0f} |"
         )
-    total = sum(cell.seconds for cell in cells)
+    total = sum(cell.worker_seconds for cell in cells)
     lines += ["", f"Total: {total / 3600:.2f} worker-hours over {len(cells)} trials."]
     if estimate is not None:
         lines += ["", *_estimate_lines(*estimate)]
