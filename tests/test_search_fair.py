@@ -5,6 +5,7 @@ sampler; the needle probe as the search's task; the paper study's space."""
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import optuna
@@ -20,7 +21,7 @@ from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
 from mcgen.mqar.train import train
 from mcgen.search import study as studies
 from mcgen.search.errors import SearchError
-from mcgen.search.grid_report import Cell, extrapolate
+from mcgen.search.grid_report import Cell, extrapolate, gains_table
 from mcgen.search.local_run import RunOptions, run_study
 from mcgen.search.objective import Run, evaluate, final_key, run_key, sweep
 from mcgen.search.report import report_study
@@ -483,6 +484,8 @@ def test_the_grid_report_gives_each_cell_its_mean_and_spread_plots_and_cost(tmp_
     row = "| attention | - | 16 | 0.665 +- 0.007 | 2 | 0.66 / 0.67 | 0.665 | 0.01 | fixed |"
     assert row in text
     assert "mcgen search report tiny --extrapolate" in text
+    # The fake scores ssc as its base RNN: no gain, and no seed above the base's best.
+    assert "| delta | 32 | 0.825 | ssc | 0.825 | +0.000 +- 0.007 | no | 0 of 2 |" in text
     assert "## Cost of" in text and "worker-hours" in text
 
 
@@ -559,6 +562,29 @@ def test_the_extrapolation_scales_the_measured_step_and_evaluation_times():
         extrapolate(cells[:-2], space_of(target))
 
 
+def cell_of(base: str, variant: str, seeds: list[float], *, base_rnn: bool = False) -> Cell:
+    runs = [Run(1e-2, i, a, {}, 100, "budget", [(100, a)], 1.0) for i, a in enumerate(seeds)]
+    mean, spread = sum(seeds) / len(seeds), statistics.stdev(seeds)
+    return Cell(0, base, variant, 24, mean, spread, 1e-2, "fixed", 1.0, {}, runs, 1.0, base_rnn)
+
+
+def test_the_gain_of_each_variant_is_taken_over_its_own_base_rnn_with_its_error():
+    cells = [
+        cell_of("titans", "base", [0.1, 0.2, 0.3], base_rnn=True),
+        cell_of("titans", "grm", [0.6, 0.7, 0.8]),
+        cell_of("titans", "ssc", [0.1, 0.35, 0.2]),
+        cell_of("dla", "grm", [0.5, 0.5, 0.5]),  # no base RNN of dla: no row
+        cell_of("attention", "-", [0.99, 0.99, 0.98]),
+    ]
+    header, rows = gains_table(cells)
+    assert header[:6] == ["base", "width", "base RNN", "variant", "accuracy", "gain (+- s.e.)"]
+    # sqrt(0.1^2 / 3 + 0.1^2 / 3) = 0.082; ssc's std 0.126 makes its s.e. 0.093.
+    assert rows == [
+        ["titans", "24", "0.200", "grm", "0.700", "+0.500 +- 0.082", "yes", "3 of 3"],
+        ["titans", "24", "0.200", "ssc", "0.217", "+0.017 +- 0.093", "no", "1 of 3"],
+    ]
+
+
 def test_a_cells_cost_counts_the_runs_it_took_from_another_study():
     runs = [Run(1e-2, seed, 0.5, {}, 100, "budget", [(100, 0.5)], 40.0) for seed in range(3)]
     trained = Cell(0, "delta", "grm", 16, 0.5, 0.0, 1e-2, "fixed", 1.0, {}, runs, 130.0)
@@ -586,10 +612,12 @@ def test_the_pilot_times_the_studys_own_candidates_data_and_model(study, pilot_n
     assert {k: getattr(pilot.train, k) for k in same} == {k: getattr(paper.train, k) for k in same}
 
 
-def test_the_needle_study_has_the_paper_studys_candidates_and_training():
+def test_the_needle_study_has_the_paper_studys_narrow_candidates_and_training():
     paper = parse_space(PAPER.read_text(encoding="utf-8"), str(PAPER))
     path = REPO / "search" / "paper_niah_cpu.yaml"
     niah = parse_space(path.read_text(encoding="utf-8"), str(path))
     assert niah.task == "niah" and niah.train == paper.train
-    assert [p for p, _ in grid_specs(niah)] == [p for p, _ in grid_specs(paper)]
+    narrow = [p for p, _ in grid_specs(paper) if p["width"] == "d24"]
+    assert [p for p, _ in grid_specs(niah)] == narrow and len(narrow) == 16
+    assert widths(niah) == [24]
     assert objective.eval_length(niah) > niah.data.train[0].seq_len

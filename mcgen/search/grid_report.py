@@ -44,6 +44,7 @@ class Cell:
     per_slice: dict[str, float]
     runs: list[Run]
     seconds: float  # the whole trial: build, every run, evaluations
+    base_rnn: bool = False  # the recurrence alone: no aggregation over cached memories
 
     @property
     def worker_seconds(self) -> float:
@@ -93,12 +94,14 @@ def _variant(trial: FrozenTrial, space: SearchSpace) -> str:
 def _cell(trial: FrozenTrial, space: SearchSpace) -> Cell:
     attrs = trial.user_attrs
     runs = [Run.from_json(run) for run in runs_in(attrs).values()]
+    base_rnn = False
     if attrs.get(REFERENCE) == ATTENTION:
         base, variant, width = ATTENTION, "-", int(attrs[WIDTH])
     else:
         spec = yaml.safe_load(attrs["spec"])
         base, variant = spec["memory"]["recurrence"], _variant(trial, space)
         width = int(spec["layer"]["d_model"])
+        base_rnn = spec["aggregation"]["kind"] == "none"
     return Cell(
         number=trial.number,
         base=base,
@@ -112,6 +115,7 @@ def _cell(trial: FrozenTrial, space: SearchSpace) -> Cell:
         per_slice=dict(attrs.get("per_slice", {})),
         runs=runs,
         seconds=float(attrs.get("seconds", 0.0)),
+        base_rnn=base_rnn,
     )
 
 
@@ -145,6 +149,33 @@ def cells_table(cells: Sequence[Cell], slices: Sequence[str]) -> tuple[list[str]
         row += [f"{cell.per_slice.get(key, math.nan):.3f}" for key in slices]
         row += [str(cell.number)]
         rows.append(row)
+    return header, rows
+
+
+def gains_table(cells: Sequence[Cell]) -> tuple[list[str], list[list[str]]]:
+    """Each cached variant against its base RNN (same recurrence and width): the difference
+    of their means, with its standard error (each mean's std / sqrt(seeds), combined), and
+    how many of its seeds beat the base RNN's best seed. Rows only where both were run."""
+    header = ["base", "width", "base RNN", "variant", "accuracy", "gain (+- s.e.)", "> 2 s.e."]
+    header += ["seeds above the base RNN's best"]
+    rows = []
+    for plain in (c for c in cells if c.base_rnn):
+        plain_best = max(plain.seed_accuracies(), default=math.nan)
+        for cell in cells:
+            if cell.base_rnn or (cell.base, cell.width) != (plain.base, plain.width):
+                continue
+            gain = cell.accuracy - plain.accuracy
+            error = math.sqrt(
+                cell.spread**2 / max(len(cell.best_runs), 1)
+                + plain.spread**2 / max(len(plain.best_runs), 1)
+            )
+            above = sum(a > plain_best for a in cell.seed_accuracies())
+            rows.append(
+                [cell.base, str(cell.width), f"{plain.accuracy:.3f}", cell.variant]
+                + [f"{cell.accuracy:.3f}", f"{gain:+.3f} +- {error:.3f}"]
+                + ["yes" if abs(gain) > 2 * error else "no"]
+                + [f"{above} of {len(cell.best_runs)}"]
+            )
     return header, rows
 
 
@@ -455,6 +486,18 @@ def grid_markdown(
     ]
     header, rows = cells_table(cells, slices)
     lines += _markdown_table(header, rows)
+    header, rows = gains_table(cells)
+    if rows:
+        lines += ["", "## What caching adds to each base RNN", "", f"From `{report}`:", ""]
+        lines += [
+            "`gain`: the variant's mean minus its base RNN's (same recurrence and width), "
+            "+- the standard error of that difference (each mean's std / sqrt(seeds), "
+            "combined); `> 2 s.e.`: whether the gain is more than twice it (with 3 seeds a "
+            "rough screen, not a test); `seeds above`: how many of the variant's seeds beat "
+            "the base RNN's best seed.",
+            "",
+        ]
+        lines += _markdown_table(header, rows)
     for key, caption in (
         ("accuracy_width", "Accuracy against width"),
         ("accuracy_state", "Accuracy against decode state bytes"),
