@@ -495,6 +495,7 @@ def test_inspect_bad_spec_exits_2(workdir: Path) -> None:
         (("bench", "specs/nothing.yaml"), "file not found"),
         (("bench", "specs/tiny_grm.yaml", "--provider", "nope"), "unknown provider nope"),
         (("search", "report", "no_study"), "no study 'no_study'"),
+        (("search", "status", "no_study"), "no study 'no_study'"),
         (("search", "nothing.yaml"), "file not found: nothing.yaml"),
         (("search", "report", "no_study", "--bogus"), "--bogus"),
     ],

@@ -4,6 +4,7 @@ sampler; the needle probe as the search's task; the paper study's space."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -12,9 +13,11 @@ import optuna
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
 
 import mcgen.search.objective as objective
 from mcgen.build import build
+from mcgen.cli import app
 from mcgen.mqar.config import MQARDataConfig, MQARSlice, TrainConfig
 from mcgen.mqar.data import load_data
 from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
@@ -33,6 +36,7 @@ from mcgen.search.space import (
     suggest_spec,
     widths,
 )
+from mcgen.search.status import study_status
 from mcgen.search.study import locate, open_study
 from mcgen.search.trials import GRID, REFERENCE, RETRY_OF, RUNS_OF
 from mcgen.search.worker import run_worker
@@ -294,6 +298,47 @@ def test_a_retried_trial_trains_only_the_runs_its_killed_try_did_not_finish(tmp_
     assert all(len(objective.runs_in(t.user_attrs)) == 4 for t in trials if t.values)
 
 
+def test_the_status_shows_a_killed_trials_runs_waiting_for_its_re_run(tmp_path, monkeypatch):
+    mapping = tiny(learning_rates=[3e-3, 1e-2], seeds=2)
+    mapping["vary"] = {"aggregation.kind": ["grm"], "cache.segments.length": [4]}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+    runs = tmp_path / "runs"
+    location = locate("tiny", runs_dir=runs)
+    open_study(location, space_of(mapping), path.read_text(), target=3)
+    train_one, trained = fake_run(peak=3e-3)  # 0.1 s a run
+
+    def killed_after_three(space, d, f, data, lr, seed, **_):
+        if len(trained) == 3:
+            raise KeyboardInterrupt("killed")
+        return train_one(lr, seed)
+
+    monkeypatch.setattr(objective, "_train_one", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(location, target=3, workdir=tmp_path / "work")
+    status = study_status("tiny", runs_dir=runs)  # the worker enqueued the killed trial again
+    assert (status.counts.failed, status.counts.waiting) == (1, 2)
+    killed = next(t for t in status.trials if t.state == "failed")
+    retry = next(t for t in status.trials if t.retry_of == killed.number)
+    assert killed.retried_as == retry.number and killed.label == retry.label
+    assert (killed.runs, retry.runs, retry.state, retry.best_run) == (3, 3, "waiting", 0.91)
+    others = [t for t in status.trials if t.number not in (killed.number, retry.number)]
+    assert [(t.runs, t.state) for t in others] == [(0, "waiting")] and others[0].label
+    assert status.run_hours == pytest.approx(3 * 0.1 / 3600)  # the 3 runs counted once
+
+    monkeypatch.setattr(
+        objective, "_train_one", lambda space, d, f, data, lr, seed, **_: train_one(lr, seed)
+    )
+    run_worker(location, target=3, workdir=tmp_path / "work")
+    status = study_status("tiny", runs_dir=runs)
+    done = [t for t in status.trials if t.state == "complete"]
+    assert len(done) == 3 and all(t.runs == 4 and t.accuracy is not None for t in done)
+    assert status.run_hours == pytest.approx(12 * 0.1 / 3600)
+    result = CliRunner().invoke(app, ["search", "status", "tiny", "--runs", str(runs), "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["counts"]["complete"] == 3
+
+
 # --- bundles and the grid ----------------------------------------------------------------
 
 
@@ -352,6 +397,16 @@ def test_a_grid_study_enqueues_every_point_and_attention_at_every_width(tmp_path
     # Opening it again enqueues nothing more.
     study, _ = open_study(location, space, "", target=10)
     assert len(study.get_trials(deepcopy=False)) == 10
+
+
+def test_the_status_names_the_grid_points_still_waiting(tmp_path):
+    text = yaml.safe_dump(grid_mapping(), sort_keys=False)
+    open_study(locate("grid", runs_dir=tmp_path), space_of(grid_mapping()), text, target=10)
+    status = study_status("grid", runs_dir=tmp_path)
+    assert status.counts.waiting == 10 and status.run_hours == 0
+    labels = [t.label for t in status.trials]
+    assert "variant=ssc width=w32 recurrence=delta" in labels
+    assert "attention (d_model 16)" in labels and len(set(labels)) == 10
 
 
 def test_bundle_mistakes_are_named():

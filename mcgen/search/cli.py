@@ -3,6 +3,7 @@
     mcgen search SPACE.yaml [--study NAME] [--trials N] [--workers N] [--storage URL]
                             [--timeout S] [--json]       (same as `mcgen search run ...`)
     mcgen search report STUDY [--storage URL] [--out DIR] [--json]
+    mcgen search status STUDY [--storage URL] [--runs DIR] [--json]
 
 Heavy modules (optuna, torch) are imported inside the commands, so that registering
 this sub-app keeps every other mcgen command quick to start.
@@ -314,3 +315,52 @@ def report(
         out.print(f"  spec: {spec}", markup=False, highlight=False)
     for note in result.notes:
         out.print(f"  {note}", markup=False, highlight=False, soft_wrap=True)
+
+
+@search_app.command("status")
+def status(
+    study: Annotated[str, typer.Argument(help="The study's name (runs/<study>/journal.log).")],
+    storage: StorageOpt = None,
+    runs: RunsOpt = Path("runs"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Where a study stands, safe beside its workers: each trial's state, the runs it holds
+    so far (a waiting re-run: its earlier tries'), its score once complete."""
+    _quiet_optuna()
+    from mcgen.search.status import study_status
+
+    with _reported_errors():
+        result = study_status(study, storage=storage, runs_dir=runs)
+    if as_json:
+        out.print_json(json.dumps(result.to_json()))
+        return
+    table = Table(title=f"{escape(result.study)} ({escape(result.storage)})")
+    left = ("candidate", "state", "note")
+    for name in ("trial", "candidate", "state", "runs (final)", "best run", "score", "note"):
+        table.add_column(name, justify="left" if name in left else "right")
+    for t in result.trials:
+        note = ""
+        if t.retried_as is not None:
+            note = f"run again as {t.retried_as}"
+        elif t.retry_of is not None:
+            note = f"runs {t.retry_of} again"
+        if t.started is not None:
+            note = " ".join(filter(None, [note, f"since {t.started:%H:%M}"]))
+        score = "-" if t.accuracy is None else f"{t.accuracy:.3f} +- {t.spread:.3f}"
+        table.add_row(
+            str(t.number),
+            escape(t.label),
+            t.state,
+            f"{t.runs} ({t.finals})" if t.runs else "-",
+            "-" if t.best_run is None else f"{t.best_run:.3f}",
+            score,
+            note,
+        )
+    (out if out.is_terminal else Console(width=160)).print(table)
+    c = result.counts
+    out.print(
+        f"{c.complete} complete, {c.pruned} pruned, {c.running} running, {c.waiting} waiting, "
+        f"{c.failed} failed; its runs so far: {result.run_hours:.2f} worker-hours",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -57,17 +57,22 @@ def trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: 
     return storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
+def _params(trial: FrozenTrial) -> dict:
+    """A trial's parameters; for an enqueued one not started yet, those it was given."""
+    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+
+
 def trial_label(trial: FrozenTrial) -> str:
     """A short name: the reference point, or the candidate's varied fields."""
     if REFERENCE in trial.user_attrs:
         kind = {"base_rnn": "base RNN", "attention": "attention"}[trial.user_attrs[REFERENCE]]
         return f"{kind} (d_model {trial.user_attrs.get(WIDTH)})"
-    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in trial.params.items())
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in _params(trial).items())
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue a trial again: the same parameters (and reference flag), a new number."""
-    params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+    params = _params(trial)
     attrs = {k: trial.user_attrs[k] for k in _CARRIED if k in trial.user_attrs}
     attrs[RETRY_OF] = trial.number
     study.enqueue_trial(params=params, user_attrs=attrs)

@@ -138,6 +138,20 @@ def _unit_kwargs(trial: optuna.Trial, study: optuna.Study, runs_of: str) -> dict
     return {"done_runs": done, "on_run": trial.set_user_attr}
 
 
+def attention_runs_of(width: int | None) -> str:
+    """Whose runs an attention reference's are (trials.RUNS_OF)."""
+    return f"attention d_model={width}"
+
+
+def candidate_mapping(trial: Any, space: SearchSpace, reference: str | None, width: Any) -> dict:
+    """The spec a trial scores: a reference base RNN's, or the one its parameters draw
+    (`trial` an optuna trial or a FixedTrial of an enqueued one's parameters). Its name
+    is whose runs the trial's are."""
+    if reference == "base_rnn":
+        return base_rnn_spec(space, d_model=width)
+    return suggest_spec(trial, space)
+
+
 def score_trial(
     trial: optuna.Trial,
     study: optuna.Study,
@@ -151,14 +165,11 @@ def score_trial(
     width = trial.user_attrs.get(trials.WIDTH)
     if reference == "attention":
         _constrain(trial, space, attention_model_cost(space, "decode_state_bytes", width))
-        units = _unit_kwargs(trial, study, f"attention d_model={width}")
+        units = _unit_kwargs(trial, study, attention_runs_of(width))
         result = attention_baseline(space, workdir, data_cache=data_cache, d_model=width, **units)
         return _record(trial, result, time.perf_counter() - started)
 
-    if reference == "base_rnn":
-        mapping = base_rnn_spec(space, d_model=width)
-    else:
-        mapping = suggest_spec(trial, space)
+    mapping = candidate_mapping(trial, space, reference, width)
     text = yaml.safe_dump(mapping, sort_keys=False)
     trial.set_user_attr("spec_name", mapping["name"])
     trial.set_user_attr("spec", text)

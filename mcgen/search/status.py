@@ -1,0 +1,122 @@
+"""Where a study stands, read from its storage without touching it: each trial's state,
+the runs it holds so far (a waiting re-run: its earlier tries'), its score once complete,
+and the worker time its runs took. Safe beside the study's own workers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from mcgen.search import study as studies
+from mcgen.search.objective import Run, runs_in
+from mcgen.search.space import SearchSpace
+from mcgen.search.trials import REFERENCE, RETRY_OF, RUNS_OF, WIDTH, Counts, counts, trial_label
+from mcgen.search.worker import attention_runs_of, candidate_mapping, done_runs
+
+
+@dataclass(frozen=True)
+class TrialStatus:
+    number: int
+    label: str
+    state: str  # complete | running | waiting | failed | pruned
+    runs: int  # finished runs it holds, final ones included
+    finals: int  # of them, final runs (the best rate's seeds trained to the budget)
+    best_run: float | None  # the best accuracy among them
+    run_seconds: float  # what they took, on one core each
+    accuracy: float | None  # a complete trial's score: the best rate's mean over seeds
+    spread: float | None
+    retry_of: int | None  # the trial this one runs again
+    retried_as: int | None  # a failed trial's re-run
+    started: datetime | None  # a running trial's start
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    study: str
+    storage: str
+    counts: Counts
+    trials: list[TrialStatus]
+    # Worker-hours its finished runs took, each counted once (a failed try and its re-run
+    # hold the same ones), those taken from another study (--reuse-runs) for trials that
+    # have started or wait included.
+    run_hours: float
+
+    def to_json(self) -> dict:
+        return {
+            "study": self.study,
+            "storage": self.storage,
+            "counts": asdict(self.counts),
+            "run_hours": self.run_hours,
+            "trials": [
+                {**asdict(t), "started": t.started.isoformat() if t.started else None}
+                for t in self.trials
+            ],
+        }
+
+
+def _runs_of(trial: FrozenTrial, space: SearchSpace) -> str:
+    """Whose runs the trial holds (trials.RUNS_OF): its own mark once started, else the
+    name its worker will give them, from the parameters it was enqueued with."""
+    attrs = trial.user_attrs
+    if RUNS_OF in attrs:
+        return str(attrs[RUNS_OF])
+    reference, width = attrs.get(REFERENCE), attrs.get(WIDTH)
+    if reference == "attention":
+        return attention_runs_of(width)
+    fixed = optuna.trial.FixedTrial(dict(trial.params) or trial.system_attrs["fixed_params"])
+    return candidate_mapping(fixed, space, reference, width)["name"]
+
+
+def _held(trial: FrozenTrial, study: optuna.Study, runs_of: str) -> dict[str, dict]:
+    """The runs a trial holds; a waiting or running one also those its worker will take
+    up: its earlier tries' and those taken from another study."""
+    held = runs_in(trial.user_attrs)
+    if trial.state in (TrialState.WAITING, TrialState.RUNNING):
+        held = {**done_runs(study, runs_of), **held}
+    return held
+
+
+def _status(trial: FrozenTrial, held: dict[str, dict], retried_as: dict[int, int]) -> TrialStatus:
+    runs = [Run.from_json(run) for run in held.values()]
+    attrs = trial.user_attrs
+    complete = trial.state == TrialState.COMPLETE and "accuracy" in attrs
+    return TrialStatus(
+        number=trial.number,
+        label=trial_label(trial),
+        state=trial.state.name.lower().replace("fail", "failed"),
+        runs=len(runs),
+        finals=sum(run.final for run in runs),
+        best_run=max((run.accuracy for run in runs), default=None),
+        run_seconds=sum(run.seconds for run in runs),
+        accuracy=float(attrs["accuracy"]) if complete else None,
+        spread=float(attrs.get("spread", 0.0)) if complete else None,
+        retry_of=attrs.get(RETRY_OF),
+        retried_as=retried_as.get(trial.number),
+        started=trial.datetime_start if trial.state == TrialState.RUNNING else None,
+    )
+
+
+def study_status(
+    study: str, *, storage: str | None = None, runs_dir: str | Path = studies.DEFAULT_RUNS
+) -> StudyStatus:
+    location = studies.locate(study, storage=storage, runs_dir=runs_dir)
+    study_obj, _, space = studies.load_study(location)
+    trials = study_obj.get_trials(deepcopy=False)
+    retried_as = {t.user_attrs[RETRY_OF]: t.number for t in trials if RETRY_OF in t.user_attrs}
+    statuses, seconds = [], {}
+    for trial in trials:
+        runs_of = _runs_of(trial, space)
+        held = _held(trial, study_obj, runs_of)
+        statuses.append(_status(trial, held, retried_as))
+        seconds.update({(runs_of, key): float(run["seconds"]) for key, run in held.items()})
+    return StudyStatus(
+        study=study,
+        storage=location.describe(),
+        counts=counts(study_obj),
+        trials=statuses,
+        run_hours=sum(seconds.values()) / 3600,
+    )
