@@ -261,14 +261,15 @@ def test_the_sweep_seeds_and_plateau_are_checked_in_the_file():
 # --- resuming a killed trial ------------------------------------------------------------
 
 
-def test_a_retried_trial_trains_only_the_runs_its_killed_try_did_not_finish(tmp_path, monkeypatch):
+def worker_killed_after_three_runs(tmp_path, monkeypatch):
+    """A study of 3 trials (4 runs each, 0.1 s a run) whose worker was killed during its
+    fourth run; then _train_one trains normally. Returns (its location, the runs trained)."""
     mapping = tiny(learning_rates=[3e-3, 1e-2], seeds=2)
     mapping["vary"] = {"aggregation.kind": ["grm"], "cache.segments.length": [4]}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
-    space = space_of(mapping)
     location = locate("tiny", runs_dir=tmp_path / "runs")
-    open_study(location, space, path.read_text(), target=3)
+    open_study(location, space_of(mapping), path.read_text(), target=3)
     train_one, trained = fake_run(peak=3e-3)
 
     def killed_after_three(space, d, f, data, lr, seed, **_):
@@ -279,10 +280,15 @@ def test_a_retried_trial_trains_only_the_runs_its_killed_try_did_not_finish(tmp_
     monkeypatch.setattr(objective, "_train_one", killed_after_three)
     with pytest.raises(KeyboardInterrupt):
         run_worker(location, target=3, workdir=tmp_path / "work")
-    killed = trained[:]
     monkeypatch.setattr(
         objective, "_train_one", lambda space, d, f, data, lr, seed, **_: train_one(lr, seed)
     )
+    return location, trained
+
+
+def test_a_retried_trial_trains_only_the_runs_its_killed_try_did_not_finish(tmp_path, monkeypatch):
+    location, trained = worker_killed_after_three_runs(tmp_path, monkeypatch)
+    killed = trained[:]
     result = run_worker(location, target=3, workdir=tmp_path / "work")
     assert result.reason == "done"
     study, _, _ = studies.load_study(location)
@@ -299,23 +305,8 @@ def test_a_retried_trial_trains_only_the_runs_its_killed_try_did_not_finish(tmp_
 
 
 def test_the_status_shows_a_killed_trials_runs_waiting_for_its_re_run(tmp_path, monkeypatch):
-    mapping = tiny(learning_rates=[3e-3, 1e-2], seeds=2)
-    mapping["vary"] = {"aggregation.kind": ["grm"], "cache.segments.length": [4]}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+    location, _ = worker_killed_after_three_runs(tmp_path, monkeypatch)
     runs = tmp_path / "runs"
-    location = locate("tiny", runs_dir=runs)
-    open_study(location, space_of(mapping), path.read_text(), target=3)
-    train_one, trained = fake_run(peak=3e-3)  # 0.1 s a run
-
-    def killed_after_three(space, d, f, data, lr, seed, **_):
-        if len(trained) == 3:
-            raise KeyboardInterrupt("killed")
-        return train_one(lr, seed)
-
-    monkeypatch.setattr(objective, "_train_one", killed_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        run_worker(location, target=3, workdir=tmp_path / "work")
     status = study_status("tiny", runs_dir=runs)  # the worker enqueued the killed trial again
     assert (status.counts.failed, status.counts.waiting) == (1, 2)
     killed = next(t for t in status.trials if t.state == "failed")
@@ -325,10 +316,10 @@ def test_the_status_shows_a_killed_trials_runs_waiting_for_its_re_run(tmp_path, 
     others = [t for t in status.trials if t.number not in (killed.number, retry.number)]
     assert [(t.runs, t.state) for t in others] == [(0, "waiting")] and others[0].label
     assert status.run_hours == pytest.approx(3 * 0.1 / 3600)  # the 3 runs counted once
+    shown = CliRunner().invoke(app, ["search", "status", "tiny", "--runs", str(runs)])
+    assert shown.exit_code == 0 and f"run again as {retry.number}" in shown.stdout
+    assert "1 failed; its runs so far: 0.00 worker-hours" in shown.stdout
 
-    monkeypatch.setattr(
-        objective, "_train_one", lambda space, d, f, data, lr, seed, **_: train_one(lr, seed)
-    )
     run_worker(location, target=3, workdir=tmp_path / "work")
     status = study_status("tiny", runs_dir=runs)
     done = [t for t in status.trials if t.state == "complete"]

@@ -81,6 +81,11 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _print_table(table: Table) -> None:
+    # Wide enough not to wrap in a log or a pipe; a terminal keeps its own width.
+    (out if out.is_terminal else Console(width=240)).print(table)
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -299,8 +304,7 @@ def report(
         table.add_column(escape(name), justify=justify)
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))
-    # Wide enough not to wrap in a log or a pipe; a terminal keeps its own width.
-    (out if out.is_terminal else Console(width=240)).print(table)
+    _print_table(table)
     c = result.counts
     out.print(
         f"{c.done} trials done ({c.complete} complete, {c.pruned} pruned), {c.failed} failed; "
@@ -356,7 +360,7 @@ def status(
             score,
             note,
         )
-    (out if out.is_terminal else Console(width=160)).print(table)
+    _print_table(table)
     c = result.counts
     out.print(
         f"{c.complete} complete, {c.pruned} pruned, {c.running} running, {c.waiting} waiting, "
