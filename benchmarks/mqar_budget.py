@@ -76,13 +76,14 @@ class ConvolvedLinear(torch.nn.Linear):
 
 
 def _drop_identity_from_read(backend) -> None:
-    """Make a deep memory's read M(x) - x = W1 act(W2 x) (its torch backend, patched)."""
-    full_read = backend.read
+    """Make a deep memory's read M(x) - x = W1 act(W2 x) (its torch backend, patched; the
+    script's models are base RNNs, whose only read is the online one)."""
+    full_read = backend.read_online
 
-    def read(weights, x):
-        return full_read(weights, x) - x
+    def read_online(online, x):
+        return full_read(online, x) - x
 
-    backend.read = read
+    backend.read_online = read_online
 
 
 def mixer_factory(args: argparse.Namespace, workdir: Path):

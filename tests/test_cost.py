@@ -243,10 +243,13 @@ def test_titans_by_hand() -> None:
 def test_deep_minibatch_and_independent_segments() -> None:
     spec = deep_cost_spec(recurrence="titans", aggregation="grm", deep="{minibatch: 2}")
     cost = costed(spec).graph["cost"]
-    # Decode adds the weights at the mini-batch's start; training its per-token weights.
+    # Decode adds the weights at the mini-batch's start; training the mini-batch's gradient
+    # factors (K->Dh->V: (4 + 8) + (8 + 4) = 24 per token) and three 2 x 2 mixing matrices.
     assert cost["decode_state_numbers_per_head"] == 404 + P
-    assert cost["training_memory_numbers_per_head"] == 4 * P + 2 * P
-    assert cost["training_memory_bytes"] == 4 * 6 * P
+    assert cost["training_memory_numbers_per_head"] == 4 * P + 2 * 24 + 3 * 4
+    assert cost["training_memory_bytes"] == 4 * (4 * P + 60)
+    dla = costed(deep_cost_spec(recurrence="dla", aggregation="grm", deep="{minibatch: 2}"))
+    assert dla.graph["cost"]["training_memory_numbers_per_head"] == 4 * P + 2 * 24  # no mixes
     # init independent restarts from the initial weights at each of the 4 segments.
     independent = costed(deep_cost_spec(recurrence="dla", aggregation="grm", init="independent"))
     assert independent.nodes["weights"]["cost"]["bytes"] == 4 * P * 4

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mqar_budget.py"
 
@@ -69,3 +70,20 @@ def test_a_tiny_run_writes_its_curve(script, monkeypatch, tmp_path):
     assert [point[0] for point in record["curve"]] == [2, 4]
     assert 0.0 <= record["best_accuracy"] <= 1.0
     assert set(record["slices"]) == {"num_pairs=8,seq_len=64", "num_pairs=8,seq_len=128"}
+
+
+class _SilentLayer:
+    """An online MLP layer whose weights read nothing: M(x) = x + 0."""
+
+    def apply(self, h):
+        return torch.zeros_like(h)
+
+
+def test_mlp_only_read_reads_without_the_identity(script, monkeypatch, tmp_path):
+    args = parse(script, monkeypatch, "dla", "--mlp-only-read", "--out", "x")
+    mixer = script.mixer_factory(args, tmp_path)(0)
+    assert mixer(torch.randn(1, 5, 24)).isfinite().all()  # the patched backend runs
+    package = type(mixer[1]).__module__.rsplit(".", 1)[0]
+    read_online = sys.modules[f"{package}.backend_torch"].read_online
+    x = torch.randn(1, 2, 5, 12)
+    assert torch.equal(read_online([_SilentLayer(), _SilentLayer()], x), torch.zeros_like(x))

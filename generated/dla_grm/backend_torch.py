@@ -4,8 +4,10 @@
 
 The sequence goes through in mini-batches of 16 token(s) that never cross a
 segment end. Inside a mini-batch everything is vectorised over its tokens, batch and
-heads: the inner gradients at the mini-batch's starting weights, the per-token weights
-they lead to (a cumulative sum), and the reads.
+heads: the inner gradients at the mini-batch's starting weights, each kept as its two
+factors (a token's gradient of a layer is an outer product), and the reads of the weights
+after each token, taken through [C, C]
+products of those factors (OnlineLayer): the C per-token weight matrices are never formed.
 A loop runs over mini-batches only.
 """
 
@@ -31,15 +33,6 @@ def activation_grad(z):
     return cdf + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
-def read(weights, x):
-    """M_W(x) for weights [..., out, in] per layer and x [..., K]; returns [..., V]."""
-    hidden = x
-    for layer, w in enumerate(weights):
-        z = (w @ hidden[..., None])[..., 0]
-        hidden = activation(z) if layer < len(weights) - 1 else z
-    return x + hidden
-
-
 def read_each(memories, x):
     """M_{C_n}(x_c) for memories [B, H, N, out, in] and tokens x [B, H, C, K] -> [B, H, C, N, V]."""
     hidden = x[:, :, :, None, :]  # [B, H, C, 1, K]
@@ -52,8 +45,9 @@ def read_each(memories, x):
 def inner_gradients(weights, k, v):
     """Per-token gradients of the inner loss at shared weights [B, H, out, in], keys k [B, H, C, K].
 
-    Returns one [B, H, C, out, in] per layer: backpropagation through the MLP by hand,
-    so that the outer backward pass can differentiate through it.
+    Token t's gradient of a layer is the outer product delta_t input_t^T; returns its
+    factors (delta [B, H, C, out], input [B, H, C, in]) per layer. Backpropagation through
+    the MLP by hand, so that the outer backward pass can differentiate through it.
     """
     inputs, pre = [k], []
     hidden = k
@@ -66,28 +60,55 @@ def inner_gradients(weights, k, v):
         else:
             hidden = z
     delta = -v  # d -<M(k), v> / d M(k)
-    grads = [None] * len(weights)
+    factors = [None] * len(weights)
     for layer in reversed(range(len(weights))):
-        grads[layer] = delta[..., :, None] * inputs[layer][..., None, :]
+        factors[layer] = (delta, inputs[layer])
         if layer:
             delta = (delta @ weights[layer]) * activation_grad(pre[layer - 1])
-    return grads
+    return factors
 
 
-def _carry(log_keep, steps, start):
-    """Per-token values of x_t = keep_t x_{t-1} + step_t over a mini-batch, all at once.
+def outer_sum(coefficients, steps, inputs):
+    """sum_j coefficients_j steps_j inputs_j^T: coefficients [B, H, C], steps [B, H, C, out] and
+    inputs [B, H, C, in] -> [B, H, out, in]."""
+    return (coefficients[..., None] * steps).transpose(-1, -2) @ inputs
 
-    log_keep [B, H, C]; steps [B, H, C, out, in]; start [B, H, out, in] (x before it).
-    x_t = sum_{j<=t} prod_{j<i<=t} keep_i step_j + prod_{i<=t} keep_i start.
+
+class OnlineLayer:
+    """One MLP layer's weights after each token of a mini-batch piece, kept in factors:
+
+        W_t = W + sum_{j <= t} steps_j inputs_j^T
+
+    (W: the weights before the piece; steps_j = -theta_j delta_j, token j's gradient step).
+    Reading W_t h_t for every t takes two [C, C] products, not C weight matrices.
     """
-    total = log_keep.cumsum(dim=-1)  # [B, H, C]
-    size = log_keep.shape[-1]
-    causal = torch.ones(size, size, dtype=torch.bool, device=log_keep.device).tril()
-    # [B, H, C, C]: what token j's step keeps by token i, zero above the diagonal
-    mix = torch.where(causal, total[..., :, None] - total[..., None, :], -torch.inf).exp()
-    flat = steps.flatten(-2)  # [B, H, C, P]
-    carried = causal_mix(mix, flat).view_as(steps)
-    return carried + total.exp()[..., None, None] * start[:, :, None]
+
+    def __init__(self, start, steps, inputs, causal):
+        self.start = start  # [B, H, out, in]
+        self.steps, self.inputs = steps, inputs  # [B, H, C, out], [B, H, C, in]
+        self.causal = causal  # [C, C] bool, lower triangle
+
+    def apply(self, h):
+        """W_t h_t for each token t: h [B, H, C, in] -> [B, H, C, out]."""
+        # where, not a product with the mask: a later token's NaN input must not reach t
+        seen = h @ self.inputs.transpose(-1, -2)  # [B, H, C, C]: <h_t, inputs_j>
+        seen = torch.where(self.causal, seen, 0)
+        start = h @ self.start.transpose(-1, -2)
+        return start + causal_mix(seen, self.steps)
+
+    def last(self):
+        """The weights after the piece's last token [B, H, out, in]."""
+        return self.start + self.steps.transpose(-1, -2) @ self.inputs
+
+
+def read_online(online, x):
+    """M_{W_t}(x_t) for each token t of the piece: online (an OnlineLayer per layer), x
+    [B, H, C, K] -> [B, H, C, V]."""
+    hidden = x
+    for layer, weights in enumerate(online):
+        z = weights.apply(hidden)
+        hidden = activation(z) if layer < len(online) - 1 else z
+    return x + hidden
 
 
 def causal_mix(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -142,14 +163,17 @@ def forward(q, k, v, u, beta, *, scale: float, initial_cache: MCCache):
             anchor = memory
         k_c, v_c = k[:, :, part], v[:, :, part]  # [B, H, C, K]
         x = q[:, :, part] * scale
-        grads = inner_gradients(anchor, k_c, v_c)  # per layer [B, H, C, out, in]
-        theta = beta[:, :, part, None, None]
+        factors = inner_gradients(anchor, k_c, v_c)  # per layer (delta, input)
+        theta = beta[:, :, part, None]
+        steps = [-theta * delta for delta, _ in factors]  # per layer [B, H, C, out]
+        causal = torch.ones(width, width, dtype=torch.bool, device=q.device).tril()
         # W_t = W_{t-1} - theta_t grad_t
-        per_token = [
-            w[:, :, None] - (theta * d).cumsum(dim=2) for w, d in zip(memory, grads, strict=True)
+        online = [
+            OnlineLayer(w, step, i, causal)
+            for w, step, (_, i) in zip(memory, steps, factors, strict=True)
         ]
-        memory = [w[:, :, -1] for w in per_token]  # [B, H, out, in]
-        out = read(per_token, x)  # [B, H, C, V] online read, each token after its update
+        memory = [layer.last() for layer in online]  # [B, H, out, in]
+        out = read_online(online, x)  # [B, H, C, V], each token after its update
         count = states[0].shape[2]  # cached memories, all visible inside this segment
         conn = u[:, :, part]  # [B, H, C, K]
         prefix = key_sum[:, :, None] + k_c.cumsum(dim=2)  # keys of the segment up to each token

@@ -4,8 +4,10 @@
 
 The sequence goes through in mini-batches of 16 token(s) that never cross a
 segment end. Inside a mini-batch everything is vectorised over its tokens, batch and
-heads: the inner gradients at the mini-batch's starting weights, the per-token weights
-they lead to (momentum and decay as triangular mixing matrices), and the reads.
+heads: the inner gradients at the mini-batch's starting weights, each kept as its two
+factors (a token's gradient of a layer is an outer product), and the reads of the weights
+after each token (momentum and decay as triangular mixing matrices), taken through [C, C]
+products of those factors (OnlineLayer): the C per-token weight matrices are never formed.
 A loop runs over mini-batches only.
 """
 
@@ -53,8 +55,9 @@ def read_each(memories, x):
 def inner_gradients(weights, k, v):
     """Per-token gradients of the inner loss at shared weights [B, H, out, in], keys k [B, H, C, K].
 
-    Returns one [B, H, C, out, in] per layer: backpropagation through the MLP by hand,
-    so that the outer backward pass can differentiate through it.
+    Token t's gradient of a layer is the outer product delta_t input_t^T; returns its
+    factors (delta [B, H, C, out], input [B, H, C, in]) per layer. Backpropagation through
+    the MLP by hand, so that the outer backward pass can differentiate through it.
     """
     inputs, pre = [k], []
     hidden = k
@@ -67,28 +70,68 @@ def inner_gradients(weights, k, v):
         else:
             hidden = z
     delta = 2 * (k + hidden - v)  # d ||M(k) - v||^2 / d M(k)
-    grads = [None] * len(weights)
+    factors = [None] * len(weights)
     for layer in reversed(range(len(weights))):
-        grads[layer] = delta[..., :, None] * inputs[layer][..., None, :]
+        factors[layer] = (delta, inputs[layer])
         if layer:
             delta = (delta @ weights[layer]) * activation_grad(pre[layer - 1])
-    return grads
+    return factors
 
 
-def _carry(log_keep, steps, start):
-    """Per-token values of x_t = keep_t x_{t-1} + step_t over a mini-batch, all at once.
+def outer_sum(coefficients, steps, inputs):
+    """sum_j coefficients_j steps_j inputs_j^T: coefficients [B, H, C], steps [B, H, C, out] and
+    inputs [B, H, C, in] -> [B, H, out, in]."""
+    return (coefficients[..., None] * steps).transpose(-1, -2) @ inputs
 
-    log_keep [B, H, C]; steps [B, H, C, out, in]; start [B, H, out, in] (x before it).
-    x_t = sum_{j<=t} prod_{j<i<=t} keep_i step_j + prod_{i<=t} keep_i start.
-    """
-    total = log_keep.cumsum(dim=-1)  # [B, H, C]
-    size = log_keep.shape[-1]
-    causal = torch.ones(size, size, dtype=torch.bool, device=log_keep.device).tril()
-    # [B, H, C, C]: what token j's step keeps by token i, zero above the diagonal
+
+def decays(log_rate, causal):
+    """A rate r_t given as log r_t [B, H, C]: (mix [B, H, C, C], kept [B, H, C]) with
+    mix[t, j] = r_{j+1} ... r_t for j <= t (zero above the diagonal) and kept_t = r_1 ... r_t."""
+    total = log_rate.cumsum(dim=-1)
     mix = torch.where(causal, total[..., :, None] - total[..., None, :], -torch.inf).exp()
-    flat = steps.flatten(-2)  # [B, H, C, P]
-    carried = causal_mix(mix, flat).view_as(steps)
-    return carried + total.exp()[..., None, None] * start[:, :, None]
+    return mix, total.exp()
+
+
+class OnlineLayer:
+    """One MLP layer's weights after each token of a mini-batch piece, kept in factors:
+
+        W_t = kept_t W + carried_t S + sum_{j <= t} mix[t, j] steps_j inputs_j^T
+
+    (W, S: the weights and the momentum before the piece; steps_j = -theta_j delta_j, token
+    j's gradient step; mix[t, j]: what that step adds to W_t through momentum and decay).
+    Reading W_t h_t for every t takes two [C, C] products, not C weight matrices.
+    """
+
+    def __init__(self, start, momentum, steps, inputs, causal, mix, kept, carried):
+        self.start, self.momentum = start, momentum  # [B, H, out, in]
+        self.mix, self.kept, self.carried = mix, kept, carried  # [B, H, C, C], [B, H, C] twice
+        self.steps, self.inputs = steps, inputs  # [B, H, C, out], [B, H, C, in]
+        self.causal = causal  # [C, C] bool, lower triangle
+
+    def apply(self, h):
+        """W_t h_t for each token t: h [B, H, C, in] -> [B, H, C, out]."""
+        # where, not a product with the mask: a later token's NaN input must not reach t
+        seen = h @ self.inputs.transpose(-1, -2)  # [B, H, C, C]: <h_t, inputs_j>
+        seen = torch.where(self.causal, self.mix * seen, 0)
+        start = self.kept[..., None] * (h @ self.start.transpose(-1, -2))
+        start = start + self.carried[..., None] * (h @ self.momentum.transpose(-1, -2))
+        return start + causal_mix(seen, self.steps)
+
+    def last(self):
+        """The weights after the piece's last token [B, H, out, in]."""
+        start = self.kept[..., -1, None, None] * self.start
+        start = start + self.carried[..., -1, None, None] * self.momentum
+        return start + outer_sum(self.mix[..., -1, :], self.steps, self.inputs)
+
+
+def read_online(online, x):
+    """M_{W_t}(x_t) for each token t of the piece: online (an OnlineLayer per layer), x
+    [B, H, C, K] -> [B, H, C, V]."""
+    hidden = x
+    for layer, weights in enumerate(online):
+        z = weights.apply(hidden)
+        hidden = activation(z) if layer < len(online) - 1 else z
+    return x + hidden
 
 
 def causal_mix(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -143,18 +186,27 @@ def forward(q, k, v, u, g, beta, eta, *, scale: float, initial_cache: MCCache):
             anchor = memory
         k_c, v_c = k[:, :, part], v[:, :, part]  # [B, H, C, K]
         x = q[:, :, part] * scale
-        grads = inner_gradients(anchor, k_c, v_c)  # per layer [B, H, C, out, in]
-        theta = beta[:, :, part, None, None]
+        factors = inner_gradients(anchor, k_c, v_c)  # per layer (delta, input)
+        theta = beta[:, :, part, None]
+        steps = [-theta * delta for delta, _ in factors]  # per layer [B, H, C, out]
+        causal = torch.ones(width, width, dtype=torch.bool, device=q.device).tril()
         log_momentum = eta[:, :, part].clamp_min(1e-30).log()
         log_keep = g[:, :, part]  # log(1 - alpha_t)
         # S_t = eta_t S_{t-1} - theta_t grad_t;  W_t = (1 - alpha_t) W_{t-1} + S_t
-        momenta = [
-            _carry(log_momentum, -theta * d, s) for d, s in zip(grads, momentum, strict=True)
+        momentum_mix, momentum_kept = decays(log_momentum, causal)
+        keep_mix, kept = decays(log_keep, causal)
+        mix = causal_mix(keep_mix, momentum_mix)  # [t, j]: token j's step in W_t
+        carried = causal_mix(keep_mix, momentum_kept[..., None])[..., 0]  # S's share of W_t
+        online = [
+            OnlineLayer(w, s, step, i, causal, mix, kept, carried)
+            for w, s, step, (_, i) in zip(memory, momentum, steps, factors, strict=True)
         ]
-        per_token = [_carry(log_keep, s, w) for s, w in zip(momenta, memory, strict=True)]
-        momentum = [s[:, :, -1] for s in momenta]
-        memory = [w[:, :, -1] for w in per_token]  # [B, H, out, in]
-        out = read(per_token, x)  # [B, H, C, V] online read, each token after its update
+        momentum = [
+            momentum_kept[..., -1, None, None] * s + outer_sum(momentum_mix[..., -1, :], step, i)
+            for s, step, (_, i) in zip(momentum, steps, factors, strict=True)
+        ]
+        memory = [layer.last() for layer in online]  # [B, H, out, in]
+        out = read_online(online, x)  # [B, H, C, V], each token after its update
         count = states[0].shape[2]  # cached memories, all visible inside this segment
         conn = u[:, :, part]  # [B, H, C, K]
         prefix = key_sum[:, :, None] + k_c.cumsum(dim=2)  # keys of the segment up to each token
@@ -169,12 +221,11 @@ def forward(q, k, v, u, g, beta, eta, *, scale: float, initial_cache: MCCache):
             if count > TOP_K:  # route each token to its top-k memories and read only those
                 picked = logits.topk(TOP_K, dim=-1).indices  # [B, H, C, k]
                 logits = logits.gather(-1, picked)
-                chosen = [
-                    s[:, :, None]
-                    .expand(-1, -1, width, -1, -1, -1)
-                    .gather(3, picked[..., None, None].expand(-1, -1, -1, -1, *s.shape[3:]))
-                    for s in states
-                ]  # per layer [B, H, C, k, out, in]
+                # Indexing, not a gather from states expanded over the tokens: its backward
+                # adds into [B, H, N, out, in], not into a [B, H, C, N, out, in] zero tensor.
+                rows = torch.arange(q.shape[0], device=q.device)[:, None, None, None]
+                heads = torch.arange(q.shape[1], device=q.device)[None, :, None, None]
+                chosen = [s[rows, heads, picked] for s in states]  # per layer [B, H, C, k, out, in]
             weights = torch.softmax(torch.cat([logit_online, logits], dim=-1), dim=-1)
             if count > TOP_K:
                 reads = read([c.flatten(2, 3) for c in chosen], x.repeat_interleave(TOP_K, dim=2))

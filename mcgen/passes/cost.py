@@ -26,7 +26,9 @@ the momentum S <- eta S - theta g and decays W <- (1 - alpha) W + S (4P in all).
 visible memories and the online one with the gate weights, 2P per memory, then reads the
 mixture once (2P): its arithmetic is that of grm's reads plus one read, less grm's mixing of
 the outputs, and it loads every visible memory's weights per chunk just as grm does.
-Training memory adds the per-token weights of a mini-batch (minibatch * P, when minibatch > 1);
+Training memory adds a mini-batch's inner gradients as their factors, each layer's output error
+and input (minibatch * (K + 2 (depth - 1) Dh + V), when minibatch > 1), and titans' three
+[minibatch, minibatch] mixing matrices of momentum and decay;
 decode adds titans' momentum (P, unless the momentum is the constant 0) and the weights at
 the start of the current mini-batch (P, when minibatch > 1).
 """

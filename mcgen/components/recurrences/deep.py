@@ -35,6 +35,13 @@ def deep_params(depth: int, key_dim: int, hidden: int, value_dim: int) -> int:
     return key_dim * hidden + (depth - 2) * hidden * hidden + hidden * value_dim
 
 
+def deep_factor_numbers(depth: int, key_dim: int, hidden: int, value_dim: int) -> int:
+    """Numbers in one token's inner gradient kept as its factors: a layer's gradient is the
+    outer product of its output error and its input, so each layer's two widths."""
+    widths = [key_dim, *[hidden] * (depth - 1), value_dim]
+    return sum(a + b for a, b in zip(widths, widths[1:], strict=False))
+
+
 def deep_state_shape(depth: int) -> str:
     """The MLP's layer widths in symbols: `MLP K->Dh->V (depth 2)`."""
     return "MLP " + "->".join(["K", *["Dh"] * (depth - 1), "V"]) + f" (depth {depth})"
@@ -179,11 +186,17 @@ class DeepRecurrence(RecurrenceComponent):
 
     def held_numbers(self, ctx: CostContext) -> tuple[int, int]:
         """Decode: the momentum, and the weights at the current mini-batch's start (its
-        gradients are taken there); training: the per-token weights of a mini-batch."""
-        minibatch = int(ctx.scan.minibatch or 1)
-        decode = ctx.state * (int(self.keeps_momentum(ctx.scan)) + int(minibatch > 1))
-        training = minibatch * ctx.state if minibatch > 1 else 0
-        return decode, training
+        gradients are taken there); training: a mini-batch's gradients, held as their
+        factors (the torch backend never forms the per-token weights), and titans' three
+        mixing matrices of momentum and decay."""
+        scan = ctx.scan
+        minibatch = int(scan.minibatch or 1)
+        decode = ctx.state * (int(self.keeps_momentum(scan)) + int(minibatch > 1))
+        if minibatch == 1:  # one token's step at a time: nothing held across tokens
+            return decode, 0
+        factors = deep_factor_numbers(scan.depth, ctx.key_dim, scan.hidden, ctx.value_dim)
+        mixes = 3 * minibatch * minibatch if self.has_momentum else 0
+        return decode, minibatch * factors + mixes
 
 
 def _is_rate(value: object, *, fraction: bool) -> bool:
