@@ -610,7 +610,8 @@ def test_the_extrapolation_scales_the_measured_step_and_evaluation_times():
 
 def cell_of(base: str, variant: str, seeds: list[float], *, base_rnn: bool = False) -> Cell:
     runs = [Run(1e-2, i, a, {}, 100, "budget", [(100, a)], 1.0) for i, a in enumerate(seeds)]
-    mean, spread = sum(seeds) / len(seeds), statistics.stdev(seeds)
+    spread = statistics.stdev(seeds) if len(seeds) > 1 else 0.0  # as a one-seed cell has
+    mean = sum(seeds) / len(seeds)
     return Cell(0, base, variant, 24, mean, spread, 1e-2, "fixed", 1.0, {}, runs, 1.0, base_rnn)
 
 
@@ -628,6 +629,15 @@ def test_the_gain_of_each_variant_is_taken_over_its_own_base_rnn_with_its_error(
     assert rows == [
         ["titans", "24", "0.200", "grm", "0.700", "+0.500 +- 0.082", "yes", "3 of 3"],
         ["titans", "24", "0.200", "ssc", "0.217", "+0.017 +- 0.093", "no", "1 of 3"],
+    ]
+
+
+def test_a_gain_over_one_seed_claims_no_error():
+    # A pilot's one seed has std 0: an s.e. of 0 would make every gain "> 2 s.e.".
+    one = [cell_of("dla", "base", [0.010], base_rnn=True), cell_of("dla", "grm", [0.008])]
+    _, rows = gains_table(one)
+    assert rows == [
+        ["dla", "24", "0.010", "grm", "0.008", "-0.002 (one seed: no s.e.)", "-", "0 of 1"]
     ]
 
 

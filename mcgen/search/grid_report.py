@@ -165,17 +165,18 @@ def gains_table(cells: Sequence[Cell]) -> tuple[list[str], list[list[str]]]:
             if cell.base_rnn or (cell.base, cell.width) != (plain.base, plain.width):
                 continue
             gain = cell.accuracy - plain.accuracy
-            error = math.sqrt(
-                cell.spread**2 / max(len(cell.best_runs), 1)
-                + plain.spread**2 / max(len(plain.best_runs), 1)
-            )
             above = sum(a > plain_best for a in cell.seed_accuracies())
-            rows.append(
-                [cell.base, str(cell.width), f"{plain.accuracy:.3f}", cell.variant]
-                + [f"{cell.accuracy:.3f}", f"{gain:+.3f} +- {error:.3f}"]
-                + ["yes" if abs(gain) > 2 * error else "no"]
-                + [f"{above} of {len(cell.best_runs)}"]
-            )
+            row = [cell.base, str(cell.width), f"{plain.accuracy:.3f}", cell.variant]
+            row += [f"{cell.accuracy:.3f}"]
+            if min(len(cell.best_runs), len(plain.best_runs)) < 2:
+                # One seed has no spread to measure: a zero s.e. would call any gain real.
+                row += [f"{gain:+.3f} (one seed: no s.e.)", "-"]
+            else:
+                error = math.sqrt(
+                    cell.spread**2 / len(cell.best_runs) + plain.spread**2 / len(plain.best_runs)
+                )
+                row += [f"{gain:+.3f} +- {error:.3f}", "yes" if abs(gain) > 2 * error else "no"]
+            rows.append(row + [f"{above} of {len(cell.best_runs)}"])
     return header, rows
 
 
@@ -492,9 +493,9 @@ def grid_markdown(
         lines += [
             "`gain`: the variant's mean minus its base RNN's (same recurrence and width), "
             "+- the standard error of that difference (each mean's std / sqrt(seeds), "
-            "combined); `> 2 s.e.`: whether the gain is more than twice it (with 3 seeds a "
-            "rough screen, not a test); `seeds above`: how many of the variant's seeds beat "
-            "the base RNN's best seed.",
+            "combined; none where a cell has one seed); `> 2 s.e.`: whether the gain is more "
+            "than twice it (with 3 seeds a rough screen, not a test); `seeds above`: how "
+            "many of the variant's seeds beat the base RNN's best seed.",
             "",
         ]
         lines += _markdown_table(header, rows)
