@@ -201,7 +201,6 @@ def forward(q, k, v, u, g, beta, eta, *, scale: float, initial_cache: MCCache):
             for s, step, (_, i) in zip(momentum, steps, factors, strict=True)
         ]
         memory = [layer.last() for layer in online]  # [B, H, out, in]
-        out = read_online(online, x)  # [B, H, C, V], each token after its update
         count = states[0].shape[2]  # cached memories, all visible inside this segment
         conn = u[:, :, part]  # [B, H, C, K]
         prefix = key_sum[:, :, None] + k_c.cumsum(dim=2)  # keys of the segment up to each token
@@ -215,6 +214,8 @@ def forward(q, k, v, u, g, beta, eta, *, scale: float, initial_cache: MCCache):
             weights = torch.softmax(torch.cat([logit_online, logits], dim=-1), dim=-1)
             # Memory Soup: mix the weights with the gate weights, then read once per token.
             out = read_online(online, x, weights, states)
+        else:  # no memory cached yet: the online one alone
+            out = read_online(online, x)  # [B, H, C, V], each token after its update
         outputs.append(out)
         if closes:
             states = [

@@ -11,6 +11,7 @@ also keeps the momentum S <- eta S - theta g and decays W <- (1 - alpha) W + S).
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mcgen.components.base import FP32_BYTES, CostContext, FieldProblem, RecurrenceComponent
@@ -39,7 +40,7 @@ def deep_factor_numbers(depth: int, key_dim: int, hidden: int, value_dim: int) -
     """Numbers in one token's inner gradient kept as its factors: a layer's gradient is the
     outer product of its output error and its input, so each layer's two widths."""
     widths = [key_dim, *[hidden] * (depth - 1), value_dim]
-    return sum(a + b for a, b in zip(widths, widths[1:], strict=False))
+    return sum(a + b for a, b in pairwise(widths))
 
 
 def deep_state_shape(depth: int) -> str:
