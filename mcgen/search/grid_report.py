@@ -19,9 +19,17 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from mcgen.mqar.guess import guess_accuracy
 from mcgen.search import study as studies
 from mcgen.search.errors import SearchError
-from mcgen.search.objective import Run, eval_length, runs_in, short_slice, test_keys
+from mcgen.search.objective import (
+    Run,
+    eval_length,
+    runs_in,
+    short_slice,
+    test_data,
+    test_keys,
+)
 from mcgen.search.space import SearchSpace, grid_specs, load_space
 from mcgen.search.trials import REFERENCE, WIDTH
 
@@ -119,6 +127,19 @@ def _cell(trial: FrozenTrial, space: SearchSpace) -> Cell:
     )
 
 
+@dataclass(frozen=True)
+class Guess:
+    """What guessing among the value tokens seen before a query scores on the study's
+    tests (mcgen.mqar.guess): the floor its accuracies are read against."""
+
+    accuracy: float
+    per_slice: dict[str, float]
+
+
+def guess_floor(space: SearchSpace) -> Guess:
+    return Guess(*guess_accuracy(test_data(space), space.data.vocab_size))
+
+
 def load_cells(study: optuna.Study, space: SearchSpace) -> list[Cell]:
     """Every complete trial that trained (not one that reused another's result), as cells
     sorted by base, variant, width."""
@@ -141,7 +162,10 @@ def cells_table(cells: Sequence[Cell], slices: Sequence[str]) -> tuple[list[str]
     rows = []
     for cell in cells:
         row = [cell.base, cell.variant, str(cell.width)]
-        row += [f"{cell.accuracy:.3f} +- {cell.spread:.3f}", str(len(cell.best_runs))]
+        seeds = len(cell.best_runs)
+        # One seed has no spread to show (its std of 0 would read as a certain score).
+        spread = f" +- {cell.spread:.3f}" if seeds > 1 else ""
+        row += [f"{cell.accuracy:.3f}{spread}", str(seeds)]
         row += [" / ".join(f"{a:.2f}" for a in cell.seed_accuracies())]
         row += [f"{cell.sweep_accuracy():.3f}"]
         row += [f"{cell.best_lr:g}", cell.lr_status, cell.stops()]
@@ -299,10 +323,17 @@ def _variants(cells: Sequence[Cell]) -> list[str]:
     return list(dict.fromkeys(c.variant for c in cells if c.base != ATTENTION))
 
 
-def plot_accuracy_against(cells: Sequence[Cell], path: Path, *, x: str, title: str) -> Path:
+def _draw_guess(axis, guess: Guess | None) -> None:
+    if guess is not None:
+        axis.axhline(guess.accuracy, color="grey", linestyle=":", linewidth=1, label="guess")
+
+
+def plot_accuracy_against(
+    cells: Sequence[Cell], path: Path, *, x: str, title: str, guess: Guess | None = None
+) -> Path:
     """One panel per base, one line per variant (mean +- std over seeds as error bars, each
-    seed a dot beside it), attention dashed; x is "width" (the variants side by side, a
-    little apart) or "decode_state_bytes" (log scale)."""
+    seed a dot beside it), attention dashed, the guess dotted; x is "width" (the variants
+    side by side, a little apart) or "decode_state_bytes" (log scale)."""
     plt = _pyplot()
     from matplotlib import ticker
 
@@ -348,6 +379,7 @@ def plot_accuracy_against(cells: Sequence[Cell], path: Path, *, x: str, title: s
             ]
             if seeds:  # a cell loaded from an older journal may hold no runs
                 axis.scatter(*zip(*seeds, strict=True), color=colour, s=9, alpha=0.45, linewidths=0)
+        _draw_guess(axis, guess)
         if x == "decode_state_bytes":
             axis.set_xscale("log")
             # Ticks at 1, 2 and 5 of each decade, in kB: a panel may span less than a decade.
@@ -369,9 +401,10 @@ def plot_accuracy_against(cells: Sequence[Cell], path: Path, *, x: str, title: s
     return path
 
 
-def plot_curves(cells: Sequence[Cell], path: Path) -> Path:
+def plot_curves(cells: Sequence[Cell], path: Path, guess: Guess | None = None) -> Path:
     """Test accuracy against step at each cell's best rate: one panel per (base, width),
-    one colour per variant, one line per seed (attention in every panel of its width)."""
+    one colour per variant, one line per seed (attention in every panel of its width),
+    the guess dotted."""
     plt = _pyplot()
     bases = _bases(cells) or [ATTENTION]
     widths = sorted({c.width for c in cells})
@@ -397,6 +430,7 @@ def plot_curves(cells: Sequence[Cell], path: Path) -> Path:
                         linewidth=1,
                         label=f"{name} (lr {cell.best_lr:g})" if index == 0 else None,
                     )
+            _draw_guess(axis, guess)
             axis.set_title(f"{base}, d_model {width}", fontsize=9)
             axis.set_ylim(-0.02, 1.02)
             axis.grid(True, alpha=0.3)
@@ -449,6 +483,20 @@ def _estimate_lines(estimate: Estimate, target: SearchSpace, target_file: str) -
     return lines
 
 
+def _guess_lines(guess: Guess | None, slices: Sequence[str]) -> list[str]:
+    if guess is None:
+        return []
+    by_slice = ", ".join(
+        f"{short_slice(key)} {guess.per_slice[key]:.3f}" for key in slices if key in guess.per_slice
+    )
+    return [
+        f"Guessing among the value tokens seen before each query scores {guess.accuracy:.3f} "
+        f"on these tests ({by_slice}; the dotted line in the plots): a cell at or under it "
+        "has bound no key to its value.",
+        "",
+    ]
+
+
 def grid_markdown(
     study_name: str,
     space: SearchSpace,
@@ -456,6 +504,7 @@ def grid_markdown(
     files: dict[str, str],
     out_dir: Path,
     estimate: tuple[Estimate, SearchSpace, str] | None = None,
+    guess: Guess | None = None,
 ) -> str:
     slices = test_keys(space)
     run = f"mcgen search search/{space.name}.yaml --workers 2 --trials N"
@@ -477,6 +526,7 @@ def grid_markdown(
             else "`sweep mean`: the same runs' mean (no run is trained again)."
         ),
         "",
+        *_guess_lines(guess, slices),
         "Every number below comes from these two commands (N: the study's trial count):",
         "",
         "```bash",
@@ -540,11 +590,16 @@ def write_grid_report(
 ) -> dict[str, str]:
     """Write grid.md and its plots into out_dir; returns their paths by key."""
     cells = load_cells(study, space)
+    guess = guess_floor(space)
     files: dict[str, str] = {}
     if cells:
         files["accuracy_width"] = str(
             plot_accuracy_against(
-                cells, out_dir / "accuracy_width.png", x="width", title="accuracy against width"
+                cells,
+                out_dir / "accuracy_width.png",
+                x="width",
+                title="accuracy against width",
+                guess=guess,
             )
         )
         files["accuracy_state"] = str(
@@ -553,14 +608,15 @@ def write_grid_report(
                 out_dir / "accuracy_state.png",
                 x="decode_state_bytes",
                 title=f"accuracy against decode state at T = {eval_length(space)}",
+                guess=guess,
             )
         )
-        files["curves"] = str(plot_curves(cells, out_dir / "curves.png"))
+        files["curves"] = str(plot_curves(cells, out_dir / "curves.png", guess))
     estimate = None
     if extrapolate_to is not None:
         target = load_space(extrapolate_to)
         estimate = (extrapolate(cells, target), target, extrapolate_to.as_posix())
-    text = grid_markdown(study_name, space, cells, files, out_dir, estimate)
+    text = grid_markdown(study_name, space, cells, files, out_dir, estimate, guess)
     files["grid_md"] = str(out_dir / "grid.md")
     Path(files["grid_md"]).write_text(text, encoding="utf-8")
     return files

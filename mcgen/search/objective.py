@@ -19,6 +19,7 @@ import yaml
 
 from mcgen.build import build
 from mcgen.mqar.config import TrainConfig, slice_key
+from mcgen.mqar.data import generate as generate_mqar
 from mcgen.mqar.data import load_data
 from mcgen.mqar.model import MixerFactory, MQARModel, attention_mixer, mcgen_mixer
 from mcgen.mqar.train import LabelledSplit, Paused, train
@@ -171,6 +172,12 @@ def load_task_data(
         return niah_data.load_data(space.niah)
     assert space.mqar is not None
     return load_data(space.mqar, cache_dir, cache=cache_dir is not None)
+
+
+def test_data(space: SearchSpace) -> list[LabelledSplit]:
+    """The task's test slices alone, generated (the same data the runs were scored on)."""
+    generate = niah_data.generate if space.niah is not None else generate_mqar
+    return [generate(split) for split in space.data.splits("test")]
 
 
 def _train_one(
