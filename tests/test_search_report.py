@@ -249,3 +249,24 @@ def test_the_committed_studys_pareto_specs_still_build(spec_path: Path, tmp_path
     report = json.loads((COMMITTED_STUDY / "mqar_cpu_report.json").read_text())
     named = {t["spec_name"]: t for t in report["pareto"]}
     assert spec_path.stem in named  # and each is a Pareto trial of the committed report
+
+
+RESEARCH = REPO / "docs" / "research"
+
+
+def test_the_paper_studys_committed_report_is_what_its_committed_journal_draws(
+    tmp_path, monkeypatch
+):
+    # docs/research/recall_study.md cites paper_cpu/grid.md as redrawn by one command from
+    # runs/paper_cpu/journal.log: a report change or a new snapshot must redraw it.
+    before = (RESEARCH / "runs" / "paper_cpu" / "journal.log").read_bytes()
+    monkeypatch.chdir(REPO)  # the command runs from the repository, as the page says
+    report = report_study("paper_cpu", runs_dir="docs/research/runs", out=tmp_path)
+    for name in ("grid.md", "report.md"):
+        drawn = (tmp_path / name).read_text(encoding="utf-8")
+        drawn = drawn.replace(str(tmp_path), "docs/research/paper_cpu")
+        assert drawn == (RESEARCH / "paper_cpu" / name).read_text(encoding="utf-8"), name
+    committed = sorted(p.name for p in (RESEARCH / "paper_cpu" / "specs").glob("*.yaml"))
+    assert sorted(Path(p).name for p in report.files["specs"]) == committed
+    assert (RESEARCH / "runs" / "paper_cpu" / "journal.log").read_bytes() == before
+    assert sorted(p.name for p in (RESEARCH / "runs" / "paper_cpu").iterdir()) == ["journal.log"]
