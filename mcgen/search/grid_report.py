@@ -25,9 +25,9 @@ from mcgen.search.errors import SearchError
 from mcgen.search.objective import (
     Run,
     eval_length,
+    evaluation_slices,
     runs_in,
     short_slice,
-    test_data,
     test_keys,
 )
 from mcgen.search.space import SearchSpace, grid_specs, load_space
@@ -137,7 +137,7 @@ class Guess:
 
 
 def guess_floor(space: SearchSpace) -> Guess:
-    return Guess(*guess_accuracy(test_data(space), space.data.vocab_size))
+    return Guess(*guess_accuracy(evaluation_slices(space), space.data.vocab_size))
 
 
 def load_cells(study: optuna.Study, space: SearchSpace) -> list[Cell]:
@@ -323,13 +323,12 @@ def _variants(cells: Sequence[Cell]) -> list[str]:
     return list(dict.fromkeys(c.variant for c in cells if c.base != ATTENTION))
 
 
-def _draw_guess(axis, guess: Guess | None) -> None:
-    if guess is not None:
-        axis.axhline(guess.accuracy, color="grey", linestyle=":", linewidth=1, label="guess")
+def _draw_guess(axis, guess: Guess) -> None:
+    axis.axhline(guess.accuracy, color="grey", linestyle=":", linewidth=1, label="guess")
 
 
 def plot_accuracy_against(
-    cells: Sequence[Cell], path: Path, *, x: str, title: str, guess: Guess | None = None
+    cells: Sequence[Cell], path: Path, *, x: str, title: str, guess: Guess
 ) -> Path:
     """One panel per base, one line per variant (mean +- std over seeds as error bars, each
     seed a dot beside it), attention dashed, the guess dotted; x is "width" (the variants
@@ -401,7 +400,7 @@ def plot_accuracy_against(
     return path
 
 
-def plot_curves(cells: Sequence[Cell], path: Path, guess: Guess | None = None) -> Path:
+def plot_curves(cells: Sequence[Cell], path: Path, guess: Guess) -> Path:
     """Test accuracy against step at each cell's best rate: one panel per (base, width),
     one colour per variant, one line per seed (attention in every panel of its width),
     the guess dotted."""
@@ -483,9 +482,7 @@ def _estimate_lines(estimate: Estimate, target: SearchSpace, target_file: str) -
     return lines
 
 
-def _guess_lines(guess: Guess | None, slices: Sequence[str]) -> list[str]:
-    if guess is None:
-        return []
+def _guess_lines(guess: Guess, slices: Sequence[str]) -> list[str]:
     by_slice = ", ".join(
         f"{short_slice(key)} {guess.per_slice[key]:.3f}" for key in slices if key in guess.per_slice
     )
@@ -503,8 +500,8 @@ def grid_markdown(
     cells: Sequence[Cell],
     files: dict[str, str],
     out_dir: Path,
+    guess: Guess,
     estimate: tuple[Estimate, SearchSpace, str] | None = None,
-    guess: Guess | None = None,
 ) -> str:
     slices = test_keys(space)
     run = f"mcgen search search/{space.name}.yaml --workers 2 --trials N"
@@ -616,7 +613,7 @@ def write_grid_report(
     if extrapolate_to is not None:
         target = load_space(extrapolate_to)
         estimate = (extrapolate(cells, target), target, extrapolate_to.as_posix())
-    text = grid_markdown(study_name, space, cells, files, out_dir, estimate, guess)
+    text = grid_markdown(study_name, space, cells, files, out_dir, guess, estimate)
     files["grid_md"] = str(out_dir / "grid.md")
     Path(files["grid_md"]).write_text(text, encoding="utf-8")
     return files

@@ -174,7 +174,7 @@ def load_task_data(
     return load_data(space.mqar, cache_dir, cache=cache_dir is not None)
 
 
-def test_data(space: SearchSpace) -> list[LabelledSplit]:
+def evaluation_slices(space: SearchSpace) -> list[LabelledSplit]:
     """The task's test slices alone, generated (the same data the runs were scored on)."""
     generate = niah_data.generate if space.niah is not None else generate_mqar
     return [generate(split) for split in space.data.splits("test")]
