@@ -482,10 +482,8 @@ def _estimate_lines(estimate: Estimate, target: SearchSpace, target_file: str) -
     return lines
 
 
-def _guess_lines(guess: Guess, slices: Sequence[str]) -> list[str]:
-    by_slice = ", ".join(
-        f"{short_slice(key)} {guess.per_slice[key]:.3f}" for key in slices if key in guess.per_slice
-    )
+def _guess_lines(guess: Guess) -> list[str]:
+    by_slice = ", ".join(f"{short_slice(key)} {acc:.3f}" for key, acc in guess.per_slice.items())
     return [
         f"Guessing among the value tokens seen before each query scores {guess.accuracy:.3f} "
         f"on these tests ({by_slice}; the dotted line in the plots): a cell at or under it "
@@ -523,7 +521,7 @@ def grid_markdown(
             else "`sweep mean`: the same runs' mean (no run is trained again)."
         ),
         "",
-        *_guess_lines(guess, slices),
+        *_guess_lines(guess),
         "Every number below comes from these two commands (N: the study's trial count):",
         "",
         "```bash",
