@@ -652,28 +652,39 @@ def test_a_cells_cost_counts_the_runs_it_took_from_another_study():
 
 @pytest.mark.parametrize(
     ("study", "pilot_name"),
-    [("paper_cpu", "paper_pilot"), ("paper_niah_cpu", "paper_niah_pilot")],
+    [
+        ("paper_cpu", "paper_pilot"),
+        ("paper_niah_cpu", "paper_niah_pilot"),
+        ("paper_niah_deep_cpu", "paper_niah_pilot"),
+    ],
 )
 def test_the_pilot_times_the_studys_own_candidates_data_and_model(study, pilot_name):
     study_path = REPO / "search" / f"{study}.yaml"
     paper = parse_space(study_path.read_text(encoding="utf-8"), str(study_path))
     pilot_path = REPO / "search" / f"{pilot_name}.yaml"
     pilot = parse_space(pilot_path.read_text(encoding="utf-8"), str(pilot_path))
-    assert [spec for _, spec in grid_specs(pilot)] == [
-        {**spec, "name": spec["name"].replace(study, pilot_name)} for _, spec in grid_specs(paper)
+    timed = [
+        {**spec, "name": spec["name"].replace(pilot_name, "")} for _, spec in grid_specs(pilot)
     ]
+    drawn = [{**spec, "name": spec["name"].replace(study, "")} for _, spec in grid_specs(paper)]
+    assert drawn and all(spec in timed for spec in drawn)
     assert pilot.task == paper.task and widths(pilot) == widths(paper)
     assert (pilot.mqar, pilot.niah) == (paper.mqar, paper.niah)
     same = ("batch_size", "layers")
     assert {k: getattr(pilot.train, k) for k in same} == {k: getattr(paper.train, k) for k in same}
 
 
-def test_the_needle_study_has_the_paper_studys_narrow_candidates_and_training():
+def test_the_needle_studies_split_the_paper_studys_narrow_candidates_and_training():
+    """The matrix memories' needle study and the deep memories' one draw, between them,
+    each candidate of width 24 of the MQAR study once, with its training."""
     paper = parse_space(PAPER.read_text(encoding="utf-8"), str(PAPER))
-    path = REPO / "search" / "paper_niah_cpu.yaml"
-    niah = parse_space(path.read_text(encoding="utf-8"), str(path))
-    assert niah.task == "niah" and niah.train == paper.train
     narrow = [p for p, _ in grid_specs(paper) if p["width"] == "d24"]
-    assert [p for p, _ in grid_specs(niah)] == narrow and len(narrow) == 16
-    assert widths(niah) == [24]
-    assert objective.eval_length(niah) > niah.data.train[0].seq_len
+    halves = {"paper_niah_cpu": ("swla", "gated_delta"), "paper_niah_deep_cpu": ("titans", "dla")}
+    for name, bases in halves.items():
+        path = REPO / "search" / f"{name}.yaml"
+        niah = parse_space(path.read_text(encoding="utf-8"), str(path))
+        assert niah.task == "niah" and niah.train == paper.train
+        drawn = [p for p, _ in grid_specs(niah)]
+        assert len(drawn) == 8 and drawn == [p for p in narrow if p["memory.recurrence"] in bases]
+        assert widths(niah) == [24]
+        assert objective.eval_length(niah) > niah.data.train[0].seq_len

@@ -26,9 +26,7 @@ def problems_of(mapping: dict) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize(
-    "name", ["tiny", "ci", "mqar_small", "mqar_cpu", "paper_cpu", "paper_pilot", "paper_niah_cpu"]
-)
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "search").glob("*.yaml")))
 def test_example_spaces_load(name):
     space = parse_space((REPO / "search" / f"{name}.yaml").read_text(), f"{name}.yaml")
     assert space.name == name and space.objectives.cost == "decode_state_bytes"
