@@ -16,6 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 IGNORE_INDEX = -100  # the label of every position that is not a query (torch's default)
 
 
+# The vocabulary of both recall tasks (MQAR and the needle): 0 is MQAR's filler, keys come
+# from the lower half and values from the upper one, so a value is never a key.
+def key_tokens(vocab_size: int) -> range:
+    return range(1, vocab_size // 2)
+
+
+def value_tokens(vocab_size: int) -> range:
+    return range(vocab_size // 2, vocab_size)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -26,9 +36,8 @@ Seed = Annotated[int, Field(ge=0, lt=1 << 63)]
 
 def _check_sizes(vocab_size: int, seq_len: int, num_pairs: int) -> None:
     """Raise ValueError unless one example of this shape can be generated."""
-    # Keys come from [1, vocab/2) (0 is the filler token), values from [vocab/2, vocab),
-    # each drawn without replacement within an example.
-    keys, values = vocab_size // 2 - 1, vocab_size - vocab_size // 2
+    # Keys and values are each drawn without replacement within an example.
+    keys, values = len(key_tokens(vocab_size)), len(value_tokens(vocab_size))
     if num_pairs > min(keys, values):
         raise ValueError(
             f"num_pairs {num_pairs} needs distinct keys and values: vocab_size {vocab_size} "

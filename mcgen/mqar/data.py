@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcgen.mqar.config import IGNORE_INDEX, MQARDataConfig, MQARSplit, slice_key
+from mcgen.mqar.config import (
+    IGNORE_INDEX,
+    MQARDataConfig,
+    MQARSplit,
+    key_tokens,
+    slice_key,
+    value_tokens,
+)
 
 # Bump when the generator's output changes for a given config: old cache files then miss.
 GENERATOR_VERSION = 1
@@ -95,12 +102,12 @@ def generate(split: MQARSplit) -> MQARData:
     """Generate one split, deterministically from split.seed (no cache)."""
     rng = np.random.default_rng(split.seed)
     n, length, pairs, vocab = split.num_examples, split.seq_len, split.num_pairs, split.vocab_size
-    half = vocab // 2
+    key_range, value_range = key_tokens(vocab), value_tokens(vocab)
     context = 2 * pairs
     slots = (length - context) // 2
 
-    keys = 1 + _choose(rng, n, half - 1, pairs)
-    values = half + _choose(rng, n, vocab - half, pairs)
+    keys = key_range.start + _choose(rng, n, len(key_range), pairs)
+    values = value_range.start + _choose(rng, n, len(value_range), pairs)
     gaps = _choose(rng, n, slots, pairs, gap_log_weights(slots, split.power_a))
 
     inputs = np.zeros((n, length), dtype=np.int64)

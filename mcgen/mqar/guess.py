@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mcgen.mqar.config import IGNORE_INDEX
+from mcgen.mqar.config import IGNORE_INDEX, value_tokens
 from mcgen.mqar.train import LabelledSplit
 
 
@@ -27,9 +27,10 @@ def _expected_hits(data: LabelledSplit, vocab_size: int) -> tuple[float, int]:
     first = torch.full((rows, vocab_size), length, dtype=torch.long)
     first.scatter_reduce_(1, inputs, positions, reduce="amin")
     new = first.gather(1, inputs) == positions
-    seen = torch.cumsum(new & (inputs >= vocab_size // 2), dim=1)
+    values = value_tokens(vocab_size)
+    seen = torch.cumsum(new & (inputs >= values.start), dim=1)
     # Nothing seen yet: a guess among every value token.
-    seen = torch.where(seen > 0, seen, vocab_size - vocab_size // 2)
+    seen = torch.where(seen > 0, seen, len(values))
     where = labels != IGNORE_INDEX
     return float((1.0 / seen[where].double()).sum()), int(where.sum())
 

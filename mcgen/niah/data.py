@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mcgen.mqar.config import IGNORE_INDEX
+from mcgen.mqar.config import IGNORE_INDEX, key_tokens, value_tokens
 from mcgen.niah.config import NIAHDataConfig, NIAHSplit, slice_key
 
 
@@ -40,11 +40,6 @@ class NIAHData:
         return slice_key(self.split.seq_len)
 
 
-def value_tokens(vocab_size: int) -> int:
-    """How many tokens a value (or filler) token is drawn from: chance is one over it."""
-    return vocab_size - vocab_size // 2
-
-
 def generate(split: NIAHSplit) -> NIAHData:
     """Generate one split, deterministically from split.seed."""
     rng = np.random.default_rng(split.seed)
@@ -54,10 +49,11 @@ def generate(split: NIAHSplit) -> NIAHData:
         split.value_len,
         split.vocab_size,
     )
-    half = vocab // 2
-    inputs = rng.integers(half, vocab, size=(n, length))  # filler, from the value tokens
-    keys = rng.integers(1, half, size=n)
-    values = rng.integers(half, vocab, size=(n, value_len))
+    key_range, value_range = key_tokens(vocab), value_tokens(vocab)
+    # filler, from the value tokens
+    inputs = rng.integers(value_range.start, value_range.stop, size=(n, length))
+    keys = rng.integers(key_range.start, key_range.stop, size=n)
+    values = rng.integers(value_range.start, value_range.stop, size=(n, value_len))
     # The needle (value_len + 1 tokens) must end before the question (the last value_len).
     needle_at = rng.integers(0, length - 2 * value_len, size=n)
 
