@@ -24,7 +24,7 @@ from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
 from mcgen.mqar.train import train
 from mcgen.search import study as studies
 from mcgen.search.errors import SearchError
-from mcgen.search.grid_report import Cell, extrapolate, gains_table
+from mcgen.search.grid_report import Cell, extrapolate, gains_table, rise_after, rise_table
 from mcgen.search.local_run import RunOptions, run_study
 from mcgen.search.objective import Run, evaluate, final_key, run_key, sweep
 from mcgen.search.report import report_study
@@ -639,6 +639,25 @@ def test_a_gain_over_one_seed_claims_no_error():
     assert rows == [
         ["dla", "24", "0.010", "grm", "0.008", "-0.002 (one seed: no s.e.)", "-", "0 of 1"]
     ]
+
+
+def test_the_rise_table_shows_what_runs_at_the_budget_gained_in_its_last_quarter():
+    def run(seed, curve, stop="budget"):
+        return Run(1e-2, seed, max(a for _, a in curve), {}, curve[-1][0], stop, curve, 1.0)
+
+    rising = [(2000, 0.2), (6000, 0.5), (7000, 0.45), (8000, 0.7)]
+    flat = [(2000, 0.6), (6000, 0.8), (8000, 0.79)]  # its best came before step 6000
+    met = [(2000, 0.5), (4000, 0.99)]  # met the target: nothing left to gain
+    runs = [run(0, rising), run(1, flat), run(2, met, "target")]
+    cell = Cell(3, "swla", "grm", 24, 0.83, 0.1, 1e-2, "bracketed", 1.0, {}, runs, 9.0)
+    done = [run(0, met, "target")]
+    reached = Cell(4, "attention", "-", 24, 0.99, 0.0, 1e-2, "bracketed", 1.0, {}, done, 1.0)
+    assert rise_after(runs[0], 6000) == pytest.approx(0.2)
+    assert rise_after(runs[1], 6000) == 0.0
+    assert rise_after(runs[2], 6000) is None  # it ended at step 4000
+    header, rows = rise_table([cell, reached], budget=8000)
+    assert header[3:] == ["runs at the budget", "rise after step 6000 (by seed)", "largest"]
+    assert rows == [["swla", "grm", "24", "2 of 3", "+0.20 / +0.00", "+0.200"]]
 
 
 def test_a_cells_cost_counts_the_runs_it_took_from_another_study():

@@ -204,6 +204,35 @@ def gains_table(cells: Sequence[Cell]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def rise_after(run: Run, step: int) -> float | None:
+    """How much a run's best accuracy grew after `step`: its best over the whole run minus
+    its best up to that step (None when it ended by then or had no evaluation before)."""
+    before = [accuracy for at, accuracy in run.curve if at <= step]
+    if run.steps <= step or not before:
+        return None
+    return max(accuracy for _, accuracy in run.curve) - max(before)
+
+
+def rise_table(cells: Sequence[Cell], budget: int) -> tuple[list[str], list[list[str]]]:
+    """Whether the runs behind each score had stopped rising: for each of the best rate's
+    runs that trained to the step budget, what its best accuracy gained over the budget's
+    last quarter. Runs that met the target stopped with nothing left to gain; cells with
+    none at the budget have no row."""
+    since = budget - budget // 4
+    header = ["base", "variant", "width", "runs at the budget"]
+    header += [f"rise after step {since} (by seed)", "largest"]
+    rows = []
+    for cell in cells:
+        at_budget = [run for run in cell.best_runs if run.stop_reason == "budget"]
+        rises = [rise for run in at_budget if (rise := rise_after(run, since)) is not None]
+        if not rises:
+            continue
+        row = [cell.base, cell.variant, str(cell.width)]
+        row += [f"{len(at_budget)} of {len(cell.best_runs)}"]
+        rows.append(row + [" / ".join(f"{r:+.2f}" for r in rises), f"{max(rises):+.3f}"])
+    return header, rows
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -541,6 +570,17 @@ def grid_markdown(
             "combined; none where a cell has one seed); `> 2 s.e.`: whether the gain is more "
             "than twice it (with 3 seeds a rough screen, not a test); `seeds above`: how "
             "many of the variant's seeds beat the base RNN's best seed.",
+            "",
+        ]
+        lines += _markdown_table(header, rows)
+    header, rows = rise_table(cells, space.train.steps)
+    if rows:
+        lines += ["", "## Still rising at the step budget?", "", f"From `{report}`:", ""]
+        lines += [
+            "For each run behind a score that trained to the step budget (one that met the "
+            "target had nothing left to gain), how much its best accuracy grew over the "
+            "budget's last quarter: near zero, more steps would have added little; the "
+            "learning curves below show the rest.",
             "",
         ]
         lines += _markdown_table(header, rows)
