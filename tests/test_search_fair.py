@@ -693,6 +693,23 @@ def test_the_pilot_times_the_studys_own_candidates_data_and_model(study, pilot_n
     assert {k: getattr(pilot.train, k) for k in same} == {k: getattr(paper.train, k) for k in same}
 
 
+def test_the_long_study_is_the_paper_studys_narrow_matrix_memories_at_twice_the_budget():
+    paper = parse_space(PAPER.read_text(encoding="utf-8"), str(PAPER))
+    path = REPO / "search" / "paper_cpu_long.yaml"
+    long = parse_space(path.read_text(encoding="utf-8"), str(path))
+    narrow = [
+        {**spec, "name": spec["name"].replace("paper_cpu", "")}
+        for params, spec in grid_specs(paper)
+        if params["width"] == "d24" and params["memory.recurrence"] in ("swla", "gated_delta")
+    ]
+    drawn = [
+        {**spec, "name": spec["name"].replace("paper_cpu_long", "")} for _, spec in grid_specs(long)
+    ]
+    assert len(drawn) == 8 and drawn == narrow
+    assert long.mqar == paper.mqar
+    assert long.train == paper.train.model_copy(update={"steps": 2 * paper.train.steps})
+
+
 def test_the_needle_studies_split_the_paper_studys_narrow_candidates_and_training():
     """The matrix memories' needle study and the deep memories' one draw, between them,
     each candidate of width 24 of the MQAR study once, with its training."""
