@@ -238,6 +238,18 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _table_section(
+    title: str, command: str, legend: str, table: tuple[list[str], list[list[str]]]
+) -> list[str]:
+    """A section of grid.md: its title, the command, a legend and the table (none when the
+    table has no rows)."""
+    header, rows = table
+    if not rows:
+        return []
+    lines = ["", f"## {title}", "", f"From `{command}`:", "", legend, ""]
+    return lines + _markdown_table(header, rows)
+
+
 # --- cost -------------------------------------------------------------------------------------
 
 
@@ -561,29 +573,25 @@ def grid_markdown(
     ]
     header, rows = cells_table(cells, slices)
     lines += _markdown_table(header, rows)
-    header, rows = gains_table(cells)
-    if rows:
-        lines += ["", "## What caching adds to each base RNN", "", f"From `{report}`:", ""]
-        lines += [
-            "`gain`: the variant's mean minus its base RNN's (same recurrence and width), "
-            "+- the standard error of that difference (each mean's std / sqrt(seeds), "
-            "combined; none where a cell has one seed); `> 2 s.e.`: whether the gain is more "
-            "than twice it (with 3 seeds a rough screen, not a test); `seeds above`: how "
-            "many of the variant's seeds beat the base RNN's best seed.",
-            "",
-        ]
-        lines += _markdown_table(header, rows)
-    header, rows = rise_table(cells, space.train.steps)
-    if rows:
-        lines += ["", "## Still rising at the step budget?", "", f"From `{report}`:", ""]
-        lines += [
-            "For each run behind a score that trained to the step budget (one that met the "
-            "target had nothing left to gain), how much its best accuracy grew over the "
-            "budget's last quarter: near zero, more steps would have added little; the "
-            "learning curves below show the rest.",
-            "",
-        ]
-        lines += _markdown_table(header, rows)
+    lines += _table_section(
+        "What caching adds to each base RNN",
+        report,
+        "`gain`: the variant's mean minus its base RNN's (same recurrence and width), "
+        "+- the standard error of that difference (each mean's std / sqrt(seeds), "
+        "combined; none where a cell has one seed); `> 2 s.e.`: whether the gain is more "
+        "than twice it (with 3 seeds a rough screen, not a test); `seeds above`: how "
+        "many of the variant's seeds beat the base RNN's best seed.",
+        gains_table(cells),
+    )
+    lines += _table_section(
+        "Still rising at the step budget?",
+        report,
+        "For each run behind a score that trained to the step budget (one that met the "
+        "target had nothing left to gain), how much its best accuracy grew over the "
+        "budget's last quarter: near zero, more steps would have added little; the "
+        "learning curves below show the rest.",
+        rise_table(cells, space.train.steps),
+    )
     for key, caption in (
         ("accuracy_width", "Accuracy against width"),
         ("accuracy_state", "Accuracy against decode state bytes"),
