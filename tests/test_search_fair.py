@@ -537,6 +537,33 @@ def test_the_grid_report_gives_each_cell_its_mean_and_spread_plots_and_cost(tmp_
     assert "Guessing among the value tokens seen before each query scores 0.500" in text
 
 
+def test_a_one_width_grid_is_drawn_by_test_slice_with_each_slices_spread(tmp_path, monkeypatch):
+    short, long = "num_pairs=2,seq_len=16", "num_pairs=2,seq_len=32"
+
+    def by_length(space, d_model, factory, data, lr, seed, **_) -> Run:
+        # Seeds 0 and 1 score 0.6 and 0.8 at 16 tokens, 0.2 and 0.6 at 32.
+        per_slice = {short: 0.6 + 0.2 * seed, long: 0.2 + 0.4 * seed}
+        return Run(lr, seed, 0.5, per_slice, 10, "budget", [(10, 0.5)], 1.0, 0.2)
+
+    monkeypatch.setattr(objective, "_train_one", by_length)
+    mapping = grid_mapping()
+    del mapping["bundles"]["width"]["w32"]
+    mapping["train"].update(seeds=2)
+    mapping["mqar"]["test"].append({**mapping["mqar"]["test"][0], "seq_len": 32})
+    path = tmp_path / "narrow.yaml"
+    path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+    runs = tmp_path / "runs"
+    assert run_study(path, RunOptions(trials=5, runs_dir=runs, in_process=True)).finished
+    report = report_study("tiny", runs_dir=runs)
+    # One width has nothing to draw against; two slices are drawn side by side.
+    assert "accuracy_width" not in report.files
+    assert Path(report.files["accuracy_slice"]).read_bytes().startswith(b"\x89PNG")
+    text = Path(report.files["grid_md"]).read_text(encoding="utf-8")
+    # Each slice's mean over the two seeds, with their spread (sd of 0.6, 0.8 is 0.141).
+    assert "| 0.700 +- 0.141 | 0.400 +- 0.283 |" in text
+    assert "## Accuracy on each test slice" in text and "## Accuracy against width" not in text
+
+
 def test_a_study_takes_another_ones_runs_and_trains_only_the_final_ones(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     mapping = grid_mapping()

@@ -11,6 +11,7 @@ A cell's variant is the trial's drawn parameters other than the recurrence and t
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,10 @@ class Cell:
         """The best rate's runs' accuracies, by seed: what the mean and spread summarise
         (a spread of 0.49 over three seeds is two that learned and one that did not)."""
         return [run.accuracy for run in self.best_runs]
+
+    def slice_accuracies(self, key: str) -> list[float]:
+        """The best rate's runs' accuracies on one test slice, by seed."""
+        return [run.per_slice.get(key, math.nan) for run in self.best_runs]
 
     def stops(self) -> str:
         """How the best rate's runs ended: "plateau 2, budget 1"."""
@@ -151,6 +156,11 @@ def load_cells(study: optuna.Study, space: SearchSpace) -> list[Cell]:
 # --- tables ---------------------------------------------------------------------------------
 
 
+def _std(values: Sequence[float]) -> float:
+    """The sample standard deviation, as the cell's own spread is taken."""
+    return statistics.stdev(values) if len(values) > 1 else math.nan
+
+
 def _fmt_bytes(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.4g}"
 
@@ -170,7 +180,10 @@ def cells_table(cells: Sequence[Cell], slices: Sequence[str]) -> tuple[list[str]
         row += [f"{cell.sweep_accuracy():.3f}"]
         row += [f"{cell.best_lr:g}", cell.lr_status, cell.stops()]
         row += [_fmt_bytes(cell.decode_state_bytes)]
-        row += [f"{cell.per_slice.get(key, math.nan):.3f}" for key in slices]
+        for key in slices:
+            spread = _std(cell.slice_accuracies(key)) if seeds > 1 else math.nan
+            shown = f"{cell.per_slice.get(key, math.nan):.3f}"
+            row.append(shown if math.isnan(spread) else f"{shown} +- {spread:.3f}")
         row += [str(cell.number)]
         rows.append(row)
     return header, rows
@@ -485,6 +498,56 @@ def plot_curves(cells: Sequence[Cell], path: Path, guess: Guess) -> Path:
     return path
 
 
+def plot_accuracy_by_slice(
+    cells: Sequence[Cell], path: Path, guess: Guess, slices: Sequence[str]
+) -> Path:
+    """Accuracy on each test slice (the needle's lengths, MQAR's lengths and pair counts):
+    one panel per (base, width), one line per variant (mean +- std over seeds), attention
+    dashed, the guess on each slice dotted."""
+    plt = _pyplot()
+    bases = _bases(cells) or [ATTENTION]
+    widths = sorted({c.width for c in cells})
+    figure, grid = plt.subplots(
+        len(bases), len(widths), figsize=(4 * len(widths), 3 * len(bases)), dpi=110, squeeze=False
+    )
+    colours = {v: f"C{i}" for i, v in enumerate(_variants(cells))}
+    colours[ATTENTION] = "black"
+    where = list(range(len(slices)))
+    for row, base in enumerate(bases):
+        for column, width in enumerate(widths):
+            axis = grid[row][column]
+            for cell in cells:
+                if cell.width != width or cell.base not in (base, ATTENTION):
+                    continue
+                name = ATTENTION if cell.base == ATTENTION else cell.variant
+                seeds = [cell.slice_accuracies(key) for key in slices]
+                axis.errorbar(
+                    where,
+                    [sum(s) / len(s) if s else math.nan for s in seeds],
+                    yerr=[0.0 if math.isnan(_std(s)) else _std(s) for s in seeds],
+                    color=colours[name],
+                    linestyle="--" if cell.base == ATTENTION else "-",
+                    marker="*" if cell.base == ATTENTION else "o",
+                    capsize=3,
+                    label=name,
+                )
+            floor = [guess.per_slice.get(key, math.nan) for key in slices]
+            axis.plot(where, floor, color="grey", linestyle=":", linewidth=1, label="guess")
+            axis.set_xticks(where, [short_slice(key) for key in slices])
+            axis.set_title(f"{base}, d_model {width}", fontsize=9)
+            axis.set_ylim(-0.02, 1.02)
+            axis.grid(True, alpha=0.3)
+            axis.legend(fontsize=6, loc="best")
+    for axis in grid[-1]:
+        axis.set_xlabel("test slice")
+    for row in grid:
+        row[0].set_ylabel("test accuracy (mean +- std)")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)
+    return path
+
+
 # --- the markdown ----------------------------------------------------------------------------
 
 
@@ -595,6 +658,7 @@ def grid_markdown(
     for key, caption in (
         ("accuracy_width", "Accuracy against width"),
         ("accuracy_state", "Accuracy against decode state bytes"),
+        ("accuracy_slice", "Accuracy on each test slice"),
         ("curves", "Learning curves at each cell's best rate (one line per seed)"),
     ):
         if key in files:
@@ -635,7 +699,8 @@ def write_grid_report(
     cells = load_cells(study, space)
     guess = guess_floor(space)
     files: dict[str, str] = {}
-    if cells:
+    slices = test_keys(space)
+    if len({c.width for c in cells}) > 1:  # one width: nothing to draw against
         files["accuracy_width"] = str(
             plot_accuracy_against(
                 cells,
@@ -645,6 +710,7 @@ def write_grid_report(
                 guess=guess,
             )
         )
+    if cells:
         files["accuracy_state"] = str(
             plot_accuracy_against(
                 cells,
@@ -655,6 +721,9 @@ def write_grid_report(
             )
         )
         files["curves"] = str(plot_curves(cells, out_dir / "curves.png", guess))
+    if cells and len(slices) > 1:
+        path = out_dir / "accuracy_slice.png"
+        files["accuracy_slice"] = str(plot_accuracy_by_slice(cells, path, guess, slices))
     estimate = None
     if extrapolate_to is not None:
         target = load_space(extrapolate_to)
