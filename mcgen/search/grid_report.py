@@ -454,6 +454,31 @@ def plot_accuracy_against(
     return path
 
 
+def _panels(plt, bases: int, widths: int):
+    """(figure, panels[base][width]): a row per base and a column per width, or one row of
+    bases when there is one width (a column of them would be tall and narrow)."""
+    if widths == 1:
+        figure, row = plt.subplots(1, bases, figsize=(4 * bases, 3.2), dpi=110, squeeze=False)
+        return figure, [[axis] for axis in row[0]]
+    figure, grid = plt.subplots(
+        bases, widths, figsize=(4 * widths, 3 * bases), dpi=110, squeeze=False
+    )
+    return figure, [list(row) for row in grid]
+
+
+def _label(panels, x: str, y: str) -> None:
+    """The x label under each column of _panels' figure, the y label at each row's start."""
+    if all(len(row) == 1 for row in panels):  # one width: the panels are one row
+        for row in panels:
+            row[0].set_xlabel(x)
+        panels[0][0].set_ylabel(y)
+        return
+    for axis in panels[-1]:
+        axis.set_xlabel(x)
+    for row in panels:
+        row[0].set_ylabel(y)
+
+
 def plot_curves(cells: Sequence[Cell], path: Path, guess: Guess) -> Path:
     """Test accuracy against step at each cell's best rate: one panel per (base, width),
     one colour per variant, one line per seed (attention in every panel of its width),
@@ -461,9 +486,7 @@ def plot_curves(cells: Sequence[Cell], path: Path, guess: Guess) -> Path:
     plt = _pyplot()
     bases = _bases(cells) or [ATTENTION]
     widths = sorted({c.width for c in cells})
-    figure, grid = plt.subplots(
-        len(bases), len(widths), figsize=(4 * len(widths), 3 * len(bases)), dpi=110, squeeze=False
-    )
+    figure, grid = _panels(plt, len(bases), len(widths))
     colours = {v: f"C{i}" for i, v in enumerate(_variants(cells))}
     colours[ATTENTION] = "black"
     for row, base in enumerate(bases):
@@ -488,10 +511,7 @@ def plot_curves(cells: Sequence[Cell], path: Path, guess: Guess) -> Path:
             axis.set_ylim(-0.02, 1.02)
             axis.grid(True, alpha=0.3)
             axis.legend(fontsize=6, loc="best")
-    for axis in grid[-1]:
-        axis.set_xlabel("step")
-    for row in grid:
-        row[0].set_ylabel("test accuracy")
+    _label(grid, "step", "test accuracy")
     figure.tight_layout()
     figure.savefig(path, format="png")
     plt.close(figure)
@@ -507,9 +527,7 @@ def plot_accuracy_by_slice(
     plt = _pyplot()
     bases = _bases(cells) or [ATTENTION]
     widths = sorted({c.width for c in cells})
-    figure, grid = plt.subplots(
-        len(bases), len(widths), figsize=(4 * len(widths), 3 * len(bases)), dpi=110, squeeze=False
-    )
+    figure, grid = _panels(plt, len(bases), len(widths))
     colours = {v: f"C{i}" for i, v in enumerate(_variants(cells))}
     colours[ATTENTION] = "black"
     where = list(range(len(slices)))
@@ -538,10 +556,7 @@ def plot_accuracy_by_slice(
             axis.set_ylim(-0.02, 1.02)
             axis.grid(True, alpha=0.3)
             axis.legend(fontsize=6, loc="best")
-    for axis in grid[-1]:
-        axis.set_xlabel("test slice")
-    for row in grid:
-        row[0].set_ylabel("test accuracy (mean +- std)")
+    _label(grid, "test slice", "test accuracy (mean +- std)")
     figure.tight_layout()
     figure.savefig(path, format="png")
     plt.close(figure)
