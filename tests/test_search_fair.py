@@ -659,6 +659,33 @@ def test_the_gain_of_each_variant_is_taken_over_its_own_base_rnn_with_its_error(
     ]
 
 
+def test_with_several_test_slices_the_gain_is_given_on_each():
+    short, long = "seq_len=64", "seq_len=1024"
+
+    def cell(variant: str, at_short: list[float], at_long: list[float]) -> Cell:
+        runs = [
+            Run(1e-2, i, (s + g) / 2, {short: s, long: g}, 100, "budget", [(100, 0.5)], 1.0)
+            for i, (s, g) in enumerate(zip(at_short, at_long, strict=True))
+        ]
+        pooled = [run.accuracy for run in runs]
+        mean, spread = statistics.mean(pooled), statistics.stdev(pooled)
+        plain = variant == "base"
+        return Cell(0, "swla", variant, 24, mean, spread, 1e-2, "fixed", 1.0, {}, runs, 1.0, plain)
+
+    # The cache keeps the needle at 1024 tokens that the base RNN loses; equal at 64.
+    cells = [
+        cell("base", [0.9, 1.0, 0.95], [0.1, 0.2, 0.3]),
+        cell("grm", [0.9, 1.0, 0.95], [0.5, 0.6, 0.7]),
+    ]
+    header, rows = gains_table(cells, [short, long])
+    assert header[-2:] == ["gain T64", "gain T1024"]
+    # Each side's sd is 0.05 at 64 and 0.1 at 1024: s.e. sqrt(2 * 0.05^2 / 3) = 0.041 and 0.082.
+    assert rows[0][-2:] == ["+0.000 +- 0.041", "+0.400 +- 0.082"]
+    assert rows[0][5] == "+0.200 +- 0.054"  # pooled over both: half the gain at 1024
+    # One slice: no per-slice column (it would repeat the pooled gain).
+    assert len(gains_table(cells, [short])[0]) == len(header) - 2
+
+
 def test_a_gain_over_one_seed_claims_no_error():
     # A pilot's one seed has std 0: an s.e. of 0 would make every gain "> 2 s.e.".
     one = [cell_of("dla", "base", [0.010], base_rnn=True), cell_of("dla", "grm", [0.008])]

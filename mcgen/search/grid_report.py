@@ -189,31 +189,46 @@ def cells_table(cells: Sequence[Cell], slices: Sequence[str]) -> tuple[list[str]
     return header, rows
 
 
-def gains_table(cells: Sequence[Cell]) -> tuple[list[str], list[list[str]]]:
+def _difference(variant: Sequence[float], plain: Sequence[float]) -> tuple[float, float | None]:
+    """(mean of variant - mean of plain, its standard error: each mean's std / sqrt(seeds),
+    combined); no error when a side has one seed: a zero would call any gain real."""
+    gain = sum(variant) / len(variant) - sum(plain) / len(plain)
+    if min(len(variant), len(plain)) < 2:
+        return gain, None
+    error = math.sqrt(_std(variant) ** 2 / len(variant) + _std(plain) ** 2 / len(plain))
+    return gain, error
+
+
+def gains_table(
+    cells: Sequence[Cell], slices: Sequence[str] = ()
+) -> tuple[list[str], list[list[str]]]:
     """Each cached variant against its base RNN (same recurrence and width): the difference
-    of their means, with its standard error (each mean's std / sqrt(seeds), combined), and
-    how many of its seeds beat the base RNN's best seed. Rows only where both were run."""
+    of their means, with its standard error, and how many of its seeds beat the base RNN's
+    best seed; with several test slices, the difference on each too. Rows only where both
+    were run."""
     header = ["base", "width", "base RNN", "variant", "accuracy", "gain (+- s.e.)", "> 2 s.e."]
     header += ["seeds above the base RNN's best"]
+    each = list(slices) if len(slices) > 1 else []
+    header += [f"gain {short_slice(key)}" for key in each]
     rows = []
     for plain in (c for c in cells if c.base_rnn):
         plain_best = max(plain.seed_accuracies(), default=math.nan)
         for cell in cells:
             if cell.base_rnn or (cell.base, cell.width) != (plain.base, plain.width):
                 continue
-            gain = cell.accuracy - plain.accuracy
             above = sum(a > plain_best for a in cell.seed_accuracies())
             row = [cell.base, str(cell.width), f"{plain.accuracy:.3f}", cell.variant]
             row += [f"{cell.accuracy:.3f}"]
-            if min(len(cell.best_runs), len(plain.best_runs)) < 2:
-                # One seed has no spread to measure: a zero s.e. would call any gain real.
+            gain, error = _difference(cell.seed_accuracies(), plain.seed_accuracies())
+            if error is None:
                 row += [f"{gain:+.3f} (one seed: no s.e.)", "-"]
             else:
-                error = math.sqrt(
-                    cell.spread**2 / len(cell.best_runs) + plain.spread**2 / len(plain.best_runs)
-                )
                 row += [f"{gain:+.3f} +- {error:.3f}", "yes" if abs(gain) > 2 * error else "no"]
-            rows.append(row + [f"{above} of {len(cell.best_runs)}"])
+            row += [f"{above} of {len(cell.best_runs)}"]
+            for key in each:
+                gain, error = _difference(cell.slice_accuracies(key), plain.slice_accuracies(key))
+                row.append(f"{gain:+.3f}" + ("" if error is None else f" +- {error:.3f}"))
+            rows.append(row)
     return header, rows
 
 
@@ -658,8 +673,9 @@ def grid_markdown(
         "+- the standard error of that difference (each mean's std / sqrt(seeds), "
         "combined; none where a cell has one seed); `> 2 s.e.`: whether the gain is more "
         "than twice it (with 3 seeds a rough screen, not a test); `seeds above`: how "
-        "many of the variant's seeds beat the base RNN's best seed.",
-        gains_table(cells),
+        "many of the variant's seeds beat the base RNN's best seed"
+        + ("; `gain` of a slice: the same on that test slice alone." if len(slices) > 1 else "."),
+        gains_table(cells, slices),
     )
     lines += _table_section(
         "Still rising at the step budget?",
