@@ -24,7 +24,9 @@ from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
 from mcgen.mqar.train import train
 from mcgen.search import study as studies
 from mcgen.search.errors import SearchError
-from mcgen.search.grid_report import Cell, extrapolate, gains_table, rise_after, rise_table
+from mcgen.search.grid.cells import Cell
+from mcgen.search.grid.cost import extrapolate
+from mcgen.search.grid.tables import gains_table, rise_after, rise_table
 from mcgen.search.local_run import RunOptions, run_study
 from mcgen.search.objective import Run, evaluate, final_key, run_key, sweep
 from mcgen.search.report import report_study

@@ -25,7 +25,7 @@ from mcgen.components.registry import AGGREGATIONS, SEGMENTATIONS
 from mcgen.passes.cost import BF16, FP32
 from mcgen.search import study as studies
 from mcgen.search import trials
-from mcgen.search.grid_report import write_grid_report
+from mcgen.search.grid.report import write_grid_report
 from mcgen.search.journal import torn_bytes
 from mcgen.search.objective import eval_length, short_slice, test_keys
 from mcgen.search.space import SearchSpace, parse_space
