@@ -8,6 +8,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -38,7 +39,7 @@ from mcgen.search.space import (
     suggest_spec,
     widths,
 )
-from mcgen.search.status import study_status
+from mcgen.search.status import TrialStatus, hours_left, study_status
 from mcgen.search.study import locate, open_study
 from mcgen.search.trials import GRID, REFERENCE, RETRY_OF, RUNS_OF
 from mcgen.search.worker import run_worker
@@ -321,6 +322,7 @@ def test_the_status_shows_a_killed_trials_runs_waiting_for_its_re_run(tmp_path, 
     shown = CliRunner().invoke(app, ["search", "status", "tiny", "--runs", str(runs)])
     assert shown.exit_code == 0 and f"run again as {retry.number}" in shown.stdout
     assert "1 failed; its runs so far: 0.00 worker-hours" in shown.stdout
+    assert status.hours_left is None and "left, roughly" not in shown.stdout
 
     run_worker(location, target=3, workdir=tmp_path / "work")
     status = study_status("tiny", runs_dir=runs)
@@ -330,6 +332,30 @@ def test_the_status_shows_a_killed_trials_runs_waiting_for_its_re_run(tmp_path, 
     result = CliRunner().invoke(app, ["search", "status", "tiny", "--runs", str(runs), "--json"])
     assert result.exit_code == 0
     assert json.loads(result.stdout)["counts"]["complete"] == 3
+
+
+def test_what_is_left_is_costed_at_the_complete_trials_of_the_same_base_and_width():
+    def status(number, state, run_seconds):
+        return TrialStatus(number, "", state, 0, 0, None, run_seconds, None, None, None, None, None)
+
+    def trial(seconds=0.0):
+        return SimpleNamespace(user_attrs={"seconds": seconds})
+
+    rows = [
+        # complete: swla d24 at 100 and 300 s (its trial's seconds or its runs', the larger)
+        (trial(100.0), status(0, "complete", 90.0), ("swla", 24)),
+        (trial(250.0), status(1, "complete", 300.0), ("swla", 24)),
+        (trial(1000.0), status(2, "complete", 0.0), ("titans", 48)),
+        # unfinished: swla d24 holding 50 s of runs; dla d48 (no dla done: titans' width);
+        # gated delta d96 (nothing of its width: the mean of all, 467 s)
+        (trial(), status(3, "running", 50.0), ("swla", 24)),
+        (trial(), status(4, "waiting", 0.0), ("dla", 48)),
+        (trial(), status(5, "waiting", 600.0), ("gated_delta", 96)),  # held more: nothing left
+        (trial(), status(6, "failed", 0.0), ("swla", 24)),  # its re-run is the one counted
+    ]
+    trials, statuses, kinds = map(list, zip(*rows, strict=True))
+    assert hours_left(trials, statuses, kinds) == pytest.approx((200 - 50 + 1000) / 3600)
+    assert hours_left(trials[3:], statuses[3:], kinds[3:]) is None  # nothing to cost it at
 
 
 # --- bundles and the grid ----------------------------------------------------------------

@@ -362,9 +362,13 @@ def status(
         )
     _print_table(table)
     c = result.counts
-    out.print(
+    line = (
         f"{c.complete} complete, {c.pruned} pruned, {c.running} running, {c.waiting} waiting, "
-        f"{c.failed} failed; its runs so far: {result.run_hours:.2f} worker-hours",
-        highlight=False,
-        soft_wrap=True,
+        f"{c.failed} failed; its runs so far: {result.run_hours:.2f} worker-hours"
     )
+    if result.hours_left is not None and result.unfinished:
+        line += (
+            f"; left, roughly: {result.hours_left:.1f} worker-hours (each unfinished trial "
+            "at the mean of the complete ones of its base and width, less the runs it holds)"
+        )
+    out.print(line, highlight=False, soft_wrap=True)

@@ -1,6 +1,7 @@
 """Where a study stands, read from its storage without touching it: each trial's state,
 the runs it holds so far (a waiting re-run: its earlier tries'), its score once complete,
-and the worker time its runs took. Safe beside the study's own workers."""
+the worker time its runs took and, roughly, what is left. Safe beside the study's own
+workers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from mcgen.search import study as studies
@@ -44,6 +46,14 @@ class StudyStatus:
     # hold the same ones), those taken from another study (--reuse-runs) for trials that
     # have started or wait included.
     run_hours: float
+    # Worker-hours the unfinished trials may still take: each costed at the mean of the
+    # complete trials of its base (recurrence, or attention) and width (of its width, else
+    # of all, where none match), less the runs it holds. None before any trial is complete.
+    hours_left: float | None
+
+    @property
+    def unfinished(self) -> int:
+        return sum(t.state in ("running", "waiting") for t in self.trials)
 
     def to_json(self) -> dict:
         return {
@@ -51,6 +61,7 @@ class StudyStatus:
             "storage": self.storage,
             "counts": asdict(self.counts),
             "run_hours": self.run_hours,
+            "hours_left": self.hours_left,
             "trials": [
                 {**asdict(t), "started": t.started.isoformat() if t.started else None}
                 for t in self.trials
@@ -69,6 +80,45 @@ def _runs_of(trial: FrozenTrial, space: SearchSpace) -> str:
         return attention_runs_of(width)
     fixed = optuna.trial.FixedTrial(dict(trial.params) or trial.system_attrs["fixed_params"])
     return candidate_mapping(fixed, space, reference, width)["name"]
+
+
+def _kind(trial: FrozenTrial, space: SearchSpace) -> tuple[str, int | None]:
+    """(base, width) of a trial: its recurrence, or the reference it is, and its d_model."""
+    attrs = trial.user_attrs
+    if attrs.get(REFERENCE) == "attention":
+        return "attention", attrs.get(WIDTH)
+    if "spec" in attrs:
+        spec = yaml.safe_load(attrs["spec"])
+    else:
+        fixed = optuna.trial.FixedTrial(dict(trial.params) or trial.system_attrs["fixed_params"])
+        spec = candidate_mapping(fixed, space, attrs.get(REFERENCE), attrs.get(WIDTH))
+    return spec["memory"]["recurrence"], spec["layer"]["d_model"]
+
+
+def hours_left(
+    trials: list[FrozenTrial], statuses: list[TrialStatus], kinds: list[tuple[str, int | None]]
+) -> float | None:
+    """StudyStatus.hours_left."""
+    done: dict[tuple[str, int | None], list[float]] = {}
+    for trial, status, kind in zip(trials, statuses, kinds, strict=True):
+        if status.state == "complete":
+            cost = max(float(trial.user_attrs.get("seconds", 0.0)), status.run_seconds)
+            done.setdefault(kind, []).append(cost)
+    if not done:
+        return None
+
+    def mean(costs: list[float]) -> float:
+        return sum(costs) / len(costs)
+
+    everything = [cost for costs in done.values() for cost in costs]
+    left = 0.0
+    for status, kind in zip(statuses, kinds, strict=True):
+        if status.state not in ("running", "waiting"):
+            continue
+        same_width = [c for (_, width), costs in done.items() if width == kind[1] for c in costs]
+        expected = mean(done.get(kind) or same_width or everything)
+        left += max(0.0, expected - status.run_seconds)
+    return left / 3600
 
 
 def _held(trial: FrozenTrial, study: optuna.Study, runs_of: str) -> dict[str, dict]:
@@ -113,10 +163,12 @@ def study_status(
         held = _held(trial, study_obj, runs_of)
         statuses.append(_status(trial, held, retried_as))
         seconds.update({(runs_of, key): float(run["seconds"]) for key, run in held.items()})
+    kinds = [_kind(trial, space) for trial in trials]
     return StudyStatus(
         study=study,
         storage=location.describe(),
         counts=counts(study_obj),
         trials=statuses,
         run_hours=sum(seconds.values()) / 3600,
+        hours_left=hours_left(trials, statuses, kinds),
     )
