@@ -130,10 +130,12 @@ def _label(panels, x: str, y: str) -> None:
         row[0].set_ylabel(y)
 
 
-def plot_curves(cells: Sequence[Cell], path: Path, guess: Guess) -> Path:
-    """Test accuracy against step at each cell's best rate: one panel per (base, width),
-    one colour per variant, one line per seed (attention in every panel of its width),
-    the guess dotted."""
+def _per_panel(
+    cells: Sequence[Cell], path: Path, labels: tuple[str, str], draw_cell, finish_panel
+) -> Path:
+    """A figure of one panel per (base, width) (_panels), attention in every panel of its
+    width: draw_cell(axis, cell, name, colour) draws each cell, finish_panel(axis) what a
+    panel adds (the guess); written to path as PNG."""
     plt = _pyplot()
     bases = _bases(cells) or [ATTENTION]
     widths = sorted({c.width for c in cells})
@@ -144,29 +146,40 @@ def plot_curves(cells: Sequence[Cell], path: Path, guess: Guess) -> Path:
         for column, width in enumerate(widths):
             axis = grid[row][column]
             for cell in cells:
-                if cell.width != width or cell.base not in (base, ATTENTION):
-                    continue
-                name = ATTENTION if cell.base == ATTENTION else cell.variant
-                for index, run in enumerate(cell.best_runs):
-                    steps, accuracies = zip(*run.curve, strict=True) if run.curve else ((), ())
-                    axis.plot(
-                        steps,
-                        accuracies,
-                        color=colours[name],
-                        linestyle="--" if cell.base == ATTENTION else "-",
-                        linewidth=1,
-                        label=f"{name} (lr {cell.best_lr:g})" if index == 0 else None,
-                    )
-            _draw_guess(axis, guess)
+                if cell.width == width and cell.base in (base, ATTENTION):
+                    name = ATTENTION if cell.base == ATTENTION else cell.variant
+                    draw_cell(axis, cell, name, colours[name])
+            finish_panel(axis)
             axis.set_title(f"{base}, d_model {width}", fontsize=9)
             axis.set_ylim(-0.02, 1.02)
             axis.grid(True, alpha=0.3)
             axis.legend(fontsize=6, loc="best")
-    _label(grid, "step", "test accuracy")
+    _label(grid, *labels)
     figure.tight_layout()
     figure.savefig(path, format="png")
     plt.close(figure)
     return path
+
+
+def plot_curves(cells: Sequence[Cell], path: Path, guess: Guess) -> Path:
+    """Test accuracy against step at each cell's best rate: one panel per (base, width),
+    one colour per variant, one line per seed (attention in every panel of its width),
+    the guess dotted."""
+
+    def draw_cell(axis, cell: Cell, name: str, colour: str) -> None:
+        for index, run in enumerate(cell.best_runs):
+            steps, accuracies = zip(*run.curve, strict=True) if run.curve else ((), ())
+            axis.plot(
+                steps,
+                accuracies,
+                color=colour,
+                linestyle="--" if cell.base == ATTENTION else "-",
+                linewidth=1,
+                label=f"{name} (lr {cell.best_lr:g})" if index == 0 else None,
+            )
+
+    labels = ("step", "test accuracy")
+    return _per_panel(cells, path, labels, draw_cell, lambda axis: _draw_guess(axis, guess))
 
 
 def plot_accuracy_by_slice(
@@ -175,40 +188,25 @@ def plot_accuracy_by_slice(
     """Accuracy on each test slice (the needle's lengths, MQAR's lengths and pair counts):
     one panel per (base, width), one line per variant (mean +- std over seeds), attention
     dashed, the guess on each slice dotted."""
-    plt = _pyplot()
-    bases = _bases(cells) or [ATTENTION]
-    widths = sorted({c.width for c in cells})
-    figure, grid = _panels(plt, len(bases), len(widths))
-    colours = {v: f"C{i}" for i, v in enumerate(_variants(cells))}
-    colours[ATTENTION] = "black"
     where = list(range(len(slices)))
-    for row, base in enumerate(bases):
-        for column, width in enumerate(widths):
-            axis = grid[row][column]
-            for cell in cells:
-                if cell.width != width or cell.base not in (base, ATTENTION):
-                    continue
-                name = ATTENTION if cell.base == ATTENTION else cell.variant
-                seeds = [cell.slice_accuracies(key) for key in slices]
-                axis.errorbar(
-                    where,
-                    [sum(s) / len(s) if s else math.nan for s in seeds],
-                    yerr=[0.0 if math.isnan(seed_std(s)) else seed_std(s) for s in seeds],
-                    color=colours[name],
-                    linestyle="--" if cell.base == ATTENTION else "-",
-                    marker="*" if cell.base == ATTENTION else "o",
-                    capsize=3,
-                    label=name,
-                )
-            floor = [guess.per_slice.get(key, math.nan) for key in slices]
-            axis.plot(where, floor, color="grey", linestyle=":", linewidth=1, label="guess")
-            axis.set_xticks(where, [short_slice(key) for key in slices])
-            axis.set_title(f"{base}, d_model {width}", fontsize=9)
-            axis.set_ylim(-0.02, 1.02)
-            axis.grid(True, alpha=0.3)
-            axis.legend(fontsize=6, loc="best")
-    _label(grid, "test slice", "test accuracy (mean +- std)")
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    plt.close(figure)
-    return path
+
+    def draw_cell(axis, cell: Cell, name: str, colour: str) -> None:
+        seeds = [cell.slice_accuracies(key) for key in slices]
+        axis.errorbar(
+            where,
+            [sum(s) / len(s) if s else math.nan for s in seeds],
+            yerr=[0.0 if math.isnan(seed_std(s)) else seed_std(s) for s in seeds],
+            color=colour,
+            linestyle="--" if cell.base == ATTENTION else "-",
+            marker="*" if cell.base == ATTENTION else "o",
+            capsize=3,
+            label=name,
+        )
+
+    def finish_panel(axis) -> None:
+        floor = [guess.per_slice.get(key, math.nan) for key in slices]
+        axis.plot(where, floor, color="grey", linestyle=":", linewidth=1, label="guess")
+        axis.set_xticks(where, [short_slice(key) for key in slices])
+
+    labels = ("test slice", "test accuracy (mean +- std)")
+    return _per_panel(cells, path, labels, draw_cell, finish_panel)
