@@ -69,6 +69,14 @@ class StudyStatus:
         }
 
 
+def _mapping(trial: FrozenTrial, space: SearchSpace) -> dict:
+    """The spec a trial not yet started will score, from the parameters it was enqueued
+    with (or drew)."""
+    attrs = trial.user_attrs
+    fixed = optuna.trial.FixedTrial(dict(trial.params) or trial.system_attrs["fixed_params"])
+    return candidate_mapping(fixed, space, attrs.get(REFERENCE), attrs.get(WIDTH))
+
+
 def _runs_of(trial: FrozenTrial, space: SearchSpace) -> str:
     """Whose runs the trial holds (trials.RUNS_OF): its own mark once started, else the
     name its worker will give them, from the parameters it was enqueued with."""
@@ -78,8 +86,7 @@ def _runs_of(trial: FrozenTrial, space: SearchSpace) -> str:
     reference, width = attrs.get(REFERENCE), attrs.get(WIDTH)
     if reference == "attention":
         return attention_runs_of(width)
-    fixed = optuna.trial.FixedTrial(dict(trial.params) or trial.system_attrs["fixed_params"])
-    return candidate_mapping(fixed, space, reference, width)["name"]
+    return _mapping(trial, space)["name"]
 
 
 def _kind(trial: FrozenTrial, space: SearchSpace) -> tuple[str, int | None]:
@@ -87,11 +94,7 @@ def _kind(trial: FrozenTrial, space: SearchSpace) -> tuple[str, int | None]:
     attrs = trial.user_attrs
     if attrs.get(REFERENCE) == "attention":
         return "attention", attrs.get(WIDTH)
-    if "spec" in attrs:
-        spec = yaml.safe_load(attrs["spec"])
-    else:
-        fixed = optuna.trial.FixedTrial(dict(trial.params) or trial.system_attrs["fixed_params"])
-        spec = candidate_mapping(fixed, space, attrs.get(REFERENCE), attrs.get(WIDTH))
+    spec = yaml.safe_load(attrs["spec"]) if "spec" in attrs else _mapping(trial, space)
     return spec["memory"]["recurrence"], spec["layer"]["d_model"]
 
 
