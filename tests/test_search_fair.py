@@ -332,6 +332,12 @@ def test_the_status_shows_a_killed_trials_runs_waiting_for_its_re_run(tmp_path, 
     result = CliRunner().invoke(app, ["search", "status", "tiny", "--runs", str(runs), "--json"])
     assert result.exit_code == 0
     assert json.loads(result.stdout)["counts"]["complete"] == 3
+    # A sampler's trial caught before its worker wrote its spec (nothing drawn yet): shown
+    # running with no runs, not an error.
+    study, _, _ = studies.load_study(location)
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING))
+    drawing = study_status("tiny", runs_dir=runs).trials[-1]
+    assert (drawing.state, drawing.runs, drawing.label) == ("running", 0, "")
 
 
 def test_what_is_left_is_costed_at_the_complete_trials_of_the_same_base_and_width():
@@ -352,9 +358,10 @@ def test_what_is_left_is_costed_at_the_complete_trials_of_the_same_base_and_widt
         (trial(), status(4, "waiting", 0.0), ("dla", 48)),
         (trial(), status(5, "waiting", 600.0), ("gated_delta", 96)),  # held more: nothing left
         (trial(), status(6, "failed", 0.0), ("swla", 24)),  # its re-run is the one counted
+        (trial(), status(7, "running", 0.0), None),  # nothing drawn yet: the mean of all
     ]
     trials, statuses, kinds = map(list, zip(*rows, strict=True))
-    assert hours_left(trials, statuses, kinds) == pytest.approx((200 - 50 + 1000) / 3600)
+    assert hours_left(trials, statuses, kinds) == pytest.approx((200 - 50 + 1000 + 1400 / 3) / 3600)
     assert hours_left(trials[3:], statuses[3:], kinds[3:]) is None  # nothing to cost it at
 
 

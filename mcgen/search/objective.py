@@ -99,6 +99,12 @@ RUN_PREFIX = "run lr="
 FINAL_PREFIX = "final lr="
 
 
+def worker_seconds(trial_seconds: float, run_seconds: float) -> float:
+    """What a complete trial cost one core: its own seconds (build, runs, evaluations), or
+    its runs' where it took them from another study (--reuse-runs) instead of training them."""
+    return max(trial_seconds, run_seconds)
+
+
 def run_key(lr: float, seed: int) -> str:
     """The name of a (learning rate, seed) unit, as a trial attribute stores it."""
     return f"{RUN_PREFIX}{lr!r} seed={seed}"

@@ -14,7 +14,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from mcgen.search import study as studies
-from mcgen.search.objective import Run, runs_in
+from mcgen.search.objective import Run, runs_in, worker_seconds
 from mcgen.search.space import SearchSpace
 from mcgen.search.trials import REFERENCE, RETRY_OF, RUNS_OF, WIDTH, Counts, counts, trial_label
 from mcgen.search.worker import attention_runs_of, candidate_mapping, done_runs
@@ -69,43 +69,54 @@ class StudyStatus:
         }
 
 
-def _mapping(trial: FrozenTrial, space: SearchSpace) -> dict:
-    """The spec a trial not yet started will score, from the parameters it was enqueued
-    with (or drew)."""
+def _mapping(trial: FrozenTrial, space: SearchSpace) -> dict | None:
+    """The spec a trial scores: the one its worker wrote, else the one the parameters it was
+    enqueued with draw. None for a sampler's trial caught before its worker wrote its spec:
+    its parameters may still be being drawn."""
     attrs = trial.user_attrs
-    fixed = optuna.trial.FixedTrial(dict(trial.params) or trial.system_attrs["fixed_params"])
-    return candidate_mapping(fixed, space, attrs.get(REFERENCE), attrs.get(WIDTH))
+    if "spec" in attrs:
+        return yaml.safe_load(attrs["spec"])
+    fixed = trial.system_attrs.get("fixed_params")
+    if fixed is None:
+        return None
+    return candidate_mapping(
+        optuna.trial.FixedTrial(fixed), space, attrs.get(REFERENCE), attrs.get(WIDTH)
+    )
 
 
-def _runs_of(trial: FrozenTrial, space: SearchSpace) -> str:
+def _runs_of(trial: FrozenTrial, space: SearchSpace) -> str | None:
     """Whose runs the trial holds (trials.RUNS_OF): its own mark once started, else the
-    name its worker will give them, from the parameters it was enqueued with."""
+    name its worker will give them; None while that is not known yet (_mapping)."""
     attrs = trial.user_attrs
     if RUNS_OF in attrs:
         return str(attrs[RUNS_OF])
-    reference, width = attrs.get(REFERENCE), attrs.get(WIDTH)
-    if reference == "attention":
-        return attention_runs_of(width)
-    return _mapping(trial, space)["name"]
+    if attrs.get(REFERENCE) == "attention":
+        return attention_runs_of(attrs.get(WIDTH))
+    mapping = _mapping(trial, space)
+    return None if mapping is None else mapping["name"]
 
 
-def _kind(trial: FrozenTrial, space: SearchSpace) -> tuple[str, int | None]:
-    """(base, width) of a trial: its recurrence, or the reference it is, and its d_model."""
+Kind = tuple[str, int | None]
+
+
+def _kind(trial: FrozenTrial, space: SearchSpace) -> Kind | None:
+    """(base, width) of a trial: its recurrence, or the reference it is, and its d_model;
+    None while its spec is not known yet (_mapping)."""
     attrs = trial.user_attrs
     if attrs.get(REFERENCE) == "attention":
         return "attention", attrs.get(WIDTH)
-    spec = yaml.safe_load(attrs["spec"]) if "spec" in attrs else _mapping(trial, space)
-    return spec["memory"]["recurrence"], spec["layer"]["d_model"]
+    spec = _mapping(trial, space)
+    return None if spec is None else (spec["memory"]["recurrence"], spec["layer"]["d_model"])
 
 
 def hours_left(
-    trials: list[FrozenTrial], statuses: list[TrialStatus], kinds: list[tuple[str, int | None]]
+    trials: list[FrozenTrial], statuses: list[TrialStatus], kinds: list[Kind | None]
 ) -> float | None:
-    """StudyStatus.hours_left."""
-    done: dict[tuple[str, int | None], list[float]] = {}
+    """StudyStatus.hours_left (a trial of unknown kind at the mean of all complete ones)."""
+    done: dict[Kind | None, list[float]] = {}
     for trial, status, kind in zip(trials, statuses, kinds, strict=True):
         if status.state == "complete":
-            cost = max(float(trial.user_attrs.get("seconds", 0.0)), status.run_seconds)
+            cost = worker_seconds(float(trial.user_attrs.get("seconds", 0.0)), status.run_seconds)
             done.setdefault(kind, []).append(cost)
     if not done:
         return None
@@ -118,17 +129,19 @@ def hours_left(
     for status, kind in zip(statuses, kinds, strict=True):
         if status.state not in ("running", "waiting"):
             continue
-        same_width = [c for (_, width), costs in done.items() if width == kind[1] for c in costs]
+        same_width = [
+            c for (_, width), costs in done.items() if kind and width == kind[1] for c in costs
+        ]
         expected = mean(done.get(kind) or same_width or everything)
         left += max(0.0, expected - status.run_seconds)
     return left / 3600
 
 
-def _held(trial: FrozenTrial, study: optuna.Study, runs_of: str) -> dict[str, dict]:
+def _held(trial: FrozenTrial, study: optuna.Study, runs_of: str | None) -> dict[str, dict]:
     """The runs a trial holds; a waiting or running one also those its worker will take
     up: its earlier tries' and those taken from another study."""
     held = runs_in(trial.user_attrs)
-    if trial.state in (TrialState.WAITING, TrialState.RUNNING):
+    if runs_of is not None and trial.state in (TrialState.WAITING, TrialState.RUNNING):
         held = {**done_runs(study, runs_of), **held}
     return held
 

@@ -17,7 +17,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from mcgen.mqar.guess import guess_accuracy
-from mcgen.search.objective import Run, evaluation_slices, runs_in
+from mcgen.search.objective import Run, evaluation_slices, runs_in, worker_seconds
 from mcgen.search.space import SearchSpace
 from mcgen.search.trials import REFERENCE, WIDTH
 
@@ -44,9 +44,8 @@ class Cell:
 
     @property
     def worker_seconds(self) -> float:
-        """What the cell cost one core: its trial's seconds, or its runs' own where the
-        trial took them from another study (--reuse-runs) instead of training them."""
-        return max(self.seconds, sum(run.seconds for run in self.runs))
+        """What the cell cost one core (objective.worker_seconds)."""
+        return worker_seconds(self.seconds, sum(run.seconds for run in self.runs))
 
     @property
     def best_runs(self) -> list[Run]:
