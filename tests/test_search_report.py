@@ -254,19 +254,26 @@ def test_the_committed_studys_pareto_specs_still_build(spec_path: Path, tmp_path
 RESEARCH = REPO / "docs" / "research"
 
 
-def test_the_paper_studys_committed_report_is_what_its_committed_journal_draws(
-    tmp_path, monkeypatch
+# Every study whose journal is committed under docs/research/runs/ (paper_cpu; the needle
+# and longer-budget studies once they have run): its report is committed beside it.
+COMMITTED_JOURNALS = sorted(p.name for p in (RESEARCH / "runs").iterdir())
+
+
+@pytest.mark.parametrize("study", COMMITTED_JOURNALS)
+def test_a_research_studys_committed_report_is_what_its_committed_journal_draws(
+    study, tmp_path, monkeypatch
 ):
-    # docs/research/recall_study.md cites paper_cpu/grid.md as redrawn by one command from
-    # runs/paper_cpu/journal.log: a report change or a new snapshot must redraw it.
-    before = (RESEARCH / "runs" / "paper_cpu" / "journal.log").read_bytes()
+    # docs/research/recall_study.md cites <study>/grid.md as redrawn by one command from
+    # runs/<study>/journal.log: a report change or a new snapshot must redraw it.
+    journal = RESEARCH / "runs" / study / "journal.log"
+    before = journal.read_bytes()
     monkeypatch.chdir(REPO)  # the command runs from the repository, as the page says
-    report = report_study("paper_cpu", runs_dir="docs/research/runs", out=tmp_path)
+    report = report_study(study, runs_dir="docs/research/runs", out=tmp_path)
     for name in ("grid.md", "report.md"):
         drawn = (tmp_path / name).read_text(encoding="utf-8")
-        drawn = drawn.replace(str(tmp_path), "docs/research/paper_cpu")
-        assert drawn == (RESEARCH / "paper_cpu" / name).read_text(encoding="utf-8"), name
-    committed = sorted(p.name for p in (RESEARCH / "paper_cpu" / "specs").glob("*.yaml"))
+        drawn = drawn.replace(str(tmp_path), f"docs/research/{study}")
+        assert drawn == (RESEARCH / study / name).read_text(encoding="utf-8"), name
+    committed = sorted(p.name for p in (RESEARCH / study / "specs").glob("*.yaml"))
     assert sorted(Path(p).name for p in report.files["specs"]) == committed
-    assert (RESEARCH / "runs" / "paper_cpu" / "journal.log").read_bytes() == before
-    assert sorted(p.name for p in (RESEARCH / "runs" / "paper_cpu").iterdir()) == ["journal.log"]
+    assert journal.read_bytes() == before
+    assert sorted(p.name for p in journal.parent.iterdir()) == ["journal.log"]
