@@ -27,6 +27,7 @@ from mcgen.search import study as studies
 from mcgen.search.errors import SearchError
 from mcgen.search.grid.cells import Cell
 from mcgen.search.grid.cost import extrapolate
+from mcgen.search.grid.plots import legend_entries
 from mcgen.search.grid.tables import gains_table, rise_after, rise_table
 from mcgen.search.local_run import RunOptions, run_study
 from mcgen.search.objective import Run, evaluate, final_key, run_key, sweep
@@ -570,6 +571,25 @@ def test_the_grid_report_gives_each_cell_its_mean_and_spread_plots_and_cost(tmp_
     assert "| delta | 32 | 0.825 | ssc | 0.825 | +0.000 +- 0.007 | no | 0 of 2 |" in text
     assert "## Cost of" in text and "worker-hours" in text
     assert "Guessing among the value tokens seen before each query scores 0.500" in text
+
+
+def test_one_legend_names_every_variant_drawn_in_any_panel():
+    # The last panel's base may lack a variant that another base has (titans had no
+    # logarithmic-segments cell yet): the legend there must still name it.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (dla, titans) = plt.subplots(1, 2)
+    for name in ("base", "grm", "log"):
+        dla.plot([0, 1], [0, 1], label=name)
+    titans.plot([0, 1], [1, 0], label="base")
+    titans.plot([0, 1], [1, 1], label="attention")
+    handles, labels = legend_entries([dla, titans])
+    plt.close(figure)
+    assert labels == ["base", "grm", "log", "attention"]
+    assert handles[0].get_ydata().tolist() == [0, 1]  # the first drawn stands for its label
 
 
 def test_a_one_width_grid_is_drawn_by_test_slice_with_each_slices_spread(tmp_path, monkeypatch):

@@ -28,6 +28,16 @@ def _variants(cells: Sequence[Cell]) -> list[str]:
     return list(dict.fromkeys(c.variant for c in cells if c.base != ATTENTION))
 
 
+def legend_entries(axes) -> tuple[list, list[str]]:
+    """(handles, labels) of every line drawn in any of the axes, each label once, in the
+    order first drawn: one legend for panels that each hold only some of the lines."""
+    entries: dict[str, object] = {}
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    return list(entries.values()), list(entries)
+
+
 def _draw_guess(axis, guess: Guess) -> None:
     axis.axhline(guess.accuracy, color="grey", linestyle=":", linewidth=1, label="guess")
 
@@ -97,7 +107,7 @@ def plot_accuracy_against(
         axis.set_ylim(-0.02, 1.02)
         axis.grid(True, alpha=0.3)
     axes[0].set_ylabel("test accuracy (mean +- std; dots: seeds)")
-    axes[-1].legend(fontsize=7, loc="best")
+    axes[-1].legend(*legend_entries(axes), fontsize=7, loc="best")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, format="png")
