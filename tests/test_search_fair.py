@@ -22,8 +22,9 @@ from mcgen.cli import app
 from mcgen.mqar.config import MQARDataConfig, MQARSlice, TrainConfig
 from mcgen.mqar.data import load_data
 from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
-from mcgen.mqar.train import train
+from mcgen.mqar.train import Paused, train
 from mcgen.search import study as studies
+from mcgen.search.checkpoints import RunCheckpoints
 from mcgen.search.errors import SearchError
 from mcgen.search.grid.cells import Cell
 from mcgen.search.grid.cost import extrapolate
@@ -233,6 +234,93 @@ def test_a_final_run_goes_on_from_where_the_plateau_stopped_its_sweep_run(tmp_pa
     (sweep_run,) = [r for r in result.runs if not r.final and r.lr == final.lr]
     assert sweep_run.steps == 2 and final.steps == 4
     assert final.curve[:2] == sweep_run.curve
+
+
+@pytest.mark.parametrize(
+    ("eval_every", "cut_at"), [(3, 9), (4, 8)], ids=["mid-epoch", "at-an-epoch-end"]
+)
+def test_a_run_cut_after_an_evaluation_goes_on_from_its_checkpoint_on_disk(
+    one_thread, tmp_path, eval_every, cut_at
+):
+    # A worker killed mid-run: its next try loads where the run stood at its last
+    # evaluation (saved to disk by RunCheckpoints) and must give the unbroken run.
+    config = MQARDataConfig(
+        vocab_size=64,
+        train=[MQARSlice(seq_len=32, num_pairs=4, num_examples=64)],  # 4 batches an epoch
+        test=[MQARSlice(seq_len=32, num_pairs=4, num_examples=32)],
+    )
+    train_data, test_data = load_data(config, cache=False)
+    budget = TrainConfig(max_steps=20, batch_size=16, eval_every=eval_every, warmup=4)
+
+    def fresh() -> MQARModel:
+        torch.manual_seed(0)
+        return MQARModel(64, 32, 1, attention_mixer(32, 2))
+
+    whole = fresh()
+    saved = RunCheckpoints(tmp_path / "states")
+    key = run_key(1e-3, 0)
+    steps_saved: list[int] = []
+
+    def keep(state: Paused) -> None:
+        steps_saved.append(state.history[-1].step)
+        if state.history[-1].step == cut_at:
+            saved.save(key, state)
+
+    straight = train(whole, train_data, test_data, budget, progress=False, on_evaluation=keep)
+    # Every evaluation but the last (the run ends there) hands over where the run stands.
+    assert steps_saved == list(range(eval_every, 20, eval_every))
+    state = saved.load(key)
+    assert state is not None and state.history == straight.history[: cut_at // eval_every]
+    resumed_model = fresh()
+    resumed = train(resumed_model, train_data, test_data, budget, progress=False, resume=state)
+    assert resumed.steps == 20 and resumed.history == straight.history
+    for a, b in zip(whole.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    saved.drop(key)
+    assert saved.load(key) is None
+
+
+def test_a_scoring_killed_mid_run_goes_on_from_that_runs_last_evaluation(tmp_path, monkeypatch):
+    mapping = tiny()  # learning_rates [3e-3, 1e-2], one seed, 4 steps
+    mapping["train"].update(eval_every=1)
+    space = space_of(mapping)
+    spec = suggest_spec(
+        optuna.trial.FixedTrial({"aggregation.kind": "grm", "cache.segments.length": 4}), space
+    )
+    unbroken = evaluate(spec, space, tmp_path / "unbroken")
+    real_train = objective.train
+
+    def killed_at_step_2(*args, on_evaluation=None, **kwargs):
+        def save_then_die(state: Paused) -> None:
+            on_evaluation(state)
+            if state.history[-1].step == 2:
+                raise KeyboardInterrupt("killed")
+
+        return real_train(*args, on_evaluation=save_then_die, **kwargs)
+
+    monkeypatch.setattr(objective, "train", killed_at_step_2)
+    folder = tmp_path / "checkpoints" / "candidate"
+    handed: dict[str, dict] = {}
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(spec, space, tmp_path / "first", on_run=handed.__setitem__,
+                 checkpoints=RunCheckpoints(folder))  # fmt: skip
+    assert handed == {} and [p.name for p in folder.iterdir()] == ["run_lr_0.003_seed_0.pt"]
+
+    resumed_from: list[int | None] = []
+
+    def recording_train(*args, resume=None, **kwargs):
+        resumed_from.append(None if resume is None else resume.history[-1].step)
+        return real_train(*args, resume=resume, **kwargs)
+
+    monkeypatch.setattr(objective, "train", recording_train)
+    again = evaluate(spec, space, tmp_path / "again", done_runs=handed, on_run=handed.__setitem__,
+                     checkpoints=RunCheckpoints(folder))  # fmt: skip
+    # The killed run goes on from step 2, the next one starts afresh; both as unbroken.
+    assert resumed_from == [2, None]
+    assert [(r.lr, r.steps, r.curve, r.accuracy) for r in again.runs] == [
+        (r.lr, r.steps, r.curve, r.accuracy) for r in unbroken.runs
+    ]
+    assert not folder.exists()  # scored: its states are gone
 
 
 def test_without_full_budget_at_best_the_sweeps_runs_are_the_score(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -70,7 +70,8 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Paused:
-    """A run stopped by the plateau rule, as train(resume=...) goes on from it: the same
+    """Where a run stands at one of its evaluations (the plateau rule stopped it there, or
+    train's on_evaluation was given it), as train(resume=...) goes on from it: the same
     model, optimiser, schedule, random streams and place in the epoch, so that going on
     gives what the run would have given had it not stopped."""
 
@@ -207,6 +208,7 @@ def train(
     config: TrainConfig,
     progress: bool = True,
     resume: Paused | None = None,
+    on_evaluation: Callable[[Paused], None] | None = None,
 ) -> TrainResult:
     """Train in place and report test accuracy on query positions.
 
@@ -214,6 +216,8 @@ def train(
     same model initialisation (seed before building it) and data give the same run. A
     run the plateau rule stops returns where it stands (`paused`); `resume` goes on from
     there (a model of the same shape, the same data and config but for the plateau).
+    on_evaluation gets where the run stands after each evaluation it goes on from (a
+    checkpoint: resuming from it gives the same run as not stopping there).
     """
     train_data = list(train_data) if isinstance(train_data, (list, tuple)) else [train_data]
     test_slices = list(test_slices) if isinstance(test_slices, (list, tuple)) else [test_slices]
@@ -246,6 +250,22 @@ def train(
         eval_seconds, earlier_seconds = resume.eval_seconds, resume.seconds
         pending = (resume.batches, resume.position)
     started = time.perf_counter()
+
+    def standing(batches: list[tuple[int, torch.Tensor]], position: int) -> Paused:
+        """Where the run stands after an evaluation, its next batch batches[position]."""
+        return Paused(
+            model={k: v.detach().clone() for k, v in model.state_dict().items()},
+            optimizer=copy.deepcopy(optimizer.state_dict()),
+            schedule=copy.deepcopy(schedule.state_dict()),
+            generator=generator.get_state(),
+            rng=torch.get_rng_state(),
+            batches=batches,
+            position=position,
+            history=list(history),
+            seconds=earlier_seconds + time.perf_counter() - started,
+            eval_seconds=eval_seconds,
+        )
+
     model.train()
     with _reporter(progress, total) as report:
         while step < total and not (stopped_early or diverged or flat):
@@ -288,23 +308,12 @@ def train(
                     flat = config.plateau is not None and plateaued(history, config.plateau)
                 if step >= total or stopped_early or diverged or flat:
                     break
+                if due and on_evaluation is not None:
+                    on_evaluation(standing(batches, position + 1))
 
     assert best is not None  # the last step always evaluates
     seconds = earlier_seconds + time.perf_counter() - started
-    paused = None
-    if flat and not (stopped_early or diverged):
-        paused = Paused(
-            model={k: v.detach().clone() for k, v in model.state_dict().items()},
-            optimizer=copy.deepcopy(optimizer.state_dict()),
-            schedule=copy.deepcopy(schedule.state_dict()),
-            generator=generator.get_state(),
-            rng=torch.get_rng_state(),
-            batches=batches,
-            position=position + 1,
-            history=list(history),
-            seconds=seconds,
-            eval_seconds=eval_seconds,
-        )
+    paused = standing(batches, position + 1) if flat and not (stopped_early or diverged) else None
     last = history[-1]
     reason: StopReason = "budget"
     if diverged:

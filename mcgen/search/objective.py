@@ -8,6 +8,7 @@ and hands each new one to a callback as it ends, so a killed study redoes none o
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,10 +23,11 @@ from mcgen.mqar.config import TrainConfig, slice_key
 from mcgen.mqar.data import generate as generate_mqar
 from mcgen.mqar.data import load_data
 from mcgen.mqar.model import MixerFactory, MQARModel, attention_mixer, mcgen_mixer
-from mcgen.mqar.train import LabelledSplit, Paused, train
+from mcgen.mqar.train import LabelledSplit, train
 from mcgen.niah import data as niah_data
 from mcgen.passes.cost import attention_cost
 from mcgen.passes.pipeline import compile_spec
+from mcgen.search.checkpoints import RunCheckpoints
 from mcgen.search.space import SearchSpace, finish_spec, first_choice
 from mcgen.spec import parse_spec
 
@@ -195,11 +197,14 @@ def _train_one(
     seed: int,
     *,
     final: bool = False,
-    paused: dict[tuple[float, int], Paused] | None = None,
+    states: RunCheckpoints | None = None,
+    keep_paused: bool = False,
 ) -> Run:
-    """One run; a final one trains to the budget, with no plateau rule. With `paused`, a
-    run the plateau rule stops leaves its state there, and the final run of the same
-    (rate, seed) goes on from it instead of training its first steps again."""
+    """One run; a final one trains to the budget, with no plateau rule. With `states`, the
+    run goes on from where it stood at its last saved evaluation, saves where it stands
+    after each one, and, with keep_paused, where the plateau rule stopped it: the final
+    run of the same (rate, seed) goes on from there instead of training its first steps
+    again."""
     settings = space.train
     config = TrainConfig(
         d_model=d_model,
@@ -216,10 +221,20 @@ def _train_one(
     torch.manual_seed(seed)  # the same initialisation at every learning rate
     model = MQARModel(space.data.vocab_size, d_model, settings.layers, factory)
     model = model.to(train_device(space))
-    resume = paused.pop((lr, seed), None) if final and paused is not None else None
-    result = train(model, data[0], data[1], config, progress=False, resume=resume)
-    if paused is not None and result.paused is not None:
-        paused[(lr, seed)] = result.paused
+    key, sweep_key = (final_key if final else run_key)(lr, seed), run_key(lr, seed)
+    resume, save = None, None
+    if states is not None:
+        resume = states.load(key) or (states.load(sweep_key) if final else None)
+        save = functools.partial(states.save, key)
+    result = train(
+        model, data[0], data[1], config, progress=False, resume=resume, on_evaluation=save
+    )
+    if states is not None:
+        states.drop(key)
+        if final:
+            states.drop(sweep_key)
+        elif keep_paused and result.paused is not None:
+            states.save(key, result.paused)
     return Run(
         lr=lr,
         seed=seed,
@@ -337,19 +352,21 @@ def _score(
     data_cache: Path | None,
     done_runs: Mapping[str, dict] | None,
     on_run: OnRun | None,
+    checkpoints: RunCheckpoints | None,
 ) -> Evaluation:
     """Train a model of this mixer over the space's sweep and seeds; its Evaluation."""
     data = load_task_data(space, data_cache)
-
-    # Where the sweep's runs the plateau rule stopped stand, for final runs to go on from
-    # (kept while this trial runs; a retried trial trains its final runs from the start).
-    paused: dict[tuple[float, int], Paused] | None = {} if space.train.full_budget_at_best else None
+    states = checkpoints or RunCheckpoints()  # in memory: for this process only
+    # Where the plateau rule stopped a sweep run is kept for its final run to go on from.
+    keep_paused = space.train.full_budget_at_best
 
     def train_one(lr: float, seed: int) -> Run:
-        return _train_one(space, d_model, factory, data, lr, seed, paused=paused)
+        return _train_one(
+            space, d_model, factory, data, lr, seed, states=states, keep_paused=keep_paused
+        )
 
     def train_final(lr: float, seed: int) -> Run:
-        return _train_one(space, d_model, factory, data, lr, seed, final=True, paused=paused)
+        return _train_one(space, d_model, factory, data, lr, seed, final=True, states=states)
 
     units = {"done_runs": done_runs, "on_run": on_run}
     with _one_thread():
@@ -358,6 +375,7 @@ def _score(
         for run in runs:
             by_lr.setdefault(run.lr, []).append(run)
         best_runs = final_runs(space, by_lr[best], train_final, **units)
+    states.clear()  # the other rates' paused runs: no final run goes on from them
     accuracies = [run.accuracy for run in best_runs]
     return Evaluation(
         accuracy=_mean(accuracies),
@@ -438,10 +456,12 @@ def evaluate(
     data_cache: Path | None = None,
     done_runs: Mapping[str, dict] | None = None,
     on_run: OnRun | None = None,
+    checkpoints: RunCheckpoints | None = None,
 ) -> Evaluation:
     """Build the spec's package under workdir, train it at every learning rate and seed
     of the space (sweep) and score it. data_cache: where generated MQAR data is kept
-    (None: not kept); done_runs, on_run: see sweep."""
+    (None: not kept); done_runs, on_run: see sweep; checkpoints: where its runs' states
+    are kept between evaluations (None: in memory)."""
     workdir = Path(workdir)
     text = yaml.safe_dump(spec_mapping, sort_keys=False)
     spec_dir = workdir / "specs"
@@ -456,7 +476,7 @@ def evaluate(
         cost = layer_latency_ms(factory, d_model, space)
     else:
         cost = spec_cost(text, space)
-    return _score(space, d_model, factory, cost, text, data_cache, done_runs, on_run)
+    return _score(space, d_model, factory, cost, text, data_cache, done_runs, on_run, checkpoints)
 
 
 def base_rnn_spec(space: SearchSpace, *, d_model: int | None = None) -> dict:
@@ -482,6 +502,7 @@ def attention_baseline(
     d_model: int | None = None,
     done_runs: Mapping[str, dict] | None = None,
     on_run: OnRun | None = None,
+    checkpoints: RunCheckpoints | None = None,
 ) -> Evaluation:
     """Softmax attention of the base spec's width and heads, trained like the candidates;
     its cost is the key/value cache (decode) or attention FLOPs at the test length, or
@@ -495,4 +516,4 @@ def attention_baseline(
         value = layer_latency_ms(factory, width, space)
     else:
         value = attention_model_cost(space, space.objectives.cost, d_model)
-    return _score(space, width, factory, value, "", data_cache, done_runs, on_run)
+    return _score(space, width, factory, value, "", data_cache, done_runs, on_run, checkpoints)

@@ -1,0 +1,78 @@
+"""Where a candidate's runs stand between their evaluations, so that a run cut short goes
+on from its last evaluation instead of from its first step.
+
+A worker saves each running run's state (mcgen.mqar.train.Paused) after every evaluation
+it goes on from, and the state where the plateau rule stopped a sweep run, which the
+final run of the same rate and seed goes on from. On disk (a folder per candidate under
+runs/<study>/checkpoints/), they outlive the worker: the next try of a trial whose worker
+was killed takes them up, and each run gives what it would have given unbroken. Without
+a folder they are kept in memory, for this process only. A candidate's states are
+removed once it is scored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from mcgen.mqar.train import Evaluation, Paused
+
+CHECKPOINTS = "checkpoints"  # the folder of a study's run states, in runs/<study>/
+
+
+def folder_name(name: str) -> str:
+    """A file-system-safe name for a candidate or a run: `attention d_model=24` ->
+    `attention_d_model_24`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+class RunCheckpoints:
+    """The saved states of one candidate's runs, by run key (objective.run_key,
+    objective.final_key)."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder
+        self._memory: dict[str, Paused] = {}
+
+    def _path(self, key: str) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{folder_name(key)}.pt"
+
+    def save(self, key: str, state: Paused) -> None:
+        if self.folder is None:
+            self._memory[key] = state
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(key)
+        partial = path.with_suffix(".partial")
+        # Plain containers and tensors only, so that loading needs no pickled classes.
+        torch.save({**asdict(state), "history": [asdict(e) for e in state.history]}, partial)
+        os.replace(partial, path)  # a worker killed mid-write leaves the last whole one
+
+    def load(self, key: str) -> Paused | None:
+        if self.folder is None:
+            return self._memory.get(key)
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        saved = torch.load(path, weights_only=True)
+        saved["history"] = [Evaluation(**e) for e in saved["history"]]
+        saved["batches"] = [tuple(batch) for batch in saved["batches"]]
+        return Paused(**saved)
+
+    def drop(self, key: str) -> None:
+        if self.folder is None:
+            self._memory.pop(key, None)
+        else:
+            self._path(key).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Remove every state (the candidate is scored)."""
+        self._memory.clear()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
