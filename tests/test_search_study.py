@@ -316,6 +316,31 @@ def test_two_worker_processes_share_a_journal(tmp_path):
         assert f"worker {index}: the study has 6 trials" in log
 
 
+def test_a_terminated_run_stops_its_workers_and_enqueues_their_trials_again(tmp_path):
+    # `kill`, `timeout` or a job scheduler sends SIGTERM to `mcgen search run` alone: its
+    # workers run in sessions of their own, and must not go on training, orphaned.
+    path = write_space(tmp_path, "term", train={"steps": 100_000, "learning_rates": [1.0e-2]})
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "mcgen.cli", "search", "run", str(path)]
+    command += ["--trials", "3", "--runs", str(runs)]
+    env = {**os.environ, "MCGEN_CACHE": str(tmp_path / "cache")}
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    token, waited = None, time.monotonic() + 120
+    while token is None and time.monotonic() < waited and run.poll() is None:
+        time.sleep(0.5)
+        if (runs / "term" / "journal.log").is_file():
+            running = [t for t in trials_of(runs, "term") if WORKER in t.user_attrs]
+            token = running[0].user_attrs[WORKER] if running else None
+    assert token is not None, run.stderr.read().decode() if run.poll() is not None else ""
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 130
+    assert "interrupted: rerun the same command" in run.stderr.read().decode()
+    assert studies.worker_alive(token) is False  # stopped, not orphaned
+    trials = trials_of(runs, "term")
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs.get(RETRY_OF) for t in trials].count(failed.number) == 1
+
+
 POSTGRES = os.environ.get("MCGEN_TEST_POSTGRES_URL")
 
 

@@ -8,11 +8,14 @@ mcgen.search.worker.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from io import TextIOWrapper
@@ -257,14 +260,18 @@ def _run_workers(
     if options.in_process:
         result = run_worker(location, target=options.trials, index=0, deadline=deadline)
         return [WorkerExit(0, result.exit_code, logs / "worker-0.log")]
-    workers = [
-        _start_worker(location, target=options.trials, index=index, deadline=deadline, logs=logs)
-        for index in range(options.workers)
-    ]
+    workers = []
     try:
-        while any(w.process.poll() is None for w in workers):
-            time.sleep(options.poll_s)
-            on_poll()
+        with _terminate_as_interrupt():
+            for index in range(options.workers):
+                workers.append(
+                    _start_worker(
+                        location, target=options.trials, index=index, deadline=deadline, logs=logs
+                    )
+                )
+            while any(w.process.poll() is None for w in workers):
+                time.sleep(options.poll_s)
+                on_poll()
     except BaseException:
         _stop(workers)
         raise
@@ -272,6 +279,24 @@ def _run_workers(
         for worker in workers:
             worker.log.close()
     return [WorkerExit(w.index, w.process.returncode, w.log_path) for w in workers]
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, `timeout`, a job scheduler) stops the run as Ctrl-C does: the
+    workers run in sessions of their own, so without this they would go on, orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; its own caller handles signals
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _start_worker(
