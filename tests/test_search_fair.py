@@ -22,7 +22,8 @@ from mcgen.cli import app
 from mcgen.mqar.config import MQARDataConfig, MQARSlice, TrainConfig
 from mcgen.mqar.data import load_data
 from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
-from mcgen.mqar.train import Paused, train
+from mcgen.mqar.train import Evaluation, Paused, train
+from mcgen.search import checkpoints
 from mcgen.search import study as studies
 from mcgen.search.checkpoints import RunCheckpoints
 from mcgen.search.errors import SearchError
@@ -320,7 +321,36 @@ def test_a_scoring_killed_mid_run_goes_on_from_that_runs_last_evaluation(tmp_pat
     assert [(r.lr, r.steps, r.curve, r.accuracy) for r in again.runs] == [
         (r.lr, r.steps, r.curve, r.accuracy) for r in unbroken.runs
     ]
-    assert not folder.exists()  # scored: its states are gone
+    assert list(folder.iterdir()) == []  # scored: its states are gone
+
+
+def test_two_tries_of_one_candidate_at_once_share_its_checkpoints(tmp_path, monkeypatch):
+    # A sampler may draw one candidate twice before either trial ends: both save into
+    # its folder, and one may finish (and clear it) while the other writes.
+    folder = tmp_path / "candidate"
+    first, second = RunCheckpoints(folder), RunCheckpoints(folder)
+    state = Paused(
+        model={"w": torch.ones(2)}, optimizer={}, schedule={},
+        generator=torch.Generator().get_state(), rng=torch.get_rng_state(),
+        batches=[(0, torch.arange(4))], position=1,
+        history=[Evaluation(1, 0.5, 0.25, {"s": 0.25})], seconds=1.0, eval_seconds=0.1,
+    )  # fmt: skip
+    first.save("run", state)
+    real_save = torch.save
+
+    def cleared_meanwhile(obj, path):
+        first.clear()  # the other try ends between this one's mkdir and its write
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoints.torch, "save", cleared_meanwhile)
+    second.save("final", state)
+    monkeypatch.setattr(checkpoints.torch, "save", real_save)
+    assert first.load("run") is None  # removed by the first try's end: trained again
+    loaded = second.load("final")
+    assert loaded is not None and loaded.history == state.history
+    assert torch.equal(loaded.batches[0][1], torch.arange(4)) and loaded.position == 1
+    second.clear()
+    assert list(folder.iterdir()) == []  # no state, no partial file left
 
 
 def test_without_full_budget_at_best_the_sweeps_runs_are_the_score(tmp_path, monkeypatch):

@@ -8,13 +8,19 @@ runs/<study>/checkpoints/), they outlive the worker: the next try of a trial who
 was killed takes them up, and each run gives what it would have given unbroken. Without
 a folder they are kept in memory, for this process only. A candidate's states are
 removed once it is scored.
+
+Two trials may score one candidate at once (a sampler can draw it twice before either
+ends): they share its folder. Each run is a function of its candidate, rate, seed and
+step alone, so a state either of them saved is one the other would have reached; a
+state the other removed is trained again. So writes go through a file of the writer's
+own and an atomic rename, a state gone before it is read is none, and the folder itself
+stays.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -49,7 +55,7 @@ class RunCheckpoints:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(key)
-        partial = path.with_suffix(".partial")
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")  # this writer's own
         # Plain containers and tensors only, so that loading needs no pickled classes.
         torch.save({**asdict(state), "history": [asdict(e) for e in state.history]}, partial)
         os.replace(partial, path)  # a worker killed mid-write leaves the last whole one
@@ -57,10 +63,10 @@ class RunCheckpoints:
     def load(self, key: str) -> Paused | None:
         if self.folder is None:
             return self._memory.get(key)
-        path = self._path(key)
-        if not path.is_file():
+        try:
+            saved = torch.load(self._path(key), weights_only=True)
+        except FileNotFoundError:  # never saved, or removed by the run's end
             return None
-        saved = torch.load(path, weights_only=True)
         saved["history"] = [Evaluation(**e) for e in saved["history"]]
         saved["batches"] = [tuple(batch) for batch in saved["batches"]]
         return Paused(**saved)
@@ -75,4 +81,5 @@ class RunCheckpoints:
         """Remove every state (the candidate is scored)."""
         self._memory.clear()
         if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            for path in self.folder.glob("*.pt"):
+                path.unlink(missing_ok=True)
