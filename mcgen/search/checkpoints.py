@@ -57,7 +57,9 @@ class RunCheckpoints:
         path = self._path(key)
         partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")  # this writer's own
         # Plain containers and tensors only, so that loading needs no pickled classes.
-        torch.save({**asdict(state), "history": [asdict(e) for e in state.history]}, partial)
+        saved = {**asdict(state), "history": [asdict(e) for e in state.history]}
+        saved["batches"] = _packed(state.batches)
+        torch.save(saved, partial)
         os.replace(partial, path)  # a worker killed mid-write leaves the last whole one
 
     def load(self, key: str) -> Paused | None:
@@ -68,7 +70,7 @@ class RunCheckpoints:
         except FileNotFoundError:  # never saved, or removed by the run's end
             return None
         saved["history"] = [Evaluation(**e) for e in saved["history"]]
-        saved["batches"] = [tuple(batch) for batch in saved["batches"]]
+        saved["batches"] = _unpacked(saved["batches"])
         return Paused(**saved)
 
     def drop(self, key: str) -> None:
@@ -83,3 +85,21 @@ class RunCheckpoints:
         if self.folder is not None:
             for path in self.folder.glob("*.pt"):
                 path.unlink(missing_ok=True)
+
+
+def _packed(batches: list[tuple[int, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """An epoch's batches (slice index, row indices) as three tensors. Each batch's rows
+    are a view of one permutation of the slice, and torch.save writes a view's whole
+    storage: saved as they are, an epoch of 2500 batches took 800 MB, not 320 kB."""
+    return {
+        "slices": torch.tensor([index for index, _ in batches], dtype=torch.long),
+        "sizes": torch.tensor([len(rows) for _, rows in batches], dtype=torch.long),
+        "rows": torch.cat([rows for _, rows in batches])
+        if batches
+        else torch.zeros(0, dtype=torch.long),
+    }
+
+
+def _unpacked(packed: dict[str, torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
+    pieces = packed["rows"].split(packed["sizes"].tolist())
+    return [(int(i), rows) for i, rows in zip(packed["slices"].tolist(), pieces, strict=True)]
