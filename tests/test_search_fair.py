@@ -24,6 +24,7 @@ from mcgen.mqar.data import load_data
 from mcgen.mqar.model import MQARModel, attention_mixer, mcgen_mixer
 from mcgen.mqar.train import Evaluation, Paused, train
 from mcgen.search import checkpoints
+from mcgen.search import status as status_module
 from mcgen.search import study as studies
 from mcgen.search.checkpoints import RunCheckpoints
 from mcgen.search.errors import SearchError
@@ -342,6 +343,26 @@ def test_a_checkpoint_keeps_an_epochs_batches_in_the_size_of_their_rows(tmp_path
     assert loaded is not None and len(loaded.batches) == 256
     for (index, rows), (index_back, rows_back) in zip(batches, loaded.batches, strict=True):
         assert index == index_back and torch.equal(rows, rows_back)
+
+
+def test_the_status_shows_where_each_run_under_way_stands(tmp_path):
+    # A running trial's worker saves its runs' states; `mcgen search status` reads them:
+    # the runs under way and their steps, not the plateau's paused runs (finished, held).
+    def state(step: int) -> Paused:
+        return Paused(
+            model={}, optimizer={}, schedule={}, generator=torch.Generator().get_state(),
+            rng=torch.get_rng_state(), batches=[], position=0,
+            history=[Evaluation(step, 0.5, 0.25, {"s": 0.25})], seconds=1.0, eval_seconds=0.1,
+        )  # fmt: skip
+
+    saved = RunCheckpoints(tmp_path / "checkpoints" / "cand_1")
+    saved.save(run_key(0.001, 0), state(2000))  # paused by the plateau rule: finished
+    saved.save(final_key(0.001, 0), state(4500))  # its final run, under way
+    saved.save(run_key(1e-05, 2), state(500))
+    held = {run_key(0.001, 0): {}}
+    under_way = status_module._under_way(held, tmp_path / "checkpoints", "cand 1")
+    assert under_way == {"final lr=0.001 seed=0": 4500, "run lr=1e-05 seed=2": 500}
+    assert status_module._under_way(held, tmp_path / "checkpoints", None) == {}
 
 
 def test_two_tries_of_one_candidate_at_once_share_its_checkpoints(tmp_path, monkeypatch):

@@ -73,6 +73,22 @@ class RunCheckpoints:
         saved["batches"] = _unpacked(saved["batches"])
         return Paused(**saved)
 
+    def steps(self) -> dict[str, int]:
+        """The step of each saved state, by run key: where each run stands (mcgen search
+        status). Read from the folder, so that another process may ask."""
+        if self.folder is None:
+            return {key: state.history[-1].step for key, state in self._memory.items()}
+        found = {}
+        for path in sorted(self.folder.glob("*.pt")):
+            key = _run_key(path.stem)
+            try:
+                history = torch.load(path, weights_only=True)["history"]
+            except FileNotFoundError:  # its run ended meanwhile
+                continue
+            if key is not None and history:
+                found[key] = int(history[-1]["step"])
+        return found
+
     def drop(self, key: str) -> None:
         if self.folder is None:
             self._memory.pop(key, None)
@@ -103,3 +119,10 @@ def _packed(batches: list[tuple[int, torch.Tensor]]) -> dict[str, torch.Tensor]:
 def _unpacked(packed: dict[str, torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
     pieces = packed["rows"].split(packed["sizes"].tolist())
     return [(int(i), rows) for i, rows in zip(packed["slices"].tolist(), pieces, strict=True)]
+
+
+def _run_key(stem: str) -> str | None:
+    """The run key a state's file name was made from (objective.run_key, final_key):
+    `run_lr_0.001_seed_0` -> `run lr=0.001 seed=0`; None for any other file."""
+    match = re.fullmatch(r"(run|final)_lr_(.+)_seed_(\d+)", stem)
+    return None if match is None else f"{match[1]} lr={match[2]} seed={match[3]}"

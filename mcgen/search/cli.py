@@ -350,6 +350,8 @@ def status(
             note = f"runs {t.retry_of} again"
         if t.started is not None:
             note = " ".join(filter(None, [note, f"since {t.started:%H:%M}"]))
+        for key, step in t.under_way.items():
+            note += f"; {key} at step {step}"
         score = "-" if t.accuracy is None else f"{t.accuracy:.3f} +- {t.spread:.3f}"
         table.add_row(
             str(t.number),

@@ -5,7 +5,7 @@ workers."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from mcgen.search import study as studies
+from mcgen.search.checkpoints import CHECKPOINTS, RunCheckpoints, folder_name
 from mcgen.search.objective import Run, runs_in, worker_seconds
 from mcgen.search.space import SearchSpace
 from mcgen.search.trials import REFERENCE, RETRY_OF, RUNS_OF, WIDTH, Counts, counts, trial_label
@@ -34,6 +35,9 @@ class TrialStatus:
     retry_of: int | None  # the trial this one runs again
     retried_as: int | None  # a failed trial's re-run
     started: datetime | None  # a running trial's start
+    # A running trial's runs under way: run key -> the step of its last evaluation (from
+    # the states its worker saves, mcgen.search.checkpoints).
+    under_way: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,18 @@ def _held(trial: FrozenTrial, study: optuna.Study, runs_of: str | None) -> dict[
     return held
 
 
-def _status(trial: FrozenTrial, held: dict[str, dict], retried_as: dict[int, int]) -> TrialStatus:
+def _under_way(held: dict[str, dict], checkpoints: Path, runs_of: str | None) -> dict[str, int]:
+    """The runs a running trial's worker has saved states of and not yet finished (the
+    plateau rule's paused runs are finished ones: their states wait for the final runs)."""
+    if runs_of is None:
+        return {}
+    steps = RunCheckpoints(checkpoints / folder_name(runs_of)).steps()
+    return {key: step for key, step in steps.items() if key not in held}
+
+
+def _status(
+    trial: FrozenTrial, held: dict[str, dict], retried_as: dict[int, int], under_way: dict
+) -> TrialStatus:
     runs = [Run.from_json(run) for run in held.values()]
     attrs = trial.user_attrs
     complete = trial.state == TrialState.COMPLETE and "accuracy" in attrs
@@ -163,6 +178,7 @@ def _status(trial: FrozenTrial, held: dict[str, dict], retried_as: dict[int, int
         retry_of=attrs.get(RETRY_OF),
         retried_as=retried_as.get(trial.number),
         started=trial.datetime_start if trial.state == TrialState.RUNNING else None,
+        under_way=under_way,
     )
 
 
@@ -177,7 +193,9 @@ def study_status(
     for trial in trials:
         runs_of = _runs_of(trial, space)
         held = _held(trial, study_obj, runs_of)
-        statuses.append(_status(trial, held, retried_as))
+        running = trial.state == TrialState.RUNNING
+        under_way = _under_way(held, location.run_dir / CHECKPOINTS, runs_of) if running else {}
+        statuses.append(_status(trial, held, retried_as, under_way))
         seconds.update({(runs_of, key): float(run["seconds"]) for key, run in held.items()})
     kinds = [_kind(trial, space) for trial in trials]
     return StudyStatus(
