@@ -355,14 +355,14 @@ def test_the_status_shows_where_each_run_under_way_stands(tmp_path):
             history=[Evaluation(step, 0.5, 0.25, {"s": 0.25})], seconds=1.0, eval_seconds=0.1,
         )  # fmt: skip
 
-    saved = RunCheckpoints(tmp_path / "checkpoints" / "cand_1")
+    saved = checkpoints.candidate_checkpoints(tmp_path, "cand 1")
     saved.save(run_key(0.001, 0), state(2000))  # paused by the plateau rule: finished
     saved.save(final_key(0.001, 0), state(4500))  # its final run, under way
     saved.save(run_key(1e-05, 2), state(500))
     held = {run_key(0.001, 0): {}}
-    under_way = status_module._under_way(held, tmp_path / "checkpoints", "cand 1")
+    under_way = status_module._under_way(held, tmp_path, "cand 1")
     assert under_way == {"final lr=0.001 seed=0": 4500, "run lr=1e-05 seed=2": 500}
-    assert status_module._under_way(held, tmp_path / "checkpoints", None) == {}
+    assert status_module._under_way(held, tmp_path, None) == {}
 
 
 def test_two_tries_of_one_candidate_at_once_share_its_checkpoints(tmp_path, monkeypatch):

@@ -31,6 +31,12 @@ from mcgen.mqar.train import Evaluation, Paused
 CHECKPOINTS = "checkpoints"  # the folder of a study's run states, in runs/<study>/
 
 
+def candidate_checkpoints(run_dir: Path, runs_of: str) -> RunCheckpoints:
+    """The states of one candidate's runs (trials.RUNS_OF names it) in a study's folder
+    runs/<study>/: the worker writes them, `mcgen search status` reads them."""
+    return RunCheckpoints(run_dir / CHECKPOINTS / folder_name(runs_of))
+
+
 def folder_name(name: str) -> str:
     """A file-system-safe name for a candidate or a run: `attention d_model=24` ->
     `attention_d_model_24`."""

@@ -31,7 +31,7 @@ from mcgen.search.reuse import reusable_runs, take_runs
 from mcgen.search.space import SearchSpace, load_space
 from mcgen.search.study import DEFAULT_RUNS, StudyLocation, locate, open_study
 from mcgen.search.trials import REFERENCE, WORKER, Counts, counts, trial_label
-from mcgen.search.worker import run_worker
+from mcgen.search.worker import raise_interrupt, run_worker
 
 
 @dataclass(frozen=True)
@@ -288,11 +288,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers; its own caller handles signals
         return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         yield
     finally:

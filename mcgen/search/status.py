@@ -14,7 +14,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from mcgen.search import study as studies
-from mcgen.search.checkpoints import CHECKPOINTS, RunCheckpoints, folder_name
+from mcgen.search.checkpoints import candidate_checkpoints
 from mcgen.search.objective import Run, runs_in, worker_seconds
 from mcgen.search.space import SearchSpace
 from mcgen.search.trials import REFERENCE, RETRY_OF, RUNS_OF, WIDTH, Counts, counts, trial_label
@@ -150,12 +150,12 @@ def _held(trial: FrozenTrial, study: optuna.Study, runs_of: str | None) -> dict[
     return held
 
 
-def _under_way(held: dict[str, dict], checkpoints: Path, runs_of: str | None) -> dict[str, int]:
+def _under_way(held: dict[str, dict], run_dir: Path, runs_of: str | None) -> dict[str, int]:
     """The runs a running trial's worker has saved states of and not yet finished (the
     plateau rule's paused runs are finished ones: their states wait for the final runs)."""
     if runs_of is None:
         return {}
-    steps = RunCheckpoints(checkpoints / folder_name(runs_of)).steps()
+    steps = candidate_checkpoints(run_dir, runs_of).steps()
     return {key: step for key, step in steps.items() if key not in held}
 
 
@@ -194,7 +194,7 @@ def study_status(
         runs_of = _runs_of(trial, space)
         held = _held(trial, study_obj, runs_of)
         running = trial.state == TrialState.RUNNING
-        under_way = _under_way(held, location.run_dir / CHECKPOINTS, runs_of) if running else {}
+        under_way = _under_way(held, location.run_dir, runs_of) if running else {}
         statuses.append(_status(trial, held, retried_as, under_way))
         seconds.update({(runs_of, key): float(run["seconds"]) for key, run in held.items()})
     kinds = [_kind(trial, space) for trial in trials]

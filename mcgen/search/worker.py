@@ -39,7 +39,7 @@ from optuna.trial import TrialState
 from mcgen.mqar.data import default_cache_dir
 from mcgen.search import study as studies
 from mcgen.search import trials
-from mcgen.search.checkpoints import CHECKPOINTS, RunCheckpoints, folder_name
+from mcgen.search.checkpoints import candidate_checkpoints
 from mcgen.search.database import PatientStorage
 from mcgen.search.errors import SearchError
 from mcgen.search.objective import (
@@ -129,17 +129,17 @@ def done_runs(study: optuna.Study, runs_of: str) -> dict[str, dict]:
 
 
 def _unit_kwargs(
-    trial: optuna.Trial, study: optuna.Study, runs_of: str, checkpoints: Path
+    trial: optuna.Trial, study: optuna.Study, runs_of: str, run_dir: Path
 ) -> dict[str, Any]:
     """evaluate's done_runs, on_run and checkpoints for a trial: resume from earlier tries'
     runs (copied into this trial, so that a complete trial holds all its runs), write each
     new run to the trial (the journal) as soon as it ends, and keep where its running runs
-    stand in checkpoints/<runs_of>/, where a later try goes on from them."""
+    stand in the study's folder run_dir, where a later try goes on from them."""
     trial.set_user_attr(RUNS_OF, runs_of)
     done = done_runs(study, runs_of)
     for key, run in done.items():
         trial.set_user_attr(key, run)
-    states = RunCheckpoints(checkpoints / folder_name(runs_of))
+    states = candidate_checkpoints(run_dir, runs_of)
     return {"done_runs": done, "on_run": trial.set_user_attr, "checkpoints": states}
 
 
@@ -163,16 +163,16 @@ def score_trial(
     space: SearchSpace,
     workdir: Path,
     data_cache: Path | None,
-    checkpoints: Path,
+    run_dir: Path,
 ) -> list[float]:
     """[accuracy, cost] of one trial; raises optuna.TrialPruned for an infeasible one.
-    checkpoints: the study's folder of running runs' states (_unit_kwargs)."""
+    run_dir: the study's folder, where its running runs' states are kept (_unit_kwargs)."""
     started = time.perf_counter()
     reference = trial.user_attrs.get(trials.REFERENCE)
     width = trial.user_attrs.get(trials.WIDTH)
     if reference == "attention":
         _constrain(trial, space, attention_model_cost(space, "decode_state_bytes", width))
-        units = _unit_kwargs(trial, study, attention_runs_of(width), checkpoints)
+        units = _unit_kwargs(trial, study, attention_runs_of(width), run_dir)
         result = attention_baseline(space, workdir, data_cache=data_cache, d_model=width, **units)
         return _record(trial, result, time.perf_counter() - started)
 
@@ -190,7 +190,7 @@ def score_trial(
                 trial.set_user_attr(key, previous.user_attrs[key])
         trial.set_user_attr("reused_from", previous.number)
         return list(previous.values)
-    units = _unit_kwargs(trial, study, mapping["name"], checkpoints)
+    units = _unit_kwargs(trial, study, mapping["name"], run_dir)
     result = evaluate(mapping, space, workdir, data_cache=data_cache, **units)
     return _record(trial, result, time.perf_counter() - started)
 
@@ -264,7 +264,6 @@ def run_worker(
         study, storage, space = studies.load_study(location, sampler=studies.make_sampler(seed))
         workdir = workdir or location.run_dir / "work" / f"w{index}"
         data_cache = data_cache or default_cache_dir()
-        checkpoints = location.run_dir / CHECKPOINTS
         token = studies.worker_token(index)
         ran = failed = in_a_row = 0
         waiting_said = False
@@ -287,7 +286,7 @@ def run_worker(
             trial = claimed
             try:
                 with _heartbeat(storage, study, trial.number):
-                    values = score_trial(trial, study, space, workdir, data_cache, checkpoints)
+                    values = score_trial(trial, study, space, workdir, data_cache, location.run_dir)
             except optuna.TrialPruned:
                 study.tell(trial, state=TrialState.PRUNED)
                 ran, in_a_row = ran + 1, 0
@@ -321,7 +320,9 @@ def run_worker(
         torch.set_num_threads(threads)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """A signal handler that stops the process as Ctrl-C does (SIGTERM: workers fail and
+    enqueue their trial again; `mcgen search run` stops its workers)."""
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=None, help="a database URL (default: journal)")
     parser.add_argument("--deadline", type=float, default=None, help="stop claiming after")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     location = studies.locate(args.study, storage=args.storage, runs_dir=args.runs)
     try:
         result = run_worker(location, target=args.trials, index=args.index, deadline=args.deadline)
