@@ -339,6 +339,8 @@ def test_a_checkpoint_keeps_an_epochs_batches_in_the_size_of_their_rows(tmp_path
     saved = RunCheckpoints(tmp_path)
     saved.save("run", state)
     assert (tmp_path / "run.pt").stat().st_size < 100_000
+    # Mid-run states are saved on disk only: in memory they would die with their run.
+    assert saved.saver("run") is not None and RunCheckpoints().saver("run") is None
     loaded = saved.load("run")
     assert loaded is not None and len(loaded.batches) == 256
     for (index, rows), (index_back, rows_back) in zip(batches, loaded.batches, strict=True):

@@ -6,8 +6,9 @@ it goes on from, and the state where the plateau rule stopped a sweep run, which
 final run of the same rate and seed goes on from. On disk (a folder per candidate under
 runs/<study>/checkpoints/), they outlive the worker: the next try of a trial whose worker
 was killed takes them up, and each run gives what it would have given unbroken. Without
-a folder they are kept in memory, for this process only. A candidate's states are
-removed once it is scored.
+a folder only the plateau rule's states are kept, in memory, for this process (a mid-run
+state there would die with the run it could resume). A candidate's states are removed
+once it is scored.
 
 Two trials may score one candidate at once (a sampler can draw it twice before either
 ends): they share its folder. Each run is a function of its candidate, rate, seed and
@@ -19,8 +20,10 @@ stays.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -67,6 +70,11 @@ class RunCheckpoints:
         saved["batches"] = _packed(state.batches)
         torch.save(saved, partial)
         os.replace(partial, path)  # a worker killed mid-write leaves the last whole one
+
+    def saver(self, key: str) -> Callable[[Paused], None] | None:
+        """train's on_evaluation for a run: save where it stands, on disk only. In memory
+        a state is gone with the process whose run it would resume, so none is kept."""
+        return None if self.folder is None else functools.partial(self.save, key)
 
     def load(self, key: str) -> Paused | None:
         if self.folder is None:

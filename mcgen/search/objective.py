@@ -8,7 +8,6 @@ and hands each new one to a callback as it ends, so a killed study redoes none o
 
 from __future__ import annotations
 
-import functools
 import statistics
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -225,7 +224,7 @@ def _train_one(
     resume, save = None, None
     if states is not None:
         resume = states.load(key) or (states.load(sweep_key) if final else None)
-        save = functools.partial(states.save, key)
+        save = states.saver(key)
     result = train(
         model, data[0], data[1], config, progress=False, resume=resume, on_evaluation=save
     )
