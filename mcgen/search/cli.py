@@ -195,6 +195,7 @@ def run(
     """Run a study (or continue it: the same command resumes) until it has --trials done."""
     _quiet_optuna()
     from mcgen.search.local_run import RunOptions, run_study
+    from mcgen.search.worker import interrupt_exit_code
 
     with _reported_errors():
         try:
@@ -209,9 +210,9 @@ def run(
             )
             with _progress_display(as_json) as on_update:
                 summary = run_study(space, options, on_update=on_update)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             err.print("interrupted: rerun the same command to continue the study")
-            raise typer.Exit(130) from None
+            raise typer.Exit(interrupt_exit_code(interrupt)) from None
     failing = [w for w in summary.workers if w.returncode != 0]
     if as_json:
         out.print_json(json.dumps(summary.to_json()))

@@ -320,10 +320,25 @@ def run_worker(
         torch.set_num_threads(threads)
 
 
+class SignalInterrupt(KeyboardInterrupt):
+    """A signal (SIGTERM) stopping the process as Ctrl-C does, with the exit status a
+    shell gives a process that signal ended (128 + its number: 143 for SIGTERM), so a
+    scheduler or script tells a termination from a Ctrl-C (130)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.exit_code = 128 + signum
+
+
 def raise_interrupt(signum: int, frame: Any) -> None:
     """A signal handler that stops the process as Ctrl-C does (SIGTERM: workers fail and
     enqueue their trial again; `mcgen search run` stops its workers)."""
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise SignalInterrupt(signum)
+
+
+def interrupt_exit_code(interrupt: KeyboardInterrupt) -> int:
+    """The exit status for an interrupt: 130 for Ctrl-C, 128 + the signal's for others."""
+    return interrupt.exit_code if isinstance(interrupt, SignalInterrupt) else 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     location = studies.locate(args.study, storage=args.storage, runs_dir=args.runs)
     try:
         result = run_worker(location, target=args.trials, index=args.index, deadline=args.deadline)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as interrupt:
+        return interrupt_exit_code(interrupt)
     except SearchError as exc:
         print(exc, file=sys.stderr)
         return 2
