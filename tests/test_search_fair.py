@@ -474,6 +474,7 @@ def test_the_status_shows_a_killed_trials_runs_waiting_for_its_re_run(tmp_path, 
     runs = tmp_path / "runs"
     status = study_status("tiny", runs_dir=runs)  # the worker enqueued the killed trial again
     assert (status.counts.failed, status.counts.waiting) == (1, 2)
+    assert status.counts.failed_label == "1 failed and run again"  # interrupted, not broken
     killed = next(t for t in status.trials if t.state == "failed")
     retry = next(t for t in status.trials if t.retry_of == killed.number)
     assert killed.retried_as == retry.number and killed.label == retry.label
@@ -483,7 +484,7 @@ def test_the_status_shows_a_killed_trials_runs_waiting_for_its_re_run(tmp_path, 
     assert status.run_hours == pytest.approx(3 * 0.1 / 3600)  # the 3 runs counted once
     shown = CliRunner().invoke(app, ["search", "status", "tiny", "--runs", str(runs)])
     assert shown.exit_code == 0 and f"run again as {retry.number}" in shown.stdout
-    assert "1 failed; its runs so far: 0.00 worker-hours" in shown.stdout
+    assert "1 failed and run again; its runs so far: 0.00 worker-hours" in shown.stdout
     assert status.hours_left is None and "left, roughly" not in shown.stdout
 
     run_worker(location, target=3, workdir=tmp_path / "work")

@@ -110,6 +110,15 @@ def test_the_report_says_attention_is_left_out_of_the_front_and_whom_it_beats():
     assert roles["5"] == "pareto" and roles["0"] == "pareto, base RNN"
 
 
+def test_failed_trials_say_how_many_of_them_run_again():
+    # A stopped and resumed study fails its interrupted trials and runs each again: the
+    # count says so, so that they do not read as errors; an error is re-run by no trial.
+    assert Counts(failed=0).failed_label == "0 failed"
+    assert Counts(failed=2).failed_label == "2 failed"
+    assert Counts(failed=15, rerun=15).failed_label == "15 failed and run again"
+    assert Counts(failed=3, rerun=1).failed_label == "3 failed (1 run again)"
+
+
 def test_the_report_says_how_it_counts_bytes():
     rows = [row(0, 0.03, 8192, role="base RNN"), row(1, 0.965, 131100, **ATTENTION)]
     notes = " ".join(front_notes(report_of(rows)))

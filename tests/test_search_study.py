@@ -191,6 +191,7 @@ def test_a_failing_candidate_is_recorded_and_replaced(tmp_path, monkeypatch):
     monkeypatch.setattr(worker_module, "evaluate", flaky)
     summary = run_study(path, RunOptions(trials=4, runs_dir=runs, in_process=True))
     assert summary.finished and summary.counts.failed == 1
+    assert summary.counts.failed_label == "1 failed"  # an error: replaced, not run again
     trials = trials_of(runs, "tiny")
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert failed[0].user_attrs["failure"] == "RuntimeError: boom"

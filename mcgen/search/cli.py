@@ -221,7 +221,7 @@ def run(
         minutes = summary.seconds / 60
         out.print(
             f"study {escape(summary.study)}: {c.done}/{summary.target} trials done "
-            f"({c.pruned} pruned over budget, {c.failed} failed) in {minutes:.1f} min; "
+            f"({c.pruned} pruned over budget, {c.failed_label}) in {minutes:.1f} min; "
             f"best accuracy {_fmt(summary.best_accuracy)} "
             f"(attention {_fmt(summary.attention_accuracy)})",
             highlight=False,
@@ -308,7 +308,7 @@ def report(
     _print_table(table)
     c = result.counts
     out.print(
-        f"{c.done} trials done ({c.complete} complete, {c.pruned} pruned), {c.failed} failed; "
+        f"{c.done} trials done ({c.complete} complete, {c.pruned} pruned), {c.failed_label}; "
         f"cost: {result.cost_label} at T = {result.test_length}",
         highlight=False,
         soft_wrap=True,
@@ -367,7 +367,7 @@ def status(
     c = result.counts
     line = (
         f"{c.complete} complete, {c.pruned} pruned, {c.running} running, {c.waiting} waiting, "
-        f"{c.failed} failed; its runs so far: {result.run_hours:.2f} worker-hours"
+        f"{c.failed_label}; its runs so far: {result.run_hours:.2f} worker-hours"
     )
     if result.hours_left is not None and result.unfinished:
         line += (

@@ -115,6 +115,7 @@ class RunSummary:
             "complete": self.counts.complete,
             "pruned": self.counts.pruned,
             "failed": self.counts.failed,
+            "failed_run_again": self.counts.rerun,
             "finished": self.finished,
             "timed_out": self.timed_out,
             "best_accuracy": self.best_accuracy,

@@ -102,6 +102,7 @@ class StudyReport:
                 "complete": self.counts.complete,
                 "pruned": self.counts.pruned,
                 "failed": self.counts.failed,
+                "failed_run_again": self.counts.rerun,
                 "running": self.counts.running,
                 "waiting": self.counts.waiting,
             },
@@ -461,7 +462,7 @@ def _markdown(report: StudyReport, png: Path | None, out_dir: Path) -> str:
         lines.append(f"State budget: decode state at most {report.budget:.4g} bytes.")
     lines.append(
         f"Trials: {c.done} done ({c.complete} complete, {c.pruned} pruned over budget), "
-        f"{c.failed} failed, {c.running} running, {c.waiting} waiting"
+        f"{c.failed_label}, {c.running} running, {c.waiting} waiting"
         + (f"; target {report.target}." if report.target else ".")
     )
     lines.append(f"Storage: `{report.storage}`.")

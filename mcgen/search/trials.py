@@ -32,22 +32,36 @@ class Counts:
     running: int = 0
     waiting: int = 0
     failed: int = 0
+    rerun: int = 0  # of the failed, those a later trial runs again (interrupted ones)
 
     @property
     def done(self) -> int:
         return self.complete + self.pruned
 
+    @property
+    def failed_label(self) -> str:
+        """`3 failed`, and how many of them run again: a stopped study's failures are its
+        interrupted trials, each re-run, which a bare count would make look like errors."""
+        if not self.rerun:
+            return f"{self.failed} failed"
+        if self.rerun == self.failed:
+            return f"{self.failed} failed and run again"
+        return f"{self.failed} failed ({self.rerun} run again)"
+
 
 def counts(study: optuna.Study) -> Counts:
+    trials = study.get_trials(deepcopy=False)
     tally = {state: 0 for state in TrialState}
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         tally[trial.state] += 1
+    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
     return Counts(
         complete=tally[TrialState.COMPLETE],
         pruned=tally[TrialState.PRUNED],
         running=tally[TrialState.RUNNING],
         waiting=tally[TrialState.WAITING],
         failed=tally[TrialState.FAIL],
+        rerun=sum(t.state == TrialState.FAIL and t.number in retried for t in trials),
     )
 
 
