@@ -1,9 +1,12 @@
-"""`mcgen search`: a thin command layer over mcgen.search.local_run and .report.
+"""`mcgen search`: a thin command layer over mcgen.search.local_run, .report, .status and
+.depth.
 
     mcgen search SPACE.yaml [--study NAME] [--trials N] [--workers N] [--storage URL]
                             [--timeout S] [--json]       (same as `mcgen search run ...`)
     mcgen search report STUDY [--storage URL] [--out DIR] [--json]
     mcgen search status STUDY [--storage URL] [--runs DIR] [--json]
+    mcgen search depth STUDY [--trial N] [--seed S ...] [--storage URL] [--runs DIR] [--out DIR]
+                          [--json]
 
 Heavy modules (optuna, torch) are imported inside the commands, so that registering
 this sub-app keeps every other mcgen command quick to start.
@@ -375,3 +378,67 @@ def status(
             "at the mean of the complete ones of its base and width, less the runs it holds)"
         )
     out.print(line, highlight=False, soft_wrap=True)
+
+
+@search_app.command("depth")
+def depth(
+    study: Annotated[str, typer.Argument(help="A needle study (runs/<study>/journal.log).")],
+    trial: Annotated[
+        int | None,
+        typer.Option(
+            "--trial",
+            help="Train this trial's scored runs again (default: none; only redraw the "
+            "report from the runs in --out).",
+        ),
+    ] = None,
+    seeds: Annotated[
+        list[int] | None,
+        typer.Option("--seed", help="One seed of the trial's runs (repeat it; default: all)."),
+    ] = None,
+    storage: StorageOpt = None,
+    runs: RunsOpt = Path("runs"),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where the runs' counts and the report go (default: runs/<study>/depth/)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Where a needle study's models lose the needle: train a trial's scored runs again
+    (bit for bit the study's, checked against its journal) and score each test slice by
+    the needle's depth; depth.md and depth.png hold every run done so far."""
+    _quiet_optuna()
+    from mcgen.search.depth import DEPTH_DIR, probe
+    from mcgen.search.depth_report import write_depth_report
+
+    def said(run: Any) -> None:
+        verdict = "scored as in the journal" if run.reproduced else "NOT as in the journal"
+        out.print(
+            f"trial {run.trial} seed {run.seed} ({run.label}): best evaluation at step "
+            f"{run.step}, {verdict}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    target = out_dir if out_dir is not None else runs / study / DEPTH_DIR
+    with _reported_errors():
+        done = []
+        if trial is not None:
+            done = probe(
+                study,
+                trial,
+                seeds,
+                storage=storage,
+                runs_dir=runs,
+                out=target,
+                on_run=None if as_json else said,
+                progress=not as_json,
+            )
+        files = write_depth_report(target, study)
+    if as_json:
+        out.print_json(json.dumps({"runs": [run.to_json() for run in done], "files": files}))
+        return
+    for key, path in files.items():
+        out.print(f"  {key}: {path}", markup=False, highlight=False, soft_wrap=True)

@@ -143,7 +143,7 @@ OnRun = Callable[[str, dict], None]
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     # Tiny models on a few cores run far faster on one thread than on several.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -187,6 +187,34 @@ def evaluation_slices(space: SearchSpace) -> list[LabelledSplit]:
     return [generate(split) for split in space.data.splits("test")]
 
 
+def run_config(
+    space: SearchSpace, d_model: int, lr: float, seed: int, *, final: bool = False
+) -> TrainConfig:
+    """The training of one run of the space: a final one trains to the budget, with no
+    plateau rule."""
+    settings = space.train
+    return TrainConfig(
+        d_model=d_model,
+        layers=settings.layers,
+        lr=lr,
+        weight_decay=settings.weight_decay,
+        max_steps=settings.steps,
+        batch_size=settings.batch_size,
+        warmup=settings.warmup,
+        eval_every=settings.eval_every,
+        plateau=None if final else settings.plateau,
+        seed=seed,
+    )
+
+
+def new_model(space: SearchSpace, d_model: int, factory: MixerFactory, seed: int) -> MQARModel:
+    """A run's model, initialised from its seed alone (the same at every learning rate),
+    on the space's training device."""
+    torch.manual_seed(seed)
+    model = MQARModel(space.data.vocab_size, d_model, space.train.layers, factory)
+    return model.to(train_device(space))
+
+
 def _train_one(
     space: SearchSpace,
     d_model: int,
@@ -204,22 +232,8 @@ def _train_one(
     after each one, and, with keep_paused, where the plateau rule stopped it: the final
     run of the same (rate, seed) goes on from there instead of training its first steps
     again."""
-    settings = space.train
-    config = TrainConfig(
-        d_model=d_model,
-        layers=settings.layers,
-        lr=lr,
-        weight_decay=settings.weight_decay,
-        max_steps=settings.steps,
-        batch_size=settings.batch_size,
-        warmup=settings.warmup,
-        eval_every=settings.eval_every,
-        plateau=None if final else settings.plateau,
-        seed=seed,
-    )
-    torch.manual_seed(seed)  # the same initialisation at every learning rate
-    model = MQARModel(space.data.vocab_size, d_model, settings.layers, factory)
-    model = model.to(train_device(space))
+    config = run_config(space, d_model, lr, seed, final=final)
+    model = new_model(space, d_model, factory, seed)
     key, sweep_key = (final_key if final else run_key)(lr, seed), run_key(lr, seed)
     resume, save = None, None
     if states is not None:
@@ -368,7 +382,7 @@ def _score(
         return _train_one(space, d_model, factory, data, lr, seed, final=True, states=states)
 
     units = {"done_runs": done_runs, "on_run": on_run}
-    with _one_thread():
+    with one_thread():
         runs, best, status = sweep(space, train_one, **units)
         by_lr: dict[float, list[Run]] = {}
         for run in runs:
@@ -447,6 +461,24 @@ def layer_latency_ms(
     return statistics.median(times) * space.train.layers
 
 
+def spec_mixer(spec_text: str, workdir: str | Path) -> tuple[int, MixerFactory]:
+    """(d_model, mixer factory) of a spec (YAML text), its package built under workdir."""
+    workdir = Path(workdir)
+    spec_dir = workdir / "specs"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = spec_dir / f"{parse_spec(spec_text).name}.yaml"
+    spec_path.write_text(spec_text, encoding="utf-8")
+    built = build(spec_path, workdir / "generated")
+    return built.spec.layer.d_model, mcgen_mixer(built.path)
+
+
+def attention_reference(space: SearchSpace, d_model: int | None) -> tuple[int, MixerFactory]:
+    """(d_model, mixer factory) of softmax attention as the space's reference point: the
+    base spec's width (or d_model) and heads."""
+    spec = parse_spec(yaml.safe_dump(base_rnn_spec(space, d_model=d_model), sort_keys=False))
+    return spec.layer.d_model, attention_mixer(spec.layer.d_model, spec.memory.heads)
+
+
 def evaluate(
     spec_mapping: dict,
     space: SearchSpace,
@@ -461,15 +493,8 @@ def evaluate(
     of the space (sweep) and score it. data_cache: where generated MQAR data is kept
     (None: not kept); done_runs, on_run: see sweep; checkpoints: where its runs' states
     are kept between evaluations (None: in memory)."""
-    workdir = Path(workdir)
     text = yaml.safe_dump(spec_mapping, sort_keys=False)
-    spec_dir = workdir / "specs"
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = spec_dir / f"{spec_mapping['name']}.yaml"
-    spec_path.write_text(text, encoding="utf-8")
-    built = build(spec_path, workdir / "generated")
-    d_model = built.spec.layer.d_model
-    factory = mcgen_mixer(built.path)
+    d_model, factory = spec_mixer(text, workdir)
     if space.objectives.cost in MEASURED_COSTS:
         require_hardware(space)  # before training: fail fast
         cost = layer_latency_ms(factory, d_model, space)
@@ -507,9 +532,7 @@ def attention_baseline(
     its cost is the key/value cache (decode) or attention FLOPs at the test length, or
     its measured forward time (gpu_latency_ms)."""
     del workdir  # nothing is built; kept for the same signature as evaluate
-    spec = parse_spec(yaml.safe_dump(base_rnn_spec(space, d_model=d_model), sort_keys=False))
-    width, memory = spec.layer.d_model, spec.memory
-    factory = attention_mixer(width, memory.heads)
+    width, factory = attention_reference(space, d_model)
     if space.objectives.cost in MEASURED_COSTS:
         require_hardware(space)
         value = layer_latency_ms(factory, width, space)

@@ -11,7 +11,7 @@ from mcgen.search.grid.cells import ATTENTION, Cell, Guess, seed_std
 from mcgen.search.objective import short_slice
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +48,7 @@ def plot_accuracy_against(
     """One panel per base, one line per variant (mean +- std over seeds as error bars, each
     seed a dot beside it), attention dashed, the guess dotted; x is "width" (the variants
     side by side, a little apart) or "decode_state_bytes" (log scale)."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib import ticker
 
     bases = _bases(cells) or [ATTENTION]
@@ -146,7 +146,7 @@ def _per_panel(
     """A figure of one panel per (base, width) (_panels), attention in every panel of its
     width: draw_cell(axis, cell, name, colour) draws each cell, finish_panel(axis) what a
     panel adds (the guess); written to path as PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     bases = _bases(cells) or [ATTENTION]
     widths = sorted({c.width for c in cells})
     figure, grid = _panels(plt, len(bases), len(widths))

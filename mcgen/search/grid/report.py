@@ -11,14 +11,9 @@ import optuna
 from mcgen.search.grid.cells import Cell, Guess, guess_floor, load_cells
 from mcgen.search.grid.cost import Estimate, extrapolate, timing
 from mcgen.search.grid.plots import plot_accuracy_against, plot_accuracy_by_slice, plot_curves
-from mcgen.search.grid.tables import cells_table, gains_table, rise_table
+from mcgen.search.grid.tables import cells_table, gains_table, markdown_table, rise_table
 from mcgen.search.objective import eval_length, short_slice, test_keys
 from mcgen.search.space import SearchSpace, load_space
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def _table_section(
@@ -30,7 +25,7 @@ def _table_section(
     if not rows:
         return []
     lines = ["", f"## {title}", "", f"From `{command}`:", "", legend, ""]
-    return lines + _markdown_table(header, rows)
+    return lines + markdown_table(header, rows)
 
 
 def _estimate_lines(estimate: Estimate, target: SearchSpace, target_file: str) -> list[str]:
@@ -117,7 +112,7 @@ def grid_markdown(
         "",
     ]
     header, rows = cells_table(cells, slices)
-    lines += _markdown_table(header, rows)
+    lines += markdown_table(header, rows)
     lines += _table_section(
         "What caching adds to each base RNN",
         report,
@@ -154,7 +149,7 @@ def grid_markdown(
         "(`--reuse-runs`) counted at their own seconds.",
         "",
     ]
-    lines += _markdown_table(
+    lines += markdown_table(
         ["base", "variant", "width", "s / step", "s / evaluation", "worker s"], []
     )
     for cell in cells:

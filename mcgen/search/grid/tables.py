@@ -10,6 +10,11 @@ from mcgen.search.grid.cells import Cell, seed_std
 from mcgen.search.objective import Run, short_slice
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def _fmt_bytes(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.4g}"
 
