@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mcgen.cli import app
 from mcgen.search import study as studies
-from mcgen.search.depth import DEPTH_BINS, DepthRun, depth_bin, load_runs, probe
+from mcgen.search.depth import DEPTH_BINS, DepthRun, depth_bin, load_runs, probe, scored_run
 from mcgen.search.depth_report import bin_labels, write_depth_report
 from mcgen.search.errors import SearchError
 from mcgen.search.local_run import RunOptions, run_study
@@ -161,3 +161,25 @@ def test_the_command_retrains_then_redraws(needle_study):
     }
     empty = runner.invoke(app, [*args, "--out", str(needle_study / "none")])
     assert empty.exit_code == 2 and "no retrained run in" in empty.output
+
+
+RESEARCH = REPO / "docs" / "research"
+COMMITTED_DEPTH = sorted(p.parent.name for p in RESEARCH.glob("*_depth/depth.md"))
+
+
+@pytest.mark.parametrize("folder", COMMITTED_DEPTH)
+def test_a_committed_depth_report_is_what_its_committed_runs_draw(folder, tmp_path):
+    # docs/research/recall_study.md cites <study>_depth/depth.md: a change of the report
+    # or a run added must redraw it. Its runs each scored what the study's journal holds.
+    committed = RESEARCH / folder
+    runs = load_runs(committed)
+    assert runs and all(run.reproduced for run in runs)
+    trials = trials_of(RESEARCH / "runs", runs[0].study)
+    for run in runs:  # the journal's accuracies they were checked against are the journal's
+        assert scored_run(trials[run.trial], run.seed)[0] == run.lr
+        assert scored_run(trials[run.trial], run.seed)[1]["per_slice"] == run.journal
+    for path in committed.glob("trial*_seed*.json"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    write_depth_report(tmp_path, runs[0].study)
+    drawn = (tmp_path / "depth.md").read_text(encoding="utf-8")
+    assert drawn == (committed / "depth.md").read_text(encoding="utf-8")
