@@ -91,18 +91,18 @@ def depth_counts(model: nn.Module, data: NIAHData, batch_size: int) -> tuple[lis
     device = next(model.parameters()).device
     value_len = data.split.value_len
     places = data.split.seq_len - 2 * value_len  # where a needle may start (niah.data)
-    bins = depth_bin(data.needle_at, places)
-    correct, queries = [0] * DEPTH_BINS, [0] * DEPTH_BINS
+    rights = []  # per needle, how many of its value's tokens came out right
     for start in range(0, len(data), batch_size):
         inputs = data.inputs[start : start + batch_size].to(device)
         labels = data.labels[start : start + batch_size].to(device)
         where = labels != IGNORE_INDEX
-        right = (model(inputs, where).argmax(-1) == labels[where]).view(len(inputs), -1)
-        for row, b in zip(right.cpu(), bins[start : start + batch_size].tolist(), strict=True):
-            correct[b] += int(row.sum())
-            queries[b] += row.numel()
+        right = model(inputs, where).argmax(-1) == labels[where]
+        rights.append(right.view(len(inputs), value_len).sum(dim=1).cpu())
     model.train(was_training)
-    return correct, queries
+    bins = depth_bin(data.needle_at, places)
+    correct = torch.bincount(bins, weights=torch.cat(rights), minlength=DEPTH_BINS)
+    needles = torch.bincount(bins, minlength=DEPTH_BINS)
+    return [int(c) for c in correct.tolist()], (needles * value_len).tolist()
 
 
 def scored_run(trial: FrozenTrial, seed: int) -> tuple[float, dict]:
@@ -131,7 +131,8 @@ def retrain(
     if trial.user_attrs.get(REFERENCE) == "attention":
         d_model, factory = attention_reference(space, trial.user_attrs.get(WIDTH))
     else:
-        d_model, factory = spec_mixer(trial.user_attrs["spec"], workdir)
+        attrs = trial.user_attrs
+        d_model, factory = spec_mixer(attrs["spec_name"], attrs["spec"], workdir)
     data = load_task_data(space, None)
     model = new_model(space, d_model, factory, seed)
     best: dict = {}
