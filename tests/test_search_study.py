@@ -223,11 +223,20 @@ def test_the_state_budget_prunes_candidates_before_training(tmp_path, monkeypatc
         return real(mapping, *args, **kwargs)
 
     monkeypatch.setattr(worker_module, "evaluate", spy)
+    # Candidates over the budget, enqueued so that the sampler's luck cannot skip them
+    # (they take the same path as drawn ones: the sampler hands out enqueued points first).
+    study, _ = open_study(locate("tiny", runs_dir=runs), load_space(path), path.read_text())
+    over = [
+        {"aggregation.kind": "grm", "cache.segments.length": 4},
+        {"aggregation.kind": "ssc", "cache.segments.length": 8, "aggregation.top_k": 2},
+    ]
+    for params in over:
+        study.enqueue_trial(params=params)
     summary = run_study(path, RunOptions(trials=8, runs_dir=runs, in_process=True))
     assert summary.finished
     trials = trials_of(runs, "tiny")
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    assert pruned, "a grm or ssc candidate should have been drawn in 6 draws"
+    assert [t.params for t in pruned[:2]] == over  # enqueued after the references
     for trial in pruned:
         assert trial.constraints["decode_state_bytes"] > 0
         assert trial.user_attrs["decode_state_bytes"] > 600
@@ -340,6 +349,29 @@ def test_a_terminated_run_stops_its_workers_and_enqueues_their_trials_again(tmp_
     trials = trials_of(runs, "term")
     (failed,) = [t for t in trials if t.state == TrialState.FAIL]
     assert [t.user_attrs.get(RETRY_OF) for t in trials].count(failed.number) == 1
+
+
+def test_an_interrupt_just_after_a_claim_gives_the_trial_back(tmp_path, monkeypatch):
+    # SIGTERM may land between the claim (the trial runs, with the worker's token) and
+    # its scoring: the trial must be failed and enqueued again, not left running.
+    path, runs = write_space(tmp_path), tmp_path / "runs"
+    location = locate("tiny", runs_dir=runs)
+    open_study(location, load_space(path), path.read_text())
+    real = studies.claim_trial
+
+    def claim_then_interrupt(*args, **kwargs):
+        assert isinstance(real(*args, **kwargs), optuna.Trial)
+        raise worker_module.SignalInterrupt(signal.SIGTERM)
+
+    monkeypatch.setattr(studies, "claim_trial", claim_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(location, target=4, index=0)
+    trials = trials_of(runs, "tiny")
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed.user_attrs["failure"] == "interrupted; enqueued again"
+    (retry,) = [t for t in trials if t.user_attrs.get(RETRY_OF) == failed.number]
+    assert retry.state == TrialState.WAITING
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
 POSTGRES = os.environ.get("MCGEN_TEST_POSTGRES_URL")

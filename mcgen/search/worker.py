@@ -253,25 +253,26 @@ def run_worker(
     """Claim and score trials until the study has `target` done trials, the deadline
     (a time.time()) passes, or MAX_FAILURES_IN_A_ROW trials in a row fail.
 
-    Torch runs on one thread here. An interrupt (Ctrl-C, SIGTERM) fails the running
-    trial, enqueues it again and re-raises."""
+    Torch runs on one thread here. An interrupt (Ctrl-C, SIGTERM) fails the trial this
+    worker holds, enqueues it again and re-raises."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Seeded per process: parallel workers must not draw the same startup points.
+    seed = _seed(location.name, index, os.getpid())
+    study, storage, space = studies.load_study(location, sampler=studies.make_sampler(seed))
+    workdir = workdir or location.run_dir / "work" / f"w{index}"
+    data_cache = data_cache or default_cache_dir()
+    token = studies.worker_token(index)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        # Seeded per process: parallel workers must not draw the same startup points.
-        seed = _seed(location.name, index, os.getpid())
-        study, storage, space = studies.load_study(location, sampler=studies.make_sampler(seed))
-        workdir = workdir or location.run_dir / "work" / f"w{index}"
-        data_cache = data_cache or default_cache_dir()
-        token = studies.worker_token(index)
         ran = failed = in_a_row = 0
         waiting_said = False
         while True:
             if deadline is not None and time.time() >= deadline:
                 _say(f"worker {index}: deadline reached, {ran} trials run")
                 return WorkerResult(index, ran, failed, "deadline")
-            claimed = studies.claim_trial(study, storage, location, target=target, token=token)
+            with _interrupts_held():
+                claimed = studies.claim_trial(study, storage, location, target=target, token=token)
             if claimed == studies.STOP:
                 _say(f"worker {index}: the study has {target} trials; {ran} run here")
                 return WorkerResult(index, ran, failed, "done")
@@ -292,11 +293,6 @@ def run_worker(
                 ran, in_a_row = ran + 1, 0
             except SearchError:
                 raise  # the study's storage failed, not the candidate: stop (rerun recovers)
-            except (KeyboardInterrupt, SystemExit):
-                frozen = _finished(study, trial.number)
-                trials.fail_and_requeue(study, storage, frozen, "interrupted; enqueued again")
-                _say(f"worker {index}: interrupted during trial {trial.number}; enqueued again")
-                raise
             except Exception as exc:  # a candidate that breaks fails alone
                 trial.set_user_attr(trials.FAILURE, f"{type(exc).__name__}: {exc}"[:2000])
                 traceback.print_exc()
@@ -316,8 +312,34 @@ def run_worker(
                     continue
                 ran, in_a_row = ran + 1, 0
             _say(_describe(_finished(study, trial.number)))
+    except (KeyboardInterrupt, SystemExit):
+        _give_back(study, storage, token, index)
+        raise
     finally:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back while a trial is claimed: its ask and the worker's
+    token written on it happen together, so an interrupt finds the trial by the token."""
+    interrupts = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a held one is raised here
+
+
+def _give_back(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, token: dict[str, Any], index: int
+) -> None:
+    """Fail and enqueue again each running trial this worker holds: the one it scores,
+    or one it had just claimed when the interrupt came."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(trials.WORKER) == token:
+            trials.fail_and_requeue(study, storage, trial, "interrupted; enqueued again")
+            _say(f"worker {index}: interrupted during trial {trial.number}; enqueued again")
 
 
 class SignalInterrupt(KeyboardInterrupt):
