@@ -242,8 +242,8 @@ def test_training_is_reproducible_and_reports_per_slice(one_thread, capsys):
     assert first.best_accuracy == max(h.accuracy for h in first.history)
     assert not first.stopped_early and not first.diverged and first.seconds > 0
     # Not a terminal here: plain lines, one per evaluation.
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mqar")]
-    assert len(lines) == 4 and lines[0].startswith("mqar step 3/6")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train step")]
+    assert len(lines) == 4 and lines[0].startswith("train step 3/6")
     overall, per_slice = evaluate(model, test_data, 16)
     assert overall == first.accuracy and per_slice == first.slice_accuracy
 

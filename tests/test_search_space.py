@@ -140,7 +140,7 @@ def test_evaluate_a_tiny_candidate(tmp_path):
     assert (tmp_path / "generated" / mapping["name"] / "manifest.json").is_file()
     # Caching costs decode state: the base RNN holds less.
     assert evaluate(base_rnn_spec(space), space, tmp_path).cost < result.cost
-    attention = attention_baseline(space, tmp_path)
+    attention = attention_baseline(space)
     assert 0.0 <= attention.accuracy <= 1.0 and attention.cost > 0
 
 

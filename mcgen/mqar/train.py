@@ -88,27 +88,33 @@ class Paused:
 
 
 @torch.no_grad()
+def query_hits(model: nn.Module, data: LabelledSplit, batch_size: int) -> torch.Tensor:
+    """Whether the model got each labelled position of data right: a flat bool tensor on
+    the CPU, row by row, in position order within a row; the model keeps its mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    hits = []
+    for start in range(0, len(data), batch_size):
+        inputs = data.inputs[start : start + batch_size].to(device)
+        labels = data.labels[start : start + batch_size].to(device)
+        where = labels != IGNORE_INDEX
+        hits.append((model(inputs, where).argmax(-1) == labels[where]).cpu())
+    model.train(was_training)
+    return torch.cat(hits)
+
+
 def evaluate(
     model: nn.Module, slices: Sequence[LabelledSplit], batch_size: int
 ) -> tuple[float, dict[str, float]]:
     """(accuracy over all queries, accuracy per slice); the model keeps its mode."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     per_slice: dict[str, float] = {}
     all_correct = all_queries = 0
     for data in slices:
-        correct = queries = 0
-        for start in range(0, len(data), batch_size):
-            inputs = data.inputs[start : start + batch_size].to(device)
-            labels = data.labels[start : start + batch_size].to(device)
-            where = labels != IGNORE_INDEX
-            predicted = model(inputs, where).argmax(-1)
-            correct += int((predicted == labels[where]).sum())
-            queries += int(where.sum())
+        hits = query_hits(model, data, batch_size)
+        correct, queries = int(hits.sum()), hits.numel()
         per_slice[data.key] = correct / max(queries, 1)
         all_correct, all_queries = all_correct + correct, all_queries + queries
-    model.train(was_training)
     return all_correct / max(all_queries, 1), per_slice
 
 
@@ -160,7 +166,7 @@ class _Report:
         self.progress, self.console, self.total = progress, console, total
         self.task = None
         if progress is not None:
-            self.task = progress.add_task("mqar", total=total, loss="", acc="")
+            self.task = progress.add_task("train", total=total, loss="", acc="")
 
     def step(self) -> None:
         if self.progress is not None and self.task is not None:
@@ -173,7 +179,7 @@ class _Report:
         elif self.console is not None:
             slices = " ".join(f"{k}:{v:.3f}" for k, v in result.slices.items())
             self.console.print(
-                f"mqar step {result.step}/{self.total} {loss} {acc} [{slices}]",
+                f"train step {result.step}/{self.total} {loss} {acc} [{slices}]",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,

@@ -25,8 +25,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from mcgen.mqar.config import IGNORE_INDEX
-from mcgen.mqar.train import Paused, train
+from mcgen.mqar.train import Paused, query_hits, train
 from mcgen.niah.data import NIAHData
 from mcgen.search import study as studies
 from mcgen.search.errors import SearchError
@@ -83,24 +82,13 @@ def depth_bin(needle_at: torch.Tensor, split_places: int) -> torch.Tensor:
     return needle_at * DEPTH_BINS // split_places
 
 
-@torch.no_grad()
 def depth_counts(model: nn.Module, data: NIAHData, batch_size: int) -> tuple[list[int], list[int]]:
     """(correct answers, questions) per depth bin of one test slice."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     value_len = data.split.value_len
     places = data.split.seq_len - 2 * value_len  # where a needle may start (niah.data)
-    rights = []  # per needle, how many of its value's tokens came out right
-    for start in range(0, len(data), batch_size):
-        inputs = data.inputs[start : start + batch_size].to(device)
-        labels = data.labels[start : start + batch_size].to(device)
-        where = labels != IGNORE_INDEX
-        right = model(inputs, where).argmax(-1) == labels[where]
-        rights.append(right.view(len(inputs), value_len).sum(dim=1).cpu())
-    model.train(was_training)
+    hits = query_hits(model, data, batch_size).view(len(data), value_len)
     bins = depth_bin(data.needle_at, places)
-    correct = torch.bincount(bins, weights=torch.cat(rights), minlength=DEPTH_BINS)
+    correct = torch.bincount(bins, weights=hits.sum(dim=1), minlength=DEPTH_BINS)
     needles = torch.bincount(bins, minlength=DEPTH_BINS)
     return [int(c) for c in correct.tolist()], (needles * value_len).tolist()
 

@@ -521,7 +521,6 @@ def base_rnn_spec(space: SearchSpace, *, d_model: int | None = None) -> dict:
 
 def attention_baseline(
     space: SearchSpace,
-    workdir: str | Path,
     *,
     data_cache: Path | None = None,
     d_model: int | None = None,
@@ -532,7 +531,6 @@ def attention_baseline(
     """Softmax attention of the base spec's width and heads, trained like the candidates;
     its cost is the key/value cache (decode) or attention FLOPs at the test length, or
     its measured forward time (gpu_latency_ms)."""
-    del workdir  # nothing is built; kept for the same signature as evaluate
     width, factory = attention_reference(space, d_model)
     if space.objectives.cost in MEASURED_COSTS:
         require_hardware(space)

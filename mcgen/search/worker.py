@@ -173,7 +173,7 @@ def score_trial(
     if reference == "attention":
         _constrain(trial, space, attention_model_cost(space, "decode_state_bytes", width))
         units = _unit_kwargs(trial, study, attention_runs_of(width), run_dir)
-        result = attention_baseline(space, workdir, data_cache=data_cache, d_model=width, **units)
+        result = attention_baseline(space, data_cache=data_cache, d_model=width, **units)
         return _record(trial, result, time.perf_counter() - started)
 
     mapping = candidate_mapping(trial, space, reference, width)
