@@ -68,6 +68,40 @@ def test_an_unreachable_database_is_tried_again_then_a_clear_error(
     assert isinstance(raised.value, SearchError)
 
 
+def _raised_while_handling(error: BaseException, handling: BaseException) -> BaseException:
+    """`error` as Python leaves it when raised in an except block of `handling`."""
+    try:
+        try:
+            raise handling
+        except type(handling):
+            raise error  # noqa: B904 (the implicit context is the point)
+    except type(error) as raised:
+        return raised
+
+
+def test_a_query_after_a_dropped_connection_counts_as_the_outage():
+    # Optuna's get_trials runs a second query when its first fails; after a dropped
+    # connection that one meets PendingRollbackError, which Optuna wraps in its own.
+    import psycopg2
+    import sqlalchemy.exc
+
+    def wrapped(pending: BaseException) -> BaseException:
+        error = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+        error.__cause__ = pending
+        return error
+
+    dropped = sqlalchemy.exc.OperationalError(
+        "SELECT 1", {}, psycopg2.OperationalError("server closed the connection unexpectedly")
+    )
+    refused = sqlalchemy.exc.IntegrityError(
+        "INSERT", {}, psycopg2.IntegrityError("duplicate key value violates unique constraint")
+    )
+    pending = sqlalchemy.exc.PendingRollbackError("Can't reconnect until invalid transaction")
+    assert database.is_outage(wrapped(_raised_while_handling(pending, dropped)))
+    assert not database.is_outage(wrapped(_raised_while_handling(pending, refused)))
+    assert not database.is_outage(wrapped(pending))
+
+
 def test_the_search_command_reports_an_unreachable_database_in_one_line(
     refused_url, tmp_path, monkeypatch
 ):

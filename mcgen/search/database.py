@@ -58,11 +58,16 @@ def is_outage(exc: BaseException) -> bool:
     SQLAlchemy marks a dropped connection (connection_invalidated); a refused connection
     is an OperationalError of the driver. PostgreSQL's drivers keep OperationalError for
     the server's state (unreachable, shutting down, starting up, out of connections);
-    SQLite uses it for refusals too ("no such table"), so only PostgreSQL's count."""
+    SQLite uses it for refusals too ("no such table"), so only PostgreSQL's count.
+    A session that goes on after its connection dropped (Optuna's get_trials tries a
+    second query when the first fails) meets PendingRollbackError: an outage when the
+    error it was handling is one."""
     import sqlalchemy.exc
 
     if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
         exc = exc.__cause__  # Optuna wraps SQLAlchemy's errors in its own
+    if isinstance(exc, sqlalchemy.exc.PendingRollbackError):
+        return exc.__context__ is not None and is_outage(exc.__context__)
     if not isinstance(exc, sqlalchemy.exc.DBAPIError):
         return False
     if exc.connection_invalidated:
