@@ -176,8 +176,8 @@ def test_a_committed_depth_report_is_what_its_committed_runs_draw(folder, tmp_pa
     assert runs and all(run.reproduced for run in runs)
     trials = trials_of(RESEARCH / "runs", runs[0].study)
     for run in runs:  # the journal's accuracies they were checked against are the journal's
-        assert scored_run(trials[run.trial], run.seed)[0] == run.lr
-        assert scored_run(trials[run.trial], run.seed)[1]["per_slice"] == run.journal
+        lr, record = scored_run(trials[run.trial], run.seed)
+        assert lr == run.lr and record["per_slice"] == run.journal
     for path in committed.glob("trial*_seed*.json"):
         (tmp_path / path.name).write_bytes(path.read_bytes())
     write_depth_report(tmp_path, runs[0].study)
