@@ -263,26 +263,39 @@ def test_the_committed_studys_pareto_specs_still_build(spec_path: Path, tmp_path
 RESEARCH = REPO / "docs" / "research"
 
 
-# Every study whose journal is committed under docs/research/runs/ (paper_cpu; the needle
-# and longer-budget studies once they have run): its report is committed beside it.
-COMMITTED_JOURNALS = sorted(p.name for p in (RESEARCH / "runs").iterdir())
+# Every study whose journal is committed under docs/research/runs<suffix>/<study>/ (runs/:
+# paper_cpu, the needle and longer-budget studies; runs_all_bases/: a second run of a study
+# name) and the report drawn from it, committed at docs/research/<study><suffix>/.
+COMMITTED_JOURNALS = sorted(
+    (runs.name, study.name)
+    for runs in RESEARCH.glob("runs*")
+    if runs.is_dir()
+    for study in runs.iterdir()
+    if (study / "journal.log").is_file()
+)
 
 
-@pytest.mark.parametrize("study", COMMITTED_JOURNALS)
+def test_the_committed_journals_are_found() -> None:
+    assert ("runs", "paper_cpu") in COMMITTED_JOURNALS
+    assert ("runs_all_bases", "paper_gpu") in COMMITTED_JOURNALS
+
+
+@pytest.mark.parametrize(("runs", "study"), COMMITTED_JOURNALS)
 def test_a_research_studys_committed_report_is_what_its_committed_journal_draws(
-    study, tmp_path, monkeypatch
+    runs, study, tmp_path, monkeypatch
 ):
     # docs/research/recall_study.md cites <study>/grid.md as redrawn by one command from
     # runs/<study>/journal.log: a report change or a new snapshot must redraw it.
-    journal = RESEARCH / "runs" / study / "journal.log"
+    journal = RESEARCH / runs / study / "journal.log"
+    out = study + runs.removeprefix("runs")
     before = journal.read_bytes()
     monkeypatch.chdir(REPO)  # the command runs from the repository, as the page says
-    report = report_study(study, runs_dir="docs/research/runs", out=tmp_path)
+    report = report_study(study, runs_dir=f"docs/research/{runs}", out=tmp_path)
     for name in ("grid.md", "report.md"):
         drawn = (tmp_path / name).read_text(encoding="utf-8")
-        drawn = drawn.replace(str(tmp_path), f"docs/research/{study}")
-        assert drawn == (RESEARCH / study / name).read_text(encoding="utf-8"), name
-    committed = sorted(p.name for p in (RESEARCH / study / "specs").glob("*.yaml"))
+        drawn = drawn.replace(str(tmp_path), f"docs/research/{out}")
+        assert drawn == (RESEARCH / out / name).read_text(encoding="utf-8"), name
+    committed = sorted(p.name for p in (RESEARCH / out / "specs").glob("*.yaml"))
     assert sorted(Path(p).name for p in report.files["specs"]) == committed
     assert journal.read_bytes() == before
     assert sorted(p.name for p in journal.parent.iterdir()) == ["journal.log"]
