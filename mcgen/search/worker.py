@@ -337,8 +337,9 @@ def _give_back(
     """Fail and enqueue again each running trial this worker holds: the one it scores,
     or one it had just claimed when the interrupt came."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get(trials.WORKER) == token:
-            trials.fail_and_requeue(study, storage, trial, "interrupted; enqueued again")
+        if trial.user_attrs.get(trials.WORKER) != token:
+            continue
+        if trials.fail_and_requeue(study, storage, trial, "interrupted; enqueued again"):
             _say(f"worker {index}: interrupted during trial {trial.number}; enqueued again")
 
 
