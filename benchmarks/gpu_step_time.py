@@ -22,7 +22,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +116,7 @@ def main() -> int:
     with context.Pool(args.processes) as pool:
         seconds = pool.starmap(
             _seconds_per_step,
-            [(str(Path(args.space)), mapping, args.steps, start_together)] * args.processes,
+            [(args.space, mapping, args.steps, start_together)] * args.processes,
         )
     result = {
         "candidate": params,
