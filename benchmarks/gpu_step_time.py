@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
+from mcgen.bench.timing import synchronize
 from mcgen.search.objective import new_model, spec_mixer, train_device
 from mcgen.search.space import SearchSpace, grid_specs, load_space, widths
 
@@ -56,24 +57,20 @@ def _stepper(space: SearchSpace, mapping: dict, workdir: str) -> Callable[[], No
     return step
 
 
-def _synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _seconds_per_step(space_path: str, mapping: dict, steps: int, start_together) -> float:
     """One process's mean step time, its timed steps begun with the others' (a barrier)."""
     space = load_space(space_path)
+    device = train_device(space)
     with tempfile.TemporaryDirectory() as workdir:
         step = _stepper(space, mapping, workdir)
         for _ in range(WARM_UP_STEPS):
             step()
-        _synchronize()
+        synchronize(device)
         start_together.wait()
         start = time.perf_counter()
         for _ in range(steps):
             step()
-        _synchronize()
+        synchronize(device)
         return (time.perf_counter() - start) / steps
 
 

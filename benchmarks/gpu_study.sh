@@ -60,7 +60,7 @@ if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     for spec in $validated; do
         timeout 240 bash -c "mcgen validate specs/$spec.yaml --backend triton \
             --shape 2x1024x4x64x64 --dtype float32 --dtype bfloat16 --json" \
-            > "$RUNS/validate_$spec.json" 2> "$RUNS/validate_$spec.log" &
+            > "$RUNS/validate_$spec.json" 2> "$RUNS/validate_$spec.err" &
     done
 fi
 
@@ -81,11 +81,12 @@ EVAL_EVERY=$(((STEPS / 4 + 49) / 50 * 50))
 [ "$EVAL_EVERY" -gt "$STEPS" ] || [ "$EVAL_EVERY" -lt 1 ] && EVAL_EVERY=$STEPS
 sed -i -e "s/^  steps: .*/  steps: $STEPS/" -e "s/^  eval_every: .*/  eval_every: $EVAL_EVERY/" \
     -e "/^  plateau:/d" "$SPACE"
-# Every distinct candidate and the attention reference of each width.
+# Every distinct candidate and the study's reference trials.
 TRIALS=$(python3 -c "
-from mcgen.search.space import grid_points, load_space, widths
+from mcgen.search.space import grid_points, load_space
+from mcgen.search.study import reference_points
 space = load_space('$SPACE')
-print(len(grid_points(space)) + len(widths(space)))")
+print(len(grid_points(space)) + len(reference_points(space)))")
 echo "steps $STEPS, evaluated every $EVAL_EVERY; $TRIALS trials"
 
 window=$((LIMIT_S - REPORT_S - $(elapsed)))
@@ -95,15 +96,7 @@ timeout -s TERM -k 40 "$window" bash -c "mcgen search run $SPACE --workers $WORK
 echo "search: rc $? in $(($(date +%s) - start)) s (window $window s)"
 tail -n 3 "$RUNS/search.log"
 wait  # the validations
-for spec in $validated; do
-    python3 -c "
-import json
-report = json.load(open('$RUNS/validate_$spec.json'))
-checks = report['checks']
-worst = max(c['error'] / c['tolerance'] for c in checks)
-print('$spec: passed', report['passed'], len(checks), 'checks, worst error/tolerance', worst)
-" 2> /dev/null || echo "$spec: no validation result (validate_$spec.log)"
-done
+[ -n "$validated" ] && python3 benchmarks/gpu_summary.py "$RUNS"  # the validation table
 mcgen search report paper_gpu --runs "$RUNS" > "$RUNS/report.log" 2>&1
 echo "report: rc $? (at $(elapsed) s)"
 tar -czf "$OUT/study.tgz" -C "$RUNS" --exclude=checkpoints --exclude=data --exclude=work .

@@ -1,4 +1,4 @@
-"""Summarise a GPU session's results folder (benchmarks/gpu_session.sh) as markdown tables.
+"""Summarise a GPU results folder (benchmarks/gpu_session.sh, gpu_study.sh) as markdown tables.
 
     python benchmarks/gpu_summary.py RESULTS_DIR [RESULTS_DIR ...]
 
