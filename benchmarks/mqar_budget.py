@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from mcgen.bench.results import cpu_name
 from mcgen.build import build
 from mcgen.mqar.config import IGNORE_INDEX, MQARDataConfig, MQARSlice, TrainConfig
 from mcgen.mqar.data import MQARData, load_data
@@ -163,13 +164,6 @@ def cross_test(model: torch.nn.Module, args: argparse.Namespace) -> dict:
             "by_slot_t64": accuracy_by_slot(model, test[0]),
         }
     return found
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def parse_args() -> argparse.Namespace:

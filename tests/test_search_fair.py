@@ -17,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 import mcgen.search.objective as objective
+from mcgen.bench.results import cpu_name
 from mcgen.build import build
 from mcgen.cli import app
 from mcgen.mqar.config import MQARDataConfig, MQARSlice, TrainConfig
@@ -732,6 +733,8 @@ def test_the_grid_report_gives_each_cell_its_mean_and_spread_plots_and_cost(tmp_
     # The fake scores ssc as its base RNN: no gain, and no seed above the base's best.
     assert "| delta | 32 | 0.825 | ssc | 0.825 | +0.000 +- 0.007 | no | 0 of 2 |" in text
     assert "## Cost of" in text and "worker-hours" in text
+    # Each trial records what its worker trained on; the report names it beside the cost.
+    assert f"Measured on: {cpu_name()}, one thread a worker." in text
     assert "Guessing among the value tokens seen before each query scores 0.500" in text
 
 

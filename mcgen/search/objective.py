@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from mcgen.bench.results import cpu_name
 from mcgen.build import build
 from mcgen.mqar.config import TrainConfig, slice_key
 from mcgen.mqar.data import generate as generate_mqar
@@ -47,6 +48,15 @@ def train_device(space: SearchSpace) -> torch.device:
     if setting == "auto":
         setting = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(setting)
+
+
+def device_name(space: SearchSpace) -> str:
+    """What a worker of the space trains on, as reports name it: the GPU (which the study's
+    workers share), or the CPU (each worker on one thread of it)."""
+    device = train_device(space)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()}, one thread a worker"
 
 
 def require_hardware(space: SearchSpace) -> None:
@@ -101,7 +111,7 @@ FINAL_PREFIX = "final lr="
 
 
 def worker_seconds(trial_seconds: float, run_seconds: float) -> float:
-    """What a complete trial cost one core: its own seconds (build, runs, evaluations), or
+    """What a complete trial cost one worker: its own seconds (build, runs, evaluations), or
     its runs' where it took them from another study (--reuse-runs) instead of training them."""
     return max(trial_seconds, run_seconds)
 

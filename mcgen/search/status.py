@@ -29,7 +29,7 @@ class TrialStatus:
     runs: int  # finished runs it holds, final ones included
     finals: int  # of them, final runs (the best rate's seeds trained to the budget)
     best_run: float | None  # the best accuracy among them
-    run_seconds: float  # what they took, on one core each
+    run_seconds: float  # what they took, one worker each
     accuracy: float | None  # a complete trial's score: the best rate's mean over seeds
     spread: float | None
     retry_of: int | None  # the trial this one runs again

@@ -36,7 +36,7 @@ def timing(cell: Cell) -> Timing:
 
 @dataclass(frozen=True)
 class Estimate:
-    """The extrapolated cost of a space's study, in worker-seconds (one core each)."""
+    """The extrapolated cost of a space's study, in worker-seconds."""
 
     candidates: int
     runs_first: int  # runs per candidate before any widening (rates x seeds)

@@ -145,8 +145,8 @@ def grid_markdown(
             lines.append(f"![{caption}]({relative})")
     lines += ["", "## Cost measured", "", f"From `{report}`:", ""]
     lines += [
-        "`worker s`: what each cell cost one core, its runs taken from another study "
-        "(`--reuse-runs`) counted at their own seconds.",
+        "`worker s`: what each cell cost one worker, its runs taken from another study "
+        "(`--reuse-runs`) counted at their own seconds." + _devices_sentence(cells),
         "",
     ]
     lines += markdown_table(
@@ -163,6 +163,13 @@ def grid_markdown(
     if estimate is not None:
         lines += ["", *_estimate_lines(*estimate)]
     return "\n".join(lines) + "\n"
+
+
+def _devices_sentence(cells: Sequence[Cell]) -> str:
+    """Where the cells were measured, as their workers recorded it (journals written
+    before workers recorded it name none)."""
+    devices = sorted({cell.device for cell in cells if cell.device})
+    return f" Measured on: {'; '.join(devices)}." if devices else ""
 
 
 def write_grid_report(
