@@ -505,8 +505,10 @@ def test_the_status_shows_a_killed_trials_runs_waiting_for_its_re_run(tmp_path, 
 
 
 def test_what_is_left_is_costed_at_the_complete_trials_of_the_same_base_and_width():
-    def status(number, state, run_seconds):
-        return TrialStatus(number, "", state, 0, 0, None, run_seconds, None, None, None, None, None)
+    def status(number, state, run_seconds, run_steps=0):
+        return TrialStatus(
+            number, "", state, 0, 0, None, run_seconds, run_steps, None, None, None, None, None
+        )
 
     def trial(seconds=0.0):
         return SimpleNamespace(user_attrs={"seconds": seconds})
@@ -515,17 +517,21 @@ def test_what_is_left_is_costed_at_the_complete_trials_of_the_same_base_and_widt
         # complete: swla d24 at 100 and 300 s (its trial's seconds or its runs', the larger)
         (trial(100.0), status(0, "complete", 90.0), ("swla", 24)),
         (trial(250.0), status(1, "complete", 300.0), ("swla", 24)),
-        (trial(1000.0), status(2, "complete", 0.0), ("titans", 48)),
-        # unfinished: swla d24 holding 50 s of runs; dla d48 (no dla done: titans' width);
-        # gated delta d96 (nothing of its width: the mean of all, 467 s)
+        (trial(1000.0), status(2, "complete", 800.0, 4000), ("titans", 48)),  # 0.2 s a step
+        # unfinished: swla d24 holding 50 s of runs; dla d48 (no dla done: titans' width,
+        # and no step of its own to scale it by); delta d48, whose steps take half of
+        # titans' (0.1 s), at half of titans' cost less its 50 s; gated delta d96 (nothing
+        # of its width: the mean of all, 467 s)
         (trial(), status(3, "running", 50.0), ("swla", 24)),
         (trial(), status(4, "waiting", 0.0), ("dla", 48)),
+        (trial(), status(8, "running", 50.0, 500), ("delta", 48)),
         (trial(), status(5, "waiting", 600.0), ("gated_delta", 96)),  # held more: nothing left
         (trial(), status(6, "failed", 0.0), ("swla", 24)),  # its re-run is the one counted
         (trial(), status(7, "running", 0.0), None),  # nothing drawn yet: the mean of all
     ]
     trials, statuses, kinds = map(list, zip(*rows, strict=True))
-    assert hours_left(trials, statuses, kinds) == pytest.approx((200 - 50 + 1000 + 1400 / 3) / 3600)
+    expected = 200 - 50 + 1000 + (500 - 50) + 1400 / 3
+    assert hours_left(trials, statuses, kinds) == pytest.approx(expected / 3600)
     assert hours_left(trials[3:], statuses[3:], kinds[3:]) is None  # nothing to cost it at
 
 

@@ -375,7 +375,8 @@ def status(
     if result.hours_left is not None and result.unfinished:
         line += (
             f"; left, roughly: {result.hours_left:.1f} worker-hours (each unfinished trial "
-            "at the mean of the complete ones of its base and width, less the runs it holds)"
+            "at the mean of the complete ones of its base and width, or of others scaled by "
+            "its step time, less the runs it holds)"
         )
     out.print(line, highlight=False, soft_wrap=True)
 

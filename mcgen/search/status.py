@@ -30,6 +30,7 @@ class TrialStatus:
     finals: int  # of them, final runs (the best rate's seeds trained to the budget)
     best_run: float | None  # the best accuracy among them
     run_seconds: float  # what they took, one worker each
+    run_steps: int  # the training steps they took
     accuracy: float | None  # a complete trial's score: the best rate's mean over seeds
     spread: float | None
     retry_of: int | None  # the trial this one runs again
@@ -51,8 +52,9 @@ class StudyStatus:
     # have started or wait included.
     run_hours: float
     # Worker-hours the unfinished trials may still take: each costed at the mean of the
-    # complete trials of its base (recurrence, or attention) and width (of its width, else
-    # of all, where none match), less the runs it holds. None before any trial is complete.
+    # complete trials of its base (recurrence, or attention) and width, less the runs it
+    # holds; where none match, at those of its width (else of all), each scaled by how
+    # much longer a step of its base takes than theirs. None before any trial is complete.
     hours_left: float | None
 
     @property
@@ -124,21 +126,35 @@ def hours_left(
             done.setdefault(kind, []).append(cost)
     if not done:
         return None
+    step_seconds = _step_seconds(statuses, kinds)
 
-    def mean(costs: list[float]) -> float:
-        return sum(costs) / len(costs)
+    def scaled(kind: Kind | None, other: Kind | None) -> float:
+        # A deep memory's steps take several times attention's: cost it at their ratio.
+        if kind in step_seconds and other in step_seconds:
+            return step_seconds[kind] / step_seconds[other]
+        return 1.0
 
-    everything = [cost for costs in done.values() for cost in costs]
     left = 0.0
     for status, kind in zip(statuses, kinds, strict=True):
         if status.state not in ("running", "waiting"):
             continue
-        same_width = [
-            c for (_, width), costs in done.items() if kind and width == kind[1] for c in costs
-        ]
-        expected = mean(done.get(kind) or same_width or everything)
-        left += max(0.0, expected - status.run_seconds)
+        like = {kind: done[kind]} if kind in done else {}
+        like = like or {k: c for k, c in done.items() if kind and k and k[1] == kind[1]} or done
+        costs = [cost * scaled(kind, other) for other, each in like.items() for cost in each]
+        left += max(0.0, sum(costs) / len(costs) - status.run_seconds)
     return left / 3600
+
+
+def _step_seconds(statuses: list[TrialStatus], kinds: list[Kind | None]) -> dict[Kind, float]:
+    """Seconds a training step took, by kind, over the runs its trials hold (a failed
+    trial's and its re-run's twice, which leaves the ratio as it is)."""
+    seconds: dict[Kind, float] = {}
+    steps: dict[Kind, int] = {}
+    for status, kind in zip(statuses, kinds, strict=True):
+        if kind is not None and status.run_steps:
+            seconds[kind] = seconds.get(kind, 0.0) + status.run_seconds
+            steps[kind] = steps.get(kind, 0) + status.run_steps
+    return {kind: seconds[kind] / steps[kind] for kind in steps}
 
 
 def _held(trial: FrozenTrial, study: optuna.Study, runs_of: str | None) -> dict[str, dict]:
@@ -173,6 +189,7 @@ def _status(
         finals=sum(run.final for run in runs),
         best_run=max((run.accuracy for run in runs), default=None),
         run_seconds=sum(run.seconds for run in runs),
+        run_steps=sum(run.steps for run in runs),
         accuracy=float(attrs["accuracy"]) if complete else None,
         spread=float(attrs.get("spread", 0.0)) if complete else None,
         retry_of=attrs.get(RETRY_OF),
