@@ -155,6 +155,18 @@ def nodes_of(graph: nx.DiGraph, kind: type[OpT]) -> Iterator[tuple[str, OpT]]:
             yield node, op
 
 
+def single_memory(
+    graph: nx.DiGraph,
+) -> tuple[tuple[str, Aggregate], tuple[str, Scan], tuple[str, Segmentation]] | None:
+    """The (node, record) of a graph's aggregation, scan and segmentation, where it has one
+    of each (the shape the rewriting passes know); None otherwise."""
+    found = [list(nodes_of(graph, kind)) for kind in (Aggregate, Scan, Segmentation)]
+    if any(len(nodes) != 1 for nodes in found):
+        return None
+    (aggregate,), (scan,), (segmentation,) = found
+    return aggregate, scan, segmentation
+
+
 def reads_from(graph: nx.DiGraph, source: str) -> tuple[str, Read] | None:
     """The read of the online state (`online`) or of the cache (`cache`), if there is one."""
     return next(((n, r) for n, r in nodes_of(graph, Read) if r.source == source), None)

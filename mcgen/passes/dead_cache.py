@@ -14,16 +14,16 @@ from mcgen.components.registry import (
     unsegmented,
 )
 from mcgen.ir.graph import clone, note, prune_unused_inputs, remove_cache
-from mcgen.ir.ops import Aggregate, Scan, Segmentation, input_named, nodes_of, reads_from, rewrite
+from mcgen.ir.ops import input_named, reads_from, rewrite, single_memory
 
 
 def dead_cache(graph: nx.DiGraph) -> nx.DiGraph:
     """Remove cache/pool/gate/read_cached and dead segmentation; otherwise copy unchanged."""
     out = clone(graph)
-    found = [list(nodes_of(out, kind)) for kind in (Aggregate, Scan, Segmentation)]
-    if any(len(nodes) != 1 for nodes in found):
+    core = single_memory(out)
+    if core is None:
         return out
-    (agg_node, agg), (scan_node, scan), (seg_node, seg) = (nodes[0] for nodes in found)
+    (agg_node, agg), (scan_node, scan), (seg_node, seg) = core
     aggregation = AGGREGATIONS.find(agg.kind)
     segmentation = SEGMENTATIONS.find(seg.kind)
     if aggregation is None or segmentation is None:

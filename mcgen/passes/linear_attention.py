@@ -15,7 +15,7 @@ from mcgen.components.registry import (
     unsegmented,
 )
 from mcgen.ir.graph import clone, note, remove_cache
-from mcgen.ir.ops import Aggregate, Scan, Segmentation, nodes_of, rewrite
+from mcgen.ir.ops import rewrite, single_memory
 
 
 def linear_attention(graph: nx.DiGraph) -> nx.DiGraph:
@@ -24,10 +24,10 @@ def linear_attention(graph: nx.DiGraph) -> nx.DiGraph:
     Generally: an aggregation that sums the reads unweighted, over a recurrence whose state is
     a plain sum of v k^T (components' `sums_reads` and `additive`)."""
     out = clone(graph)
-    found = [list(nodes_of(out, kind)) for kind in (Aggregate, Scan, Segmentation)]
-    if any(len(nodes) != 1 for nodes in found):
+    core = single_memory(out)
+    if core is None:
         return out
-    (agg_node, agg), (scan_node, scan), (seg_node, seg) = (nodes[0] for nodes in found)
+    (agg_node, agg), (scan_node, scan), (seg_node, seg) = core
     aggregation = AGGREGATIONS.find(agg.kind)
     recurrence = RECURRENCES.find(scan.recurrence)
     # Decay or delta updates make a segment's state depend on where it started, and with
