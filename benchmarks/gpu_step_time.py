@@ -42,9 +42,7 @@ def _stepper(space: SearchSpace, mapping: dict, workdir: str) -> Callable[[], No
     length = max(split.seq_len for split in space.data.train)
     tokens = torch.randint(0, space.data.vocab_size, (batch, length), device=device)
     where = torch.ones(batch, length, dtype=torch.bool, device=device)
-    d_model, factory = spec_mixer(
-        mapping["name"], yaml.safe_dump(mapping, sort_keys=False), workdir
-    )
+    d_model, factory = spec_mixer(yaml.safe_dump(mapping, sort_keys=False), workdir)
     model = new_model(space, d_model, factory, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 

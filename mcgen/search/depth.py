@@ -119,8 +119,7 @@ def retrain(
     if trial.user_attrs.get(REFERENCE) == "attention":
         d_model, factory = attention_reference(space, trial.user_attrs.get(WIDTH))
     else:
-        attrs = trial.user_attrs
-        d_model, factory = spec_mixer(attrs["spec_name"], attrs["spec"], workdir)
+        d_model, factory = spec_mixer(trial.user_attrs["spec"], workdir)
     data = load_task_data(space, None)
     model = new_model(space, d_model, factory, seed)
     best: dict = {}

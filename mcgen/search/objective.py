@@ -471,13 +471,13 @@ def layer_latency_ms(
     return statistics.median(times) * space.train.layers
 
 
-def spec_mixer(name: str, spec_text: str, workdir: str | Path) -> tuple[int, MixerFactory]:
-    """(d_model, mixer factory) of the spec `name` (its YAML text), its package built
-    under workdir."""
+def spec_mixer(spec_text: str, workdir: str | Path) -> tuple[int, MixerFactory]:
+    """(d_model, mixer factory) of a spec (its YAML text), its package built under
+    workdir."""
     workdir = Path(workdir)
     spec_dir = workdir / "specs"
     spec_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = spec_dir / f"{name}.yaml"
+    spec_path = spec_dir / f"{yaml.safe_load(spec_text)['name']}.yaml"
     spec_path.write_text(spec_text, encoding="utf-8")
     built = build(spec_path, workdir / "generated")
     return built.spec.layer.d_model, mcgen_mixer(built.path)
@@ -505,7 +505,7 @@ def evaluate(
     (None: not kept); done_runs, on_run: see sweep; checkpoints: where its runs' states
     are kept between evaluations (None: in memory)."""
     text = yaml.safe_dump(spec_mapping, sort_keys=False)
-    d_model, factory = spec_mixer(spec_mapping["name"], text, workdir)
+    d_model, factory = spec_mixer(text, workdir)
     if space.objectives.cost in MEASURED_COSTS:
         require_hardware(space)  # before training: fail fast
         cost = layer_latency_ms(factory, d_model, space)
