@@ -647,6 +647,8 @@ def test_the_needle_probe_is_a_task_the_search_can_score(tmp_path):
     result = evaluate(mapping, space, tmp_path)
     assert set(result.per_slice) == {"seq_len=16", "seq_len=32"}
     assert 0.0 <= result.accuracy <= 1.0 and result.cost > 0
+    # Each run records what trained it: here the CPU, a worker on one of its threads.
+    assert {run.device for run in result.runs} == {f"{cpu_name()}, one thread a worker"}
 
 
 def test_a_space_gives_exactly_one_task():
@@ -711,7 +713,8 @@ def fake_train(space, d_model, factory, data, lr, seed, **_) -> Run:
     evaluations."""
     accuracy = 0.5 + d_model / 100 - 0.1 * abs(math.log10(lr / 1e-2)) + 0.01 * seed
     return Run(lr, seed, accuracy, {"num_pairs=2,seq_len=16": accuracy}, 10, "plateau",
-               [(5, accuracy / 2), (10, accuracy)], 1.0, 0.2)  # fmt: skip
+               [(5, accuracy / 2), (10, accuracy)], 1.0, 0.2,
+               device="CPU of seed 0" if seed == 0 else "CPU of seed 1")  # fmt: skip
 
 
 def test_the_grid_report_gives_each_cell_its_mean_and_spread_plots_and_cost(tmp_path, monkeypatch):
@@ -739,8 +742,8 @@ def test_the_grid_report_gives_each_cell_its_mean_and_spread_plots_and_cost(tmp_
     # The fake scores ssc as its base RNN: no gain, and no seed above the base's best.
     assert "| delta | 32 | 0.825 | ssc | 0.825 | +0.000 +- 0.007 | no | 0 of 2 |" in text
     assert "## Cost of" in text and "worker-hours" in text
-    # Each trial records what its worker trained on; the report names it beside the cost.
-    assert f"Measured on: {cpu_name()}, one thread a worker." in text
+    # Each run records what trained it; the report names them all beside the cost.
+    assert "Measured on: CPU of seed 0; CPU of seed 1." in text
     assert "Guessing among the value tokens seen before each query scores 0.500" in text
 
 

@@ -51,8 +51,8 @@ def train_device(space: SearchSpace) -> torch.device:
 
 
 def device_name(space: SearchSpace) -> str:
-    """What a worker of the space trains on, as reports name it: the GPU (which the study's
-    workers share), or the CPU (each worker on one thread of it)."""
+    """What a worker of the space trains its runs on, as reports name it: the GPU (which
+    the study's workers share), or the CPU (each worker on one thread of it)."""
     device = train_device(space)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -93,6 +93,9 @@ class Run:
     # A final run: the best rate's seed trained on to the budget, no plateau rule
     # (train.full_budget_at_best); the sweep's runs are not.
     final: bool = False
+    # What trained it (device_name; a run resumed on another machine: the one it ended
+    # on); "" in journals written before runs kept it.
+    device: str = ""
 
     @property
     def key(self) -> str:
@@ -269,6 +272,7 @@ def _train_one(
         seconds=round(result.seconds, 2),
         eval_seconds=round(result.eval_seconds, 2),
         final=final,
+        device=device_name(space),
     )
 
 

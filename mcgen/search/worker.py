@@ -47,7 +47,6 @@ from mcgen.search.objective import (
     attention_baseline,
     attention_model_cost,
     base_rnn_spec,
-    device_name,
     evaluate,
     model_cost,
     runs_in,
@@ -69,7 +68,6 @@ RESULT_ATTRS = (
     "spread",
     "lr_status",
     "decode_state_bytes",
-    "device",
 )
 
 
@@ -108,10 +106,7 @@ def _same_spec(study: optuna.Study, name: str) -> optuna.trial.FrozenTrial | Non
     return None
 
 
-def _record(
-    trial: optuna.Trial, space: SearchSpace, result: Evaluation, seconds: float
-) -> list[float]:
-    trial.set_user_attr("device", device_name(space))
+def _record(trial: optuna.Trial, result: Evaluation, seconds: float) -> list[float]:
     trial.set_user_attr("accuracy", result.accuracy)
     trial.set_user_attr("cost", result.cost)
     trial.set_user_attr("best_lr", result.best_lr)
@@ -179,7 +174,7 @@ def score_trial(
         _constrain(trial, space, attention_model_cost(space, "decode_state_bytes", width))
         units = _unit_kwargs(trial, study, attention_runs_of(width), run_dir)
         result = attention_baseline(space, data_cache=data_cache, d_model=width, **units)
-        return _record(trial, space, result, time.perf_counter() - started)
+        return _record(trial, result, time.perf_counter() - started)
 
     mapping = candidate_mapping(trial, space, reference, width)
     text = yaml.safe_dump(mapping, sort_keys=False)
@@ -197,7 +192,7 @@ def score_trial(
         return list(previous.values)
     units = _unit_kwargs(trial, study, mapping["name"], run_dir)
     result = evaluate(mapping, space, workdir, data_cache=data_cache, **units)
-    return _record(trial, space, result, time.perf_counter() - started)
+    return _record(trial, result, time.perf_counter() - started)
 
 
 @contextlib.contextmanager

@@ -41,7 +41,6 @@ class Cell:
     runs: list[Run]
     seconds: float  # the whole trial: build, every run, evaluations
     base_rnn: bool = False  # the recurrence alone: no aggregation over cached memories
-    device: str = ""  # what its worker trained on (objective.device_name; "" if not recorded)
 
     @property
     def worker_seconds(self) -> float:
@@ -116,7 +115,6 @@ def _cell(trial: FrozenTrial, space: SearchSpace) -> Cell:
         runs=runs,
         seconds=float(attrs.get("seconds", 0.0)),
         base_rnn=base_rnn,
-        device=str(attrs.get("device", "")),
     )
 
 

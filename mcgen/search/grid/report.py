@@ -166,9 +166,9 @@ def grid_markdown(
 
 
 def _devices_sentence(cells: Sequence[Cell]) -> str:
-    """Where the cells were measured, as their workers recorded it (journals written
-    before workers recorded it name none)."""
-    devices = sorted({cell.device for cell in cells if cell.device})
+    """What the cells' runs were trained on, as each run recorded it (a study resumed on
+    another machine names both; journals written before runs kept it name none)."""
+    devices = sorted({run.device for cell in cells for run in cell.runs if run.device})
     return f" Measured on: {'; '.join(devices)}." if devices else ""
 
 
