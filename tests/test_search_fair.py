@@ -44,7 +44,7 @@ from mcgen.search.space import (
     suggest_spec,
     widths,
 )
-from mcgen.search.status import TrialStatus, hours_left, study_status
+from mcgen.search.status import TrialStatus, hours_left, study_status, trial_runs
 from mcgen.search.study import locate, open_study
 from mcgen.search.trials import GRID, REFERENCE, RETRY_OF, RUNS_OF
 from mcgen.search.worker import run_worker
@@ -87,9 +87,13 @@ def fake_run(peak: float):
     def train_one(lr: float, seed: int) -> Run:
         trained.append((lr, seed))
         accuracy = max(0.0, 0.9 - 0.2 * abs(math.log10(lr / peak))) + 0.01 * seed
-        return Run(lr, seed, accuracy, {"s": accuracy}, 10, "plateau", [(10, accuracy)], 0.1)
+        per_slice = {FAKE_SLICE: accuracy}
+        return Run(lr, seed, accuracy, per_slice, 10, "plateau", [(10, accuracy)], 0.1)
 
     return train_one, trained
+
+
+FAKE_SLICE = "num_pairs=2,seq_len=16"  # the one test slice of fake_run's runs
 
 
 # --- the learning-rate sweep ---------------------------------------------------------------
@@ -162,7 +166,7 @@ def test_the_score_is_the_best_rates_mean_over_seeds_with_its_spread(tmp_path, m
     # Seeds 0, 1, 2 at the peak: 0.90, 0.91, 0.92.
     assert result.accuracy == pytest.approx(0.91) and result.spread == pytest.approx(0.01)
     assert result.best_lr == 0.003162 and result.lr_status == "bracketed"
-    assert result.per_slice == {"s": pytest.approx(0.91)} and len(result.runs) == 9
+    assert result.per_slice == {FAKE_SLICE: pytest.approx(0.91)} and len(result.runs) == 9
     assert set(result.by_lr) == {0.001, 0.003162, 0.01}
 
 
@@ -487,6 +491,18 @@ def test_the_status_shows_a_killed_trials_runs_waiting_for_its_re_run(tmp_path, 
     assert shown.exit_code == 0 and f"run again as {retry.number}" in shown.stdout
     assert "1 failed and run again; its runs so far: 0.00 worker-hours" in shown.stdout
     assert status.hours_left is None and "left, roughly" not in shown.stdout
+    # --trial lists one trial's runs: the waiting re-run's are its killed try's 3.
+    label, held = trial_runs("tiny", retry.number, runs_dir=runs)
+    assert label == retry.label and len(held) == 3 and max(r.accuracy for r in held) == 0.91
+    args = ["search", "status", "tiny", "--runs", str(runs), "--trial", str(retry.number)]
+    listed = CliRunner().invoke(app, [*args, "--json"])
+    assert listed.exit_code == 0
+    assert [r["seed"] for r in json.loads(listed.stdout)["runs"]] == [r.seed for r in held]
+    shown = CliRunner().invoke(app, args)
+    assert shown.exit_code == 0 and "3 finished runs" in shown.stdout
+    assert "P2 T16" in shown.stdout and "0.910" in shown.stdout  # the slice's column
+    missing = CliRunner().invoke(app, [*args[:-1], "9"])
+    assert missing.exit_code == 2 and "study tiny has trials 0 to 2, not 9" in missing.output
 
     run_worker(location, target=3, workdir=tmp_path / "work")
     status = study_status("tiny", runs_dir=runs)

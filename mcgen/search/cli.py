@@ -330,13 +330,26 @@ def status(
     study: Annotated[str, typer.Argument(help="The study's name (runs/<study>/journal.log).")],
     storage: StorageOpt = None,
     runs: RunsOpt = Path("runs"),
+    trial: Annotated[
+        int | None,
+        typer.Option(
+            "--trial",
+            help="List this trial's finished runs instead: rate, seed, steps, how each "
+            "ended, its accuracy on each test slice.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Where a study stands, safe beside its workers: each trial's state, the runs it holds
     so far (a waiting re-run: its earlier tries'), its score once complete."""
     _quiet_optuna()
-    from mcgen.search.status import study_status
+    from mcgen.search.status import study_status, trial_runs
 
+    if trial is not None:
+        with _reported_errors():
+            label, held = trial_runs(study, trial, storage=storage, runs_dir=runs)
+        _print_runs(study, trial, label, held, as_json)
+        return
     with _reported_errors():
         result = study_status(study, storage=storage, runs_dir=runs)
     if as_json:
@@ -379,6 +392,36 @@ def status(
             "its step time, less the runs it holds)"
         )
     out.print(line, highlight=False, soft_wrap=True)
+
+
+def _print_runs(study: str, number: int, label: str, held: list[Any], as_json: bool) -> None:
+    """`mcgen search status --trial`: one row per run (objective.Run), sweep runs first."""
+    from mcgen.search.objective import short_slice
+
+    if as_json:
+        payload = {"study": study, "trial": number, "label": label}
+        out.print_json(json.dumps({**payload, "runs": [run.to_json() for run in held]}))
+        return
+    slices = list(dict.fromkeys(key for run in held for key in run.per_slice))
+    table = Table(title=f"{escape(study)}: trial {number} ({escape(label)})")
+    for name in ("run", "lr", "seed", "steps", "ended", "accuracy"):
+        table.add_column(name, justify="left" if name in ("run", "ended") else "right")
+    for key in slices:
+        table.add_column(short_slice(key), justify="right")
+    table.add_column("seconds", justify="right")
+    for run in held:
+        table.add_row(
+            "final" if run.final else "sweep",
+            f"{run.lr:g}",
+            str(run.seed),
+            str(run.steps),
+            run.stop_reason,
+            f"{run.accuracy:.3f}",
+            *(f"{run.per_slice[key]:.3f}" if key in run.per_slice else "-" for key in slices),
+            f"{run.seconds:.0f}",
+        )
+    _print_table(table)
+    out.print(f"{len(held)} finished runs", highlight=False)
 
 
 @search_app.command("depth")

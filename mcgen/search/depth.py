@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
@@ -40,7 +39,7 @@ from mcgen.search.objective import (
     spec_mixer,
 )
 from mcgen.search.space import SearchSpace
-from mcgen.search.trials import REFERENCE, WIDTH, trial_label
+from mcgen.search.trials import REFERENCE, WIDTH, numbered, trial_label
 
 DEPTH_BINS = 8
 DEPTH_DIR = "depth"  # the default output folder, in runs/<study>/
@@ -169,7 +168,7 @@ def probe(
     study_obj, _, space = studies.load_study(location)
     if space.niah is None:
         raise SearchError(f"study {study} trains on MQAR: `depth` needs a needle (niah) study")
-    trial = _trial(study_obj, trial_number)
+    trial = numbered(study_obj, trial_number)
     seeds = list(space.train.run_seeds()) if seeds is None else seeds
     for seed in seeds:
         scored_run(trial, seed)  # every seed is checked before any trains
@@ -185,13 +184,6 @@ def probe(
             if on_run is not None:
                 on_run(run)
     return done
-
-
-def _trial(study_obj: optuna.Study, number: int) -> FrozenTrial:
-    trials = study_obj.get_trials(deepcopy=False)
-    if not 0 <= number < len(trials):
-        raise SearchError(f"the study has trials 0 to {len(trials) - 1}, not {number}")
-    return trials[number]
 
 
 def load_runs(out_dir: Path) -> list[DepthRun]:

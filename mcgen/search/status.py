@@ -17,7 +17,16 @@ from mcgen.search import study as studies
 from mcgen.search.checkpoints import candidate_checkpoints
 from mcgen.search.objective import Run, runs_in, worker_seconds
 from mcgen.search.space import SearchSpace
-from mcgen.search.trials import REFERENCE, RETRY_OF, RUNS_OF, WIDTH, Counts, counts, trial_label
+from mcgen.search.trials import (
+    REFERENCE,
+    RETRY_OF,
+    RUNS_OF,
+    WIDTH,
+    Counts,
+    counts,
+    numbered,
+    trial_label,
+)
 from mcgen.search.worker import attention_runs_of, candidate_mapping, done_runs
 
 
@@ -223,3 +232,24 @@ def study_status(
         run_hours=sum(seconds.values()) / 3600,
         hours_left=hours_left(trials, statuses, kinds),
     )
+
+
+def trial_runs(
+    study: str,
+    number: int,
+    *,
+    storage: str | None = None,
+    runs_dir: str | Path = studies.DEFAULT_RUNS,
+) -> tuple[str, list[Run]]:
+    """(label, runs) of one trial: the finished runs it holds as study_status counts them
+    (a waiting re-run: its earlier tries'), by rate and seed, the final ones last."""
+    location = studies.locate(study, storage=storage, runs_dir=runs_dir)
+    study_obj, _, space = studies.load_study(location)
+    trial = numbered(study_obj, number)
+    held = _held(trial, study_obj, _runs_of(trial, space))
+    runs = sorted((Run.from_json(run) for run in held.values()), key=_run_order)
+    return trial_label(trial), runs
+
+
+def _run_order(run: Run) -> tuple[bool, float, int]:
+    return run.final, run.lr, run.seed

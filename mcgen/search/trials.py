@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from mcgen.search.errors import SearchError
+
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 # User attributes of a trial.
@@ -23,6 +25,18 @@ FAILURE = "failure"  # why a trial failed
 RUNS_OF = "runs_of"
 # What a re-enqueued trial keeps of the one it replaces.
 _CARRIED = (REFERENCE, WIDTH, GRID)
+
+
+def numbered(study: optuna.Study, number: int) -> FrozenTrial:
+    """The study's trial `number`, or a SearchError that gives the range it has."""
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        raise SearchError(f"study {study.study_name} has no trial yet")
+    if not 0 <= number < len(trials):
+        raise SearchError(
+            f"study {study.study_name} has trials 0 to {len(trials) - 1}, not {number}"
+        )
+    return trials[number]
 
 
 @dataclass(frozen=True)
