@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -27,6 +27,9 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from mcgen.console import CommandError, err, out, reported_errors
+
+if TYPE_CHECKING:  # the search modules load only when a command needs them
+    from mcgen.search.objective import Run
 
 
 class _SearchGroup(TyperGroup):
@@ -394,7 +397,7 @@ def status(
     out.print(line, highlight=False, soft_wrap=True)
 
 
-def _print_runs(study: str, number: int, label: str, held: list[Any], as_json: bool) -> None:
+def _print_runs(study: str, number: int, label: str, held: list[Run], as_json: bool) -> None:
     """`mcgen search status --trial`: one row per run (objective.Run), sweep runs first."""
     from mcgen.search.objective import short_slice
 

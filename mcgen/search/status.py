@@ -147,8 +147,11 @@ def hours_left(
     for status, kind in zip(statuses, kinds, strict=True):
         if status.state not in ("running", "waiting"):
             continue
-        like = {kind: done[kind]} if kind in done else {}
-        like = like or {k: c for k, c in done.items() if kind and k and k[1] == kind[1]} or done
+        if kind in done:
+            like = {kind: done[kind]}
+        else:
+            same_width = {k: c for k, c in done.items() if kind and k and k[1] == kind[1]}
+            like = same_width or done
         costs = [cost * scaled(kind, other) for other, each in like.items() for cost in each]
         left += max(0.0, sum(costs) / len(costs) - status.run_seconds)
     return left / 3600
