@@ -303,6 +303,28 @@ def test_training_stops_once_accuracy_stopped_rising(one_thread, monkeypatch):
     assert result.stop_reason == "budget" and result.steps == 40
 
 
+def test_a_run_whose_loss_goes_nan_stops_at_the_next_evaluation(one_thread):
+    train_data, test_data = tiny_data()
+    torch.manual_seed(0)
+    model = MQARModel(64, 32, 1, attention_mixer(32, 2))
+    training_steps = itertools.count(1)
+
+    def nan_from_step_5(module, inputs, output):
+        if module.training and next(training_steps) >= 5:
+            return output * math.nan
+        return output
+
+    model.register_forward_hook(nan_from_step_5)
+    config = TrainConfig(
+        max_steps=40, batch_size=16, eval_every=3, plateau=Plateau(window=3, min_gain=0.5)
+    )
+    result = train(model, train_data, test_data, config, progress=False)
+    # Steps 1-3 are finite; step 5's loss makes the mean over steps 4-6 NaN.
+    assert result.diverged and result.stop_reason == "diverged" and result.steps == 6
+    assert math.isfinite(result.history[0].loss) and math.isnan(result.history[1].loss)
+    assert result.paused is None  # nothing for a later run to go on from
+
+
 @pytest.mark.parametrize(
     ("eval_every", "stop_at"), [(3, 6), (4, 8)], ids=["mid-epoch", "at-an-epoch-end"]
 )

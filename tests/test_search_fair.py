@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,13 +30,13 @@ from mcgen.search import status as status_module
 from mcgen.search import study as studies
 from mcgen.search.checkpoints import RunCheckpoints
 from mcgen.search.errors import SearchError
-from mcgen.search.grid.cells import Cell
+from mcgen.search.grid.cells import Cell, load_cells
 from mcgen.search.grid.cost import extrapolate
 from mcgen.search.grid.plots import legend_entries
 from mcgen.search.grid.tables import gains_table, rise_after, rise_table
 from mcgen.search.local_run import RunOptions, run_study
 from mcgen.search.objective import Run, evaluate, final_key, run_key, sweep
-from mcgen.search.report import report_study
+from mcgen.search.report import load_report, report_study
 from mcgen.search.space import (
     SearchSpaceError,
     grid_points,
@@ -241,6 +242,34 @@ def test_a_final_run_goes_on_from_where_the_plateau_stopped_its_sweep_run(tmp_pa
     (sweep_run,) = [r for r in result.runs if not r.final and r.lr == final.lr]
     assert sweep_run.steps == 2 and final.steps == 4
     assert final.curve[:2] == sweep_run.curve
+
+
+def test_a_run_that_diverges_scores_zero_overall_and_on_each_slice(tmp_path, monkeypatch):
+    mapping = tiny()  # learning_rates [3e-3, 1e-2], one seed, 4 steps
+    mapping["train"].update(eval_every=2)
+    space = space_of(mapping)
+    real_train = objective.train
+
+    def nan_after_the_first_evaluation(model, *args, **kwargs):
+        training_steps = iter(range(1, 100))
+        model.register_forward_hook(
+            lambda m, i, out: out * math.nan if m.training and next(training_steps) > 2 else out
+        )
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(objective, "train", nan_after_the_first_evaluation)
+    spec = suggest_spec(
+        optuna.trial.FixedTrial({"aggregation.kind": "grm", "cache.segments.length": 4}), space
+    )
+    result = evaluate(spec, space, tmp_path)
+    assert [(r.stop_reason, r.steps, r.accuracy) for r in result.runs] == [("diverged", 4, 0.0)] * 2
+    assert all(set(r.per_slice.values()) == {0.0} for r in result.runs)
+    assert result.accuracy == 0.0 and set(result.per_slice.values()) == {0.0}
+    # A journal written before kept a diverged run's best slices: read, they score 0 too.
+    (run, _) = result.runs
+    older = {**run.to_json(), "per_slice": {key: 0.5 for key in run.per_slice}}
+    assert Run.from_json(older) == run
+    assert Run.from_json({**older, "stop_reason": "budget"}).per_slice == older["per_slice"]
 
 
 @pytest.mark.parametrize(
@@ -761,6 +790,30 @@ def test_the_grid_report_gives_each_cell_its_mean_and_spread_plots_and_cost(tmp_
     # Each run records what trained it; the report names them all beside the cost.
     assert "Measured on: CPU of seed 0; CPU of seed 1." in text
     assert "Guessing among the value tokens seen before each query scores 0.500" in text
+
+
+def test_a_cell_counts_a_diverged_run_at_zero_on_each_slice_though_older_journals_did_not(
+    tmp_path, monkeypatch
+):
+    def older_worker(space, d_model, factory, data, lr, seed, **_) -> Run:
+        run = fake_train(space, d_model, factory, data, lr, seed)
+        # Scored 0, its slices kept at their best, as workers wrote them before.
+        return replace(run, accuracy=0.0, stop_reason="diverged") if seed == 1 else run
+
+    monkeypatch.setattr(objective, "_train_one", older_worker)
+    mapping = grid_mapping()
+    mapping["train"].update(seeds=2)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+    runs = tmp_path / "runs"
+    assert run_study(path, RunOptions(trials=10, runs_dir=runs, in_process=True)).finished
+    _, study = load_report("tiny", runs_dir=runs)
+    cells = load_cells(study, parse_space(study.user_attrs["space_yaml"], "grid.yaml"))
+    assert len(cells) == 10
+    for cell in cells:  # one test slice: its mean is the cell's accuracy, seed 1 at 0
+        (key,) = cell.per_slice
+        assert cell.slice_accuracies(key)[1] == 0.0
+        assert cell.per_slice[key] == pytest.approx(cell.accuracy) and cell.accuracy > 0.2
 
 
 def test_one_legend_names_every_variant_drawn_in_any_panel():

@@ -29,6 +29,7 @@ from mcgen.niah.data import NIAHData
 from mcgen.search import study as studies
 from mcgen.search.errors import SearchError
 from mcgen.search.objective import (
+    Run,
     attention_reference,
     final_key,
     load_task_data,
@@ -36,6 +37,7 @@ from mcgen.search.objective import (
     one_thread,
     run_config,
     run_key,
+    scored,
     spec_mixer,
 )
 from mcgen.search.space import SearchSpace
@@ -143,8 +145,8 @@ def retrain(
         lr=lr,
         seed=seed,
         step=result.best_step,
-        journal=dict(record["per_slice"]),
-        retrained=dict(result.best_slice_accuracy),
+        journal=Run.from_json(record).per_slice,
+        retrained=scored(result)[1],
         correct={key: c for key, (c, _) in counts.items()},
         queries={key: q for key, (_, q) in counts.items()},
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from mcgen.mqar.config import TrainConfig, slice_key
 from mcgen.mqar.data import generate as generate_mqar
 from mcgen.mqar.data import load_data
 from mcgen.mqar.model import MixerFactory, MQARModel, attention_mixer, mcgen_mixer
-from mcgen.mqar.train import LabelledSplit, train
+from mcgen.mqar.train import LabelledSplit, TrainResult, train
 from mcgen.niah import data as niah_data
 from mcgen.passes.cost import attention_cost
 from mcgen.passes.pipeline import compile_spec
@@ -83,8 +83,8 @@ class Run:
 
     lr: float
     seed: int
-    accuracy: float  # its best evaluation (0 if it diverged)
-    per_slice: dict[str, float]  # at that evaluation
+    accuracy: float  # its best evaluation (0 if it diverged: scored)
+    per_slice: dict[str, float]  # at that evaluation (0 on each if it diverged)
     steps: int
     stop_reason: str  # budget | target | plateau | diverged
     curve: list[tuple[int, float]]  # (step, test accuracy) at every evaluation
@@ -106,7 +106,21 @@ class Run:
 
     @staticmethod
     def from_json(data: dict) -> Run:
-        return Run(**{**data, "curve": [(int(s), float(a)) for s, a in data["curve"]]})
+        run = Run(**{**data, "curve": [(int(s), float(a)) for s, a in data["curve"]]})
+        if run.stop_reason != "diverged":
+            return run
+        # Journals written before a diverged run scored 0 on each slice too kept its best
+        # evaluation's slices beside its accuracy of 0.
+        return replace(run, per_slice=dict.fromkeys(run.per_slice, 0.0))
+
+
+def scored(result: TrainResult) -> tuple[float, dict[str, float]]:
+    """What a run scores, overall and per test slice: its best evaluation, or 0 on each if
+    its loss went NaN or infinite (a rate whose runs blow up must not win the sweep on what
+    they reached before)."""
+    if result.diverged:
+        return 0.0, dict.fromkeys(result.best_slice_accuracy, 0.0)
+    return result.best_accuracy, dict(result.best_slice_accuracy)
 
 
 RUN_PREFIX = "run lr="
@@ -261,11 +275,12 @@ def _train_one(
             states.drop(sweep_key)
         elif keep_paused and result.paused is not None:
             states.save(key, result.paused)
+    accuracy, per_slice = scored(result)
     return Run(
         lr=lr,
         seed=seed,
-        accuracy=0.0 if result.diverged else result.best_accuracy,
-        per_slice=dict(result.best_slice_accuracy),
+        accuracy=accuracy,
+        per_slice=per_slice,
         steps=result.steps,
         stop_reason=result.stop_reason,
         curve=[(e.step, e.accuracy) for e in result.history],

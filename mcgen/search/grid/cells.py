@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 import yaml
@@ -101,7 +101,7 @@ def _cell(trial: FrozenTrial, space: SearchSpace) -> Cell:
         base, variant = spec["memory"]["recurrence"], _variant(trial, space)
         width = int(spec["layer"]["d_model"])
         base_rnn = spec["aggregation"]["kind"] == "none"
-    return Cell(
+    cell = Cell(
         number=trial.number,
         base=base,
         variant=variant,
@@ -111,11 +111,16 @@ def _cell(trial: FrozenTrial, space: SearchSpace) -> Cell:
         best_lr=float(attrs["best_lr"]),
         lr_status=str(attrs.get("lr_status", "fixed")),
         decode_state_bytes=float(attrs.get("decode_state_bytes", math.nan)),
-        per_slice=dict(attrs.get("per_slice", {})),
+        per_slice={},
         runs=runs,
         seconds=float(attrs.get("seconds", 0.0)),
         base_rnn=base_rnn,
     )
+    # Each slice's mean over the scored runs, as read from the journal (Run.from_json: a
+    # diverged run scores 0 on each slice; trials of older journals kept the mean over
+    # its best evaluation's slices).
+    slices = attrs.get("per_slice", {})
+    return replace(cell, per_slice={k: statistics.fmean(cell.slice_accuracies(k)) for k in slices})
 
 
 @dataclass(frozen=True)
