@@ -83,8 +83,8 @@ class Run:
 
     lr: float
     seed: int
-    accuracy: float  # its best evaluation (0 if it diverged: scored)
-    per_slice: dict[str, float]  # at that evaluation (0 on each if it diverged)
+    accuracy: float  # as scored: its best evaluation's, 0 if it diverged
+    per_slice: dict[str, float]  # at that evaluation, as scored
     steps: int
     stop_reason: str  # budget | target | plateau | diverged
     curve: list[tuple[int, float]]  # (step, test accuracy) at every evaluation
