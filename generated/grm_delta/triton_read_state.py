@@ -152,8 +152,10 @@ def _read_state_fwd_kernel(
         b_alpha = tl.exp(b_max - b_max_new)  # [BT]
         b_p = tl.exp(b_a - b_max_new)  # [BT]
         b_s = tl.load(p_states + i * V * K, mask=m_vk, other=0.0)  # [BV, BK]
-        # acc * alpha + p * scale * (q S_i^T): the weight scales the query rows.
-        b_qw = b_q.to(tl.float32) * (b_p * scale)[:, None]  # [BT, BK]
+        # acc * alpha + p * scale * (q S_i^T): the weight scales the query rows, in the dot's
+        # type (as flash attention rounds P for its PV dot). Scaled in fp32, the query spilled
+        # at K = V = 128 on sm_90 (255 registers, 16 to 44 bytes; now 248, none).
+        b_qw = b_q.to(DOT_DTYPE) * (b_p * scale).to(DOT_DTYPE)[:, None]  # [BT, BK]
         b_acc = _dot(b_qw, tl.trans(b_s), b_acc * b_alpha[:, None], DOT_DTYPE)  # [BT, BV]
         b_sum = b_sum * b_alpha + b_p
         b_max = b_max_new
