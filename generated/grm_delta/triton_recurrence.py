@@ -434,7 +434,7 @@ def _delta_chunk_bwd_kernel(
     b_dbeta += tl.sum(b_dA * b_kk, axis=1)
     b_dkk = b_dA * b_beta[:, None]
     b_ds = b_ds.to(DOT_DTYPE)  # from here on dot operands only
-    b_dkk = b_dkk.to(DOT_DTYPE)
+    b_dkk = (b_dkk + tl.trans(b_dkk)).to(DOT_DTYPE)  # (dkk + dkk^T) k below in one dot
 
     # K side: dq = scale do S0 + ds k;  dk = delta dS_end + ds^T q + (dkk + dkk^T) k - w-part.
     for i_k in range(tl.cdiv(K, BK)):
@@ -471,7 +471,6 @@ def _delta_chunk_bwd_kernel(
         b_dq = _dot(b_ds, b_k, b_dq, DOT_DTYPE)
         b_dk = _dot(tl.trans(b_ds), b_q, b_dk, DOT_DTYPE)
         b_dk = _dot(b_dkk, b_k, b_dk, DOT_DTYPE)
-        b_dk = _dot(tl.trans(b_dkk), b_k, b_dk, DOT_DTYPE)
         tl.store(dq + o_ck, b_dq, mask=m_ck)
         tl.store(dk + o_ck, b_dk, mask=m_ck)
     tl.store(dbeta + rows, b_dbeta, mask=m_c)

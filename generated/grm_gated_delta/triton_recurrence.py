@@ -480,7 +480,7 @@ def _delta_chunk_bwd_kernel(
     b_c_end = tl.zeros([BC], dtype=tl.float32)  # [BC] term j of S_end via delta_j (s > j)
     b_end = tl.zeros([1], dtype=tl.float32)  # <dS_end, S0>
     b_ds = b_ds.to(DOT_DTYPE)  # from here on dot operands only
-    b_dkk = b_dkk.to(DOT_DTYPE)
+    b_dkk = (b_dkk + tl.trans(b_dkk)).to(DOT_DTYPE)  # (dkk + dkk^T) k below in one dot
 
     # K side: dq = scale do S0 + ds k;  dk = delta dS_end + ds^T q + (dkk + dkk^T) k - w-part.
     for i_k in range(tl.cdiv(K, BK)):
@@ -523,7 +523,6 @@ def _delta_chunk_bwd_kernel(
         b_dq = _dot(b_ds, b_k, b_dq, DOT_DTYPE)
         b_dk = _dot(tl.trans(b_ds), b_q, b_dk, DOT_DTYPE)
         b_dk = _dot(b_dkk, b_k, b_dk, DOT_DTYPE)
-        b_dk = _dot(tl.trans(b_dkk), b_k, b_dk, DOT_DTYPE)
         tl.store(dq + o_ck, b_dq, mask=m_ck)
         tl.store(dk + o_ck, b_dk, mask=m_ck)
     tl.store(dbeta + rows, b_dbeta, mask=m_c)
