@@ -62,7 +62,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # row in one block (else it loops over K blocks of at most 64). The scans run one program per
 # (V block, head) through every chunk: narrow V blocks give them more programs. Checked by
 # compiling for sm_90 at K = V = 128 in bf16 with C = 64 (tests/test_triton_delta.py): every
-# dot a wgmma, spills within 512 bytes. The kernels that write only fresh outputs (TUNED) are
+# dot a wgmma, no spill. The kernels that write only fresh outputs (TUNED) are
 # autotuned over pipeline depth at those warps (one config in the interpreter); the scans keep
 # one config: _delta_state_fwd_kernel turns u into delta in place, which an autotuner's trial
 # runs would corrupt, and the scans' few long programs gain little from deeper pipelines.
@@ -444,7 +444,20 @@ def _delta_chunk_bwd_kernel(
         o_ck = rows[:, None] * K + o_k[None, :]  # [BC, BK]
         b_q = tl.load(q + o_ck, mask=m_ck, other=0.0)  # [BC, BK]
         b_k = tl.load(k + o_ck, mask=m_ck, other=0.0)  # [BC, BK]
+        # dq first, then dk in a second pass over V: two accumulators live at a time, not
+        # three (the chunk states are read twice, from L2).
         b_dq = tl.zeros([BC, BK], dtype=tl.float32)  # [BC, BK] do S0
+        for i_v in range(tl.cdiv(V, BV)):
+            o_v = i_v * BV + tl.arange(0, BV)
+            m_v = o_v < V
+            o_cv = rows[:, None] * V + o_v[None, :]  # [BC, BV]
+            o_h = p_h + o_v[:, None] * K + o_k[None, :]  # [BV, BK]
+            b_do = tl.load(do + o_cv, mask=m_c[:, None] & m_v[None, :], other=0.0)  # [BC, BV]
+            b_h = tl.load(h_chunks + o_h, mask=m_v[:, None] & m_k[None, :], other=0.0)  # [BV, BK]
+            b_dq = _dot(b_do, b_h, b_dq, DOT_DTYPE)
+        b_dq *= scale
+        b_dq = _dot(b_ds, b_k, b_dq, DOT_DTYPE)
+        tl.store(dq + o_ck, b_dq, mask=m_ck)
         b_dk = tl.zeros([BC, BK], dtype=tl.float32)  # [BC, BK] delta dS_end
         b_duh = tl.zeros([BC, BK], dtype=tl.float32)  # [BC, BK] du S0 (minus dw's share)
         for i_v in range(tl.cdiv(V, BV)):
@@ -454,24 +467,18 @@ def _delta_chunk_bwd_kernel(
             m_h = m_v[:, None] & m_k[None, :]
             o_cv = rows[:, None] * V + o_v[None, :]  # [BC, BV]
             o_h = p_h + o_v[:, None] * K + o_k[None, :]  # [BV, BK]
-            b_do = tl.load(do + o_cv, mask=m_cv, other=0.0)  # [BC, BV]
             b_delta = tl.load(delta + o_cv, mask=m_cv, other=0.0)  # [BC, BV]
             b_dd = tl.load(d_delta + o_cv, mask=m_cv, other=0.0)  # [BC, BV]
             b_h = tl.load(h_chunks + o_h, mask=m_h, other=0.0)  # [BV, BK]
             b_dh = tl.load(dh_chunks + o_h, mask=m_h, other=0.0)  # [BV, BK]
             b_du = _dot(b_AiT, b_dd, tl.zeros([BC, BV], dtype=tl.float32), DOT_DTYPE)
-            b_dq = _dot(b_do, b_h, b_dq, DOT_DTYPE)
             b_dk = _dot(b_delta, b_dh, b_dk, DOT_DTYPE)
             b_duh = _dot(b_du, b_h, b_duh, DOT_DTYPE)
-        b_q = b_q.to(tl.float32)
-        b_k = b_k.to(tl.float32)
-        b_dbeta -= tl.sum(b_k * b_duh, axis=1)
-        b_dq *= scale
+        b_k32 = b_k.to(tl.float32)
+        b_dbeta -= tl.sum(b_k32 * b_duh, axis=1)
         b_dk -= b_duh * b_beta[:, None]
-        b_dq = _dot(b_ds, b_k, b_dq, DOT_DTYPE)
         b_dk = _dot(tl.trans(b_ds), b_q, b_dk, DOT_DTYPE)
         b_dk = _dot(b_dkk, b_k, b_dk, DOT_DTYPE)
-        tl.store(dq + o_ck, b_dq, mask=m_ck)
         tl.store(dk + o_ck, b_dk, mask=m_ck)
     tl.store(dbeta + rows, b_dbeta, mask=m_c)
 
