@@ -498,12 +498,13 @@ def test_a_spec_without_triton_kernels_is_refused():
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", ["grm", "ssc", "grm_gated_delta"])
 def test_kernels_compile_for_sm90_on_tensor_cores_without_spills(spec: str):
-    """At the benchmark shape in bf16: every dot on tensor cores, spills <= 512 bytes,
-    shared memory within sm_90's 227 KB, every kernel compiled."""
+    """At the benchmark shape in bf16: every dot on tensor cores, no spill (the check
+    itself lets 512 bytes pass, for other shapes and cards), shared memory within sm_90's
+    227 KB, every kernel compiled."""
     assert DEFAULT_SHAPE == (1, 32768, 16, 128, 128)
     report = kernel_report(ROOT / f"specs/{spec}.yaml", arch="sm_90", dtype="bfloat16")
     assert report.rows, "no kernel was launched"
-    problems = report.problems()
+    problems = report.problems(max_spill=0)
     assert not problems, f"{spec}'s kernels fail the sm_90 compile check:\n" + "\n".join(problems)
     assert math.isfinite(report.totals[1].roofline)
 
@@ -517,6 +518,6 @@ def test_attention_form_kernels_compile_for_sm90_on_tensor_cores_without_spills(
     spec.write_text(text + "compute:\n  read_form: attention\n")
     report = kernel_report(spec, arch="sm_90", dtype="bfloat16")
     assert any("read_attention" in row.kernel for row in report.rows), "no attention kernel ran"
-    problems = report.problems()
+    problems = report.problems(max_spill=0)
     assert not problems, "the attention form fails the sm_90 compile check:\n" + "\n".join(problems)
     assert all(row.cost is not None for row in report.rows), "a kernel without a cost formula"
