@@ -45,7 +45,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # The custom ops' namespace, named after the spec and this package's code: two specs'
 # packages never clash, a rebuild whose code changed never meets graphs that torch.compile
 # cached for the old code, and a second import of the same code reuses the ops.
-NAMESPACE = "mcgen_grm_delta_812e617d1678"
+NAMESPACE = "mcgen_grm_delta_13ad086c0c79"
 GATE_SCALE = 0.125
 # The cache's tensors the forward op takes, and returns per packed sequence (the cache after
 # its last token); the others pass from the initial cache to the new one as they are.

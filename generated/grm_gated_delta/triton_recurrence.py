@@ -490,8 +490,8 @@ def _delta_chunk_bwd_kernel(
         o_ck = rows[:, None] * K + o_k[None, :]  # [BC, BK]
         b_q = tl.load(q + o_ck, mask=m_ck, other=0.0)  # [BC, BK]
         b_k = tl.load(k + o_ck, mask=m_ck, other=0.0)  # [BC, BK]
-        # dq first, then dk in a second pass over V: two accumulators live at a time, not
-        # three (the chunk states are read twice, from L2).
+        # dq first, then dk in a second pass over V: two fp32 accumulators live at a time,
+        # not three, so it does not spill (the chunk states are read twice, then from L2).
         b_dq = tl.zeros([BC, BK], dtype=tl.float32)  # [BC, BK] do S0
         for i_v in range(tl.cdiv(V, BV)):
             o_v = i_v * BV + tl.arange(0, BV)
