@@ -315,6 +315,7 @@ def test_a_run_whose_loss_goes_nan_stops_at_the_next_evaluation(one_thread):
         return output
 
     model.register_forward_hook(nan_from_step_5)
+    # The plateau rule would stop it at step 6 too: a run that diverged is not paused.
     config = TrainConfig(
         max_steps=40, batch_size=16, eval_every=3, plateau=Plateau(window=3, min_gain=0.5)
     )
