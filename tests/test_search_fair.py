@@ -907,8 +907,8 @@ def test_the_extrapolation_scales_the_measured_step_and_evaluation_times():
         runs = [fake_train(space, 16, None, None, 1e-2, 0)]
         variant = params["variant"]
         key = (spec["memory"]["recurrence"], variant, spec["layer"]["d_model"])
-        cells.append(Cell(0, *key, 0.5, 0.0, 1e-2, "fixed", 1.0, {}, runs, 1.0))
-    cells += [Cell(0, "attention", "-", w, 0.9, 0.0, 1e-2, "fixed", 1.0, {}, runs, 1.0)
+        cells.append(Cell(0, *key, 0.5, 0.0, 1e-2, "fixed", 1.0, runs, 1.0))
+    cells += [Cell(0, "attention", "-", w, 0.9, 0.0, 1e-2, "fixed", 1.0, runs, 1.0)
               for w in (16, 32)]  # fmt: skip
     target = grid_mapping()
     target["train"] = {
@@ -937,7 +937,7 @@ def cell_of(base: str, variant: str, seeds: list[float], *, base_rnn: bool = Fal
     runs = [Run(1e-2, i, a, {}, 100, "budget", [(100, a)], 1.0) for i, a in enumerate(seeds)]
     spread = statistics.stdev(seeds) if len(seeds) > 1 else 0.0  # as a one-seed cell has
     mean = sum(seeds) / len(seeds)
-    return Cell(0, base, variant, 24, mean, spread, 1e-2, "fixed", 1.0, {}, runs, 1.0, base_rnn)
+    return Cell(0, base, variant, 24, mean, spread, 1e-2, "fixed", 1.0, runs, 1.0, base_rnn)
 
 
 def test_the_gain_of_each_variant_is_taken_over_its_own_base_rnn_with_its_error():
@@ -968,7 +968,7 @@ def test_with_several_test_slices_the_gain_is_given_on_each():
         pooled = [run.accuracy for run in runs]
         mean, spread = statistics.mean(pooled), statistics.stdev(pooled)
         plain = variant == "base"
-        return Cell(0, "swla", variant, 24, mean, spread, 1e-2, "fixed", 1.0, {}, runs, 1.0, plain)
+        return Cell(0, "swla", variant, 24, mean, spread, 1e-2, "fixed", 1.0, runs, 1.0, plain)
 
     # The cache keeps the needle at 1024 tokens that the base RNN loses; equal at 64.
     cells = [
@@ -1001,9 +1001,9 @@ def test_the_rise_table_shows_what_runs_at_the_budget_gained_in_its_last_quarter
     flat = [(2000, 0.6), (6000, 0.8), (8000, 0.79)]  # its best came before step 6000
     met = [(2000, 0.5), (4000, 0.99)]  # met the target: nothing left to gain
     runs = [run(0, rising), run(1, flat), run(2, met, "target")]
-    cell = Cell(3, "swla", "grm", 24, 0.83, 0.1, 1e-2, "bracketed", 1.0, {}, runs, 9.0)
+    cell = Cell(3, "swla", "grm", 24, 0.83, 0.1, 1e-2, "bracketed", 1.0, runs, 9.0)
     done = [run(0, met, "target")]
-    reached = Cell(4, "attention", "-", 24, 0.99, 0.0, 1e-2, "bracketed", 1.0, {}, done, 1.0)
+    reached = Cell(4, "attention", "-", 24, 0.99, 0.0, 1e-2, "bracketed", 1.0, done, 1.0)
     assert rise_after(runs[0], 6000) == pytest.approx(0.2)
     assert rise_after(runs[1], 6000) == 0.0
     assert rise_after(runs[2], 6000) is None  # it ended at step 4000
@@ -1014,10 +1014,10 @@ def test_the_rise_table_shows_what_runs_at_the_budget_gained_in_its_last_quarter
 
 def test_a_cells_cost_counts_the_runs_it_took_from_another_study():
     runs = [Run(1e-2, seed, 0.5, {}, 100, "budget", [(100, 0.5)], 40.0) for seed in range(3)]
-    trained = Cell(0, "delta", "grm", 16, 0.5, 0.0, 1e-2, "fixed", 1.0, {}, runs, 130.0)
+    trained = Cell(0, "delta", "grm", 16, 0.5, 0.0, 1e-2, "fixed", 1.0, runs, 130.0)
     assert trained.worker_seconds == 130.0  # its runs and its build
     # A trial that took its three runs (3 x 40 s) from another study, in a second.
-    reused = Cell(0, "delta", "grm", 16, 0.5, 0.0, 1e-2, "fixed", 1.0, {}, runs, 1.0)
+    reused = Cell(0, "delta", "grm", 16, 0.5, 0.0, 1e-2, "fixed", 1.0, runs, 1.0)
     assert reused.worker_seconds == 120.0
 
 

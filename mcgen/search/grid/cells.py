@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import optuna
 import yaml
@@ -37,7 +37,6 @@ class Cell:
     best_lr: float
     lr_status: str  # bracketed | capped | fixed
     decode_state_bytes: float
-    per_slice: dict[str, float]
     runs: list[Run]
     seconds: float  # the whole trial: build, every run, evaluations
     base_rnn: bool = False  # the recurrence alone: no aggregation over cached memories
@@ -68,6 +67,15 @@ class Cell:
     def slice_accuracies(self, key: str) -> list[float]:
         """The best rate's runs' accuracies on one test slice, by seed."""
         return [run.per_slice.get(key, math.nan) for run in self.best_runs]
+
+    @property
+    def per_slice(self) -> dict[str, float]:
+        """Each test slice's mean over the best rate's runs, as the journal's runs read
+        (Run.from_json: a diverged run scores 0 on each slice, which the per-slice means
+        of older journals' trials did not count)."""
+        runs = self.best_runs
+        keys = runs[0].per_slice if runs else {}
+        return {key: statistics.fmean(self.slice_accuracies(key)) for key in keys}
 
     def stops(self) -> str:
         """How the best rate's runs ended: "plateau 2, budget 1"."""
@@ -101,7 +109,7 @@ def _cell(trial: FrozenTrial, space: SearchSpace) -> Cell:
         base, variant = spec["memory"]["recurrence"], _variant(trial, space)
         width = int(spec["layer"]["d_model"])
         base_rnn = spec["aggregation"]["kind"] == "none"
-    cell = Cell(
+    return Cell(
         number=trial.number,
         base=base,
         variant=variant,
@@ -111,16 +119,10 @@ def _cell(trial: FrozenTrial, space: SearchSpace) -> Cell:
         best_lr=float(attrs["best_lr"]),
         lr_status=str(attrs.get("lr_status", "fixed")),
         decode_state_bytes=float(attrs.get("decode_state_bytes", math.nan)),
-        per_slice={},
         runs=runs,
         seconds=float(attrs.get("seconds", 0.0)),
         base_rnn=base_rnn,
     )
-    # Each slice's mean over the scored runs, as read from the journal (Run.from_json: a
-    # diverged run scores 0 on each slice; trials of older journals kept the mean over
-    # its best evaluation's slices).
-    slices = attrs.get("per_slice", {})
-    return replace(cell, per_slice={k: statistics.fmean(cell.slice_accuracies(k)) for k in slices})
 
 
 @dataclass(frozen=True)
